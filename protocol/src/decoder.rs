@@ -1,0 +1,139 @@
+//! Streaming frame decoder.
+
+use crate::error::DecodeError;
+use crate::frame::{Message, MessageKind, FRAME_HEADER_LEN};
+use crate::limits::FrameLimits;
+use bytes::{Buf, BytesMut};
+
+/// Turns a byte stream, cut anywhere, into [`Message`]s.
+///
+/// Calling contract:
+/// 1. [`feed`](Self::feed) a chunk; it accepts as many bytes as it may buffer and
+///    returns that count.
+/// 2. Call [`next_message`](Self::next_message) until it returns `Ok(None)`.
+/// 3. Feed the rest of the chunk, if any, and repeat.
+///
+/// The decoder never holds more than the 4-byte length prefix plus the frame limit,
+/// whatever the peer sends: the length prefix is checked against the limit as soon as
+/// its four bytes arrive, before the frame's body is buffered. Decoded payloads and texts
+/// are views into the decoder's buffer: nothing is copied after `feed`.
+///
+/// After an error the stream has lost its framing: the same error is returned on every
+/// later call, and the connection must be closed (see [`DecodeError::close_code`]).
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+    limits: FrameLimits,
+    failed: Option<DecodeError>,
+}
+
+impl FrameDecoder {
+    /// A decoder that accepts frames up to `limits`.
+    pub fn new(limits: FrameLimits) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            limits,
+            failed: None,
+        }
+    }
+
+    /// The decoder's limits.
+    pub fn limits(&self) -> FrameLimits {
+        self.limits
+    }
+
+    /// Changes the frame limit (for example once a connection has negotiated one).
+    /// Applies to frames whose header has not yet been checked.
+    pub fn set_limits(&mut self, limits: FrameLimits) {
+        self.limits = limits;
+    }
+
+    /// Bytes buffered and not yet returned as messages.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Largest number of bytes the decoder ever buffers.
+    pub fn capacity_limit(&self) -> usize {
+        4 + self.limits.max_frame_size() as usize
+    }
+
+    /// Buffers `data` up to the end of the current frame; returns how many bytes it
+    /// took. It takes nothing while a complete frame is waiting to be drained, after a
+    /// header over the limit, or after an error.
+    pub fn feed(&mut self, data: &[u8]) -> usize {
+        if self.failed.is_some() {
+            return 0;
+        }
+        let mut taken = 0;
+        // Two rounds at most: the rest of the header, then the rest of the frame it
+        // announces (if the announced length is acceptable).
+        loop {
+            let take = self.room().min(data.len() - taken);
+            if take == 0 {
+                return taken;
+            }
+            self.buf.extend_from_slice(&data[taken..taken + take]);
+            taken += take;
+        }
+    }
+
+    /// How many more bytes `feed` would accept now.
+    ///
+    /// Until the current frame's header is complete the decoder takes only the header;
+    /// then exactly the rest of that frame. A peer therefore cannot make it buffer more
+    /// than one frame, and a frame over the limit is refused before its body arrives.
+    fn room(&self) -> usize {
+        if self.buf.len() < 4 {
+            return FRAME_HEADER_LEN - self.buf.len();
+        }
+        let declared = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+        if declared == 0 || declared > self.limits.max_frame_size() {
+            // The next call to next_message reports the error.
+            return 0;
+        }
+        (4 + declared as usize).saturating_sub(self.buf.len())
+    }
+
+    /// The next complete message, `Ok(None)` when more bytes are needed, or the error
+    /// that ends the connection.
+    pub fn next_message(&mut self) -> Result<Option<Message>, DecodeError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        match self.try_decode() {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                self.failed = Some(e.clone());
+                self.buf = BytesMut::new();
+                Err(e)
+            }
+        }
+    }
+
+    fn try_decode(&mut self) -> Result<Option<Message>, DecodeError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let length = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+        if length == 0 {
+            return Err(DecodeError::EmptyFrame);
+        }
+        let max = self.limits.max_frame_size();
+        if length > max {
+            return Err(DecodeError::FrameTooLarge { length, max });
+        }
+        if self.buf.len() < FRAME_HEADER_LEN {
+            return Ok(None);
+        }
+        let code = self.buf[4];
+        let kind = MessageKind::from_wire(code).ok_or(DecodeError::UnknownMessageType(code))?;
+        let total = 4 + length as usize;
+        if self.buf.len() < total {
+            return Ok(None);
+        }
+        let mut frame = self.buf.split_to(total);
+        frame.advance(FRAME_HEADER_LEN);
+        Message::decode(kind, frame.freeze()).map(Some)
+    }
+}

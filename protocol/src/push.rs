@@ -1,0 +1,611 @@
+//! Push commands (client to server) and push events (server to client): chat groups,
+//! presence, publications and one-to-one user messages.
+
+use crate::codes::{RejectCode, SessionLostReason};
+use crate::error::DecodeError;
+use crate::frame::{put_header, Body, MessageKind};
+use crate::limits::{MAX_TEXT_BYTES, MAX_USER_ID_BYTES, MAX_USER_ID_CHARS};
+use crate::text::Text;
+use crate::wire::{groups_len, put_groups, put_text, text_len, Reader};
+use bytes::{BufMut, Bytes, BytesMut};
+use std::fmt;
+use std::net::IpAddr;
+
+/// A chat group's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(pub u32);
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Who caused a push event.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Sender {
+    /// The server itself, not acting for any connection.
+    Server,
+    /// A client connection (or the server acting on its behalf).
+    Peer(PeerSender),
+}
+
+/// A client connection as other clients see it (SocketPro's message sender).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerSender {
+    /// The sender's user id.
+    pub user_id: Text,
+    /// The sender's address as the server saw it.
+    pub addr: IpAddr,
+    /// The sender's port as the server saw it.
+    pub port: u16,
+    /// The service the sender is connected to.
+    pub service_id: u32,
+    /// Set on the copy an event's own originator receives (the echo).
+    pub is_self: bool,
+}
+
+impl Sender {
+    const TAG_SERVER: u8 = 0;
+    const TAG_PEER_V4: u8 = 4;
+    const TAG_PEER_V6: u8 = 6;
+    const FLAG_SELF: u8 = 0b0000_0001;
+
+    /// Whether the receiver is the event's originator.
+    pub fn is_self(&self) -> bool {
+        matches!(self, Sender::Peer(p) if p.is_self)
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            Sender::Server => 1,
+            Sender::Peer(p) => {
+                let addr = match p.addr {
+                    IpAddr::V4(_) => 4,
+                    IpAddr::V6(_) => 16,
+                };
+                1 + 1 + text_len(&p.user_id, MAX_USER_ID_BYTES) + addr + 2 + 4
+            }
+        }
+    }
+
+    fn encode(&self, out: &mut BytesMut) {
+        match self {
+            Sender::Server => out.put_u8(Self::TAG_SERVER),
+            Sender::Peer(p) => {
+                out.put_u8(match p.addr {
+                    IpAddr::V4(_) => Self::TAG_PEER_V4,
+                    IpAddr::V6(_) => Self::TAG_PEER_V6,
+                });
+                out.put_u8(if p.is_self { Self::FLAG_SELF } else { 0 });
+                put_text(out, &p.user_id, MAX_USER_ID_BYTES);
+                match p.addr {
+                    IpAddr::V4(a) => out.put_slice(&a.octets()),
+                    IpAddr::V6(a) => out.put_slice(&a.octets()),
+                }
+                out.put_u16(p.port);
+                out.put_u32(p.service_id);
+            }
+        }
+    }
+
+    fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
+        let tag = r.u8("sender")?;
+        if tag == Self::TAG_SERVER {
+            return Ok(Sender::Server);
+        }
+        if tag != Self::TAG_PEER_V4 && tag != Self::TAG_PEER_V6 {
+            return Err(r.invalid("sender", tag.into()));
+        }
+        let flags = r.u8("sender flags")?;
+        if flags & !Self::FLAG_SELF != 0 {
+            return Err(r.invalid("sender flags", flags.into()));
+        }
+        let user_id = r.text("sender user_id", MAX_USER_ID_BYTES)?;
+        let chars = user_id.as_str().chars().count();
+        if chars > MAX_USER_ID_CHARS {
+            return Err(DecodeError::TooLong {
+                kind: r.kind(),
+                field: "sender user_id",
+                actual: chars,
+                max: MAX_USER_ID_CHARS,
+            });
+        }
+        let addr = if tag == Self::TAG_PEER_V4 {
+            IpAddr::from(r.array::<4>("sender address")?)
+        } else {
+            IpAddr::from(r.array::<16>("sender address")?)
+        };
+        Ok(Sender::Peer(PeerSender {
+            user_id,
+            addr,
+            port: r.u16("sender port")?,
+            service_id: r.u32("sender service_id")?,
+            is_self: flags & Self::FLAG_SELF != 0,
+        }))
+    }
+}
+
+/// Join groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe {
+    /// Echoed in a PushRejected about this command.
+    pub command_id: u64,
+    /// Groups to join; must not be empty.
+    pub groups: Vec<GroupId>,
+}
+
+impl Body for Subscribe {
+    fn body_len(&self) -> usize {
+        8 + groups_len(&self.groups)
+    }
+
+    fn encode_body(&self, out: &mut BytesMut) {
+        out.put_u64(self.command_id);
+        put_groups(out, &self.groups);
+    }
+
+    fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Subscribe {
+            command_id: r.u64("command_id")?,
+            groups: r.groups("groups")?,
+        })
+    }
+}
+
+/// Which groups an Unsubscribe leaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupSelection {
+    /// These groups.
+    Groups(Vec<GroupId>),
+    /// Every group the connection is in.
+    All,
+}
+
+/// Leave groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsubscribe {
+    /// Echoed in a PushRejected about this command.
+    pub command_id: u64,
+    /// Groups to leave.
+    pub groups: GroupSelection,
+}
+
+impl Body for Unsubscribe {
+    fn body_len(&self) -> usize {
+        8 + 1
+            + match &self.groups {
+                GroupSelection::Groups(g) => groups_len(g),
+                GroupSelection::All => 0,
+            }
+    }
+
+    fn encode_body(&self, out: &mut BytesMut) {
+        out.put_u64(self.command_id);
+        match &self.groups {
+            GroupSelection::Groups(g) => {
+                out.put_u8(0);
+                put_groups(out, g);
+            }
+            GroupSelection::All => out.put_u8(1),
+        }
+    }
+
+    fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        let command_id = r.u64("command_id")?;
+        let groups = if r.bool("all")? {
+            GroupSelection::All
+        } else {
+            GroupSelection::Groups(r.groups("groups")?)
+        };
+        Ok(Unsubscribe { command_id, groups })
+    }
+}
+
+/// Publish a payload to groups. The payload is the rest of the frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// Echoed in a PushRejected about this command.
+    pub command_id: u64,
+    /// Target groups; the publisher need not belong to them.
+    pub groups: Vec<GroupId>,
+    /// The message, opaque to the protocol.
+    pub payload: Bytes,
+}
+
+impl Body for Publish {
+    fn body_len(&self) -> usize {
+        8 + groups_len(&self.groups) + self.payload.len()
+    }
+
+    fn encode_body(&self, out: &mut BytesMut) {
+        out.put_u64(self.command_id);
+        put_groups(out, &self.groups);
+        out.put_slice(&self.payload);
+    }
+
+    fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Publish {
+            command_id: r.u64("command_id")?,
+            groups: r.groups("groups")?,
+            payload: r.rest(),
+        })
+    }
+}
+
+/// Send a payload to every connection of one user. The payload is the rest of the
+/// frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendUserMessage {
+    /// Echoed in the UserMessageDelivered (or PushRejected) answer.
+    pub command_id: u64,
+    /// Receiver's user id, compared case-insensitively by the server.
+    pub receiver: Text,
+    /// The message, opaque to the protocol.
+    pub payload: Bytes,
+}
+
+impl Body for SendUserMessage {
+    fn body_len(&self) -> usize {
+        8 + text_len(&self.receiver, MAX_USER_ID_BYTES) + self.payload.len()
+    }
+
+    fn encode_body(&self, out: &mut BytesMut) {
+        out.put_u64(self.command_id);
+        put_text(out, &self.receiver, MAX_USER_ID_BYTES);
+        out.put_slice(&self.payload);
+    }
+
+    fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(SendUserMessage {
+            command_id: r.u64("command_id")?,
+            receiver: r.text("receiver", MAX_USER_ID_BYTES)?,
+            payload: r.rest(),
+        })
+    }
+}
+
+/// Ask for the server's chat groups; answered by GroupList.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListGroups {
+    /// Echoed in the GroupList.
+    pub command_id: u64,
+}
+
+impl Body for ListGroups {
+    fn body_len(&self) -> usize {
+        8
+    }
+
+    fn encode_body(&self, out: &mut BytesMut) {
+        out.put_u64(self.command_id);
+    }
+
+    fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(ListGroups {
+            command_id: r.u64("command_id")?,
+        })
+    }
+}
+
+/// Declares a presence event: sequence number, sender, groups.
+macro_rules! presence_event {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $name {
+            /// The receiving session's sequence number for this event.
+            pub seq: u64,
+            /// The connection whose membership changed.
+            pub sender: Sender,
+            /// The groups concerned that the receiver shares with the sender (all of
+            /// them, for the sender's own copy).
+            pub groups: Vec<GroupId>,
+        }
+
+        impl Body for $name {
+            fn body_len(&self) -> usize {
+                8 + self.sender.encoded_len() + groups_len(&self.groups)
+            }
+
+            fn encode_body(&self, out: &mut BytesMut) {
+                out.put_u64(self.seq);
+                self.sender.encode(out);
+                put_groups(out, &self.groups);
+            }
+
+            fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+                Ok($name {
+                    seq: r.u64("seq")?,
+                    sender: Sender::decode(r)?,
+                    groups: r.groups("groups")?,
+                })
+            }
+        }
+    };
+}
+
+presence_event! {
+    /// A connection joined groups.
+    Subscribed
+}
+
+presence_event! {
+    /// A connection left groups.
+    Unsubscribed
+}
+
+/// A publication, as one receiver gets it. The payload is the rest of the frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The receiving session's sequence number for this event.
+    pub seq: u64,
+    /// The publisher.
+    pub sender: Sender,
+    /// The publication's target groups that the receiver belongs to (all targets for
+    /// the publisher's echo).
+    pub groups: Vec<GroupId>,
+    /// The message, shared among receivers.
+    pub payload: Bytes,
+}
+
+impl Body for Published {
+    fn body_len(&self) -> usize {
+        8 + self.sender.encoded_len() + groups_len(&self.groups) + self.payload.len()
+    }
+
+    fn encode_body(&self, out: &mut BytesMut) {
+        write_published_fields(out, self.seq, &self.sender, &self.groups);
+        out.put_slice(&self.payload);
+    }
+
+    fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Published {
+            seq: r.u64("seq")?,
+            sender: Sender::decode(r)?,
+            groups: r.groups("groups")?,
+            payload: r.rest(),
+        })
+    }
+}
+
+fn write_published_fields(out: &mut BytesMut, seq: u64, sender: &Sender, groups: &[GroupId]) {
+    out.put_u64(seq);
+    sender.encode(out);
+    put_groups(out, groups);
+}
+
+/// Writes a Published frame up to, not including, its payload of `payload_len` bytes;
+/// the caller appends the payload (or sends it from a shared buffer with a vectored
+/// write). Returns the number of bytes written.
+///
+/// This is the fan-out fast path: a publication's payload is encoded once however many
+/// receivers it has; only this prefix is written per receiver.
+pub fn encode_published_prefix(
+    out: &mut BytesMut,
+    seq: u64,
+    sender: &Sender,
+    groups: &[GroupId],
+    payload_len: usize,
+) -> usize {
+    let fields = 8 + sender.encoded_len() + groups_len(groups);
+    out.reserve(crate::frame::FRAME_HEADER_LEN + fields);
+    put_header(out, MessageKind::Published, fields + payload_len);
+    write_published_fields(out, seq, sender, groups);
+    crate::frame::FRAME_HEADER_LEN + fields
+}
+
+/// A one-to-one message. The payload is the rest of the frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserMessage {
+    /// The receiving session's sequence number for this event.
+    pub seq: u64,
+    /// Who sent it.
+    pub sender: Sender,
+    /// The message.
+    pub payload: Bytes,
+}
+
+impl Body for UserMessage {
+    fn body_len(&self) -> usize {
+        8 + self.sender.encoded_len() + self.payload.len()
+    }
+
+    fn encode_body(&self, out: &mut BytesMut) {
+        out.put_u64(self.seq);
+        self.sender.encode(out);
+        out.put_slice(&self.payload);
+    }
+
+    fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(UserMessage {
+            seq: r.u64("seq")?,
+            sender: Sender::decode(r)?,
+            payload: r.rest(),
+        })
+    }
+}
+
+/// Push events with sequence numbers `first..=last` were lost (the replay buffer
+/// overflowed, or a slow consumer's queue was trimmed). A Gap takes no sequence number
+/// of its own: together, delivered events and gaps cover every number exactly once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// First lost sequence number (at least 1).
+    pub first: u64,
+    /// Last lost sequence number (at least `first`).
+    pub last: u64,
+}
+
+impl Body for Gap {
+    fn body_len(&self) -> usize {
+        16
+    }
+
+    fn encode_body(&self, out: &mut BytesMut) {
+        out.put_u64(self.first);
+        out.put_u64(self.last);
+    }
+
+    fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        let first = r.u64("first")?;
+        let last = r.u64("last")?;
+        if first == 0 {
+            return Err(r.invalid("first", 0));
+        }
+        if last < first {
+            return Err(r.invalid("last", last));
+        }
+        Ok(Gap { first, last })
+    }
+}
+
+/// The session named in the Hello's resume request is gone; this connection runs a
+/// new session (see the Welcome) with no subscriptions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionLost {
+    /// Why.
+    pub reason: SessionLostReason,
+    /// Human-readable detail.
+    pub text: Text,
+}
+
+impl Body for SessionLost {
+    fn body_len(&self) -> usize {
+        2 + text_len(&self.text, MAX_TEXT_BYTES)
+    }
+
+    fn encode_body(&self, out: &mut BytesMut) {
+        out.put_u16(self.reason.to_wire());
+        put_text(out, &self.text, MAX_TEXT_BYTES);
+    }
+
+    fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(SessionLost {
+            reason: SessionLostReason::from_wire(r.u16("reason")?),
+            text: r.text("text", MAX_TEXT_BYTES)?,
+        })
+    }
+}
+
+/// A push command was refused, wholly or for the listed groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushRejected {
+    /// The command concerned.
+    pub command_id: u64,
+    /// Why.
+    pub code: RejectCode,
+    /// The offending group ids (empty when the whole command was refused for a reason
+    /// not tied to groups).
+    pub groups: Vec<GroupId>,
+    /// Human-readable detail.
+    pub reason: Text,
+}
+
+impl Body for PushRejected {
+    fn body_len(&self) -> usize {
+        8 + 2 + groups_len(&self.groups) + text_len(&self.reason, MAX_TEXT_BYTES)
+    }
+
+    fn encode_body(&self, out: &mut BytesMut) {
+        out.put_u64(self.command_id);
+        out.put_u16(self.code.to_wire());
+        put_groups(out, &self.groups);
+        put_text(out, &self.reason, MAX_TEXT_BYTES);
+    }
+
+    fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(PushRejected {
+            command_id: r.u64("command_id")?,
+            code: RejectCode::from_wire(r.u16("code")?),
+            groups: r.groups("groups")?,
+            reason: r.text("reason", MAX_TEXT_BYTES)?,
+        })
+    }
+}
+
+/// How many connections a SendUserMessage reached (0 when the user is offline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserMessageDelivered {
+    /// The SendUserMessage concerned.
+    pub command_id: u64,
+    /// Connections of the receiver that got the message.
+    pub connections: u32,
+}
+
+impl Body for UserMessageDelivered {
+    fn body_len(&self) -> usize {
+        12
+    }
+
+    fn encode_body(&self, out: &mut BytesMut) {
+        out.put_u64(self.command_id);
+        out.put_u32(self.connections);
+    }
+
+    fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(UserMessageDelivered {
+            command_id: r.u64("command_id")?,
+            connections: r.u32("connections")?,
+        })
+    }
+}
+
+/// One chat group in a GroupList.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    /// The group's id.
+    pub id: GroupId,
+    /// What the group is for.
+    pub description: Text,
+}
+
+/// The server's chat groups, in ascending id order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupList {
+    /// The ListGroups this answers.
+    pub command_id: u64,
+    /// The groups.
+    pub groups: Vec<GroupDescription>,
+}
+
+impl Body for GroupList {
+    fn body_len(&self) -> usize {
+        8 + 4
+            + self
+                .groups
+                .iter()
+                .map(|g| 4 + text_len(&g.description, MAX_TEXT_BYTES))
+                .sum::<usize>()
+    }
+
+    fn encode_body(&self, out: &mut BytesMut) {
+        out.put_u64(self.command_id);
+        out.put_u32(self.groups.len() as u32);
+        for g in &self.groups {
+            out.put_u32(g.id.0);
+            put_text(out, &g.description, MAX_TEXT_BYTES);
+        }
+    }
+
+    fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        let command_id = r.u64("command_id")?;
+        let count = r.u32("count")? as usize;
+        // Each entry takes at least 6 bytes: refuse counts the frame cannot back
+        // before allocating for them.
+        if count > r.remaining() / 6 {
+            return Err(DecodeError::Truncated {
+                kind: r.kind(),
+                field: "groups",
+            });
+        }
+        let mut groups = Vec::with_capacity(count);
+        for _ in 0..count {
+            groups.push(GroupDescription {
+                id: GroupId(r.u32("group id")?),
+                description: r.text("group description", MAX_TEXT_BYTES)?,
+            });
+        }
+        Ok(GroupList { command_id, groups })
+    }
+}
