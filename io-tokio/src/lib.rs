@@ -1,0 +1,45 @@
+//! pushwire on tokio: the production server and client, and the `pushwire` CLI.
+//!
+//! This crate is the only place with sockets, tasks and clocks. It currently carries
+//! the protocol catalogue shown by the CLI; the server, the client and the demo land
+//! with the io-tokio issue.
+
+use pushwire_protocol::{MessageKind, Role, PROTOCOL_VERSION, SUPPORTED_VERSIONS};
+use std::fmt::Write;
+
+/// A human-readable list of the protocol version and every message type, with its wire
+/// code and which end sends it.
+pub fn protocol_catalogue() -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "pushwire protocol version {PROTOCOL_VERSION} (supported {}..={})",
+        SUPPORTED_VERSIONS.start(),
+        SUPPORTED_VERSIONS.end()
+    );
+    let _ = writeln!(out, "{:<6} {:<22} sent by", "code", "message");
+    for &kind in MessageKind::ALL {
+        let sender = match kind.sender() {
+            Role::Client => "client",
+            Role::Server => "server",
+            Role::Either => "either",
+        };
+        let _ = writeln!(out, "0x{:02x}   {:<22} {sender}", kind as u8, kind.name());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalogue_lists_every_message_once() {
+        let catalogue = protocol_catalogue();
+        for &kind in MessageKind::ALL {
+            let line = format!("0x{:02x}   {:<22}", kind as u8, kind.name());
+            assert_eq!(catalogue.matches(&line).count(), 1, "{line}");
+        }
+        assert!(catalogue.starts_with(&format!("pushwire protocol version {PROTOCOL_VERSION}")));
+    }
+}
