@@ -4,4 +4,14 @@
 //! and nothing spawns threads: time and randomness are arguments, bytes go in and out
 //! through caller-owned buffers.
 
+mod channel;
+pub mod client;
+mod close;
 pub mod credentials;
+mod rpc;
+pub mod server;
+pub mod tls;
+
+pub use channel::KeepAlive;
+pub use close::{CloseReason, ProtocolError, TimeoutKind};
+pub use rpc::{RequestResult, DEFAULT_MAX_OUTSTANDING_REQUESTS};

@@ -98,20 +98,31 @@ impl FrameDecoder {
     /// The next complete message, `Ok(None)` when more bytes are needed, or the error
     /// that ends the connection.
     pub fn next_message(&mut self) -> Result<Option<Message>, DecodeError> {
+        let Some(frame) = self.next_frame()? else {
+            return Ok(None);
+        };
+        Message::decode(frame.kind, frame.body.freeze())
+            .map(Some)
+            .map_err(|e| self.fail(e))
+    }
+
+    /// The next complete frame, undecoded. Its body is uniquely owned, so a caller can
+    /// decode it from a buffer of its choosing and wipe the original (the server does
+    /// this for the Hello, which carries a password).
+    pub fn next_frame(&mut self) -> Result<Option<RawFrame>, DecodeError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        match self.try_decode() {
-            Ok(m) => Ok(m),
-            Err(e) => {
-                self.failed = Some(e.clone());
-                self.buf = BytesMut::new();
-                Err(e)
-            }
-        }
+        self.try_split().map_err(|e| self.fail(e))
     }
 
-    fn try_decode(&mut self) -> Result<Option<Message>, DecodeError> {
+    fn fail(&mut self, e: DecodeError) -> DecodeError {
+        self.failed = Some(e.clone());
+        self.buf = BytesMut::new();
+        e
+    }
+
+    fn try_split(&mut self) -> Result<Option<RawFrame>, DecodeError> {
         if self.buf.len() < 4 {
             return Ok(None);
         }
@@ -132,8 +143,17 @@ impl FrameDecoder {
         if self.buf.len() < total {
             return Ok(None);
         }
-        let mut frame = self.buf.split_to(total);
-        frame.advance(FRAME_HEADER_LEN);
-        Message::decode(kind, frame.freeze()).map(Some)
+        let mut body = self.buf.split_to(total);
+        body.advance(FRAME_HEADER_LEN);
+        Ok(Some(RawFrame { kind, body }))
     }
+}
+
+/// One complete frame whose body has not been decoded yet.
+#[derive(Debug)]
+pub struct RawFrame {
+    /// The message type.
+    pub kind: MessageKind,
+    /// The body, after the header; decode it with [`Message::decode`].
+    pub body: BytesMut,
 }

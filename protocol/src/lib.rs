@@ -49,7 +49,7 @@ mod wire;
 
 pub use codes::{CloseCode, ErrorCode, RefuseCode, RejectCode, SessionLostReason};
 pub use control::{Ack, Close, Ping, Pong};
-pub use decoder::FrameDecoder;
+pub use decoder::{FrameDecoder, RawFrame};
 pub use error::DecodeError;
 pub use frame::{Message, MessageKind, Role, FRAME_HEADER_LEN};
 pub use handshake::{

@@ -1,0 +1,336 @@
+//! What both connection engines share: the TLS link, framing, the coalescing
+//! outbound queue, keep-alive timing and the close sequence.
+
+use crate::close::{CloseReason, ProtocolError, TimeoutKind};
+use crate::tls::{TlsError, TlsLink};
+use bytes::BytesMut;
+use pushwire_protocol::{
+    Close, CloseCode, DecodeError, FrameDecoder, FrameLimits, Message, Ping, RawFrame, Text,
+};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Keep-alive settings of one end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepAlive {
+    /// Send a Ping when nothing has been sent for this long (`None`: never).
+    pub ping_interval: Option<Duration>,
+    /// Close the connection when nothing has arrived for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for KeepAlive {
+    fn default() -> Self {
+        Self {
+            ping_interval: Some(Duration::from_secs(15)),
+            idle_timeout: Some(Duration::from_secs(45)),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum ChannelError {
+    Tls(TlsError),
+    Decode(DecodeError),
+}
+
+impl From<TlsError> for ChannelError {
+    fn from(e: TlsError) -> Self {
+        ChannelError::Tls(e)
+    }
+}
+
+impl From<ChannelError> for CloseReason {
+    fn from(e: ChannelError) -> Self {
+        match e {
+            ChannelError::Tls(t) => CloseReason::Tls(t),
+            ChannelError::Decode(d) => CloseReason::Protocol(ProtocolError::Decode(d)),
+        }
+    }
+}
+
+pub(crate) struct Channel {
+    pub link: TlsLink,
+    decoder: FrameDecoder,
+    frames: VecDeque<RawFrame>,
+    /// Plaintext frames queued since the last flush: encrypted together.
+    outbound: BytesMut,
+    /// Records ready for the caller.
+    transmit: Vec<u8>,
+    keepalive: KeepAlive,
+    keepalive_active: bool,
+    last_rx: Instant,
+    last_tx: Instant,
+    next_ping_nonce: u64,
+    /// Application (decrypted) bytes received in total.
+    app_bytes_received: u64,
+    /// Set once the connection is finished; the reason is reported once.
+    closed: Option<CloseReason>,
+    close_reported: bool,
+    /// The transport is gone: nothing more can be sent.
+    transport_gone: bool,
+}
+
+impl Channel {
+    pub fn new(link: TlsLink, limits: FrameLimits, keepalive: KeepAlive, now: Instant) -> Self {
+        Self {
+            link,
+            decoder: FrameDecoder::new(limits),
+            frames: VecDeque::new(),
+            outbound: BytesMut::new(),
+            transmit: Vec::new(),
+            keepalive,
+            keepalive_active: false,
+            last_rx: now,
+            last_tx: now,
+            next_ping_nonce: 1,
+            app_bytes_received: 0,
+            closed: None,
+            close_reported: false,
+            transport_gone: false,
+        }
+    }
+
+    /// Starts keep-alive timing (once the connection is ready), counting from the
+    /// last traffic.
+    pub fn start_keepalive_now(&mut self) {
+        self.keepalive_active = true;
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closed.is_some()
+    }
+
+    /// Feeds received bytes; complete frames queue up for [`Channel::next_frame`].
+    pub fn receive(&mut self, now: Instant, data: &[u8]) {
+        if self.closed.is_some() || data.is_empty() {
+            return;
+        }
+        self.last_rx = now;
+        let decoder = &mut self.decoder;
+        let frames = &mut self.frames;
+        let app_bytes = &mut self.app_bytes_received;
+        let result = self
+            .link
+            .receive(data, &mut self.transmit, &mut |mut plain: &[u8]| {
+                *app_bytes += plain.len() as u64;
+                while !plain.is_empty() {
+                    let taken = decoder.feed(plain);
+                    plain = &plain[taken..];
+                    while let Some(frame) = decoder.next_frame().map_err(ChannelError::Decode)? {
+                        frames.push_back(frame);
+                    }
+                    if taken == 0 && !plain.is_empty() {
+                        // The decoder refuses bytes only when it has an error to report.
+                        decoder.next_frame().map_err(ChannelError::Decode)?;
+                    }
+                }
+                Ok::<(), ChannelError>(())
+            });
+        if let Err(e) = result {
+            let reason = CloseReason::from(e);
+            match reason {
+                CloseReason::Tls(_) => self.fail(reason),
+                _ => self.close_with(reason),
+            }
+        }
+    }
+
+    /// Call after draining [`Channel::next_frame`]: a close_notify that came without a
+    /// Close message ends the connection as closed by the peer. (Deferred so a Close
+    /// message arriving with the close_notify is seen first.)
+    pub fn check_peer_closed(&mut self) {
+        let status = self.link.status();
+        if self.closed.is_none() && (status.closed || status.peer_closed) {
+            self.closed = Some(CloseReason::PeerClosed);
+            self.link.request_close();
+        }
+    }
+
+    pub fn next_frame(&mut self) -> Option<RawFrame> {
+        if self.closed.is_some() {
+            return None;
+        }
+        self.frames.pop_front()
+    }
+
+    /// Queues a message for the next flush.
+    pub fn send(&mut self, message: &Message) {
+        if self.closed.is_none() {
+            message.encode(&mut self.outbound);
+        }
+    }
+
+    /// Queues raw frame bytes (already encoded) for the next flush.
+    pub fn send_encoded(&mut self, frames: &[u8]) {
+        if self.closed.is_none() {
+            self.outbound.extend_from_slice(frames);
+        }
+    }
+
+    /// Application bytes received (after decryption) so far.
+    pub fn app_bytes_received(&self) -> u64 {
+        self.app_bytes_received
+    }
+
+    /// Plaintext bytes queued and not yet flushed.
+    pub fn queued(&self) -> usize {
+        self.outbound.len()
+    }
+
+    /// Sends Close with the reason's code, then close_notify, then nothing more.
+    pub fn close_with(&mut self, reason: CloseReason) {
+        if self.closed.is_some() {
+            return;
+        }
+        let text = match &reason {
+            CloseReason::Local { reason, .. } => reason.clone(),
+            other => Text::from(other.to_string()),
+        };
+        Message::Close(Close {
+            code: reason.code(),
+            reason: text,
+        })
+        .encode(&mut self.outbound);
+        self.closed = Some(reason);
+        self.link.request_close();
+    }
+
+    /// Ends the connection without a Close message (the peer closed first, or the
+    /// link failed), sending close_notify if the link still can.
+    pub fn finish(&mut self, reason: CloseReason) {
+        if self.closed.is_none() {
+            self.closed = Some(reason);
+            self.outbound.clear();
+            self.link.request_close();
+        }
+    }
+
+    /// Ends the connection after what is already queued (a Refused, say), without a
+    /// Close message.
+    pub fn finish_after_queued(&mut self, reason: CloseReason) {
+        if self.closed.is_none() {
+            self.closed = Some(reason);
+            self.link.request_close();
+        }
+    }
+
+    /// The TLS layer failed: nothing more can be encrypted or sent.
+    fn fail(&mut self, reason: CloseReason) {
+        if self.closed.is_none() {
+            self.closed = Some(reason);
+        }
+        self.outbound.clear();
+        self.transport_gone = true;
+    }
+
+    /// The transport ended (EOF or error).
+    pub fn transport_closed(&mut self) {
+        if self.closed.is_none() {
+            self.closed = Some(CloseReason::PeerClosed);
+        }
+        self.transport_gone = true;
+        self.outbound.clear();
+        self.transmit.clear();
+    }
+
+    /// Encrypts what is queued and appends everything ready to `out`; returns the
+    /// number of bytes appended.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> usize {
+        // Always give the link a turn: TLS may have records of its own to send (the
+        // ClientHello, handshake replies, tickets, close_notify).
+        if !self.transport_gone {
+            let decoder = &mut self.decoder;
+            let frames = &mut self.frames;
+            // Records arriving during a flush are only possible mid-handshake; frames
+            // decoded here are kept for the next poll.
+            let result = self.link.flush(
+                &mut self.outbound,
+                &mut self.transmit,
+                &mut |mut plain: &[u8]| {
+                    while !plain.is_empty() {
+                        let taken = decoder.feed(plain);
+                        plain = &plain[taken..];
+                        while let Some(f) = decoder.next_frame().map_err(ChannelError::Decode)? {
+                            frames.push_back(f);
+                        }
+                        if taken == 0 && !plain.is_empty() {
+                            decoder.next_frame().map_err(ChannelError::Decode)?;
+                        }
+                    }
+                    Ok::<(), ChannelError>(())
+                },
+            );
+            if let Err(e) = result {
+                self.fail(e.into());
+            }
+        }
+        if self.transport_gone {
+            self.transmit.clear();
+            return 0;
+        }
+        let n = self.transmit.len();
+        if n > 0 {
+            self.last_tx = now;
+            out.append(&mut self.transmit);
+        }
+        n
+    }
+
+    /// Whether the connection is over and everything there was to send has been
+    /// handed out: the caller may close the transport.
+    pub fn is_finished(&self) -> bool {
+        self.closed.is_some()
+            && self.transmit.is_empty()
+            && (self.transport_gone || self.link.close_sent() || self.link.status().closed)
+    }
+
+    /// The close reason, once, when the connection has finished.
+    pub fn take_close_reason(&mut self) -> Option<CloseReason> {
+        if self.close_reported || !self.is_finished() {
+            return None;
+        }
+        self.close_reported = true;
+        self.closed.clone()
+    }
+
+    /// The keep-alive deadline, if any.
+    pub fn keepalive_deadline(&self) -> Option<Instant> {
+        if !self.keepalive_active || self.closed.is_some() {
+            return None;
+        }
+        let ping = self.keepalive.ping_interval.map(|d| self.last_tx + d);
+        let idle = self.keepalive.idle_timeout.map(|d| self.last_rx + d);
+        match (ping, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Sends a Ping or closes for idleness when their time has come.
+    pub fn handle_keepalive(&mut self, now: Instant) {
+        if !self.keepalive_active || self.closed.is_some() {
+            return;
+        }
+        if let Some(idle) = self.keepalive.idle_timeout {
+            if now >= self.last_rx + idle {
+                self.close_with(CloseReason::Timeout(TimeoutKind::Idle));
+                return;
+            }
+        }
+        if let Some(interval) = self.keepalive.ping_interval {
+            if now >= self.last_tx + interval && self.outbound.is_empty() {
+                let nonce = self.next_ping_nonce;
+                self.next_ping_nonce += 1;
+                self.send(&Message::Ping(Ping { nonce }));
+                // Counts as sending: the next ping is due an interval after this one.
+                self.last_tx = now;
+            }
+        }
+    }
+
+    /// Closes locally with an application reason.
+    pub fn close_local(&mut self, code: CloseCode, reason: Text) {
+        self.close_with(CloseReason::Local { code, reason });
+    }
+}

@@ -1,0 +1,685 @@
+//! The client end of a connection: TLS, server authentication before credentials,
+//! Hello, then RPC and push.
+
+use crate::channel::{Channel, KeepAlive};
+use crate::close::{CloseReason, ProtocolError, TimeoutKind};
+use crate::rpc::{OutstandingRequests, DEFAULT_MAX_OUTSTANDING_REQUESTS};
+use crate::tls::{
+    CertificateInfo, ClientTls, ServerAuthentication, TlsConfigError, TlsLink, Verdict,
+};
+use bytes::{Bytes, BytesMut};
+use pushwire_protocol::{
+    BatchBegin, BatchCommit, ClientOptions, CloseCode, ErrorCode, FrameLimits, GroupId,
+    GroupSelection, Hello, ListGroups, Message, MessageKind, Pong, Publish, Request, ResumeRequest,
+    SendUserMessage, Subscribe, Text, Unsubscribe, Welcome, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::UnbufferedClientConnection;
+use rustls::pki_types::UnixTime;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// How the client decides whether to trust the server (the seed's
+/// `DoSslServerAuthentication`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServerAuthMode {
+    /// Accept exactly when the certificate chain verified. The
+    /// [`ClientEvent::ServerAuthenticated`] event still reports what was seen.
+    #[default]
+    Automatic,
+    /// Emit [`ClientEvent::ServerAuthenticated`] and wait for
+    /// [`ClientConnection::accept_server`] or [`ClientConnection::reject_server`].
+    Application,
+}
+
+/// Encryption of a client connection.
+#[derive(Debug, Clone)]
+pub enum ClientTransport {
+    /// TLS with these settings.
+    Tls(ClientTls),
+    /// No encryption: an explicit opt-in for trusted networks and benchmarks.
+    Plaintext,
+}
+
+/// Everything a client connection needs to know (SocketPro's `CConnectionContext`,
+/// minus host and port, which belong to the shell).
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// TLS or explicit plaintext.
+    pub transport: ClientTransport,
+    /// User id sent in the Hello (at most 255 characters).
+    pub user_id: Text,
+    /// Password sent in the Hello.
+    pub password: Bytes,
+    /// The service to use.
+    pub service_id: u32,
+    /// Echo and other options.
+    pub options: ClientOptions,
+    /// A session to resume.
+    pub resume: Option<ResumeRequest>,
+    /// Largest frame accepted from the server.
+    pub limits: FrameLimits,
+    /// Keep-alive timing.
+    pub keepalive: KeepAlive,
+    /// Limit on TLS handshake plus Hello/Welcome.
+    pub handshake_timeout: Duration,
+    /// Who decides whether to trust the server.
+    pub server_auth: ServerAuthMode,
+    /// Bound on outstanding requests.
+    pub max_outstanding_requests: usize,
+}
+
+impl ClientConfig {
+    /// A configuration with defaults for everything but the essentials.
+    pub fn new(transport: ClientTransport, user_id: impl Into<Text>, password: &[u8]) -> Self {
+        Self {
+            transport,
+            user_id: user_id.into(),
+            password: Bytes::copy_from_slice(password),
+            service_id: 1,
+            options: ClientOptions::default(),
+            resume: None,
+            limits: FrameLimits::default(),
+            keepalive: KeepAlive::default(),
+            handshake_timeout: Duration::from_secs(10),
+            server_auth: ServerAuthMode::default(),
+            max_outstanding_requests: DEFAULT_MAX_OUTSTANDING_REQUESTS,
+        }
+    }
+}
+
+/// Where a client connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    /// TLS handshake under way.
+    Handshaking,
+    /// Waiting for the application to accept or reject the server.
+    AwaitingServerDecision,
+    /// Hello sent, waiting for Welcome or Refused.
+    HelloSent,
+    /// Welcome received: RPC and push available.
+    Ready,
+    /// Over; see the Closed event.
+    Closed,
+}
+
+/// Why a request ended without a result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AbortReason {
+    /// The batch holding it was aborted before it was sent.
+    BatchAborted,
+    /// The connection ended before the result arrived.
+    ConnectionLost(CloseReason),
+}
+
+/// What the client engine reports to the application.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// The TLS handshake finished; this is the server's certificate and the verdict.
+    /// In [`ServerAuthMode::Application`] the engine waits for a decision.
+    ServerAuthenticated(ServerAuthentication),
+    /// The server accepted the Hello.
+    Ready(Welcome),
+    /// A request's result.
+    Response {
+        /// The request.
+        request_id: u64,
+        /// The result.
+        payload: Bytes,
+    },
+    /// A request failed on the server.
+    ServerError {
+        /// The request.
+        request_id: u64,
+        /// What went wrong.
+        code: ErrorCode,
+        /// Detail.
+        message: Text,
+    },
+    /// A request ended without a result.
+    RequestAborted {
+        /// The request.
+        request_id: u64,
+        /// Why.
+        reason: AbortReason,
+    },
+    /// A push event or an answer to a push command (Subscribed, Unsubscribed,
+    /// Published, UserMessage, Gap, SessionLost, PushRejected, UserMessageDelivered,
+    /// GroupList).
+    Push(Message),
+    /// The connection is over. Always the last event.
+    Closed(CloseReason),
+}
+
+/// A client operation that could not be started.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ClientError {
+    /// The connection is not ready (no Welcome yet).
+    #[error("the connection is not ready")]
+    NotReady,
+    /// The connection is closed or closing.
+    #[error("the connection is closed")]
+    Closed,
+    /// The message would exceed the server's frame limit.
+    #[error("message of {size} bytes exceeds the server's frame limit of {max} bytes")]
+    TooLarge {
+        /// Frame size.
+        size: usize,
+        /// The limit.
+        max: u32,
+    },
+    /// Too many requests are outstanding.
+    #[error("{0} requests are already outstanding")]
+    TooManyRequests(usize),
+    /// No batch is open.
+    #[error("no batch is open")]
+    NoBatch,
+    /// A batch is already open.
+    #[error("a batch is already open")]
+    BatchOpen,
+    /// accept/reject called when no decision is pending.
+    #[error("no server-authentication decision is pending")]
+    NoDecisionPending,
+    /// The server name or TLS settings are invalid.
+    #[error(transparent)]
+    Config(#[from] TlsConfigErrorText),
+}
+
+/// A TLS configuration error, as text (rustls errors are not `Eq`).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{0}")]
+pub struct TlsConfigErrorText(pub String);
+
+impl From<TlsConfigError> for TlsConfigErrorText {
+    fn from(e: TlsConfigError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// A push command, as the client application issues it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushCommand {
+    /// Join groups.
+    Subscribe(Vec<GroupId>),
+    /// Leave groups or all.
+    Unsubscribe(GroupSelection),
+    /// Publish to groups.
+    Publish {
+        /// Target groups.
+        groups: Vec<GroupId>,
+        /// Message.
+        payload: Bytes,
+    },
+    /// Message one user.
+    SendUserMessage {
+        /// Receiver's user id.
+        receiver: Text,
+        /// Message.
+        payload: Bytes,
+    },
+    /// Ask for the group list.
+    ListGroups,
+}
+
+impl PushCommand {
+    fn into_message(self, command_id: u64) -> Message {
+        match self {
+            PushCommand::Subscribe(groups) => Message::Subscribe(Subscribe { command_id, groups }),
+            PushCommand::Unsubscribe(groups) => {
+                Message::Unsubscribe(Unsubscribe { command_id, groups })
+            }
+            PushCommand::Publish { groups, payload } => Message::Publish(Publish {
+                command_id,
+                groups,
+                payload,
+            }),
+            PushCommand::SendUserMessage { receiver, payload } => {
+                Message::SendUserMessage(SendUserMessage {
+                    command_id,
+                    receiver,
+                    payload,
+                })
+            }
+            PushCommand::ListGroups => Message::ListGroups(ListGroups { command_id }),
+        }
+    }
+}
+
+struct Batch {
+    frames: BytesMut,
+    request_ids: Vec<u64>,
+}
+
+/// The client end of one pushwire connection, as a state machine.
+///
+/// Calling contract (quinn-proto style):
+/// - Feed bytes from the transport with [`handle_input`](Self::handle_input) and
+///   timer expiry with [`handle_timeout`](Self::handle_timeout); call
+///   [`handle_transport_closed`](Self::handle_transport_closed) on EOF or a transport
+///   error.
+/// - After any call that takes `&mut self`, drain [`poll_transmit`](Self::poll_transmit)
+///   (write everything it appended, in order), [`poll_event`](Self::poll_event) until
+///   `None`, and re-arm the timer from [`poll_timeout`](Self::poll_timeout).
+/// - When [`is_finished`](Self::is_finished) returns true, close the transport.
+///
+/// No credential leaves before the server is accepted: in TLS mode the Hello is
+/// queued only by [`accept_server`](Self::accept_server) or by the automatic policy.
+pub struct ClientConnection {
+    config: ClientConfig,
+    channel: Channel,
+    state: ClientState,
+    events: VecDeque<ClientEvent>,
+    verdict: Option<Verdict>,
+    wall_clock: UnixTime,
+    deadline: Option<Instant>,
+    outstanding: OutstandingRequests,
+    next_command_id: u64,
+    batch: Option<Batch>,
+    server_max_frame: u32,
+    tls: Option<ClientTls>,
+}
+
+impl ClientConnection {
+    /// Starts a connection at `now`. `wall_clock` is the current calendar time, used
+    /// to check the server certificate's validity period.
+    pub fn new(
+        config: ClientConfig,
+        now: Instant,
+        wall_clock: UnixTime,
+    ) -> Result<Self, ClientError> {
+        let (link, tls) = match &config.transport {
+            ClientTransport::Tls(tls) => {
+                let conn =
+                    UnbufferedClientConnection::new(tls.rustls.clone(), tls.server_name.clone())
+                        .map_err(|e| TlsConfigErrorText(e.to_string()))?;
+                (TlsLink::client(conn), Some(tls.clone()))
+            }
+            ClientTransport::Plaintext => (TlsLink::plaintext(), None),
+        };
+        let channel = Channel::new(link, config.limits, config.keepalive, now);
+        let mut client = Self {
+            deadline: Some(now + config.handshake_timeout),
+            server_max_frame: config.limits.max_frame_size(),
+            config,
+            channel,
+            state: ClientState::Handshaking,
+            events: VecDeque::new(),
+            verdict: None,
+            wall_clock,
+            outstanding: OutstandingRequests::default(),
+            next_command_id: 0,
+            batch: None,
+            tls,
+        };
+        if client.tls.is_none() {
+            client.send_hello();
+        }
+        Ok(client)
+    }
+
+    /// Where the connection is.
+    pub fn state(&self) -> ClientState {
+        self.state
+    }
+
+    /// Requests sent (or batched) that have no outcome yet.
+    pub fn outstanding_requests(&self) -> usize {
+        self.outstanding.len() + self.batch.as_ref().map_or(0, |b| b.request_ids.len())
+    }
+
+    /// Feeds bytes received from the transport.
+    pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
+        self.channel.receive(now, data);
+        self.after_input();
+    }
+
+    /// The transport ended or failed.
+    pub fn handle_transport_closed(&mut self) {
+        self.channel.transport_closed();
+        self.after_input();
+    }
+
+    /// Fires timers whose time has come.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(deadline) = self.deadline {
+            if now >= deadline && self.state != ClientState::Ready {
+                self.deadline = None;
+                self.channel
+                    .close_with(CloseReason::Timeout(TimeoutKind::Handshake));
+            }
+        }
+        self.channel.handle_keepalive(now);
+        self.after_input();
+    }
+
+    /// The next time [`handle_timeout`](Self::handle_timeout) must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state == ClientState::Closed || self.channel.is_closing() {
+            return None;
+        }
+        let handshake = self.deadline.filter(|_| self.state != ClientState::Ready);
+        match (handshake, self.channel.keepalive_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Appends bytes to send to `out`; returns how many.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> usize {
+        let n = self.channel.poll_transmit(now, out);
+        self.after_input();
+        n
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// Whether the connection is over and all its bytes were handed out.
+    pub fn is_finished(&self) -> bool {
+        self.channel.is_finished()
+    }
+
+    /// Trusts the server: the Hello (with the credentials) is queued.
+    pub fn accept_server(&mut self) -> Result<(), ClientError> {
+        if self.state != ClientState::AwaitingServerDecision {
+            return Err(ClientError::NoDecisionPending);
+        }
+        self.send_hello();
+        Ok(())
+    }
+
+    /// Distrusts the server: close_notify, then closed. No Hello is ever sent.
+    pub fn reject_server(&mut self) -> Result<(), ClientError> {
+        if self.state != ClientState::AwaitingServerDecision {
+            return Err(ClientError::NoDecisionPending);
+        }
+        let verdict = self.verdict.clone().unwrap_or(Verdict::Verified);
+        self.channel.finish(CloseReason::ServerRejected { verdict });
+        self.after_input();
+        Ok(())
+    }
+
+    /// Sends a request; its outcome arrives as exactly one event.
+    pub fn request(&mut self, method_id: u32, payload: Bytes) -> Result<u64, ClientError> {
+        self.check_ready()?;
+        if self.outstanding_requests() >= self.config.max_outstanding_requests {
+            return Err(ClientError::TooManyRequests(self.outstanding_requests()));
+        }
+        let request_id = self.outstanding.allocate_id();
+        let message = Message::Request(Request {
+            request_id,
+            method_id,
+            payload,
+        });
+        self.check_size(&message)?;
+        match &mut self.batch {
+            Some(batch) => {
+                message.encode(&mut batch.frames);
+                batch.request_ids.push(request_id);
+            }
+            None => {
+                self.channel.send(&message);
+                self.outstanding.push(request_id);
+            }
+        }
+        Ok(request_id)
+    }
+
+    /// Sends a push command; returns its command id (echoed in PushRejected,
+    /// UserMessageDelivered and GroupList).
+    pub fn push(&mut self, command: PushCommand) -> Result<u64, ClientError> {
+        self.check_ready()?;
+        self.next_command_id += 1;
+        let message = command.into_message(self.next_command_id);
+        self.check_size(&message)?;
+        match &mut self.batch {
+            Some(batch) => message.encode(&mut batch.frames),
+            None => self.channel.send(&message),
+        }
+        Ok(self.next_command_id)
+    }
+
+    /// Holds requests and push commands until [`commit_batch`](Self::commit_batch).
+    pub fn start_batch(&mut self) -> Result<(), ClientError> {
+        self.check_ready()?;
+        if self.batch.is_some() {
+            return Err(ClientError::BatchOpen);
+        }
+        self.batch = Some(Batch {
+            frames: BytesMut::new(),
+            request_ids: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Sends the batch as one transmit. With `server_batching` the server returns the
+    /// batch's results together.
+    pub fn commit_batch(&mut self, server_batching: bool) -> Result<(), ClientError> {
+        self.check_ready()?;
+        let batch = self.batch.take().ok_or(ClientError::NoBatch)?;
+        self.channel.send(&Message::BatchBegin(BatchBegin));
+        self.channel.send_encoded(&batch.frames);
+        self.channel
+            .send(&Message::BatchCommit(BatchCommit { server_batching }));
+        for id in batch.request_ids {
+            self.outstanding.push(id);
+        }
+        Ok(())
+    }
+
+    /// Drops the batch; each of its requests ends as aborted.
+    pub fn abort_batch(&mut self) -> Result<(), ClientError> {
+        let batch = self.batch.take().ok_or(ClientError::NoBatch)?;
+        for request_id in batch.request_ids {
+            self.events.push_back(ClientEvent::RequestAborted {
+                request_id,
+                reason: AbortReason::BatchAborted,
+            });
+        }
+        Ok(())
+    }
+
+    /// Closes the connection with a Close message, then close_notify.
+    pub fn close(&mut self, code: CloseCode, reason: impl Into<Text>) {
+        self.channel.close_local(code, reason.into());
+        self.after_input();
+    }
+
+    fn check_ready(&self) -> Result<(), ClientError> {
+        match self.state {
+            ClientState::Ready if !self.channel.is_closing() => Ok(()),
+            ClientState::Closed => Err(ClientError::Closed),
+            _ if self.channel.is_closing() => Err(ClientError::Closed),
+            _ => Err(ClientError::NotReady),
+        }
+    }
+
+    fn check_size(&self, message: &Message) -> Result<(), ClientError> {
+        let size = message.frame_size();
+        if size > self.server_max_frame as usize {
+            return Err(ClientError::TooLarge {
+                size,
+                max: self.server_max_frame,
+            });
+        }
+        Ok(())
+    }
+
+    fn send_hello(&mut self) {
+        let hello = Hello {
+            min_version: *SUPPORTED_VERSIONS.start(),
+            max_version: PROTOCOL_VERSION,
+            service_id: self.config.service_id,
+            options: self.config.options,
+            user_id: self.config.user_id.clone(),
+            password: self.config.password.clone(),
+            resume: self.config.resume,
+        };
+        self.channel.send(&Message::Hello(hello));
+        self.state = ClientState::HelloSent;
+    }
+
+    /// Advances the lifecycle after new input: server authentication once TLS is up,
+    /// then every decoded frame.
+    fn after_input(&mut self) {
+        if self.state == ClientState::Handshaking && self.channel.link.status().ready {
+            self.authenticate_server();
+        }
+        while let Some(frame) = self.channel.next_frame() {
+            match Message::decode(frame.kind, frame.body.freeze()) {
+                Ok(message) => self.handle_message(message),
+                Err(e) => self
+                    .channel
+                    .close_with(CloseReason::Protocol(ProtocolError::Decode(e))),
+            }
+        }
+        self.channel.check_peer_closed();
+        if self.state != ClientState::Closed {
+            if let Some(reason) = self.channel.take_close_reason() {
+                self.state = ClientState::Closed;
+                self.batch = None;
+                for request_id in self.outstanding.drain() {
+                    self.events.push_back(ClientEvent::RequestAborted {
+                        request_id,
+                        reason: AbortReason::ConnectionLost(reason.clone()),
+                    });
+                }
+                self.events.push_back(ClientEvent::Closed(reason));
+            }
+        }
+    }
+
+    fn authenticate_server(&mut self) {
+        let Some(tls) = &self.tls else {
+            return;
+        };
+        let Some(session) = self.channel.link.client_session() else {
+            return;
+        };
+        let certs = session.peer_certificates().unwrap_or(&[]);
+        let verdict = match certs.split_first() {
+            None => Verdict::Failed(rustls::Error::NoCertificatesPresented),
+            Some((end_entity, intermediates)) => match tls.verifier.verify_server_cert(
+                end_entity,
+                intermediates,
+                &tls.server_name,
+                &[],
+                self.wall_clock,
+            ) {
+                Ok(_) => Verdict::Verified,
+                Err(e) => Verdict::Failed(e),
+            },
+        };
+        let info = ServerAuthentication {
+            chain: certs
+                .iter()
+                .filter_map(|c| CertificateInfo::parse(c).ok())
+                .collect(),
+            verdict: verdict.clone(),
+            protocol_version: session
+                .protocol_version()
+                .map_or_else(String::new, |v| format!("{v:?}")),
+            cipher_suite: session
+                .negotiated_cipher_suite()
+                .map_or_else(String::new, |s| format!("{:?}", s.suite())),
+            server_name: tls.server_name.to_str().into_owned(),
+        };
+        self.verdict = Some(verdict.clone());
+        self.state = ClientState::AwaitingServerDecision;
+        self.events
+            .push_back(ClientEvent::ServerAuthenticated(info));
+        if self.config.server_auth == ServerAuthMode::Automatic {
+            let decided = if verdict.is_verified() {
+                self.accept_server()
+            } else {
+                self.reject_server()
+            };
+            debug_assert!(decided.is_ok());
+        }
+    }
+
+    fn handle_message(&mut self, message: Message) {
+        let kind = message.kind();
+        match (self.state, message) {
+            (_, Message::Ping(ping)) => self
+                .channel
+                .send(&Message::Pong(Pong { nonce: ping.nonce })),
+            (_, Message::Pong(_)) => {}
+            (_, Message::Close(close)) => self.channel.finish(CloseReason::Remote {
+                code: close.code,
+                reason: close.reason,
+            }),
+            (ClientState::HelloSent, Message::Welcome(welcome)) => {
+                self.state = ClientState::Ready;
+                self.deadline = None;
+                self.server_max_frame = welcome
+                    .max_frame_size
+                    .min(pushwire_protocol::HARD_MAX_FRAME_SIZE);
+                self.channel.start_keepalive_now();
+                self.events.push_back(ClientEvent::Ready(welcome));
+            }
+            (ClientState::HelloSent, Message::Refused(refused)) => {
+                self.channel.finish(CloseReason::Refused {
+                    code: refused.code,
+                    reason: refused.reason,
+                });
+            }
+            (ClientState::Ready, Message::Response(r)) => {
+                if self.complete(r.request_id) {
+                    self.events.push_back(ClientEvent::Response {
+                        request_id: r.request_id,
+                        payload: r.payload,
+                    });
+                }
+            }
+            (ClientState::Ready, Message::ServerError(e)) => {
+                if self.complete(e.request_id) {
+                    self.events.push_back(ClientEvent::ServerError {
+                        request_id: e.request_id,
+                        code: e.code,
+                        message: e.message,
+                    });
+                }
+            }
+            (
+                ClientState::Ready,
+                m @ (Message::Subscribed(_)
+                | Message::Unsubscribed(_)
+                | Message::Published(_)
+                | Message::UserMessage(_)
+                | Message::Gap(_)
+                | Message::SessionLost(_)
+                | Message::PushRejected(_)
+                | Message::UserMessageDelivered(_)
+                | Message::GroupList(_)),
+            ) => self.events.push_back(ClientEvent::Push(m)),
+            (state, _) => {
+                self.channel
+                    .close_with(CloseReason::Protocol(ProtocolError::Unexpected {
+                        message: kind_name(kind),
+                        context: match state {
+                            ClientState::Ready => "from the server after Welcome",
+                            _ => "from the server before Welcome",
+                        },
+                    }))
+            }
+        }
+    }
+
+    fn complete(&mut self, request_id: u64) -> bool {
+        match self.outstanding.complete(request_id) {
+            Ok(()) => true,
+            Err(e) => {
+                self.channel.close_with(CloseReason::Protocol(e));
+                false
+            }
+        }
+    }
+}
+
+fn kind_name(kind: MessageKind) -> &'static str {
+    kind.name()
+}

@@ -1,0 +1,488 @@
+//! The server end of a connection: TLS, the Hello under a deadline, the
+//! application's authentication decision, then RPC and push.
+
+use crate::channel::{Channel, KeepAlive};
+use crate::close::{CloseReason, ProtocolError, TimeoutKind};
+use crate::rpc::{RequestResult, ResultQueue, DEFAULT_MAX_OUTSTANDING_REQUESTS};
+use crate::tls::{CertificateInfo, TlsError, TlsLink};
+use bytes::{Bytes, BytesMut};
+use pushwire_protocol::{
+    negotiate_version, ClientOptions, CloseCode, FrameLimits, Hello, Message, Pong, RawFrame,
+    RefuseCode, Refused, ResumeRequest, ResumeToken, Text, Welcome, SUPPORTED_VERSIONS,
+};
+use rustls::server::UnbufferedServerConnection;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zeroize::{Zeroize, Zeroizing};
+
+/// Encryption of the server's connections.
+#[derive(Debug, Clone)]
+pub enum ServerTransport {
+    /// TLS with this rustls configuration (see [`crate::tls::server_tls_config`]).
+    Tls(Arc<rustls::ServerConfig>),
+    /// No encryption: an explicit opt-in for trusted networks and benchmarks.
+    Plaintext,
+}
+
+/// Settings shared by all of a server's connections.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// TLS or explicit plaintext.
+    pub transport: ServerTransport,
+    /// Largest frame accepted from clients; announced in the Welcome.
+    pub limits: FrameLimits,
+    /// Time from accept until the Hello must be complete (TLS handshake included).
+    pub hello_timeout: Duration,
+    /// Keep-alive timing; the ping interval is announced in the Welcome.
+    pub keepalive: KeepAlive,
+    /// Bound on requests a client may have outstanding.
+    pub max_outstanding_requests: usize,
+}
+
+impl ServerConfig {
+    /// Defaults for everything but the transport.
+    pub fn new(transport: ServerTransport) -> Self {
+        Self {
+            transport,
+            limits: FrameLimits::default(),
+            hello_timeout: Duration::from_secs(10),
+            keepalive: KeepAlive::default(),
+            max_outstanding_requests: DEFAULT_MAX_OUTSTANDING_REQUESTS,
+        }
+    }
+}
+
+/// Where a server connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    /// TLS handshake under way.
+    Handshaking,
+    /// Waiting for the client's Hello.
+    AwaitingHello,
+    /// Waiting for the application to permit or refuse.
+    Authenticating,
+    /// Welcome sent: requests and push commands flow.
+    Ready,
+    /// Over; see the Closed event.
+    Closed,
+}
+
+/// A client asks to be let in (the seed's `OnIsPermitted`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthRequest {
+    /// The claimed user id.
+    pub user_id: Text,
+    /// The password. Its memory is wiped when the last copy is dropped; the engine
+    /// drops its own at the decision.
+    pub password: Bytes,
+    /// The requested service.
+    pub service_id: u32,
+    /// The client's options.
+    pub options: ClientOptions,
+    /// A session the client wants to resume.
+    pub resume: Option<ResumeRequest>,
+    /// The negotiated protocol version.
+    pub version: u16,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The client's certificate, with mutual TLS.
+    pub client_certificate: Option<CertificateInfo>,
+}
+
+/// The application's acceptance of a Hello: what goes into the Welcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Server-wide session id.
+    pub session_id: u64,
+    /// Resume secret (from a CSPRNG the application or shell provides).
+    pub resume_token: ResumeToken,
+    /// Whether the requested session was resumed.
+    pub resumed: bool,
+    /// How long a detached session is kept, in milliseconds (0: none).
+    pub session_timeout_ms: u32,
+    /// Push events kept for replay per session.
+    pub replay_capacity: u32,
+}
+
+/// What the server engine reports to the application.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerEvent {
+    /// A complete Hello: answer with [`ServerConnection::permit`] or
+    /// [`ServerConnection::refuse`].
+    Authenticate(AuthRequest),
+    /// An RPC call: answer with [`ServerConnection::respond`], in any order.
+    Request {
+        /// Its id.
+        request_id: u64,
+        /// The method.
+        method_id: u32,
+        /// Arguments.
+        payload: Bytes,
+    },
+    /// A push command for the hub (Subscribe, Unsubscribe, Publish, SendUserMessage,
+    /// ListGroups).
+    Push(Message),
+    /// The client has every push event up to this sequence number.
+    Acknowledged(u64),
+    /// The connection is over. Always the last event.
+    Closed(CloseReason),
+}
+
+/// The server end of one pushwire connection, as a state machine.
+///
+/// Calling contract (quinn-proto style): feed bytes with
+/// [`handle_input`](Self::handle_input), expiry with
+/// [`handle_timeout`](Self::handle_timeout), EOF with
+/// [`handle_transport_closed`](Self::handle_transport_closed); after any call that
+/// takes `&mut self`, drain [`poll_transmit`](Self::poll_transmit),
+/// [`poll_event`](Self::poll_event) until `None`, and re-arm the timer from
+/// [`poll_timeout`](Self::poll_timeout). Close the transport once
+/// [`is_finished`](Self::is_finished).
+pub struct ServerConnection {
+    config: Arc<ServerConfig>,
+    channel: Channel,
+    state: ServerState,
+    events: VecDeque<ServerEvent>,
+    hello_deadline: Option<Instant>,
+    peer: SocketAddr,
+    version: u16,
+    results: ResultQueue,
+}
+
+impl ServerConnection {
+    /// A connection accepted at `now` from `peer`.
+    pub fn new(
+        config: Arc<ServerConfig>,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Result<Self, TlsError> {
+        let link = match &config.transport {
+            ServerTransport::Tls(tls) => {
+                TlsLink::server(UnbufferedServerConnection::new(tls.clone())?)
+            }
+            ServerTransport::Plaintext => TlsLink::plaintext(),
+        };
+        let channel = Channel::new(link, config.limits, config.keepalive, now);
+        Ok(Self {
+            hello_deadline: Some(now + config.hello_timeout),
+            results: ResultQueue::new(config.max_outstanding_requests),
+            config,
+            channel,
+            state: ServerState::Handshaking,
+            events: VecDeque::new(),
+            peer,
+            version: *SUPPORTED_VERSIONS.end(),
+        })
+    }
+
+    /// Where the connection is.
+    pub fn state(&self) -> ServerState {
+        self.state
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Feeds bytes received from the transport.
+    pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
+        self.channel.receive(now, data);
+        self.advance();
+    }
+
+    /// The transport ended or failed.
+    pub fn handle_transport_closed(&mut self) {
+        self.channel.transport_closed();
+        self.advance();
+    }
+
+    /// Fires timers whose time has come.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(deadline) = self.hello_deadline {
+            if now >= deadline {
+                self.hello_deadline = None;
+                self.channel
+                    .close_with(CloseReason::Timeout(TimeoutKind::Hello));
+            }
+        }
+        self.channel.handle_keepalive(now);
+        self.advance();
+    }
+
+    /// The next time [`handle_timeout`](Self::handle_timeout) must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state == ServerState::Closed || self.channel.is_closing() {
+            return None;
+        }
+        match (self.hello_deadline, self.channel.keepalive_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Appends bytes to send to `out`; returns how many.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> usize {
+        let n = self.channel.poll_transmit(now, out);
+        self.advance();
+        n
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// Whether the connection is over and all its bytes were handed out.
+    pub fn is_finished(&self) -> bool {
+        self.channel.is_finished()
+    }
+
+    /// Requests received and not yet answered and released.
+    pub fn pending_requests(&self) -> usize {
+        self.results.len()
+    }
+
+    /// Application bytes received (after decryption) so far: 0 proves the client sent
+    /// nothing beyond TLS itself.
+    pub fn app_bytes_received(&self) -> u64 {
+        self.channel.app_bytes_received()
+    }
+
+    /// Plaintext bytes queued for the next transmit (outbound accounting).
+    pub fn queued_bytes(&self) -> usize {
+        self.channel.queued()
+    }
+
+    /// Lets the client in: sends the Welcome.
+    pub fn permit(&mut self, grant: Grant) {
+        if self.state != ServerState::Authenticating {
+            return;
+        }
+        let keepalive = self.config.keepalive;
+        self.channel.send(&Message::Welcome(Welcome {
+            version: self.version,
+            session_id: grant.session_id,
+            resume_token: grant.resume_token,
+            resumed: grant.resumed,
+            max_frame_size: self.config.limits.max_frame_size(),
+            ping_interval_ms: keepalive
+                .ping_interval
+                .map_or(0, |d| d.as_millis().min(u32::MAX as u128) as u32),
+            session_timeout_ms: grant.session_timeout_ms,
+            replay_capacity: grant.replay_capacity,
+        }));
+        self.state = ServerState::Ready;
+        self.channel.start_keepalive_now();
+    }
+
+    /// Keeps the client out: sends Refused, then closes.
+    pub fn refuse(&mut self, code: RefuseCode, reason: impl Into<Text>) {
+        if self.state != ServerState::Authenticating {
+            return;
+        }
+        self.refuse_now(code, reason.into());
+    }
+
+    fn refuse_now(&mut self, code: RefuseCode, reason: Text) {
+        self.channel.send(&Message::Refused(Refused {
+            code,
+            reason: reason.clone(),
+        }));
+        self.channel.finish_after_queued(CloseReason::Local {
+            code: CloseCode::Normal,
+            reason: Text::from(format!("refused: {reason}")),
+        });
+        self.advance();
+    }
+
+    /// Answers a request. Results leave in request order; returns false when the
+    /// request is unknown or already answered.
+    pub fn respond(&mut self, request_id: u64, result: RequestResult) -> bool {
+        if !self.results.answer(request_id, result) {
+            return false;
+        }
+        self.release_results();
+        true
+    }
+
+    /// Queues a push event (or any server message) for this client.
+    pub fn send(&mut self, message: &Message) {
+        if self.state == ServerState::Ready {
+            self.channel.send(message);
+        }
+    }
+
+    /// Queues already-encoded frames (for example a publication encoded once for many
+    /// receivers).
+    pub fn send_encoded(&mut self, frames: &[u8]) {
+        if self.state == ServerState::Ready {
+            self.channel.send_encoded(frames);
+        }
+    }
+
+    /// Closes with a Close message, then close_notify.
+    pub fn close(&mut self, code: CloseCode, reason: impl Into<Text>) {
+        self.channel.close_local(code, reason.into());
+        self.advance();
+    }
+
+    fn release_results(&mut self) {
+        let channel = &mut self.channel;
+        self.results.release(|m| channel.send(&m));
+    }
+
+    fn advance(&mut self) {
+        if self.state == ServerState::Handshaking && self.channel.link.status().ready {
+            self.state = ServerState::AwaitingHello;
+        }
+        while let Some(frame) = self.channel.next_frame() {
+            self.handle_frame(frame);
+        }
+        self.channel.check_peer_closed();
+        if self.state != ServerState::Closed {
+            if let Some(reason) = self.channel.take_close_reason() {
+                self.state = ServerState::Closed;
+                self.events.push_back(ServerEvent::Closed(reason));
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, frame: RawFrame) {
+        if frame.kind == pushwire_protocol::MessageKind::Hello {
+            return self.handle_hello(frame.body);
+        }
+        let message = match Message::decode(frame.kind, frame.body.freeze()) {
+            Ok(m) => m,
+            Err(e) => {
+                return self
+                    .channel
+                    .close_with(CloseReason::Protocol(ProtocolError::Decode(e)))
+            }
+        };
+        let result = match (self.state, message) {
+            (_, Message::Ping(ping)) => {
+                self.channel
+                    .send(&Message::Pong(Pong { nonce: ping.nonce }));
+                Ok(())
+            }
+            (_, Message::Pong(_)) => Ok(()),
+            (_, Message::Close(close)) => {
+                self.channel.finish(CloseReason::Remote {
+                    code: close.code,
+                    reason: close.reason,
+                });
+                Ok(())
+            }
+            (ServerState::Ready, Message::Request(r)) => {
+                self.results.begin_request(r.request_id).map(|()| {
+                    self.events.push_back(ServerEvent::Request {
+                        request_id: r.request_id,
+                        method_id: r.method_id,
+                        payload: r.payload,
+                    });
+                })
+            }
+            (ServerState::Ready, Message::BatchBegin(_)) => self.results.begin_batch(),
+            (ServerState::Ready, Message::BatchCommit(c)) => {
+                let r = self.results.commit_batch(c.server_batching);
+                self.release_results();
+                r
+            }
+            (ServerState::Ready, Message::Ack(ack)) => {
+                self.events
+                    .push_back(ServerEvent::Acknowledged(ack.last_seq));
+                Ok(())
+            }
+            (
+                ServerState::Ready,
+                m @ (Message::Subscribe(_)
+                | Message::Unsubscribe(_)
+                | Message::Publish(_)
+                | Message::SendUserMessage(_)
+                | Message::ListGroups(_)),
+            ) => {
+                self.events.push_back(ServerEvent::Push(m));
+                Ok(())
+            }
+            (state, m) => Err(ProtocolError::Unexpected {
+                message: m.kind().name(),
+                context: match state {
+                    ServerState::Ready => "from a client after Welcome",
+                    _ => "from a client before Welcome",
+                },
+            }),
+        };
+        if let Err(e) = result {
+            self.channel.close_with(CloseReason::Protocol(e));
+        }
+    }
+
+    /// Decodes the Hello from a buffer that is wiped when the last reference to it
+    /// (the password in the AuthRequest) is dropped, and wipes the frame it came in.
+    fn handle_hello(&mut self, mut body: BytesMut) {
+        let owned = Bytes::from_owner(Zeroizing::new(body.to_vec()));
+        body.as_mut().zeroize();
+        if self.state != ServerState::AwaitingHello {
+            return self
+                .channel
+                .close_with(CloseReason::Protocol(ProtocolError::Unexpected {
+                    message: "Hello",
+                    context: "after the Hello phase",
+                }));
+        }
+        let hello = match Message::decode(pushwire_protocol::MessageKind::Hello, owned) {
+            Ok(Message::Hello(hello)) => hello,
+            Ok(_) => unreachable!("decoding as Hello yields a Hello"),
+            Err(e) => {
+                self.state = ServerState::Authenticating;
+                return self.refuse_now(RefuseCode::InvalidHello, Text::from(e.to_string()));
+            }
+        };
+        self.hello_deadline = None;
+        self.state = ServerState::Authenticating;
+        let Hello {
+            min_version,
+            max_version,
+            service_id,
+            options,
+            user_id,
+            password,
+            resume,
+        } = hello;
+        let Some(version) = negotiate_version(min_version, max_version) else {
+            return self.refuse_now(
+                RefuseCode::UnsupportedVersion,
+                Text::from(format!(
+                    "client speaks versions {min_version}..={max_version}, server {}..={}",
+                    SUPPORTED_VERSIONS.start(),
+                    SUPPORTED_VERSIONS.end()
+                )),
+            );
+        };
+        if user_id.is_empty() {
+            return self.refuse_now(RefuseCode::InvalidHello, Text::from("empty user id"));
+        }
+        self.version = version;
+        let client_certificate = self
+            .channel
+            .link
+            .server_session()
+            .and_then(|s| s.peer_certificates())
+            .and_then(|certs| certs.first())
+            .and_then(|c| CertificateInfo::parse(c).ok());
+        self.events
+            .push_back(ServerEvent::Authenticate(AuthRequest {
+                user_id,
+                password,
+                service_id,
+                options,
+                resume,
+                version,
+                peer: self.peer,
+                client_certificate,
+            }));
+    }
+}
