@@ -613,11 +613,25 @@ impl ClientConnection {
                 reason: close.reason,
             }),
             (ClientState::HelloSent, Message::Welcome(welcome)) => {
+                let Ok(server_limits) = FrameLimits::new(welcome.max_frame_size) else {
+                    return self.channel.close_with(CloseReason::Protocol(
+                        ProtocolError::Unexpected {
+                            message: "Welcome",
+                            context: "with a frame limit outside the protocol's range",
+                        },
+                    ));
+                };
+                if !SUPPORTED_VERSIONS.contains(&welcome.version) {
+                    return self.channel.close_with(CloseReason::Protocol(
+                        ProtocolError::Unexpected {
+                            message: "Welcome",
+                            context: "with a version the client did not offer",
+                        },
+                    ));
+                }
                 self.state = ClientState::Ready;
                 self.deadline = None;
-                self.server_max_frame = welcome
-                    .max_frame_size
-                    .min(pushwire_protocol::HARD_MAX_FRAME_SIZE);
+                self.server_max_frame = server_limits.max_frame_size();
                 self.channel.start_keepalive_now();
                 self.events.push_back(ClientEvent::Ready(welcome));
             }

@@ -152,6 +152,13 @@ pub enum CredentialsError {
         /// Why rustls rejected it.
         reason: rustls::Error,
     },
+
+    /// The operating system's trust store yielded no usable CA certificate.
+    #[error("no usable CA certificate in the operating system's trust store: {details}")]
+    NoNativeRoots {
+        /// What the platform loader reported.
+        details: String,
+    },
 }
 
 /// Loads every `CERTIFICATE` section of a PEM file, in file order.
@@ -332,6 +339,31 @@ pub fn load_root_store(paths: &[impl AsRef<Path>]) -> Result<RootCertStore, Cred
                     reason,
                 })?;
         }
+    }
+    Ok(store)
+}
+
+/// Trusts the operating system's CA store (SocketPro's system-store verify location),
+/// through rustls-native-certs.
+///
+/// Certificates the platform store holds but rustls cannot use are skipped, as
+/// platform stores routinely contain some; the call fails only when none is usable.
+pub fn load_native_roots() -> Result<RootCertStore, CredentialsError> {
+    let loaded = rustls_native_certs::load_native_certs();
+    let mut store = RootCertStore::empty();
+    let (added, _ignored) = store.add_parsable_certificates(loaded.certs);
+    if added == 0 {
+        let details = if loaded.errors.is_empty() {
+            "the store is empty".to_owned()
+        } else {
+            loaded
+                .errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        return Err(CredentialsError::NoNativeRoots { details });
     }
     Ok(store)
 }
@@ -877,5 +909,32 @@ mod tests {
         let creds = ServerCredentials::from_pem_files(&file.0, &file.0, Some(PASSWORD))
             .expect("combined CRLF file loads");
         assert_eq!(creds.chain.len(), 1);
+    }
+
+    #[test]
+    fn native_roots_follow_ssl_cert_file() {
+        // rustls-native-certs honours SSL_CERT_FILE; pointing it at the development CA
+        // makes the "OS store" exactly that one certificate. No other test reads these.
+        let saved_dir = std::env::var_os("SSL_CERT_DIR");
+        let saved_file = std::env::var_os("SSL_CERT_FILE");
+        std::env::remove_var("SSL_CERT_DIR");
+        std::env::set_var(
+            "SSL_CERT_FILE",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../certs/ca.cert.pem"),
+        );
+        let store = load_native_roots().unwrap();
+        assert_eq!(store.len(), 1);
+        std::env::set_var("SSL_CERT_FILE", "/nonexistent/pushwire-test-bundle.pem");
+        assert!(matches!(
+            load_native_roots(),
+            Err(CredentialsError::NoNativeRoots { .. })
+        ));
+        std::env::remove_var("SSL_CERT_FILE");
+        if let Some(dir) = saved_dir {
+            std::env::set_var("SSL_CERT_DIR", dir);
+        }
+        if let Some(file) = saved_file {
+            std::env::set_var("SSL_CERT_FILE", file);
+        }
     }
 }

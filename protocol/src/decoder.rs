@@ -42,12 +42,6 @@ impl FrameDecoder {
         self.limits
     }
 
-    /// Changes the frame limit (for example once a connection has negotiated one).
-    /// Applies to frames whose header has not yet been checked.
-    pub fn set_limits(&mut self, limits: FrameLimits) {
-        self.limits = limits;
-    }
-
     /// Bytes buffered and not yet returned as messages.
     pub fn buffered(&self) -> usize {
         self.buf.len()
@@ -108,7 +102,9 @@ impl FrameDecoder {
 
     /// The next complete frame, undecoded. Its body is uniquely owned, so a caller can
     /// decode it from a buffer of its choosing and wipe the original (the server does
-    /// this for the Hello, which carries a password).
+    /// this for the Hello, which carries a password). A body that then fails to decode
+    /// is the caller's to handle: the decoder itself stays usable, but the connection
+    /// should be closed as for any [`DecodeError`].
     pub fn next_frame(&mut self) -> Result<Option<RawFrame>, DecodeError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());

@@ -1,8 +1,8 @@
 //! Frames and the catalogue of messages.
 //!
 //! A frame is `length: u32` (bytes that follow: the type byte and the body), `type:
-//! u8`, then the body. The length and type layout is frozen across protocol versions so
-//! any version can skip or reject a frame it does not understand.
+//! u8`, then the body. The length and type layout is frozen across protocol versions,
+//! so any version can find frame boundaries; an unknown message type is fatal.
 
 use crate::control::{Ack, Close, Ping, Pong};
 use crate::error::DecodeError;

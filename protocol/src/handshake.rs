@@ -128,6 +128,11 @@ impl Body for Hello {
     }
 
     fn encode_body(&self, out: &mut BytesMut) {
+        debug_assert!(self.min_version <= self.max_version, "empty version range");
+        debug_assert!(
+            self.user_id.as_str().chars().count() <= MAX_USER_ID_CHARS,
+            "user id over {MAX_USER_ID_CHARS} characters"
+        );
         out.put_u16(self.min_version);
         out.put_u16(self.max_version);
         out.put_u32(self.service_id);
@@ -238,6 +243,9 @@ impl Body for Welcome {
 }
 
 /// The server's refusal of a Hello. The server closes the connection after it.
+///
+/// Its layout is frozen across versions (like Close), so a client of any version can
+/// read why it was refused, including for an unsupported version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     /// Why.

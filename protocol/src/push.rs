@@ -77,6 +77,10 @@ impl Sender {
                     IpAddr::V4(_) => Self::TAG_PEER_V4,
                     IpAddr::V6(_) => Self::TAG_PEER_V6,
                 });
+                debug_assert!(
+                    p.user_id.as_str().chars().count() <= MAX_USER_ID_CHARS,
+                    "sender user id over {MAX_USER_ID_CHARS} characters"
+                );
                 out.put_u8(if p.is_self { Self::FLAG_SELF } else { 0 });
                 put_text(out, &p.user_id, MAX_USER_ID_BYTES);
                 match p.addr {
@@ -443,6 +447,10 @@ impl Body for Gap {
     }
 
     fn encode_body(&self, out: &mut BytesMut) {
+        debug_assert!(
+            self.first >= 1 && self.last >= self.first,
+            "invalid gap range"
+        );
         out.put_u64(self.first);
         out.put_u64(self.last);
     }
