@@ -8,6 +8,7 @@ mod channel;
 pub mod client;
 mod close;
 pub mod credentials;
+pub mod hub;
 mod rpc;
 pub mod server;
 pub mod tls;

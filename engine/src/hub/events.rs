@@ -1,0 +1,371 @@
+//! What the hub hands to the connection layer: deliveries of push events and command
+//! answers, built so that a fan-out shares everything but the per-receiver part.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pushwire_protocol::{
+    GroupId, GroupList, Message, MessageKind, Published, PushRejected, Sender, Subscribed,
+    Unsubscribed, UserMessage, UserMessageDelivered,
+};
+
+use super::connections::ConnectionId;
+
+/// Bytes one group id takes in an encoded group list (a `u32`).
+pub(crate) const GROUP_ID_WIRE_LEN: usize = 4;
+
+/// Largest list that per-receiver subsets are expressed over as a bit mask.
+const MASK_BITS: usize = u64::BITS as usize;
+
+/// The groups an event concerns for its receiver, in ascending order.
+///
+/// Cloning is a reference-count increment: receivers of one operation share one list
+/// (the publication's targets, or the groups joined or left) and a receiver that
+/// belongs to only some of them carries a bit mask over the shared list, so a fan-out
+/// allocates no group list per receiver. (Only when a receiver belongs to some but not
+/// all of more than 64 targets does it get a list of its own.)
+#[derive(Clone)]
+pub struct EventGroups {
+    list: Arc<[GroupId]>,
+    /// `None`: all of `list`. `Some(mask)`: the entries whose bit is set; only used
+    /// when `list` has at most 64 entries.
+    mask: Option<u64>,
+}
+
+impl EventGroups {
+    /// All of a shared list.
+    pub(crate) fn whole(list: Arc<[GroupId]>) -> Self {
+        Self { list, mask: None }
+    }
+
+    /// The entries of `list` at `positions` (ascending indices into `list`).
+    pub(crate) fn subset(list: &Arc<[GroupId]>, positions: &[usize]) -> Self {
+        if positions.len() == list.len() {
+            Self::whole(list.clone())
+        } else if list.len() <= MASK_BITS {
+            let mask = positions.iter().fold(0u64, |mask, &i| mask | 1 << i);
+            Self {
+                list: list.clone(),
+                mask: Some(mask),
+            }
+        } else {
+            Self::whole(positions.iter().map(|&i| list[i]).collect())
+        }
+    }
+
+    /// Number of groups.
+    pub fn len(&self) -> usize {
+        match self.mask {
+            None => self.list.len(),
+            Some(mask) => mask.count_ones() as usize,
+        }
+    }
+
+    /// Whether there are no groups (never the case in a delivered event).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The groups, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = GroupId> + '_ {
+        self.list
+            .iter()
+            .enumerate()
+            .filter(move |&(i, _)| self.mask.is_none_or(|mask| mask & (1 << i) != 0))
+            .map(|(_, &group)| group)
+    }
+
+    /// Whether `group` is among the groups.
+    pub fn contains(&self, group: GroupId) -> bool {
+        self.iter().any(|g| g == group)
+    }
+
+    /// The groups in a vector of their own.
+    pub fn to_vec(&self) -> Vec<GroupId> {
+        self.iter().collect()
+    }
+
+    /// Calls `f` with the groups as a slice, without allocating (a subset is copied to
+    /// the stack). This is the input [`pushwire_protocol::encode_published_prefix`]
+    /// wants on the fan-out fast path.
+    pub fn with_slice<R>(&self, f: impl FnOnce(&[GroupId]) -> R) -> R {
+        match self.mask {
+            None => f(&self.list),
+            Some(_) => {
+                let mut buffer = [GroupId(0); MASK_BITS];
+                let mut len = 0;
+                for group in self.iter() {
+                    buffer[len] = group;
+                    len += 1;
+                }
+                f(&buffer[..len])
+            }
+        }
+    }
+
+    /// Whether `self` and `other` share their underlying list (used by tests to show
+    /// that a fan-out did not copy it).
+    pub fn shares_list_with(&self, other: &EventGroups) -> bool {
+        Arc::ptr_eq(&self.list, &other.list)
+    }
+}
+
+impl From<Vec<GroupId>> for EventGroups {
+    fn from(groups: Vec<GroupId>) -> Self {
+        Self::whole(groups.into())
+    }
+}
+
+impl PartialEq for EventGroups {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for EventGroups {}
+
+impl fmt::Debug for EventGroups {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// An event for one connection: a sequenced push event or the answer to one of its
+/// commands. Converts to a [`Message`] with [`PushEvent::into_message`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushEvent {
+    /// `sender` joined `groups` (the groups it shares with the receiver; all joined
+    /// groups on the member's own, self-flagged copy).
+    Subscribed {
+        /// The receiver's sequence number for this event.
+        seq: u64,
+        /// The member whose groups changed.
+        sender: Sender,
+        /// Groups concerned.
+        groups: EventGroups,
+    },
+    /// `sender` left `groups` (the groups it shared with the receiver; all groups
+    /// left on the member's own, self-flagged copy).
+    Unsubscribed {
+        /// The receiver's sequence number for this event.
+        seq: u64,
+        /// The member whose groups changed.
+        sender: Sender,
+        /// Groups concerned.
+        groups: EventGroups,
+    },
+    /// A publication to `groups` (the targets the receiver belongs to; all targets
+    /// on the publisher's echo).
+    Published {
+        /// The receiver's sequence number for this event.
+        seq: u64,
+        /// The publisher.
+        sender: Sender,
+        /// Groups concerned.
+        groups: EventGroups,
+        /// The message, shared by every receiver.
+        payload: Bytes,
+    },
+    /// A one-to-one message (or its echo to the sender).
+    UserMessage {
+        /// The receiver's sequence number for this event.
+        seq: u64,
+        /// Who sent it.
+        sender: Sender,
+        /// The message, shared by every receiver.
+        payload: Bytes,
+    },
+    /// A client command was refused, wholly or for some groups. Not sequenced.
+    Rejected(PushRejected),
+    /// How many connections a client's user message reached. Not sequenced.
+    UserMessageDelivered(UserMessageDelivered),
+    /// The answer to a client's ListGroups. Not sequenced.
+    GroupList(GroupList),
+}
+
+impl PushEvent {
+    /// The message type this event encodes as.
+    pub fn kind(&self) -> MessageKind {
+        match self {
+            PushEvent::Subscribed { .. } => MessageKind::Subscribed,
+            PushEvent::Unsubscribed { .. } => MessageKind::Unsubscribed,
+            PushEvent::Published { .. } => MessageKind::Published,
+            PushEvent::UserMessage { .. } => MessageKind::UserMessage,
+            PushEvent::Rejected(_) => MessageKind::PushRejected,
+            PushEvent::UserMessageDelivered(_) => MessageKind::UserMessageDelivered,
+            PushEvent::GroupList(_) => MessageKind::GroupList,
+        }
+    }
+
+    /// The sequence number, for push events (command answers have none).
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            PushEvent::Subscribed { seq, .. }
+            | PushEvent::Unsubscribed { seq, .. }
+            | PushEvent::Published { seq, .. }
+            | PushEvent::UserMessage { seq, .. } => Some(*seq),
+            _ => None,
+        }
+    }
+
+    /// The sender, for push events.
+    pub fn sender(&self) -> Option<&Sender> {
+        match self {
+            PushEvent::Subscribed { sender, .. }
+            | PushEvent::Unsubscribed { sender, .. }
+            | PushEvent::Published { sender, .. }
+            | PushEvent::UserMessage { sender, .. } => Some(sender),
+            _ => None,
+        }
+    }
+
+    /// The groups, for presence events and publications.
+    pub fn groups(&self) -> Option<&EventGroups> {
+        match self {
+            PushEvent::Subscribed { groups, .. }
+            | PushEvent::Unsubscribed { groups, .. }
+            | PushEvent::Published { groups, .. } => Some(groups),
+            _ => None,
+        }
+    }
+
+    /// The payload, for publications and user messages.
+    pub fn payload(&self) -> Option<&Bytes> {
+        match self {
+            PushEvent::Published { payload, .. } | PushEvent::UserMessage { payload, .. } => {
+                Some(payload)
+            }
+            _ => None,
+        }
+    }
+
+    /// The wire message. Allocates the group list of presence events and
+    /// publications; the payload stays shared.
+    pub fn into_message(self) -> Message {
+        match self {
+            PushEvent::Subscribed {
+                seq,
+                sender,
+                groups,
+            } => Message::Subscribed(Subscribed {
+                seq,
+                sender,
+                groups: groups.to_vec(),
+            }),
+            PushEvent::Unsubscribed {
+                seq,
+                sender,
+                groups,
+            } => Message::Unsubscribed(Unsubscribed {
+                seq,
+                sender,
+                groups: groups.to_vec(),
+            }),
+            PushEvent::Published {
+                seq,
+                sender,
+                groups,
+                payload,
+            } => Message::Published(Published {
+                seq,
+                sender,
+                groups: groups.to_vec(),
+                payload,
+            }),
+            PushEvent::UserMessage {
+                seq,
+                sender,
+                payload,
+            } => Message::UserMessage(UserMessage {
+                seq,
+                sender,
+                payload,
+            }),
+            PushEvent::Rejected(m) => Message::PushRejected(m),
+            PushEvent::UserMessageDelivered(m) => Message::UserMessageDelivered(m),
+            PushEvent::GroupList(m) => Message::GroupList(m),
+        }
+    }
+}
+
+impl From<PushEvent> for Message {
+    fn from(event: PushEvent) -> Message {
+        event.into_message()
+    }
+}
+
+/// One event for one connection, drained from [`super::Hub::poll_delivery`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub(crate) connection: ConnectionId,
+    pub(crate) event: PushEvent,
+    pub(crate) frame_len: usize,
+}
+
+impl Delivery {
+    /// The receiving connection.
+    pub fn connection(&self) -> ConnectionId {
+        self.connection
+    }
+
+    /// The event.
+    pub fn event(&self) -> &PushEvent {
+        &self.event
+    }
+
+    /// Size of the encoded frame, header included. The hub counted it as queued for
+    /// the connection; report it to [`super::Hub::record_written`] once written.
+    pub fn frame_len(&self) -> usize {
+        self.frame_len
+    }
+
+    /// The receiving connection and the event.
+    pub fn into_parts(self) -> (ConnectionId, PushEvent) {
+        (self.connection, self.event)
+    }
+
+    /// The receiving connection and the wire message.
+    pub fn into_message(self) -> (ConnectionId, Message) {
+        (self.connection, self.event.into_message())
+    }
+}
+
+/// Frame sizes, computed once per operation so that a fan-out adds per receiver only
+/// what differs: the length of its group list.
+pub(crate) mod frame_len {
+    use super::*;
+
+    /// Frame length of a presence event from `sender`, without its group ids.
+    pub(crate) fn presence_base(sender: &Sender) -> usize {
+        Message::Subscribed(Subscribed {
+            seq: 0,
+            sender: sender.clone(),
+            groups: Vec::new(),
+        })
+        .encoded_len()
+    }
+
+    /// Frame length of a publication from `sender` with `payload_len` bytes, without
+    /// its group ids.
+    pub(crate) fn published_base(sender: &Sender, payload_len: usize) -> usize {
+        Message::Published(Published {
+            seq: 0,
+            sender: sender.clone(),
+            groups: Vec::new(),
+            payload: Bytes::new(),
+        })
+        .encoded_len()
+            + payload_len
+    }
+
+    /// Frame length of a user message from `sender`.
+    pub(crate) fn user_message(sender: &Sender, payload: &Bytes) -> usize {
+        Message::UserMessage(UserMessage {
+            seq: 0,
+            sender: sender.clone(),
+            payload: payload.clone(),
+        })
+        .encoded_len()
+    }
+}

@@ -1,0 +1,1060 @@
+//! The push hub: who is connected, which chat groups exist and who is in each, and
+//! what every push operation delivers to whom.
+//!
+//! [`Hub`] is a pure state machine. The connection layer feeds it connections, client
+//! push commands ([`Hub::handle_command`]) and write progress; the server application
+//! calls its server API (publish, user messages, subscribe and unsubscribe on its own
+//! or on behalf of a connection, group registration); every call queues
+//! [`Delivery`]s — (connection, event) pairs ready to encode — that the caller drains
+//! with [`Hub::poll_delivery`].
+//!
+//! The contract (SocketPro's, with pushwire's improvements):
+//!
+//! - `subscribe(groups)` joins known groups; unknown ids are refused and reported,
+//!   duplicates and groups already joined are ignored, an empty list is refused. The
+//!   member gets a self-flagged Subscribed with the groups joined; every other
+//!   connection sharing at least one of them gets Subscribed(member, the shared
+//!   groups). Unsubscribing mirrors it; a disconnect is an implicit unsubscribe-all
+//!   (others are told, the hooks are notified); removing a group unsubscribes its
+//!   members, each of which gets a self-flagged Unsubscribed.
+//! - `publish(payload, groups)`: every member of a target group gets exactly one
+//!   Published, listing the targets it belongs to; the publisher gets a self-flagged
+//!   echo with every target when its echo is on, member or not, and never a member's
+//!   copy (with echo off it gets nothing). Unknown targets are reported.
+//! - `send_user_message(receiver, payload)`: every connection of the user (compared by
+//!   Unicode lowercase, `str::to_lowercase`) gets it; the sender gets its echo when its echo is on and
+//!   learns how many connections were reached (0 when the user is offline). The
+//!   sender's own connection is never counted: it gets the echo, not a copy.
+//! - Every push event carries the receiving connection's next sequence number,
+//!   starting at 1, with no reuse and no holes. Command answers (PushRejected,
+//!   UserMessageDelivered, GroupList) carry none.
+//! - The application's [`PushHooks`] run before each change, after the hub's own
+//!   checks, and may refuse it wholly or for some groups (the rest goes ahead); a
+//!   refusal is answered with `RejectCode::NotAuthorized`. Disconnects and group
+//!   removals only notify them.
+//!
+//! Order of the deliveries of one operation: the actor's own event first (its
+//! Subscribed or Unsubscribed, or its echo), then every other receiver in ascending
+//! [`ConnectionId`], then, for a client command, the answers to that client
+//! (rejections, then UserMessageDelivered). Deliveries of successive operations come
+//! out in operation order, so each receiver sees events in the order they happened.
+
+mod connections;
+mod events;
+mod groups;
+mod hooks;
+
+#[cfg(test)]
+mod model;
+#[cfg(test)]
+mod tests;
+
+use std::collections::btree_map::Entry;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pushwire_protocol::{
+    GroupDescription, GroupId, GroupList, GroupSelection, ListGroups, Message, MessageKind,
+    Publish, PushRejected, RejectCode, SendUserMessage, Sender, Subscribe, Text, Unsubscribe,
+    UserMessageDelivered, MAX_GROUPS_PER_MESSAGE, MAX_USER_ID_CHARS,
+};
+
+pub use connections::{ConnectionId, ConnectionInfo};
+pub use events::{Delivery, EventGroups, PushEvent};
+pub use hooks::{Actor, AllowAll, HookContext, Origin, PushHooks, Verdict};
+
+use connections::{user_key, Connection, Connections, Slot};
+use events::{frame_len, GROUP_ID_WIRE_LEN};
+use groups::{for_each_member_of_any, Group, Groups};
+
+/// Limits of a [`Hub`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubConfig {
+    /// Frame bytes that may wait unwritten for one connection before it is reported
+    /// as a slow consumer. Default 8 MiB (16 publications of the default largest
+    /// payload).
+    pub max_outbound_bytes: usize,
+    /// Largest payload of a publication or user message; larger ones are refused
+    /// with `RejectCode::PayloadTooLarge`. Default 512 KiB, so that a Published
+    /// frame with the longest sender and group list still fits the protocol's default
+    /// 1 MiB frame limit.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            max_outbound_bytes: 8 * 1024 * 1024,
+            max_payload_bytes: 512 * 1024,
+        }
+    }
+}
+
+/// Part of an operation that was refused: the body of a PushRejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Why.
+    pub code: RejectCode,
+    /// The groups concerned, ascending (empty when the whole operation was refused
+    /// for a reason not tied to groups).
+    pub groups: Vec<GroupId>,
+    /// Human-readable detail.
+    pub reason: Text,
+}
+
+impl Rejection {
+    fn empty_group_list() -> Self {
+        Self {
+            code: RejectCode::EmptyGroupList,
+            groups: Vec::new(),
+            reason: Text::from_static("the group list is empty"),
+        }
+    }
+
+    fn unknown_groups(groups: Vec<GroupId>) -> Self {
+        Self {
+            code: RejectCode::UnknownGroups,
+            groups,
+            reason: Text::from_static("no such chat groups"),
+        }
+    }
+
+    fn payload_too_large(len: usize, max: usize) -> Self {
+        Self {
+            code: RejectCode::PayloadTooLarge,
+            groups: Vec::new(),
+            reason: format!("the payload of {len} bytes exceeds the limit of {max} bytes").into(),
+        }
+    }
+
+    fn invalid_receiver() -> Self {
+        Self {
+            code: RejectCode::InvalidReceiver,
+            groups: Vec::new(),
+            reason: Text::from_static("the receiver user id must have 1 to 255 characters"),
+        }
+    }
+
+    fn not_authorized(groups: Vec<GroupId>, reason: Text) -> Self {
+        Self {
+            code: RejectCode::NotAuthorized,
+            groups,
+            reason,
+        }
+    }
+
+    /// The PushRejected answering the client command `command_id`.
+    pub fn into_push_rejected(self, command_id: u64) -> PushRejected {
+        PushRejected {
+            command_id,
+            code: self.code,
+            groups: self.groups,
+            reason: self.reason,
+        }
+    }
+}
+
+/// What an operation did, returned to the server API (client commands get the same
+/// information as events).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PushOutcome {
+    /// The groups the operation applied to, ascending: joined, left or published to.
+    /// Empty for user messages.
+    pub groups: Vec<GroupId>,
+    /// Connections that got an event from it, not counting the actor's own copy:
+    /// other members told of the membership change, receivers of the publication, or
+    /// connections of the user the message was for.
+    pub reached: u32,
+    /// What was refused, in this order: empty group list, too large a payload or an
+    /// invalid receiver (each refuses the whole operation), unknown groups, then the
+    /// hook's refusal.
+    pub rejections: Vec<Rejection>,
+}
+
+impl PushOutcome {
+    /// Whether nothing was refused.
+    pub fn is_complete(&self) -> bool {
+        self.rejections.is_empty()
+    }
+}
+
+/// Calls the hub refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    /// The connection is not (or no longer) connected.
+    #[error("{0} is not connected")]
+    UnknownConnection(ConnectionId),
+    /// `add_group` for an id that is already registered.
+    #[error("chat group {0} already exists")]
+    GroupExists(GroupId),
+    /// `remove_group` for an id that is not registered.
+    #[error("chat group {0} does not exist")]
+    UnknownGroup(GroupId),
+    /// A server call named more groups than one message can carry.
+    #[error("{count} groups exceed the limit of {MAX_GROUPS_PER_MESSAGE} per operation")]
+    TooManyGroups {
+        /// How many were named.
+        count: usize,
+    },
+    /// `handle_command` was given a message that is not a client push command.
+    #[error("{0} is not a push command")]
+    NotAPushCommand(MessageKind),
+}
+
+/// Outputs waiting to be drained, and the outbound accounting that goes with them.
+#[derive(Debug)]
+struct Outbox {
+    deliveries: VecDeque<Delivery>,
+    slow_consumers: VecDeque<ConnectionId>,
+    max_outbound_bytes: usize,
+}
+
+impl Outbox {
+    fn deliver(&mut self, connection: &mut Connection, event: PushEvent, frame_len: usize) {
+        self.count_queued(connection, frame_len);
+        self.deliveries.push_back(Delivery {
+            connection: connection.id,
+            event,
+            frame_len,
+        });
+    }
+
+    fn count_queued(&mut self, connection: &mut Connection, bytes: usize) {
+        connection.queued_bytes = connection.queued_bytes.saturating_add(bytes);
+        if !connection.slow && connection.queued_bytes > self.max_outbound_bytes {
+            connection.slow = true;
+            self.slow_consumers.push_back(connection.id);
+        }
+    }
+
+    fn count_written(&mut self, connection: &mut Connection, bytes: usize) {
+        connection.queued_bytes = connection.queued_bytes.saturating_sub(bytes);
+        if connection.slow && connection.queued_bytes <= self.max_outbound_bytes {
+            connection.slow = false;
+        }
+    }
+}
+
+/// Which presence event a membership change produces.
+#[derive(Debug, Clone, Copy)]
+enum Presence {
+    Joined,
+    Left,
+}
+
+impl Presence {
+    fn event(self, seq: u64, sender: Sender, groups: EventGroups) -> PushEvent {
+        match self {
+            Presence::Joined => PushEvent::Subscribed {
+                seq,
+                sender,
+                groups,
+            },
+            Presence::Left => PushEvent::Unsubscribed {
+                seq,
+                sender,
+                groups,
+            },
+        }
+    }
+}
+
+/// The push hub.
+///
+/// # Calling contract
+///
+/// Feed it with [`connect`](Hub::connect), [`disconnect`](Hub::disconnect),
+/// [`handle_command`](Hub::handle_command), the server API and
+/// [`record_written`](Hub::record_written). After any call, drain
+/// [`poll_delivery`](Hub::poll_delivery) until it returns `None` and send each
+/// delivery to its connection, then drain
+/// [`poll_slow_consumer`](Hub::poll_slow_consumer) until `None` and apply the
+/// slow-consumer policy to each connection named. Deliveries and reports queued for a
+/// connection that has left since may still come out; discard them.
+///
+/// The hub counts every delivery's [`frame_len`](Delivery::frame_len) as queued for
+/// its connection; report other bytes queued on the same connection with
+/// [`record_queued`](Hub::record_queued), and bytes actually written with
+/// [`record_written`](Hub::record_written), all in unencrypted frame bytes.
+///
+/// # Determinism and cost
+///
+/// The same calls give the same deliveries in the same order (see the module
+/// documentation for the order). A publication costs time proportional to its
+/// receivers' memberships in its targets (times the log of the number of targets), not
+/// to the number of groups or connections; it shares the payload, the sender's user
+/// id and the target list among its receivers. Subscribing and user lookup are
+/// logarithmic.
+#[derive(Debug)]
+pub struct Hub<H = AllowAll> {
+    config: HubConfig,
+    hooks: H,
+    connections: Connections,
+    groups: Groups,
+    outbox: Outbox,
+}
+
+impl<H: PushHooks> Hub<H> {
+    /// A hub with no connections and no groups.
+    pub fn new(config: HubConfig, hooks: H) -> Self {
+        let outbox = Outbox {
+            deliveries: VecDeque::new(),
+            slow_consumers: VecDeque::new(),
+            max_outbound_bytes: config.max_outbound_bytes,
+        };
+        Self {
+            config,
+            hooks,
+            connections: Connections::default(),
+            groups: Groups::new(),
+            outbox,
+        }
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// The application's hooks.
+    pub fn hooks(&self) -> &H {
+        &self.hooks
+    }
+
+    /// The application's hooks, mutably.
+    pub fn hooks_mut(&mut self) -> &mut H {
+        &mut self.hooks
+    }
+
+    // --- Connections ------------------------------------------------------------
+
+    /// A connection joins (after its Hello was accepted). It is in no group yet.
+    pub fn connect(&mut self, info: ConnectionInfo) -> ConnectionId {
+        self.connections.insert(info).0
+    }
+
+    /// A connection leaves: an implicit unsubscribe-all. The unsubscribe hook is
+    /// notified (it cannot refuse) and every other member of its groups gets
+    /// Unsubscribed(it, the groups they shared). The outcome lists the groups left.
+    pub fn disconnect(&mut self, connection: ConnectionId) -> Result<PushOutcome, HubError> {
+        let leaving = self
+            .connections
+            .get(connection)
+            .ok_or(HubError::UnknownConnection(connection))?;
+        let left: Vec<GroupId> = leaving.groups.iter().copied().collect();
+        if !left.is_empty() {
+            let context = HookContext {
+                origin: Origin::Disconnect,
+                actor: Actor::Connection(connection),
+                info: Some(&leaving.info),
+            };
+            // A notification: the connection is gone whatever the hook says.
+            let _ = self.hooks.on_unsubscribe(&context, &left);
+        }
+        let leaving = self.connections.remove(connection).expect("checked above");
+        for group in &left {
+            self.group_mut(*group).members.remove(&connection);
+        }
+        let mut outcome = PushOutcome::default();
+        if !left.is_empty() {
+            let left: Arc<[GroupId]> = left.into();
+            outcome.reached = self.tell_members(Presence::Left, &leaving.sender, connection, &left);
+            outcome.groups = left.to_vec();
+        }
+        Ok(outcome)
+    }
+
+    /// The details a connection joined with.
+    pub fn connection_info(&self, connection: ConnectionId) -> Option<&ConnectionInfo> {
+        self.connections.get(connection).map(|c| &c.info)
+    }
+
+    /// Every connection, ascending.
+    pub fn connections(&self) -> impl Iterator<Item = ConnectionId> + '_ {
+        self.connections.ids()
+    }
+
+    /// Number of connections.
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// The groups a connection is in, ascending; `None` for an unknown connection.
+    pub fn subscriptions(
+        &self,
+        connection: ConnectionId,
+    ) -> Option<impl Iterator<Item = GroupId> + '_> {
+        self.connections
+            .get(connection)
+            .map(|c| c.groups.iter().copied())
+    }
+
+    /// Whether the user (compared by Unicode lowercase) has at least one connection.
+    pub fn is_user_online(&self, user_id: &str) -> bool {
+        self.connections.of_user(&user_key(user_id)).is_some()
+    }
+
+    /// The connections of a user (compared by Unicode lowercase), ascending.
+    pub fn user_connections(&self, user_id: &str) -> impl Iterator<Item = ConnectionId> + '_ {
+        self.connections
+            .of_user(&user_key(user_id))
+            .into_iter()
+            .flat_map(|connections| connections.keys().copied())
+    }
+
+    // --- Chat groups -------------------------------------------------------------
+
+    /// Registers a chat group, at start or at run time.
+    pub fn add_group(
+        &mut self,
+        group: GroupId,
+        description: impl Into<Text>,
+    ) -> Result<(), HubError> {
+        match self.groups.entry(group) {
+            Entry::Occupied(_) => Err(HubError::GroupExists(group)),
+            Entry::Vacant(entry) => {
+                entry.insert(Group::new(description.into()));
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes a chat group at run time. Each member, in ascending order, is
+    /// unsubscribed from it: the unsubscribe hook is notified (it cannot refuse) and
+    /// the member gets a self-flagged Unsubscribed for the group. Nobody else is told:
+    /// everyone who shared the group leaves it at the same moment, and a connection
+    /// that has left a group keeps no view of its members. Returns the former
+    /// members, ascending.
+    pub fn remove_group(&mut self, group: GroupId) -> Result<Vec<ConnectionId>, HubError> {
+        let members: Vec<(ConnectionId, Slot)> = self
+            .groups
+            .get(&group)
+            .ok_or(HubError::UnknownGroup(group))?
+            .members
+            .iter()
+            .map(|(&id, &slot)| (id, slot))
+            .collect();
+        for &(id, slot) in &members {
+            let context = HookContext {
+                origin: Origin::GroupRemoved,
+                actor: Actor::Connection(id),
+                info: Some(&self.connections.at(slot).info),
+            };
+            let _ = self.hooks.on_unsubscribe(&context, &[group]);
+        }
+        self.groups.remove(&group);
+        let list: Arc<[GroupId]> = Arc::new([group]);
+        for &(_, slot) in &members {
+            let member = self.connections.at_mut(slot);
+            member.groups.remove(&group);
+            let sender = member.self_sender();
+            let frame_len = frame_len::presence_base(&sender) + GROUP_ID_WIRE_LEN;
+            let event =
+                Presence::Left.event(member.take_seq(), sender, EventGroups::whole(list.clone()));
+            self.outbox.deliver(member, event, frame_len);
+        }
+        Ok(members.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// Every chat group with its description, ascending.
+    pub fn groups(&self) -> impl Iterator<Item = (GroupId, &Text)> + '_ {
+        self.groups
+            .iter()
+            .map(|(&id, group)| (id, &group.description))
+    }
+
+    /// A group's description; `None` for an unknown group.
+    pub fn group_description(&self, group: GroupId) -> Option<&Text> {
+        self.groups.get(&group).map(|g| &g.description)
+    }
+
+    /// A group's members, ascending; `None` for an unknown group.
+    pub fn group_members(&self, group: GroupId) -> Option<impl Iterator<Item = ConnectionId> + '_> {
+        self.groups.get(&group).map(|g| g.members.keys().copied())
+    }
+
+    // --- Client commands -----------------------------------------------------------
+
+    /// Runs a push command a client sent on `connection`: Subscribe, Unsubscribe,
+    /// Publish, SendUserMessage or ListGroups. Refusals are answered with
+    /// PushRejected events carrying the command id; a SendUserMessage that went
+    /// ahead is answered with UserMessageDelivered, a ListGroups with GroupList.
+    ///
+    /// Fails, without effect, for an unknown connection or a message that is not a
+    /// push command (the connection layer handles those).
+    pub fn handle_command(
+        &mut self,
+        connection: ConnectionId,
+        command: Message,
+    ) -> Result<(), HubError> {
+        let slot = self
+            .connections
+            .slot(connection)
+            .ok_or(HubError::UnknownConnection(connection))?;
+        let (command_id, outcome) = match command {
+            Message::Subscribe(Subscribe { command_id, groups }) => (
+                command_id,
+                self.subscribe_as(Origin::Client, connection, &groups)?,
+            ),
+            Message::Unsubscribe(Unsubscribe { command_id, groups }) => {
+                let groups = match &groups {
+                    GroupSelection::Groups(groups) => Some(groups.as_slice()),
+                    GroupSelection::All => None,
+                };
+                (
+                    command_id,
+                    self.unsubscribe_as(Origin::Client, connection, groups)?,
+                )
+            }
+            Message::Publish(Publish {
+                command_id,
+                groups,
+                payload,
+            }) => (
+                command_id,
+                self.publish_as(
+                    Origin::Client,
+                    Actor::Connection(connection),
+                    &groups,
+                    payload,
+                )?,
+            ),
+            Message::SendUserMessage(SendUserMessage {
+                command_id,
+                receiver,
+                payload,
+            }) => {
+                let outcome = self.send_user_message_as(
+                    Origin::Client,
+                    Actor::Connection(connection),
+                    receiver.as_str(),
+                    payload,
+                )?;
+                if outcome.is_complete() {
+                    self.answer(
+                        slot,
+                        Message::UserMessageDelivered(UserMessageDelivered {
+                            command_id,
+                            connections: outcome.reached,
+                        }),
+                    );
+                }
+                (command_id, outcome)
+            }
+            Message::ListGroups(ListGroups { command_id }) => {
+                let list = GroupList {
+                    command_id,
+                    groups: self.group_list(),
+                };
+                self.answer(slot, Message::GroupList(list));
+                return Ok(());
+            }
+            other => return Err(HubError::NotAPushCommand(other.kind())),
+        };
+        for rejection in outcome.rejections {
+            self.answer(
+                slot,
+                Message::PushRejected(rejection.into_push_rejected(command_id)),
+            );
+        }
+        Ok(())
+    }
+
+    /// The chat groups as a GroupList carries them, ascending.
+    pub fn group_list(&self) -> Vec<GroupDescription> {
+        self.groups
+            .iter()
+            .map(|(&id, group)| GroupDescription {
+                id,
+                description: group.description.clone(),
+            })
+            .collect()
+    }
+
+    // --- Server API ----------------------------------------------------------------
+
+    /// The server subscribes `member` to `groups`, as if the member had asked
+    /// (events name the member as sender: presence says who joined) except that the
+    /// hooks see [`Origin::Server`] and refusals come back in the outcome.
+    pub fn subscribe(
+        &mut self,
+        member: ConnectionId,
+        groups: &[GroupId],
+    ) -> Result<PushOutcome, HubError> {
+        check_group_count(groups)?;
+        self.subscribe_as(Origin::Server, member, groups)
+    }
+
+    /// The server unsubscribes `member` from `groups`; see [`Hub::subscribe`].
+    pub fn unsubscribe(
+        &mut self,
+        member: ConnectionId,
+        groups: &[GroupId],
+    ) -> Result<PushOutcome, HubError> {
+        check_group_count(groups)?;
+        self.unsubscribe_as(Origin::Server, member, Some(groups))
+    }
+
+    /// The server unsubscribes `member` from every group it is in; see
+    /// [`Hub::subscribe`].
+    pub fn unsubscribe_all(&mut self, member: ConnectionId) -> Result<PushOutcome, HubError> {
+        self.unsubscribe_as(Origin::Server, member, None)
+    }
+
+    /// The server publishes `payload` to `groups`, on its own ([`Actor::Server`]:
+    /// the sender is the server, nobody gets an echo) or on behalf of a connection
+    /// (which is then the sender and gets the echo if its echo is on).
+    pub fn publish(
+        &mut self,
+        actor: Actor,
+        groups: &[GroupId],
+        payload: Bytes,
+    ) -> Result<PushOutcome, HubError> {
+        check_group_count(groups)?;
+        self.publish_as(Origin::Server, actor, groups, payload)
+    }
+
+    /// The server sends `payload` to every connection of the user `receiver`, on its
+    /// own or on behalf of a connection (see [`Hub::publish`]). `reached` in the
+    /// outcome counts the connections that got it.
+    pub fn send_user_message(
+        &mut self,
+        actor: Actor,
+        receiver: &str,
+        payload: Bytes,
+    ) -> Result<PushOutcome, HubError> {
+        self.send_user_message_as(Origin::Server, actor, receiver, payload)
+    }
+
+    // --- Outbound accounting and outputs -------------------------------------------
+
+    /// The shell queued `bytes` more for `connection` outside the hub (RPC responses,
+    /// for example). Unknown connections are ignored.
+    pub fn record_queued(&mut self, connection: ConnectionId, bytes: usize) {
+        if let Some(c) = self.connections.get_mut(connection) {
+            self.outbox.count_queued(c, bytes);
+        }
+    }
+
+    /// The shell wrote `bytes` of what was queued for `connection`. Once back within
+    /// the limit, a slow consumer may be reported again if it falls behind again.
+    /// Unknown connections (already gone) are ignored.
+    pub fn record_written(&mut self, connection: ConnectionId, bytes: usize) {
+        if let Some(c) = self.connections.get_mut(connection) {
+            self.outbox.count_written(c, bytes);
+        }
+    }
+
+    /// Frame bytes queued for `connection` and not yet written.
+    pub fn queued_bytes(&self, connection: ConnectionId) -> Option<usize> {
+        self.connections.get(connection).map(|c| c.queued_bytes)
+    }
+
+    /// Whether `connection` is over its outbound limit.
+    pub fn is_slow_consumer(&self, connection: ConnectionId) -> bool {
+        self.connections.get(connection).is_some_and(|c| c.slow)
+    }
+
+    /// The next event to send, if any.
+    pub fn poll_delivery(&mut self) -> Option<Delivery> {
+        self.outbox.deliveries.pop_front()
+    }
+
+    /// Number of deliveries waiting to be drained.
+    pub fn pending_deliveries(&self) -> usize {
+        self.outbox.deliveries.len()
+    }
+
+    /// The next connection that went over
+    /// [`max_outbound_bytes`](HubConfig::max_outbound_bytes), if any. A connection is
+    /// reported once each time it crosses the limit upwards. The hub keeps delivering
+    /// to it (dropping events without a gap notice would be silent loss): the shell
+    /// decides, typically closing it with `CloseCode::SlowConsumer`.
+    pub fn poll_slow_consumer(&mut self) -> Option<ConnectionId> {
+        self.outbox.slow_consumers.pop_front()
+    }
+
+    // --- Operations ------------------------------------------------------------------
+
+    fn subscribe_as(
+        &mut self,
+        origin: Origin,
+        member: ConnectionId,
+        requested: &[GroupId],
+    ) -> Result<PushOutcome, HubError> {
+        let slot = self
+            .connections
+            .slot(member)
+            .ok_or(HubError::UnknownConnection(member))?;
+        let mut outcome = PushOutcome::default();
+        if requested.is_empty() {
+            outcome.rejections.push(Rejection::empty_group_list());
+            return Ok(outcome);
+        }
+        let known = self.known_groups(requested, &mut outcome);
+        let connection = self.connections.at(slot);
+        let candidates: Vec<GroupId> = known
+            .into_iter()
+            .filter(|group| !connection.groups.contains(group))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(outcome);
+        }
+        let context = HookContext {
+            origin,
+            actor: Actor::Connection(member),
+            info: Some(&connection.info),
+        };
+        let verdict = self.hooks.on_subscribe(&context, &candidates);
+        let joined = apply_verdict(verdict, candidates, &mut outcome);
+        if joined.is_empty() {
+            return Ok(outcome);
+        }
+
+        for group in &joined {
+            self.group_mut(*group).members.insert(member, slot);
+        }
+        let connection = self.connections.at_mut(slot);
+        connection.groups.extend(joined.iter().copied());
+        let joined: Arc<[GroupId]> = joined.into();
+        let sender = connection.sender.clone();
+        self.tell_member(Presence::Joined, slot, &joined);
+        outcome.reached = self.tell_members(Presence::Joined, &sender, member, &joined);
+        outcome.groups = joined.to_vec();
+        Ok(outcome)
+    }
+
+    /// `requested: None` leaves every group.
+    fn unsubscribe_as(
+        &mut self,
+        origin: Origin,
+        member: ConnectionId,
+        requested: Option<&[GroupId]>,
+    ) -> Result<PushOutcome, HubError> {
+        let slot = self
+            .connections
+            .slot(member)
+            .ok_or(HubError::UnknownConnection(member))?;
+        let mut outcome = PushOutcome::default();
+        let candidates: Vec<GroupId> = match requested {
+            None => self.connections.at(slot).groups.iter().copied().collect(),
+            Some([]) => {
+                outcome.rejections.push(Rejection::empty_group_list());
+                return Ok(outcome);
+            }
+            Some(requested) => {
+                let known = self.known_groups(requested, &mut outcome);
+                let connection = self.connections.at(slot);
+                known
+                    .into_iter()
+                    .filter(|group| connection.groups.contains(group))
+                    .collect()
+            }
+        };
+        if candidates.is_empty() {
+            return Ok(outcome);
+        }
+        let connection = self.connections.at(slot);
+        let context = HookContext {
+            origin,
+            actor: Actor::Connection(member),
+            info: Some(&connection.info),
+        };
+        let verdict = self.hooks.on_unsubscribe(&context, &candidates);
+        let left = apply_verdict(verdict, candidates, &mut outcome);
+        if left.is_empty() {
+            return Ok(outcome);
+        }
+
+        for group in &left {
+            self.group_mut(*group).members.remove(&member);
+        }
+        let connection = self.connections.at_mut(slot);
+        for group in &left {
+            connection.groups.remove(group);
+        }
+        let left: Arc<[GroupId]> = left.into();
+        let sender = connection.sender.clone();
+        self.tell_member(Presence::Left, slot, &left);
+        outcome.reached = self.tell_members(Presence::Left, &sender, member, &left);
+        outcome.groups = left.to_vec();
+        Ok(outcome)
+    }
+
+    fn publish_as(
+        &mut self,
+        origin: Origin,
+        actor: Actor,
+        requested: &[GroupId],
+        payload: Bytes,
+    ) -> Result<PushOutcome, HubError> {
+        let actor_slot = self.actor_slot(actor)?;
+        let mut outcome = PushOutcome::default();
+        if requested.is_empty() {
+            outcome.rejections.push(Rejection::empty_group_list());
+            return Ok(outcome);
+        }
+        if payload.len() > self.config.max_payload_bytes {
+            outcome.rejections.push(Rejection::payload_too_large(
+                payload.len(),
+                self.config.max_payload_bytes,
+            ));
+            return Ok(outcome);
+        }
+        let known = self.known_groups(requested, &mut outcome);
+        if known.is_empty() {
+            return Ok(outcome);
+        }
+        let context = HookContext {
+            origin,
+            actor,
+            info: actor_slot.map(|slot| &self.connections.at(slot).info),
+        };
+        let verdict = self.hooks.on_publish(&context, &known, &payload);
+        let targets = apply_verdict(verdict, known, &mut outcome);
+        if targets.is_empty() {
+            return Ok(outcome);
+        }
+
+        let targets: Arc<[GroupId]> = targets.into();
+        let sender = match actor_slot {
+            Some(slot) => self.connections.at(slot).sender.clone(),
+            None => Sender::Server,
+        };
+        let base_len = frame_len::published_base(&sender, payload.len());
+        if let Some(slot) = actor_slot {
+            let publisher = self.connections.at_mut(slot);
+            if publisher.info.echo {
+                let echo = PushEvent::Published {
+                    seq: publisher.take_seq(),
+                    sender: publisher.self_sender(),
+                    groups: EventGroups::whole(targets.clone()),
+                    payload: payload.clone(),
+                };
+                let len = base_len + GROUP_ID_WIRE_LEN * targets.len();
+                self.outbox.deliver(publisher, echo, len);
+            }
+        }
+        let skip = match actor {
+            Actor::Connection(id) => Some(id),
+            Actor::Server => None,
+        };
+        let connections = &mut self.connections;
+        let outbox = &mut self.outbox;
+        let mut reached = 0;
+        for_each_member_of_any(&self.groups, &targets, skip, |_, slot, positions| {
+            let receiver = connections.at_mut(slot);
+            let groups = EventGroups::subset(&targets, positions);
+            let len = base_len + GROUP_ID_WIRE_LEN * groups.len();
+            let event = PushEvent::Published {
+                seq: receiver.take_seq(),
+                sender: sender.clone(),
+                groups,
+                payload: payload.clone(),
+            };
+            outbox.deliver(receiver, event, len);
+            reached += 1;
+        });
+        outcome.reached = reached;
+        outcome.groups = targets.to_vec();
+        Ok(outcome)
+    }
+
+    fn send_user_message_as(
+        &mut self,
+        origin: Origin,
+        actor: Actor,
+        receiver: &str,
+        payload: Bytes,
+    ) -> Result<PushOutcome, HubError> {
+        let actor_slot = self.actor_slot(actor)?;
+        let mut outcome = PushOutcome::default();
+        if receiver.is_empty() || receiver.chars().count() > MAX_USER_ID_CHARS {
+            outcome.rejections.push(Rejection::invalid_receiver());
+            return Ok(outcome);
+        }
+        if payload.len() > self.config.max_payload_bytes {
+            outcome.rejections.push(Rejection::payload_too_large(
+                payload.len(),
+                self.config.max_payload_bytes,
+            ));
+            return Ok(outcome);
+        }
+        let context = HookContext {
+            origin,
+            actor,
+            info: actor_slot.map(|slot| &self.connections.at(slot).info),
+        };
+        match self.hooks.on_user_message(&context, receiver, &payload) {
+            Verdict::Allow => {}
+            Verdict::Refuse { reason } | Verdict::RefuseGroups { reason, .. } => {
+                outcome
+                    .rejections
+                    .push(Rejection::not_authorized(Vec::new(), reason));
+                return Ok(outcome);
+            }
+        }
+
+        let sender = match actor_slot {
+            Some(slot) => self.connections.at(slot).sender.clone(),
+            None => Sender::Server,
+        };
+        let len = frame_len::user_message(&sender, &payload);
+        if let Some(slot) = actor_slot {
+            let from = self.connections.at_mut(slot);
+            if from.info.echo {
+                let echo = PushEvent::UserMessage {
+                    seq: from.take_seq(),
+                    sender: from.self_sender(),
+                    payload: payload.clone(),
+                };
+                self.outbox.deliver(from, echo, len);
+            }
+        }
+        let skip = match actor {
+            Actor::Connection(id) => Some(id),
+            Actor::Server => None,
+        };
+        let outbox = &mut self.outbox;
+        let mut reached = 0;
+        self.connections
+            .for_each_of_user(&user_key(receiver), skip, |to| {
+                let event = PushEvent::UserMessage {
+                    seq: to.take_seq(),
+                    sender: sender.clone(),
+                    payload: payload.clone(),
+                };
+                outbox.deliver(to, event, len);
+                reached += 1;
+            });
+        outcome.reached = reached;
+        Ok(outcome)
+    }
+
+    // --- Helpers ---------------------------------------------------------------------
+
+    /// The member's own, self-flagged presence event.
+    fn tell_member(&mut self, presence: Presence, slot: Slot, groups: &Arc<[GroupId]>) {
+        let member = self.connections.at_mut(slot);
+        let sender = member.self_sender();
+        let len = frame_len::presence_base(&sender) + GROUP_ID_WIRE_LEN * groups.len();
+        let event = presence.event(
+            member.take_seq(),
+            sender,
+            EventGroups::whole(groups.clone()),
+        );
+        self.outbox.deliver(member, event, len);
+    }
+
+    /// Presence events to every other member of `groups`, each listing the groups it
+    /// shares with `member`. Returns how many were told.
+    fn tell_members(
+        &mut self,
+        presence: Presence,
+        sender: &Sender,
+        member: ConnectionId,
+        groups: &Arc<[GroupId]>,
+    ) -> u32 {
+        let base_len = frame_len::presence_base(sender);
+        let connections = &mut self.connections;
+        let outbox = &mut self.outbox;
+        let mut reached = 0;
+        for_each_member_of_any(&self.groups, groups, Some(member), |_, slot, positions| {
+            let receiver = connections.at_mut(slot);
+            let shared = EventGroups::subset(groups, positions);
+            let len = base_len + GROUP_ID_WIRE_LEN * shared.len();
+            let event = presence.event(receiver.take_seq(), sender.clone(), shared);
+            outbox.deliver(receiver, event, len);
+            reached += 1;
+        });
+        reached
+    }
+
+    /// Queues a command answer (not sequenced) for the connection in `slot`.
+    fn answer(&mut self, slot: Slot, message: Message) {
+        let len = message.encoded_len();
+        let event = match message {
+            Message::PushRejected(m) => PushEvent::Rejected(m),
+            Message::UserMessageDelivered(m) => PushEvent::UserMessageDelivered(m),
+            Message::GroupList(m) => PushEvent::GroupList(m),
+            other => unreachable!("{} is not a push command answer", other.kind()),
+        };
+        self.outbox
+            .deliver(self.connections.at_mut(slot), event, len);
+    }
+
+    /// The registered groups among `requested`, ascending and without duplicates;
+    /// the others are added to the outcome as unknown.
+    fn known_groups(&self, requested: &[GroupId], outcome: &mut PushOutcome) -> Vec<GroupId> {
+        let mut groups = requested.to_vec();
+        groups.sort_unstable();
+        groups.dedup();
+        let (known, unknown): (Vec<GroupId>, Vec<GroupId>) = groups
+            .into_iter()
+            .partition(|group| self.groups.contains_key(group));
+        if !unknown.is_empty() {
+            outcome.rejections.push(Rejection::unknown_groups(unknown));
+        }
+        known
+    }
+
+    fn actor_slot(&self, actor: Actor) -> Result<Option<Slot>, HubError> {
+        match actor {
+            Actor::Server => Ok(None),
+            Actor::Connection(id) => self
+                .connections
+                .slot(id)
+                .map(Some)
+                .ok_or(HubError::UnknownConnection(id)),
+        }
+    }
+
+    fn group_mut(&mut self, group: GroupId) -> &mut Group {
+        self.groups
+            .get_mut(&group)
+            .expect("member groups are registered")
+    }
+}
+
+/// The groups left to act on after a hook's verdict; refusals go to the outcome.
+fn apply_verdict(
+    verdict: Verdict,
+    groups: Vec<GroupId>,
+    outcome: &mut PushOutcome,
+) -> Vec<GroupId> {
+    match verdict {
+        Verdict::Allow => groups,
+        Verdict::Refuse { reason } => {
+            outcome
+                .rejections
+                .push(Rejection::not_authorized(Vec::new(), reason));
+            Vec::new()
+        }
+        Verdict::RefuseGroups {
+            groups: mut refused,
+            reason,
+        } => {
+            refused.sort_unstable();
+            let (refused, allowed): (Vec<GroupId>, Vec<GroupId>) = groups
+                .into_iter()
+                .partition(|group| refused.binary_search(group).is_ok());
+            if !refused.is_empty() {
+                outcome
+                    .rejections
+                    .push(Rejection::not_authorized(refused, reason));
+            }
+            allowed
+        }
+    }
+}
+
+fn check_group_count(groups: &[GroupId]) -> Result<(), HubError> {
+    if groups.len() > MAX_GROUPS_PER_MESSAGE {
+        Err(HubError::TooManyGroups {
+            count: groups.len(),
+        })
+    } else {
+        Ok(())
+    }
+}
