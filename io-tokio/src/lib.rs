@@ -1,8 +1,13 @@
 //! pushwire on tokio: the production server and client, and the `pushwire` CLI.
 //!
-//! This crate is the only place with sockets, tasks and clocks. It currently carries
-//! the protocol catalogue shown by the CLI; the server, the client and the demo land
-//! with the io-tokio issue.
+//! This crate is the only place with sockets, tasks and clocks. It wires the sans-I/O
+//! engines of `pushwire-engine` to byte streams: tokio's TCP in production, turmoil's
+//! in the simulator.
+
+pub mod client;
+pub mod hello;
+pub mod server;
+pub mod transport;
 
 use pushwire_protocol::{MessageKind, Role, PROTOCOL_VERSION, SUPPORTED_VERSIONS};
 use std::fmt::Write;

@@ -1,0 +1,807 @@
+//! The production client: a connection context like SocketPro's
+//! `CConnectionContext`, a server-authentication callback, RPC futures, batching, push
+//! commands, and events as a `Stream` and as callbacks.
+
+mod event;
+
+pub use event::{Event, EventStream};
+
+use crate::transport::{ByteStream, Connector, TcpConnector};
+use bytes::Bytes;
+use pushwire_engine::client::{
+    AbortReason, ClientConfig, ClientConnection, ClientError, ClientEvent, ClientTransport,
+    PushCommand, ServerAuthMode,
+};
+use pushwire_engine::credentials::{load_native_roots, load_root_store, CredentialsError};
+use pushwire_engine::tls::{ClientTls, ServerAuthentication, TlsConfigError};
+use pushwire_engine::{CloseReason, KeepAlive};
+use pushwire_protocol::{
+    ClientOptions, CloseCode, ErrorCode, GroupDescription, GroupId, GroupSelection, Message,
+    RefuseCode, Sender, Text,
+};
+use rustls::pki_types::UnixTime;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, Instrument};
+
+/// Whom the client trusts.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// CA certificates from these PEM files (SocketPro's `SetVerifyLocation`).
+    CaFiles(Vec<PathBuf>),
+    /// The operating system's trust store.
+    NativeRoots,
+    /// A ready TLS configuration (custom roots, client certificate …).
+    Tls(ClientTls),
+    /// No TLS at all: an explicit opt-in for trusted networks and benchmarks.
+    Plaintext,
+}
+
+/// Where and how to connect (SocketPro's `CConnectionContext`).
+#[derive(Debug, Clone)]
+pub struct ConnectionContext {
+    /// Server host name or address.
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// User id sent after the server is trusted.
+    pub user_id: String,
+    /// Password sent after the server is trusted.
+    pub password: String,
+    /// Whom to trust.
+    pub trust: Trust,
+    /// Name the server certificate must carry (default: `host`).
+    pub server_name: Option<String>,
+    /// Service to use.
+    pub service_id: u32,
+    /// Receive one's own publications and user messages back (default on).
+    pub echo: bool,
+    /// Limit on TCP connect plus TLS plus Hello.
+    pub connect_timeout: Duration,
+    /// Keep-alive timing.
+    pub keepalive: KeepAlive,
+}
+
+impl ConnectionContext {
+    /// A context with defaults: trust the OS store, service 1, echo on, 10 s timeout.
+    pub fn new(
+        host: impl Into<String>,
+        port: u16,
+        user_id: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            user_id: user_id.into(),
+            password: password.into(),
+            trust: Trust::NativeRoots,
+            server_name: None,
+            service_id: 1,
+            echo: true,
+            connect_timeout: Duration::from_secs(10),
+            keepalive: KeepAlive::default(),
+        }
+    }
+}
+
+/// Why a connection could not be established.
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    /// TCP connect failed.
+    #[error("cannot connect to {addr}: {source}")]
+    Io {
+        /// host:port
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The trust store or TLS settings are unusable.
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    /// The TLS settings are unusable.
+    #[error(transparent)]
+    TlsConfig(#[from] TlsConfigError),
+    /// The engine refused the settings.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The server's certificate was not accepted; no credential was sent.
+    #[error("server certificate not trusted: {0}")]
+    Untrusted(Box<ServerAuthentication>),
+    /// The server refused the user id and password (or the service).
+    #[error("refused by the server ({code:?}): {reason}")]
+    Refused {
+        /// Why.
+        code: RefuseCode,
+        /// The server's text.
+        reason: Text,
+    },
+    /// Connecting took longer than the connect timeout.
+    #[error("timed out connecting")]
+    Timeout,
+    /// The connection ended during the handshake.
+    #[error("connection closed during the handshake: {0}")]
+    Closed(CloseReason),
+}
+
+/// Why a request ended without a result.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum RequestError {
+    /// The server's handler failed.
+    #[error("server error {code:?}: {message}")]
+    Server {
+        /// Its code.
+        code: ErrorCode,
+        /// Its text.
+        message: Text,
+    },
+    /// The batch holding the request was aborted.
+    #[error("the batch was aborted")]
+    BatchAborted,
+    /// The connection ended before the result arrived.
+    #[error("connection lost: {0}")]
+    ConnectionLost(CloseReason),
+    /// The request could not be sent (not ready, too large, too many outstanding).
+    #[error(transparent)]
+    Rejected(#[from] ClientError),
+}
+
+/// Why a push command failed.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum PushError {
+    /// The server refused it.
+    #[error("refused by the server ({code:?}): {reason}")]
+    Rejected {
+        /// Why.
+        code: pushwire_protocol::RejectCode,
+        /// Offending groups.
+        groups: Vec<GroupId>,
+        /// The server's text.
+        reason: Text,
+    },
+    /// It could not be sent.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The connection ended before the answer arrived.
+    #[error("connection lost")]
+    ConnectionLost,
+}
+
+type ServerAuthCallback = Arc<dyn Fn(&ServerAuthentication) -> bool + Send + Sync>;
+type Callback<A> = Box<dyn FnMut(A) + Send>;
+
+/// Configures the server-authentication decision and the event callbacks (mirroring
+/// SocketPro's `OnSubscribe`, `OnUnsubscribe`, `OnPublish` and `OnSendUserMessage`,
+/// each with the full sender), then connects.
+pub struct ClientBuilder {
+    context: ConnectionContext,
+    server_auth: Option<ServerAuthCallback>,
+    on_subscribe: Option<Callback<(Sender, Vec<GroupId>)>>,
+    on_unsubscribe: Option<Callback<(Sender, Vec<GroupId>)>>,
+    on_publish: Option<Callback<(Sender, Vec<GroupId>, Bytes)>>,
+    on_user_message: Option<Callback<(Sender, Bytes)>>,
+    event_capacity: usize,
+}
+
+impl ClientBuilder {
+    /// Starts from a connection context.
+    pub fn new(context: ConnectionContext) -> Self {
+        Self {
+            context,
+            server_auth: None,
+            on_subscribe: None,
+            on_unsubscribe: None,
+            on_publish: None,
+            on_user_message: None,
+            event_capacity: 1024,
+        }
+    }
+
+    /// Decides whether to trust the server after seeing its certificate and the
+    /// verifier's verdict (the seed's `DoSslServerAuthentication`). Without it, the
+    /// client trusts exactly the servers whose chain verified.
+    pub fn server_authentication(
+        mut self,
+        decide: impl Fn(&ServerAuthentication) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.server_auth = Some(Arc::new(decide));
+        self
+    }
+
+    /// Called for every Subscribed event (sender, groups).
+    pub fn on_subscribe(mut self, f: impl FnMut(&Sender, &[GroupId]) + Send + 'static) -> Self {
+        let mut f = f;
+        self.on_subscribe = Some(Box::new(move |(s, g): (Sender, Vec<GroupId>)| f(&s, &g)));
+        self
+    }
+
+    /// Called for every Unsubscribed event (sender, groups).
+    pub fn on_unsubscribe(mut self, f: impl FnMut(&Sender, &[GroupId]) + Send + 'static) -> Self {
+        let mut f = f;
+        self.on_unsubscribe = Some(Box::new(move |(s, g): (Sender, Vec<GroupId>)| f(&s, &g)));
+        self
+    }
+
+    /// Called for every publication (sender, groups, message).
+    pub fn on_publish(
+        mut self,
+        f: impl FnMut(&Sender, &[GroupId], &Bytes) + Send + 'static,
+    ) -> Self {
+        let mut f = f;
+        self.on_publish = Some(Box::new(move |(s, g, m): (Sender, Vec<GroupId>, Bytes)| {
+            f(&s, &g, &m)
+        }));
+        self
+    }
+
+    /// Called for every user message (sender, message).
+    pub fn on_user_message(mut self, f: impl FnMut(&Sender, &Bytes) + Send + 'static) -> Self {
+        let mut f = f;
+        self.on_user_message = Some(Box::new(move |(s, m): (Sender, Bytes)| f(&s, &m)));
+        self
+    }
+
+    /// How many events the [`EventStream`] buffers before the connection stops
+    /// reading from the server (backpressure; default 1,024).
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity.max(1);
+        self
+    }
+
+    /// Connects over TCP.
+    pub async fn connect(self) -> Result<(Client, EventStream), ConnectError> {
+        self.connect_with(&TcpConnector).await
+    }
+
+    /// Connects through a connector (tokio's TCP, or turmoil's in the simulator).
+    pub async fn connect_with<C: Connector>(
+        self,
+        connector: &C,
+    ) -> Result<(Client, EventStream), ConnectError> {
+        let context = self.context.clone();
+        let timeout = context.connect_timeout;
+        let transport = match &context.trust {
+            Trust::Plaintext => ClientTransport::Plaintext,
+            trust => {
+                let name = context
+                    .server_name
+                    .clone()
+                    .unwrap_or_else(|| context.host.clone());
+                let tls = match trust {
+                    Trust::CaFiles(files) => ClientTls::new(load_root_store(files)?, &name)?,
+                    Trust::NativeRoots => ClientTls::new(load_native_roots()?, &name)?,
+                    Trust::Tls(tls) => tls.clone(),
+                    Trust::Plaintext => unreachable!("handled above"),
+                };
+                ClientTransport::Tls(tls)
+            }
+        };
+        let mut config = ClientConfig::new(
+            transport,
+            context.user_id.as_str(),
+            context.password.as_bytes(),
+        );
+        config.service_id = context.service_id;
+        config.options = ClientOptions { echo: context.echo };
+        config.keepalive = context.keepalive;
+        config.handshake_timeout = timeout;
+        config.server_auth = if self.server_auth.is_some() {
+            ServerAuthMode::Application
+        } else {
+            ServerAuthMode::Automatic
+        };
+        let addr = format!("{}:{}", context.host, context.port);
+        let (stream, _peer) =
+            match tokio::time::timeout(timeout, connector.connect(&context.host, context.port))
+                .await
+            {
+                Err(_) => return Err(ConnectError::Timeout),
+                Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
+                Ok(Ok(s)) => s,
+            };
+        let engine = ClientConnection::new(config, now(), UnixTime::now())?;
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::channel(self.event_capacity);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (outstanding_tx, outstanding) = watch::channel(0usize);
+        let (closed_tx, closed) = watch::channel(None);
+        let task = Task {
+            engine,
+            commands: command_rx,
+            events: events_tx,
+            ready: Some(ready_tx),
+            server_auth: self.server_auth,
+            on_subscribe: self.on_subscribe,
+            on_unsubscribe: self.on_unsubscribe,
+            on_publish: self.on_publish,
+            on_user_message: self.on_user_message,
+            requests: BTreeMap::new(),
+            answers: BTreeMap::new(),
+            outstanding: outstanding_tx,
+            closed: closed_tx,
+            untrusted: None,
+        };
+        tokio::spawn(
+            task.run(stream)
+                .instrument(tracing::info_span!("client", user = %context.user_id)),
+        );
+        match ready_rx.await {
+            Ok(Ok(())) => Ok((
+                Client {
+                    commands,
+                    outstanding,
+                    closed,
+                },
+                EventStream::new(events_rx),
+            )),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ConnectError::Closed(CloseReason::PeerClosed)),
+        }
+    }
+}
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+enum Command {
+    Request {
+        method: u32,
+        payload: Bytes,
+        reply: oneshot::Sender<Result<Bytes, RequestError>>,
+    },
+    Push {
+        command: PushCommand,
+        reply: oneshot::Sender<Result<Answer, PushError>>,
+    },
+    StartBatch(oneshot::Sender<Result<(), ClientError>>),
+    CommitBatch(bool, oneshot::Sender<Result<(), ClientError>>),
+    AbortBatch(oneshot::Sender<Result<(), ClientError>>),
+    Close,
+}
+
+/// The answer to a push command.
+enum Answer {
+    Sent(u64),
+    Delivered(u32),
+    Groups(Vec<GroupDescription>),
+}
+
+/// A connected client. Cheap to clone; the connection closes when [`Client::close`]
+/// is called or the last clone is dropped.
+#[derive(Clone)]
+pub struct Client {
+    commands: mpsc::UnboundedSender<Command>,
+    outstanding: watch::Receiver<usize>,
+    closed: watch::Receiver<Option<CloseReason>>,
+}
+
+/// A reply that arrives later; the command itself was already queued when the future
+/// was created, so batching sees calls in program order.
+pub struct Reply<T> {
+    rx: Option<oneshot::Receiver<T>>,
+    lost: fn() -> T,
+}
+
+impl<T> Future for Reply<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let lost = self.lost;
+        match self.rx.as_mut() {
+            None => Poll::Ready(lost()),
+            Some(rx) => Pin::new(rx).poll(cx).map(|r| r.unwrap_or_else(|_| lost())),
+        }
+    }
+}
+
+impl Client {
+    /// Connects with default callbacks (see [`ClientBuilder`] for more).
+    pub async fn connect(
+        context: ConnectionContext,
+    ) -> Result<(Client, EventStream), ConnectError> {
+        ClientBuilder::new(context).connect().await
+    }
+
+    fn send<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+        lost: fn() -> T,
+    ) -> Reply<T> {
+        let (tx, rx) = oneshot::channel();
+        let rx = self.commands.send(make(tx)).ok().map(|()| rx);
+        Reply { rx, lost }
+    }
+
+    /// Calls `method` (SocketPro's `SendRequest`). The request is queued at once
+    /// (into the open batch, if any); the future yields its result.
+    pub fn request(
+        &self,
+        method: u32,
+        payload: impl Into<Bytes>,
+    ) -> Reply<Result<Bytes, RequestError>> {
+        let payload = payload.into();
+        self.send(
+            |reply| Command::Request {
+                method,
+                payload,
+                reply,
+            },
+            || Err(RequestError::ConnectionLost(CloseReason::PeerClosed)),
+        )
+    }
+
+    /// Holds requests and push commands until [`commit_batching`](Self::commit_batching).
+    pub fn start_batching(&self) -> Reply<Result<(), ClientError>> {
+        self.send(Command::StartBatch, || Err(ClientError::Closed))
+    }
+
+    /// Sends the batch in one transmit; with `server_batching` the server returns
+    /// its results together.
+    pub fn commit_batching(&self, server_batching: bool) -> Reply<Result<(), ClientError>> {
+        self.send(
+            |r| Command::CommitBatch(server_batching, r),
+            || Err(ClientError::Closed),
+        )
+    }
+
+    /// Drops the batch; its requests end with [`RequestError::BatchAborted`].
+    pub fn abort_batching(&self) -> Reply<Result<(), ClientError>> {
+        self.send(Command::AbortBatch, || Err(ClientError::Closed))
+    }
+
+    /// Waits until no request is outstanding (SocketPro's `WaitAll`).
+    pub async fn wait_all(&self) {
+        let mut outstanding = self.outstanding.clone();
+        let _ = outstanding.wait_for(|n| *n == 0).await;
+    }
+
+    fn push(&self, command: PushCommand) -> Reply<Result<Answer, PushError>> {
+        self.send(
+            |reply| Command::Push { command, reply },
+            || Err(PushError::ConnectionLost),
+        )
+    }
+
+    /// Joins chat groups. Resolves once sent; refusals arrive as
+    /// [`Event::Rejected`] with the returned command id.
+    pub fn subscribe(&self, groups: &[u32]) -> impl Future<Output = Result<u64, PushError>> {
+        let reply = self.push(PushCommand::Subscribe(
+            groups.iter().copied().map(GroupId).collect(),
+        ));
+        async move { sent(reply.await) }
+    }
+
+    /// Leaves chat groups.
+    pub fn unsubscribe(&self, groups: &[u32]) -> impl Future<Output = Result<u64, PushError>> {
+        let reply = self.push(PushCommand::Unsubscribe(GroupSelection::Groups(
+            groups.iter().copied().map(GroupId).collect(),
+        )));
+        async move { sent(reply.await) }
+    }
+
+    /// Leaves every chat group.
+    pub fn unsubscribe_all(&self) -> impl Future<Output = Result<u64, PushError>> {
+        let reply = self.push(PushCommand::Unsubscribe(GroupSelection::All));
+        async move { sent(reply.await) }
+    }
+
+    /// Publishes to chat groups. Resolves once sent.
+    pub fn publish(
+        &self,
+        groups: &[u32],
+        message: impl Into<Bytes>,
+    ) -> impl Future<Output = Result<u64, PushError>> {
+        let reply = self.push(PushCommand::Publish {
+            groups: groups.iter().copied().map(GroupId).collect(),
+            payload: message.into(),
+        });
+        async move { sent(reply.await) }
+    }
+
+    /// Sends a message to every connection of `receiver` (case-insensitive); resolves
+    /// with how many connections it reached.
+    pub fn send_user_message(
+        &self,
+        receiver: &str,
+        message: impl Into<Bytes>,
+    ) -> impl Future<Output = Result<u32, PushError>> {
+        let reply = self.push(PushCommand::SendUserMessage {
+            receiver: Text::from(receiver),
+            payload: message.into(),
+        });
+        async move {
+            match reply.await? {
+                Answer::Delivered(n) => Ok(n),
+                _ => Err(PushError::ConnectionLost),
+            }
+        }
+    }
+
+    /// The server's chat groups.
+    pub fn list_groups(&self) -> impl Future<Output = Result<Vec<GroupDescription>, PushError>> {
+        let reply = self.push(PushCommand::ListGroups);
+        async move {
+            match reply.await? {
+                Answer::Groups(g) => Ok(g),
+                _ => Err(PushError::ConnectionLost),
+            }
+        }
+    }
+
+    /// Requests outstanding now.
+    pub fn outstanding(&self) -> usize {
+        *self.outstanding.borrow()
+    }
+
+    /// Closes the connection (Close, then close_notify).
+    pub fn close(&self) {
+        let _ = self.commands.send(Command::Close);
+    }
+
+    /// Waits until the connection has ended; returns why.
+    pub async fn closed(&self) -> CloseReason {
+        let mut closed = self.closed.clone();
+        let reason = closed.wait_for(Option::is_some).await.map(|r| r.clone());
+        reason.ok().flatten().unwrap_or(CloseReason::PeerClosed)
+    }
+}
+
+fn sent(answer: Result<Answer, PushError>) -> Result<u64, PushError> {
+    match answer? {
+        Answer::Sent(id) => Ok(id),
+        _ => Err(PushError::ConnectionLost),
+    }
+}
+
+struct Task {
+    engine: ClientConnection,
+    commands: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::Sender<Event>,
+    ready: Option<oneshot::Sender<Result<(), ConnectError>>>,
+    server_auth: Option<ServerAuthCallback>,
+    on_subscribe: Option<Callback<(Sender, Vec<GroupId>)>>,
+    on_unsubscribe: Option<Callback<(Sender, Vec<GroupId>)>>,
+    on_publish: Option<Callback<(Sender, Vec<GroupId>, Bytes)>>,
+    on_user_message: Option<Callback<(Sender, Bytes)>>,
+    requests: BTreeMap<u64, oneshot::Sender<Result<Bytes, RequestError>>>,
+    /// Push commands awaiting an answer from the server, by command id.
+    answers: BTreeMap<u64, oneshot::Sender<Result<Answer, PushError>>>,
+    outstanding: watch::Sender<usize>,
+    closed: watch::Sender<Option<CloseReason>>,
+    untrusted: Option<ServerAuthentication>,
+}
+
+impl Task {
+    async fn run<S: ByteStream>(mut self, stream: S) {
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let mut read_buf = vec![0u8; 16 * 1024];
+        let mut transmit = Vec::new();
+        let mut commands_open = true;
+        loop {
+            while let Some(event) = self.engine.poll_event() {
+                self.handle_event(event).await;
+            }
+            self.outstanding.send_if_modified(|n| {
+                let now = self.engine.outstanding_requests();
+                std::mem::replace(n, now) != now
+            });
+            transmit.clear();
+            if self.engine.poll_transmit(now(), &mut transmit) > 0 {
+                if let Err(e) = writer.write_all(&transmit).await {
+                    debug!("write failed: {e}");
+                    self.engine.handle_transport_closed();
+                }
+                continue;
+            }
+            if self.engine.is_finished() {
+                let _ = writer.shutdown().await;
+                return;
+            }
+            let timeout = self
+                .engine
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
+            tokio::select! {
+                biased;
+                read = reader.read(&mut read_buf) => match read {
+                    Ok(0) | Err(_) => self.engine.handle_transport_closed(),
+                    Ok(n) => self.engine.handle_input(now(), &read_buf[..n]),
+                },
+                command = self.commands.recv(), if commands_open => match command {
+                    Some(command) => self.handle_command(command),
+                    None => {
+                        // Every Client handle is gone: close politely.
+                        commands_open = false;
+                        self.engine.close(CloseCode::Normal, "client dropped");
+                    }
+                },
+                () = sleep_until(timeout) => self.engine.handle_timeout(now()),
+            }
+        }
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Request {
+                method,
+                payload,
+                reply,
+            } => match self.engine.request(method, payload) {
+                Ok(id) => {
+                    self.requests.insert(id, reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(RequestError::Rejected(e)));
+                }
+            },
+            Command::Push { command, reply } => {
+                let waits = matches!(
+                    command,
+                    PushCommand::SendUserMessage { .. } | PushCommand::ListGroups
+                );
+                match self.engine.push(command) {
+                    Ok(id) if waits => {
+                        self.answers.insert(id, reply);
+                    }
+                    Ok(id) => {
+                        let _ = reply.send(Ok(Answer::Sent(id)));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(PushError::Client(e)));
+                    }
+                }
+            }
+            Command::StartBatch(reply) => {
+                let _ = reply.send(self.engine.start_batch());
+            }
+            Command::CommitBatch(server_batching, reply) => {
+                let _ = reply.send(self.engine.commit_batch(server_batching));
+            }
+            Command::AbortBatch(reply) => {
+                let _ = reply.send(self.engine.abort_batch());
+            }
+            Command::Close => self.engine.close(CloseCode::Normal, "client closed"),
+        }
+    }
+
+    async fn handle_event(&mut self, event: ClientEvent) {
+        match event {
+            ClientEvent::ServerAuthenticated(info) => {
+                if let Some(decide) = &self.server_auth {
+                    let trusted = decide(&info);
+                    let _ = if trusted {
+                        self.engine.accept_server()
+                    } else {
+                        self.engine.reject_server()
+                    };
+                }
+                if !info.verdict.is_verified() || self.server_auth.is_some() {
+                    self.untrusted = Some(info);
+                }
+            }
+            ClientEvent::Ready(_) => {
+                self.untrusted = None;
+                if let Some(ready) = self.ready.take() {
+                    let _ = ready.send(Ok(()));
+                }
+            }
+            ClientEvent::Response {
+                request_id,
+                payload,
+            } => {
+                if let Some(reply) = self.requests.remove(&request_id) {
+                    let _ = reply.send(Ok(payload));
+                }
+            }
+            ClientEvent::ServerError {
+                request_id,
+                code,
+                message,
+            } => {
+                if let Some(reply) = self.requests.remove(&request_id) {
+                    let _ = reply.send(Err(RequestError::Server { code, message }));
+                }
+            }
+            ClientEvent::RequestAborted { request_id, reason } => {
+                if let Some(reply) = self.requests.remove(&request_id) {
+                    let _ = reply.send(Err(match reason {
+                        AbortReason::BatchAborted => RequestError::BatchAborted,
+                        AbortReason::ConnectionLost(r) => RequestError::ConnectionLost(r),
+                    }));
+                }
+            }
+            ClientEvent::Push(message) => self.handle_push(message).await,
+            ClientEvent::Closed(reason) => {
+                if let Some(ready) = self.ready.take() {
+                    let error = match (&reason, self.untrusted.take()) {
+                        (CloseReason::ServerRejected { .. }, Some(info)) => {
+                            ConnectError::Untrusted(Box::new(info))
+                        }
+                        (CloseReason::Refused { code, reason }, _) => ConnectError::Refused {
+                            code: *code,
+                            reason: reason.clone(),
+                        },
+                        (CloseReason::Timeout(_), _) => ConnectError::Timeout,
+                        (other, _) => ConnectError::Closed(other.clone()),
+                    };
+                    let _ = ready.send(Err(error));
+                }
+                for (_, reply) in std::mem::take(&mut self.answers) {
+                    let _ = reply.send(Err(PushError::ConnectionLost));
+                }
+                let _ = self.events.send(Event::Closed(reason.clone())).await;
+                self.closed.send_replace(Some(reason));
+            }
+        }
+    }
+
+    async fn handle_push(&mut self, message: Message) {
+        match &message {
+            Message::Subscribed(m) => {
+                if let Some(f) = &mut self.on_subscribe {
+                    f((m.sender.clone(), m.groups.clone()));
+                }
+            }
+            Message::Unsubscribed(m) => {
+                if let Some(f) = &mut self.on_unsubscribe {
+                    f((m.sender.clone(), m.groups.clone()));
+                }
+            }
+            Message::Published(m) => {
+                if let Some(f) = &mut self.on_publish {
+                    f((m.sender.clone(), m.groups.clone(), m.payload.clone()));
+                }
+            }
+            Message::UserMessage(m) => {
+                if let Some(f) = &mut self.on_user_message {
+                    f((m.sender.clone(), m.payload.clone()));
+                }
+            }
+            Message::UserMessageDelivered(d) => {
+                if let Some(reply) = self.answers.remove(&d.command_id) {
+                    let _ = reply.send(Ok(Answer::Delivered(d.connections)));
+                }
+                return;
+            }
+            Message::GroupList(g) => {
+                if let Some(reply) = self.answers.remove(&g.command_id) {
+                    let _ = reply.send(Ok(Answer::Groups(g.groups.clone())));
+                }
+                return;
+            }
+            Message::PushRejected(r) => {
+                if let Some(reply) = self.answers.remove(&r.command_id) {
+                    let _ = reply.send(Err(PushError::Rejected {
+                        code: r.code,
+                        groups: r.groups.clone(),
+                        reason: r.reason.clone(),
+                    }));
+                }
+            }
+            _ => {}
+        }
+        if let Some(event) = Event::from_message(message) {
+            // Backpressure: a full stream stops this task, hence reading, hence the
+            // server's writes; the server then applies its slow-consumer policy.
+            // A dropped stream just discards.
+            let _ = self.events.send(event).await;
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,84 @@
+//! The application's push hooks, logged like the seed's Figure 7.
+
+use bytes::Bytes;
+use pushwire_engine::hub::{HookContext, Origin, PushHooks, Verdict};
+use pushwire_protocol::GroupId;
+
+/// Wraps the application's hooks: logs every push operation at info level (the
+/// seed's OnSubscribe, OnUnsubscribe, OnPublish, OnSendUserMessage) and asks the
+/// application.
+pub(crate) struct LoggedHooks(pub Box<dyn PushHooks + Send>);
+
+fn who(context: &HookContext<'_>) -> String {
+    match context.info {
+        Some(info) => info.user_id.to_string(),
+        None => "server".to_owned(),
+    }
+}
+
+fn origin(context: &HookContext<'_>) -> &'static str {
+    match context.origin {
+        Origin::Client => "",
+        Origin::Server => " (by the server)",
+        Origin::Disconnect => " (disconnected)",
+        Origin::GroupRemoved => " (group removed)",
+    }
+}
+
+impl PushHooks for LoggedHooks {
+    fn on_subscribe(&mut self, context: &HookContext<'_>, groups: &[GroupId]) -> Verdict {
+        tracing::info!(
+            "{} subscribes for groups {:?}{}",
+            who(context),
+            ids(groups),
+            origin(context)
+        );
+        self.0.on_subscribe(context, groups)
+    }
+
+    fn on_unsubscribe(&mut self, context: &HookContext<'_>, groups: &[GroupId]) -> Verdict {
+        tracing::info!(
+            "{} unsubscribes from groups {:?}{}",
+            who(context),
+            ids(groups),
+            origin(context)
+        );
+        self.0.on_unsubscribe(context, groups)
+    }
+
+    fn on_publish(
+        &mut self,
+        context: &HookContext<'_>,
+        groups: &[GroupId],
+        payload: &Bytes,
+    ) -> Verdict {
+        tracing::info!(
+            "{} publishes a message ({}) to groups {:?}{}",
+            who(context),
+            String::from_utf8_lossy(&payload[..payload.len().min(200)]),
+            ids(groups),
+            origin(context)
+        );
+        self.0.on_publish(context, groups, payload)
+    }
+
+    fn on_user_message(
+        &mut self,
+        context: &HookContext<'_>,
+        receiver: &str,
+        payload: &Bytes,
+    ) -> Verdict {
+        tracing::info!(
+            "{} sends a message ({}) to {}{}",
+            who(context),
+            String::from_utf8_lossy(&payload[..payload.len().min(200)]),
+            receiver,
+            origin(context)
+        );
+        self.0.on_user_message(context, receiver, payload)
+    }
+}
+
+fn ids(groups: &[GroupId]) -> Vec<u32> {
+    groups.iter().map(|g| g.0).collect()
+}

@@ -1,0 +1,735 @@
+//! The production server: accepts connections, drives one engine per connection on
+//! its own task, and shares one push hub among them.
+//!
+//! # How connections share the hub
+//!
+//! One `std::sync::Mutex` around the [`Hub`] and the connections' outboxes. A push
+//! operation locks it, runs the pure hub, and encodes each delivery straight into the
+//! receiving connection's outbox (a byte buffer plus a `Notify`); the receiving task
+//! later takes the whole outbox at once, so many events leave in one TLS flush. The
+//! critical section never awaits and never does I/O: it is hub work plus one memcpy
+//! per delivery. An actor task would add a channel hop and a task wake-up per
+//! operation on a 2-core machine, where the lock is uncontended most of the time; the
+//! lock keeps publish-to-outbox latency at the cost of the hub work itself. (The
+//! benchmark issue measures fan-out through this path end to end.)
+
+mod auth;
+mod hooks;
+mod service;
+
+pub use auth::{AuthAttempt, AuthDecision, Authenticator, DenyAll};
+pub use service::{service_fn, Call, CallFuture, Service};
+
+use crate::transport::{ByteStream, Listener};
+use bytes::{Bytes, BytesMut};
+use hooks::LoggedHooks;
+use pushwire_engine::credentials::{load_root_store, ServerCredentials};
+use pushwire_engine::hub::{
+    Actor, AllowAll, ConnectionId, ConnectionInfo, Hub, HubConfig, HubError, PushHooks, PushOutcome,
+};
+use pushwire_engine::server::{
+    AuthRequest, Grant, ServerConfig, ServerConnection, ServerEvent, ServerTransport,
+};
+use pushwire_engine::tls::{server_tls_config, ClientAuth};
+use pushwire_engine::{CloseReason, KeepAlive};
+use pushwire_protocol::{
+    CloseCode, ErrorCode, FrameLimits, GroupDescription, GroupId, ResumeToken, Text,
+};
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch, Notify};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+/// A server that could not be configured or started.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// Certificate, key or CA files.
+    #[error(transparent)]
+    Credentials(#[from] pushwire_engine::credentials::CredentialsError),
+    /// rustls refused the configuration.
+    #[error(transparent)]
+    Tls(#[from] pushwire_engine::tls::TlsConfigError),
+    /// Neither TLS nor explicit plaintext was configured.
+    #[error("no TLS certificate configured (and plaintext was not explicitly chosen)")]
+    NoTransport,
+    /// Binding the listener failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// An invalid limit.
+    #[error(transparent)]
+    Limit(#[from] pushwire_protocol::LimitError),
+    /// A group registered twice.
+    #[error(transparent)]
+    Hub(#[from] HubError),
+}
+
+/// Builds a [`Server`].
+pub struct ServerBuilder {
+    transport: Option<ServerTransport>,
+    credentials: Option<ServerCredentials>,
+    client_auth: ClientAuth,
+    groups: Vec<(GroupId, Text)>,
+    auto_subscribe: Vec<GroupId>,
+    authenticator: Arc<dyn Authenticator>,
+    services: BTreeMap<u32, Arc<dyn Service>>,
+    hooks: Box<dyn PushHooks + Send>,
+    limits: FrameLimits,
+    hub: HubConfig,
+    hello_timeout: Duration,
+    keepalive: KeepAlive,
+    max_connections: usize,
+    shutdown_grace: Duration,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServerBuilder {
+    /// A builder with no transport yet (choose TLS or explicit plaintext), no groups,
+    /// the [`DenyAll`] authenticator, and default limits.
+    pub fn new() -> Self {
+        Self {
+            transport: None,
+            credentials: None,
+            client_auth: ClientAuth::None,
+            groups: Vec::new(),
+            auto_subscribe: Vec::new(),
+            authenticator: Arc::new(DenyAll),
+            services: BTreeMap::new(),
+            hooks: Box::new(AllowAll),
+            limits: FrameLimits::default(),
+            hub: HubConfig::default(),
+            hello_timeout: Duration::from_secs(10),
+            keepalive: KeepAlive::default(),
+            max_connections: 10_000,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+
+    /// TLS with a certificate chain and a private key from PEM files; `password`
+    /// decrypts an encrypted PKCS#8 key (SocketPro's `UseSSL`).
+    pub fn tls_from_pem(
+        mut self,
+        cert: &Path,
+        key: &Path,
+        password: Option<&str>,
+    ) -> Result<Self, ServerError> {
+        self.credentials = Some(ServerCredentials::from_pem_files(cert, key, password)?);
+        Ok(self)
+    }
+
+    /// Requires client certificates signed by a CA in these files (mutual TLS).
+    pub fn client_ca(mut self, ca_files: &[impl AsRef<Path>]) -> Result<Self, ServerError> {
+        self.client_auth = ClientAuth::Required(Arc::new(load_root_store(ca_files)?));
+        Ok(self)
+    }
+
+    /// No encryption: an explicit opt-in for trusted networks and benchmarks.
+    pub fn plaintext(mut self) -> Self {
+        self.transport = Some(ServerTransport::Plaintext);
+        self
+    }
+
+    /// Registers a chat group (SocketPro's `AddAChatGroup`).
+    pub fn group(mut self, id: u32, description: impl Into<Text>) -> Self {
+        self.groups.push((GroupId(id), description.into()));
+        self
+    }
+
+    /// Subscribes every new connection to these groups (the seed's Figure 6).
+    pub fn auto_subscribe(mut self, groups: impl IntoIterator<Item = u32>) -> Self {
+        self.auto_subscribe = groups.into_iter().map(GroupId).collect();
+        self
+    }
+
+    /// Decides who may connect.
+    pub fn authenticator(mut self, authenticator: impl Authenticator) -> Self {
+        self.authenticator = Arc::new(authenticator);
+        self
+    }
+
+    /// Hosts a service under `service_id`.
+    pub fn service(mut self, service_id: u32, service: impl Service) -> Self {
+        self.services.insert(service_id, Arc::new(service));
+        self
+    }
+
+    /// The application's push hooks (per-group authorization and notifications).
+    pub fn hooks(mut self, hooks: impl PushHooks + Send + 'static) -> Self {
+        self.hooks = Box::new(hooks);
+        self
+    }
+
+    /// Largest frame accepted from clients (default 1 MiB).
+    pub fn max_frame_size(mut self, bytes: u32) -> Result<Self, ServerError> {
+        self.limits = FrameLimits::new(bytes)?;
+        Ok(self)
+    }
+
+    /// Largest publication or user-message payload (default 512 KiB).
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.hub.max_payload_bytes = bytes;
+        self
+    }
+
+    /// Unwritten bytes per connection before it counts as a slow consumer and is
+    /// closed (default 8 MiB).
+    pub fn max_outbound_bytes(mut self, bytes: usize) -> Self {
+        self.hub.max_outbound_bytes = bytes;
+        self
+    }
+
+    /// Time a new connection has to complete TLS and its Hello (default 10 s).
+    pub fn hello_timeout(mut self, timeout: Duration) -> Self {
+        self.hello_timeout = timeout;
+        self
+    }
+
+    /// Keep-alive timing.
+    pub fn keepalive(mut self, keepalive: KeepAlive) -> Self {
+        self.keepalive = keepalive;
+        self
+    }
+
+    /// Connections beyond this are closed right after accept (default 10,000).
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// How long a graceful shutdown waits for connections to finish (default 5 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Binds a TCP listener on `addr` and starts serving.
+    pub async fn bind(self, addr: SocketAddr) -> Result<Server, ServerError> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        self.serve(listener)
+    }
+
+    /// Starts serving on an already bound listener (tokio's or turmoil's).
+    pub fn serve<L: Listener>(self, listener: L) -> Result<Server, ServerError> {
+        let transport = match (self.transport, self.credentials) {
+            (Some(ServerTransport::Plaintext), _) => ServerTransport::Plaintext,
+            (_, Some(credentials)) => {
+                ServerTransport::Tls(server_tls_config(&credentials, self.client_auth)?)
+            }
+            (Some(t), None) => t,
+            (None, None) => return Err(ServerError::NoTransport),
+        };
+        let mut config = ServerConfig::new(transport);
+        config.limits = self.limits;
+        config.hello_timeout = self.hello_timeout;
+        config.keepalive = self.keepalive;
+        let mut hub = Hub::new(self.hub, LoggedHooks(self.hooks));
+        for (id, description) in self.groups {
+            hub.add_group(id, description)?;
+        }
+        let local_addr = listener.local_addr().ok();
+        let (shutdown, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            hub: Mutex::new(HubCore {
+                hub,
+                outboxes: BTreeMap::new(),
+            }),
+            config: Arc::new(config),
+            authenticator: self.authenticator,
+            services: self.services,
+            auto_subscribe: self.auto_subscribe,
+            shutdown,
+            live: AtomicUsize::new(0),
+            all_closed: Notify::new(),
+            max_connections: self.max_connections,
+            next_connection: AtomicU64::new(1),
+        });
+        let handle = ServerHandle { shared };
+        let accept = tokio::spawn(accept_loop(handle.clone(), listener));
+        Ok(Server {
+            handle,
+            local_addr,
+            accept,
+            grace: self.shutdown_grace,
+        })
+    }
+}
+
+/// A running server.
+pub struct Server {
+    handle: ServerHandle,
+    local_addr: Option<SocketAddr>,
+    accept: tokio::task::JoinHandle<()>,
+    grace: Duration,
+}
+
+impl Server {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The push and administration API.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Graceful shutdown: stops accepting, closes every connection with
+    /// `GoingAway` (Close, then close_notify), and waits up to the grace period for
+    /// their last writes. Returns the number of connections still open after it.
+    pub async fn shutdown(self) -> usize {
+        self.accept.abort();
+        let shared = &self.handle.shared;
+        shared.shutdown.send_replace(true);
+        let deadline = tokio::time::Instant::now() + self.grace;
+        loop {
+            let notified = shared.all_closed.notified();
+            let live = shared.live.load(Ordering::Acquire);
+            if live == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return shared.live.load(Ordering::Acquire);
+            }
+        }
+    }
+}
+
+struct Outbox {
+    frames: Mutex<BytesMut>,
+    ready: Notify,
+    slow: AtomicBool,
+}
+
+struct HubCore {
+    hub: Hub<LoggedHooks>,
+    outboxes: BTreeMap<ConnectionId, Arc<Outbox>>,
+}
+
+impl HubCore {
+    /// Encodes every pending delivery into its connection's outbox and flags slow
+    /// consumers. Called after every hub operation, under the lock.
+    fn dispatch(&mut self) {
+        while let Some(delivery) = self.hub.poll_delivery() {
+            let (connection, message) = delivery.into_message();
+            if let Some(outbox) = self.outboxes.get(&connection) {
+                message.encode(&mut lock(&outbox.frames));
+                outbox.ready.notify_one();
+            }
+        }
+        while let Some(connection) = self.hub.poll_slow_consumer() {
+            if let Some(outbox) = self.outboxes.get(&connection) {
+                outbox.slow.store(true, Ordering::Release);
+                outbox.ready.notify_one();
+            }
+        }
+    }
+}
+
+struct Shared {
+    hub: Mutex<HubCore>,
+    config: Arc<ServerConfig>,
+    authenticator: Arc<dyn Authenticator>,
+    services: BTreeMap<u32, Arc<dyn Service>>,
+    auto_subscribe: Vec<GroupId>,
+    shutdown: watch::Sender<bool>,
+    live: AtomicUsize,
+    all_closed: Notify,
+    max_connections: usize,
+    next_connection: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves the hub as it was at the panic; keep
+    // serving the other connections rather than poisoning them all.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The server's push and administration API, usable from handlers and from outside.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    fn with_hub<R>(&self, f: impl FnOnce(&mut Hub<LoggedHooks>) -> R) -> R {
+        let mut core = lock(&self.shared.hub);
+        let r = f(&mut core.hub);
+        core.dispatch();
+        r
+    }
+
+    /// Publishes as the server (sender: the server; no echo).
+    pub fn publish(
+        &self,
+        groups: &[u32],
+        payload: impl Into<Bytes>,
+    ) -> Result<PushOutcome, HubError> {
+        let groups: Vec<GroupId> = groups.iter().copied().map(GroupId).collect();
+        let payload = payload.into();
+        self.with_hub(|hub| hub.publish(Actor::Server, &groups, payload))
+    }
+
+    /// Publishes on behalf of a connection (it is the sender and gets its echo).
+    pub fn publish_as(
+        &self,
+        connection: ConnectionId,
+        groups: &[u32],
+        payload: impl Into<Bytes>,
+    ) -> Result<PushOutcome, HubError> {
+        let groups: Vec<GroupId> = groups.iter().copied().map(GroupId).collect();
+        let payload = payload.into();
+        self.with_hub(|hub| hub.publish(Actor::Connection(connection), &groups, payload))
+    }
+
+    /// Sends a message to every connection of `receiver` as the server; returns how
+    /// many connections it reached.
+    pub fn send_user_message(
+        &self,
+        receiver: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<u32, HubError> {
+        let payload = payload.into();
+        self.with_hub(|hub| hub.send_user_message(Actor::Server, receiver, payload))
+            .map(|o| o.reached)
+    }
+
+    /// Sends a user message on behalf of a connection.
+    pub fn send_user_message_as(
+        &self,
+        connection: ConnectionId,
+        receiver: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<u32, HubError> {
+        let payload = payload.into();
+        self.with_hub(|hub| hub.send_user_message(Actor::Connection(connection), receiver, payload))
+            .map(|o| o.reached)
+    }
+
+    /// Subscribes a connection to groups.
+    pub fn subscribe(
+        &self,
+        connection: ConnectionId,
+        groups: &[u32],
+    ) -> Result<PushOutcome, HubError> {
+        let groups: Vec<GroupId> = groups.iter().copied().map(GroupId).collect();
+        self.with_hub(|hub| hub.subscribe(connection, &groups))
+    }
+
+    /// Unsubscribes a connection from groups.
+    pub fn unsubscribe(
+        &self,
+        connection: ConnectionId,
+        groups: &[u32],
+    ) -> Result<PushOutcome, HubError> {
+        let groups: Vec<GroupId> = groups.iter().copied().map(GroupId).collect();
+        self.with_hub(|hub| hub.unsubscribe(connection, &groups))
+    }
+
+    /// Registers a group at run time.
+    pub fn add_group(&self, id: u32, description: impl Into<Text>) -> Result<(), HubError> {
+        let description = description.into();
+        self.with_hub(|hub| hub.add_group(GroupId(id), description))
+    }
+
+    /// Removes a group at run time; its members are unsubscribed, with notifications.
+    pub fn remove_group(&self, id: u32) -> Result<Vec<ConnectionId>, HubError> {
+        self.with_hub(|hub| hub.remove_group(GroupId(id)))
+    }
+
+    /// The registered groups.
+    pub fn groups(&self) -> Vec<GroupDescription> {
+        lock(&self.shared.hub).hub.group_list()
+    }
+
+    /// Whether any connection of `user_id` is online.
+    pub fn is_online(&self, user_id: &str) -> bool {
+        lock(&self.shared.hub).hub.is_user_online(user_id)
+    }
+
+    /// Authenticated connections.
+    pub fn connection_count(&self) -> usize {
+        lock(&self.shared.hub).hub.connection_count()
+    }
+}
+
+async fn accept_loop<L: Listener>(handle: ServerHandle, mut listener: L) {
+    let shared = &handle.shared;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+        if shared.live.load(Ordering::Acquire) >= shared.max_connections {
+            warn!(conn = id, %peer, "connection limit reached; closing");
+            drop(stream);
+            continue;
+        }
+        shared.live.fetch_add(1, Ordering::AcqRel);
+        let handle = handle.clone();
+        tokio::spawn(
+            async move {
+                run_connection(&handle, stream, peer).await;
+                let shared = &handle.shared;
+                if shared.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    shared.all_closed.notify_waiters();
+                }
+            }
+            .instrument(info_span!("conn", id, %peer)),
+        );
+    }
+}
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// What a connection holds in the hub once authenticated.
+struct Member {
+    id: ConnectionId,
+    outbox: Arc<Outbox>,
+    user_id: Text,
+    service_id: u32,
+}
+
+async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: SocketAddr) {
+    let shared = &handle.shared;
+    let mut engine = match ServerConnection::new(shared.config.clone(), peer, now()) {
+        Ok(engine) => engine,
+        Err(e) => {
+            warn!("cannot start TLS: {e}");
+            return;
+        }
+    };
+    debug!("accepted");
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut read_buf = vec![0u8; 16 * 1024];
+    let mut transmit = Vec::new();
+    let mut member: Option<Member> = None;
+    let (results_tx, mut results) =
+        mpsc::unbounded_channel::<(u64, pushwire_engine::RequestResult)>();
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut closing = false;
+    // Outbox bytes handed to the engine and not yet reported written to the hub.
+    let mut unreported = 0usize;
+
+    loop {
+        while let Some(event) = engine.poll_event() {
+            match event {
+                ServerEvent::Authenticate(request) => {
+                    member = authenticate(handle, &mut engine, request);
+                }
+                ServerEvent::Request {
+                    request_id,
+                    method_id,
+                    payload,
+                } => {
+                    let Some(m) = &member else { continue };
+                    let Some(service) = shared.services.get(&m.service_id).cloned() else {
+                        engine.respond(
+                            request_id,
+                            Err((ErrorCode::NoService, Text::from("no service with this id"))),
+                        );
+                        continue;
+                    };
+                    let call = Call {
+                        method: method_id,
+                        payload,
+                        user_id: m.user_id.clone(),
+                        connection: m.id,
+                        server: handle.clone(),
+                    };
+                    let results_tx = results_tx.clone();
+                    tokio::spawn(
+                        async move {
+                            let result = service.call(call).await;
+                            let _ = results_tx.send((request_id, result));
+                        }
+                        .in_current_span(),
+                    );
+                }
+                ServerEvent::Push(command) => {
+                    if let Some(m) = &member {
+                        let mut core = lock(&shared.hub);
+                        if let Err(e) = core.hub.handle_command(m.id, command) {
+                            debug!("push command refused: {e}");
+                        }
+                        core.dispatch();
+                    }
+                }
+                ServerEvent::Acknowledged(_) => {}
+                ServerEvent::Closed(reason) => log_close(&reason),
+            }
+        }
+
+        transmit.clear();
+        if engine.poll_transmit(now(), &mut transmit) > 0 {
+            if let Err(e) = writer.write_all(&transmit).await {
+                debug!("write failed: {e}");
+                engine.handle_transport_closed();
+            } else if unreported > 0 {
+                if let Some(m) = &member {
+                    lock(&shared.hub).hub.record_written(m.id, unreported);
+                }
+                unreported = 0;
+            }
+            continue;
+        }
+        if engine.is_finished() {
+            let _ = writer.shutdown().await;
+            break;
+        }
+
+        let timeout = engine.poll_timeout().map(tokio::time::Instant::from_std);
+        let outbox = member.as_ref().map(|m| m.outbox.clone());
+        tokio::select! {
+            biased;
+            changed = shutdown.changed(), if !closing => {
+                closing = true;
+                if changed.is_ok() {
+                    engine.close(CloseCode::GoingAway, "server shutting down");
+                }
+            }
+            read = reader.read(&mut read_buf) => match read {
+                Ok(0) | Err(_) => engine.handle_transport_closed(),
+                Ok(n) => engine.handle_input(now(), &read_buf[..n]),
+            },
+            Some((request_id, result)) = results.recv() => {
+                engine.respond(request_id, result);
+            }
+            () = async { outbox.as_ref().expect("guarded").ready.notified().await }, if outbox.is_some() => {
+                let outbox = outbox.expect("guarded");
+                if outbox.slow.swap(false, Ordering::AcqRel) {
+                    warn!("slow consumer: outbound queue over its limit; closing");
+                    engine.close(CloseCode::SlowConsumer, "outbound queue over its limit");
+                } else {
+                    let frames = std::mem::take(&mut *lock(&outbox.frames));
+                    unreported += frames.len();
+                    engine.send_encoded(&frames);
+                }
+            }
+            () = sleep_until(timeout) => engine.handle_timeout(now()),
+        }
+    }
+
+    if let Some(m) = member {
+        let mut core = lock(&shared.hub);
+        core.outboxes.remove(&m.id);
+        let _ = core.hub.disconnect(m.id);
+        core.dispatch();
+    }
+    debug!("finished");
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn log_close(reason: &CloseReason) {
+    match reason {
+        CloseReason::Local { .. } | CloseReason::Remote { .. } | CloseReason::PeerClosed => {
+            info!("closed: {reason}")
+        }
+        _ => warn!("closed: {reason}"),
+    }
+}
+
+fn authenticate(
+    handle: &ServerHandle,
+    engine: &mut ServerConnection,
+    request: AuthRequest,
+) -> Option<Member> {
+    let shared = &handle.shared;
+    let decision = shared.authenticator.authenticate(&AuthAttempt {
+        user_id: request.user_id.as_str(),
+        password: &request.password,
+        service_id: request.service_id,
+        peer: request.peer,
+        client_certificate: request.client_certificate.as_ref(),
+    });
+    if let AuthDecision::Refuse { code, reason } = decision {
+        info!(user = %request.user_id, "refused: {reason}");
+        engine.refuse(code, reason);
+        return None;
+    }
+    if !shared.services.is_empty() && !shared.services.contains_key(&request.service_id) {
+        engine.refuse(
+            pushwire_protocol::RefuseCode::UnknownService,
+            format!("no service {} on this server", request.service_id),
+        );
+        return None;
+    }
+    let outbox = Arc::new(Outbox {
+        frames: Mutex::new(BytesMut::new()),
+        ready: Notify::new(),
+        slow: AtomicBool::new(false),
+    });
+    let mut core = lock(&shared.hub);
+    let id = core.hub.connect(
+        ConnectionInfo::new(
+            request.user_id.clone(),
+            request.peer.ip(),
+            request.peer.port(),
+            request.service_id,
+        )
+        .with_echo(request.options.echo),
+    );
+    core.outboxes.insert(id, outbox.clone());
+    engine.permit(Grant {
+        session_id: id.0,
+        resume_token: random_token(),
+        resumed: false,
+        session_timeout_ms: 0,
+        replay_capacity: 0,
+    });
+    info!(user = %request.user_id, "{id} authenticated");
+    if !shared.auto_subscribe.is_empty() {
+        // The seed's Figure 6: the server subscribes the newcomer on arrival.
+        let _ = core.hub.subscribe(id, &shared.auto_subscribe);
+    }
+    core.dispatch();
+    Some(Member {
+        id,
+        outbox,
+        user_id: request.user_id,
+        service_id: request.service_id,
+    })
+}
+
+/// A resume token from the crypto provider's CSPRNG.
+fn random_token() -> ResumeToken {
+    let mut token = [0u8; 16];
+    let random = rustls::crypto::ring::default_provider().secure_random;
+    if random.fill(&mut token).is_err() {
+        // ring's system RNG does not fail on supported platforms; an all-zero token
+        // would only weaken resume, which is not offered yet (session_timeout 0).
+        warn!("system random number generator failed");
+    }
+    ResumeToken(token)
+}
