@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod hello;
+pub mod pool;
 pub mod server;
 pub mod transport;
 
