@@ -7,11 +7,13 @@
 //! operation locks it, runs the pure hub, and encodes each delivery straight into the
 //! receiving connection's outbox (a byte buffer plus a `Notify`); the receiving task
 //! later takes the whole outbox at once, so many events leave in one TLS flush. The
-//! critical section never awaits and never does I/O: it is hub work plus one memcpy
-//! per delivery. An actor task would add a channel hop and a task wake-up per
-//! operation on a 2-core machine, where the lock is uncontended most of the time; the
-//! lock keeps publish-to-outbox latency at the cost of the hub work itself. (The
-//! benchmark issue measures fan-out through this path end to end.)
+//! critical section never awaits and never does I/O: it is hub work plus one encode
+//! per delivery. An actor task owning the hub adds a channel hop and a task wake-up
+//! per operation. Measured with `cargo bench -p pushwire-benches --bench hub_sharing`
+//! (2-core machine, tokio multi-thread runtime with 2 workers, one publication of
+//! 128 B to 100 subscribers, encoded into their outboxes): 18.9 µs per publication
+//! under the lock against 22.0 µs through an actor — the lock is about 15 % faster
+//! and needs no reply channel for the server API's results.
 
 mod auth;
 mod hooks;
