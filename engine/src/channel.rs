@@ -69,6 +69,8 @@ pub(crate) struct Channel {
     close_reported: bool,
     /// The transport is gone: nothing more can be sent.
     transport_gone: bool,
+    /// The TLS link failed: only what it queued (its alert) may still leave.
+    link_failed: bool,
 }
 
 impl Channel {
@@ -88,6 +90,7 @@ impl Channel {
             closed: None,
             close_reported: false,
             transport_gone: false,
+            link_failed: false,
         }
     }
 
@@ -183,10 +186,10 @@ impl Channel {
         if self.closed.is_some() {
             return;
         }
-        let text = match &reason {
+        let text = clamp_text(match &reason {
             CloseReason::Local { reason, .. } => reason.clone(),
             other => Text::from(other.to_string()),
-        };
+        });
         Message::Close(Close {
             code: reason.code(),
             reason: text,
@@ -221,7 +224,7 @@ impl Channel {
             self.closed = Some(reason);
         }
         self.outbound.clear();
-        self.transport_gone = true;
+        self.link_failed = true;
     }
 
     /// The transport ended (EOF or error).
@@ -239,15 +242,19 @@ impl Channel {
     pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> usize {
         // Always give the link a turn: TLS may have records of its own to send (the
         // ClientHello, handshake replies, tickets, close_notify).
-        if !self.transport_gone {
+        if !self.transport_gone && !self.link_failed {
             let decoder = &mut self.decoder;
             let frames = &mut self.frames;
+            let closing = self.closed.is_some();
             // Records arriving during a flush are only possible mid-handshake; frames
             // decoded here are kept for the next poll.
             let result = self.link.flush(
                 &mut self.outbound,
                 &mut self.transmit,
                 &mut |mut plain: &[u8]| {
+                    if closing {
+                        return Ok(());
+                    }
                     while !plain.is_empty() {
                         let taken = decoder.feed(plain);
                         plain = &plain[taken..];
@@ -282,7 +289,10 @@ impl Channel {
     pub fn is_finished(&self) -> bool {
         self.closed.is_some()
             && self.transmit.is_empty()
-            && (self.transport_gone || self.link.close_sent() || self.link.status().closed)
+            && (self.transport_gone
+                || self.link_failed
+                || self.link.close_sent()
+                || self.link.status().closed)
     }
 
     /// The close reason, once, when the connection has finished.
@@ -333,4 +343,18 @@ impl Channel {
     pub fn close_local(&mut self, code: CloseCode, reason: Text) {
         self.close_with(CloseReason::Local { code, reason });
     }
+}
+
+/// A text cut to the protocol's limit on a character boundary.
+pub(crate) fn clamp_text(t: Text) -> Text {
+    let max = pushwire_protocol::MAX_TEXT_BYTES;
+    if t.len() <= max {
+        return t;
+    }
+    let s = t.as_str();
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Text::from(&s[..end])
 }

@@ -181,6 +181,24 @@ pub enum ClientError {
     /// accept/reject called when no decision is pending.
     #[error("no server-authentication decision is pending")]
     NoDecisionPending,
+    /// The user id is empty or longer than the protocol allows.
+    #[error(
+        "the user id must have 1 to {} characters, not {chars}",
+        pushwire_protocol::MAX_USER_ID_CHARS
+    )]
+    InvalidUserId {
+        /// Its length in characters.
+        chars: usize,
+    },
+    /// The password is longer than the protocol allows.
+    #[error(
+        "the password has {bytes} bytes; at most {} are allowed",
+        pushwire_protocol::MAX_PASSWORD_BYTES
+    )]
+    PasswordTooLong {
+        /// Its length.
+        bytes: usize,
+    },
     /// The server name or TLS settings are invalid.
     #[error(transparent)]
     Config(#[from] TlsConfigErrorText),
@@ -288,6 +306,15 @@ impl ClientConnection {
         now: Instant,
         wall_clock: UnixTime,
     ) -> Result<Self, ClientError> {
+        let chars = config.user_id.as_str().chars().count();
+        if config.user_id.is_empty() || chars > pushwire_protocol::MAX_USER_ID_CHARS {
+            return Err(ClientError::InvalidUserId { chars });
+        }
+        if config.password.len() > pushwire_protocol::MAX_PASSWORD_BYTES {
+            return Err(ClientError::PasswordTooLong {
+                bytes: config.password.len(),
+            });
+        }
         let (link, tls) = match &config.transport {
             ClientTransport::Tls(tls) => {
                 let conn =
@@ -345,8 +372,13 @@ impl ClientConnection {
         if let Some(deadline) = self.deadline {
             if now >= deadline && self.state != ClientState::Ready {
                 self.deadline = None;
-                self.channel
-                    .close_with(CloseReason::Timeout(TimeoutKind::Handshake));
+                let reason = CloseReason::Timeout(TimeoutKind::Handshake);
+                if self.state == ClientState::AwaitingServerDecision {
+                    // Not trusted yet: not even a Close message goes to this server.
+                    self.channel.finish(reason);
+                } else {
+                    self.channel.close_with(reason);
+                }
             }
         }
         self.channel.handle_keepalive(now);
@@ -540,8 +572,8 @@ impl ClientConnection {
         if self.state != ClientState::Closed {
             if let Some(reason) = self.channel.take_close_reason() {
                 self.state = ClientState::Closed;
-                self.batch = None;
-                for request_id in self.outstanding.drain() {
+                let batched = self.batch.take().map(|b| b.request_ids).unwrap_or_default();
+                for request_id in self.outstanding.drain().chain(batched) {
                     self.events.push_back(ClientEvent::RequestAborted {
                         request_id,
                         reason: AbortReason::ConnectionLost(reason.clone()),

@@ -83,7 +83,8 @@ impl CloseReason {
             CloseReason::Tls(_) => CloseCode::ProtocolError,
             CloseReason::Protocol(p) => p.close_code(),
             CloseReason::Timeout(TimeoutKind::Hello) => CloseCode::HelloTimeout,
-            CloseReason::Timeout(_) => CloseCode::IdleTimeout,
+            CloseReason::Timeout(TimeoutKind::Handshake) => CloseCode::HandshakeTimeout,
+            CloseReason::Timeout(TimeoutKind::Idle) => CloseCode::IdleTimeout,
             CloseReason::PeerClosed => CloseCode::Normal,
         }
     }

@@ -258,7 +258,7 @@ impl ServerConnection {
 
     /// Lets the client in: sends the Welcome.
     pub fn permit(&mut self, grant: Grant) {
-        if self.state != ServerState::Authenticating {
+        if self.state != ServerState::Authenticating || self.channel.is_closing() {
             return;
         }
         let keepalive = self.config.keepalive;
@@ -287,6 +287,7 @@ impl ServerConnection {
     }
 
     fn refuse_now(&mut self, code: RefuseCode, reason: Text) {
+        let reason = crate::channel::clamp_text(reason);
         self.channel.send(&Message::Refused(Refused {
             code,
             reason: reason.clone(),
@@ -301,7 +302,7 @@ impl ServerConnection {
     /// Answers a request. Results leave in request order; returns false when the
     /// request is unknown or already answered.
     pub fn respond(&mut self, request_id: u64, result: RequestResult) -> bool {
-        if !self.results.answer(request_id, result) {
+        if self.state == ServerState::Closed || !self.results.answer(request_id, result) {
             return false;
         }
         self.release_results();

@@ -73,6 +73,8 @@ wire_code! {
         ServerRejected = 9,
         /// The server removed this connection on purpose (administrative kick).
         Kicked = 10,
+        /// The client's TLS handshake and Hello/Welcome exchange took too long.
+        HandshakeTimeout = 11,
     }
 }
 

@@ -674,10 +674,11 @@ fn code_tables_are_frozen() {
         CloseCode::TooManyConnections,
         CloseCode::ServerRejected,
         CloseCode::Kicked,
+        CloseCode::HandshakeTimeout,
     ]
     .map(CloseCode::to_wire)
     .to_vec();
-    assert_eq!(close, (0..=10).collect::<Vec<u16>>());
+    assert_eq!(close, (0..=11).collect::<Vec<u16>>());
 
     let refuse = [
         RefuseCode::BadCredentials,

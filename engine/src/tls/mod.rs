@@ -316,13 +316,29 @@ impl DriveState<'_> {
         loop {
             let UnbufferedStatus { discard, state } =
                 conn.process(&mut self.incoming[*self.start..]);
-            let state = state.map_err(TlsError::from)?;
+            let state = match state {
+                Ok(state) => state,
+                Err(e) => {
+                    *self.start += discard;
+                    drain_alert(conn, &mut self.incoming[*self.start..], transmit);
+                    return Err(TlsError::from(e).into());
+                }
+            };
             let mut stop = false;
             match state {
                 ConnectionState::ReadTraffic(mut read) => {
+                    let mut failed = None;
                     while let Some(record) = read.next_record() {
                         let record = record.map_err(TlsError::from)?;
-                        plaintext(record.payload)?;
+                        if failed.is_none() {
+                            if let Err(e) = plaintext(record.payload) {
+                                failed = Some(e);
+                            }
+                        }
+                    }
+                    if let Some(e) = failed {
+                        *self.start += discard;
+                        return Err(e);
                     }
                 }
                 ConnectionState::ReadEarlyData(mut early) => {
@@ -415,5 +431,15 @@ fn encrypt_into(
                 return Err(TlsError::KeysExhausted);
             }
         }
+    }
+}
+
+/// After an error rustls has queued a fatal alert (if any): it comes out first on the
+/// next call, before any input is looked at. Exactly one call, on the same bytes: a
+/// second would re-read the failed input and queue a second alert (a rustls debug
+/// assertion), and a different slice breaks rustls' in-place handshake joining.
+fn drain_alert<C: Unbuffered>(conn: &mut C, incoming: &mut [u8], transmit: &mut Vec<u8>) {
+    if let Ok(ConnectionState::EncodeTlsData(mut encode)) = conn.process(incoming).state {
+        let _ = encode_into(transmit, |buf| encode.encode(buf));
     }
 }
