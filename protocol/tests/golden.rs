@@ -722,7 +722,7 @@ fn code_tables_are_frozen() {
     assert_eq!(RefuseCode::from_wire(0), RefuseCode::Other(0));
     assert_eq!(RejectCode::from_wire(7), RejectCode::Other(7));
     assert_eq!(SessionLostReason::from_wire(3), SessionLostReason::Other(3));
-    assert_eq!(CloseCode::from_wire(11), CloseCode::Other(11));
+    assert_eq!(CloseCode::from_wire(12), CloseCode::Other(12));
     assert_eq!(ErrorCode::from_wire(6), ErrorCode::Other(6));
 }
 
