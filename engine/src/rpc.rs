@@ -72,6 +72,9 @@ pub(crate) struct ResultQueue {
     max_outstanding: usize,
     open_batch: Option<u64>,
     next_batch: u64,
+    /// Injected fault: release the n-th result twice.
+    #[cfg(all(feature = "fault-injection", debug_assertions))]
+    pub(crate) answer_twice: Option<(u64, u64)>,
 }
 
 impl ResultQueue {
@@ -81,6 +84,8 @@ impl ResultQueue {
             max_outstanding,
             open_batch: None,
             next_batch: 0,
+            #[cfg(all(feature = "fault-injection", debug_assertions))]
+            answer_twice: None,
         }
     }
 
@@ -172,6 +177,18 @@ impl ResultQueue {
             };
             for p in self.pending.drain(..count) {
                 let request_id = p.request_id;
+                #[cfg(all(feature = "fault-injection", debug_assertions))]
+                if let Some((n, released)) = &mut self.answer_twice {
+                    *released += 1;
+                    if *released == *n {
+                        if let Some(Ok(payload)) = &p.result {
+                            emit(Message::Response(Response {
+                                request_id,
+                                payload: payload.clone(),
+                            }));
+                        }
+                    }
+                }
                 emit(match p.result.expect("checked above") {
                     Ok(payload) => Message::Response(Response {
                         request_id,

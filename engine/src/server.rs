@@ -240,6 +240,12 @@ impl ServerConnection {
         self.channel.is_finished()
     }
 
+    /// Injected fault: the n-th released result goes out twice.
+    #[cfg(all(feature = "fault-injection", debug_assertions))]
+    pub fn inject_answer_twice(&mut self, n: u64) {
+        self.results.answer_twice = Some((n, 0));
+    }
+
     /// Requests received and not yet answered and released.
     pub fn pending_requests(&self) -> usize {
         self.results.len()

@@ -41,6 +41,8 @@
 
 mod connections;
 mod events;
+#[cfg(all(feature = "fault-injection", debug_assertions))]
+mod fault;
 mod groups;
 mod hooks;
 
@@ -62,6 +64,8 @@ use pushwire_protocol::{
 
 pub use connections::{ConnectionId, ConnectionInfo};
 pub use events::{Delivery, EventGroups, PushEvent};
+#[cfg(all(feature = "fault-injection", debug_assertions))]
+pub use fault::HubFault;
 pub use hooks::{Actor, AllowAll, HookContext, Origin, PushHooks, Verdict};
 
 use connections::{user_key, Connection, Connections, Slot};
@@ -293,6 +297,8 @@ pub struct Hub<H = AllowAll> {
     connections: Connections,
     groups: Groups,
     outbox: Outbox,
+    #[cfg(all(feature = "fault-injection", debug_assertions))]
+    fault: fault::FaultState,
 }
 
 impl<H: PushHooks> Hub<H> {
@@ -309,6 +315,8 @@ impl<H: PushHooks> Hub<H> {
             connections: Connections::default(),
             groups: Groups::new(),
             outbox,
+            #[cfg(all(feature = "fault-injection", debug_assertions))]
+            fault: fault::FaultState::default(),
         }
     }
 
@@ -658,6 +666,9 @@ impl<H: PushHooks> Hub<H> {
 
     /// The next event to send, if any.
     pub fn poll_delivery(&mut self) -> Option<Delivery> {
+        #[cfg(all(feature = "fault-injection", debug_assertions))]
+        return self.faulty_delivery();
+        #[cfg(not(all(feature = "fault-injection", debug_assertions)))]
         self.outbox.deliveries.pop_front()
     }
 
@@ -960,7 +971,13 @@ impl<H: PushHooks> Hub<H> {
         let connections = &mut self.connections;
         let outbox = &mut self.outbox;
         let mut reached = 0;
+        #[cfg(all(feature = "fault-injection", debug_assertions))]
+        let fault = &mut self.fault;
         for_each_member_of_any(&self.groups, groups, Some(member), |_, slot, positions| {
+            #[cfg(all(feature = "fault-injection", debug_assertions))]
+            if fault.skip_presence() {
+                return;
+            }
             let receiver = connections.at_mut(slot);
             let shared = EventGroups::subset(groups, positions);
             let len = base_len + GROUP_ID_WIRE_LEN * shared.len();

@@ -1,0 +1,112 @@
+//! Deliberate misbehaviour, for the simulator's proof that its oracle catches each
+//! kind of delivery bug. Compiled only with the `fault-injection` feature in debug
+//! builds; a hub without an injected fault behaves exactly as without the feature.
+
+use super::events::{Delivery, PushEvent};
+use super::{ConnectionId, Hub, PushHooks};
+
+/// One misbehaviour, triggered on the n-th sequenced delivery (counting from 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubFault {
+    /// Lose the n-th delivery after it took its sequence number.
+    DropDelivery(u64),
+    /// Hand out the n-th delivery twice.
+    DuplicateDelivery(u64),
+    /// Hand out the n-th delivery after the next one to the same connection.
+    SwapDeliveries(u64),
+    /// Hand the n-th delivery to a connection that is not one of its receivers.
+    Misdeliver(u64),
+    /// Do not tell another member about the n-th membership change it should hear of.
+    SkipPresence(u64),
+}
+
+#[derive(Debug, Default)]
+pub(super) struct FaultState {
+    fault: Option<HubFault>,
+    sequenced: u64,
+    presence: u64,
+    pending: Option<Delivery>,
+    /// A delivery held back until the next one to the same connection has gone.
+    held: Option<Delivery>,
+}
+
+impl FaultState {
+    /// Whether the next presence notice to another member is to be skipped.
+    pub(super) fn skip_presence(&mut self) -> bool {
+        let Some(HubFault::SkipPresence(n)) = self.fault else {
+            return false;
+        };
+        self.presence += 1;
+        self.presence == n
+    }
+}
+
+fn groups_of(event: &PushEvent) -> Vec<u32> {
+    event
+        .groups()
+        .map(|g| g.iter().map(|g| g.0).collect())
+        .unwrap_or_default()
+}
+
+impl<H: PushHooks> Hub<H> {
+    /// Arms a fault.
+    pub fn inject_fault(&mut self, fault: HubFault) {
+        self.fault = FaultState {
+            fault: Some(fault),
+            ..FaultState::default()
+        };
+    }
+
+    pub(super) fn faulty_delivery(&mut self) -> Option<Delivery> {
+        if let Some(d) = self.fault.pending.take() {
+            return Some(d);
+        }
+        let delivery = self.outbox.deliveries.pop_front()?;
+        if self
+            .fault
+            .held
+            .as_ref()
+            .is_some_and(|h| h.connection == delivery.connection)
+        {
+            // The held delivery goes right after the one that overtook it.
+            self.fault.pending = self.fault.held.take();
+        }
+        if delivery.event.seq().is_none() {
+            return Some(delivery);
+        }
+        self.fault.sequenced += 1;
+        let n = self.fault.sequenced;
+        match self.fault.fault {
+            Some(HubFault::DropDelivery(k)) if k == n => self.faulty_delivery(),
+            Some(HubFault::DuplicateDelivery(k)) if k == n => {
+                self.fault.pending = Some(delivery.clone());
+                Some(delivery)
+            }
+            Some(HubFault::SwapDeliveries(k)) if k == n => {
+                self.fault.held = Some(delivery);
+                self.faulty_delivery()
+            }
+            Some(HubFault::Misdeliver(k)) if k == n => {
+                let groups = groups_of(&delivery.event);
+                let stranger = self.connections().find(|&c| {
+                    c != delivery.connection
+                        && self
+                            .subscriptions(c)
+                            .is_some_and(|mut s| s.all(|g| !groups.contains(&g.0)))
+                        && !matches!(delivery.event, PushEvent::UserMessage { .. })
+                });
+                match stranger {
+                    Some(c) => Some(Delivery {
+                        connection: ConnectionId(c.0),
+                        ..delivery
+                    }),
+                    None => {
+                        self.fault.fault = Some(HubFault::Misdeliver(k + 1));
+                        Some(delivery)
+                    }
+                }
+            }
+            _ => Some(delivery),
+        }
+    }
+}

@@ -1,0 +1,1086 @@
+//! The engine-level simulator: client engines, server engines and the push hub joined
+//! by an in-memory network with manual time. No runtime, no threads, no sockets: a
+//! scenario of a few simulated seconds runs in milliseconds, so thousands of seeded
+//! scenarios fit in a CI run.
+//!
+//! The server side here is a small synchronous shell around the same engine types
+//! the tokio server drives (`ServerConnection` + `Hub`), doing what its connection
+//! tasks do: authenticate, hand push commands to the hub, encode deliveries, answer
+//! requests (echo at once, sleep later).
+
+use crate::history::{
+    JournalEntry, MessageId, Origin, Outcome, Received, RequestRecord, RunRecord, SessionHistory,
+    SessionKey,
+};
+use crate::pipe::ChunkedPipe;
+use crate::recorder::{Journal, RecordingHooks};
+use crate::rng::SimRng;
+use bytes::{Buf, Bytes};
+use pushwire_engine::client::{
+    AbortReason, ClientConfig, ClientConnection, ClientEvent, ClientTransport, PushCommand,
+};
+use pushwire_engine::hub::{Actor, ConnectionId, ConnectionInfo, Hub, HubConfig};
+use pushwire_engine::server::{
+    Grant, ServerConfig, ServerConnection, ServerEvent, ServerTransport,
+};
+use pushwire_engine::{CloseReason, KeepAlive};
+use pushwire_protocol::{
+    ClientOptions, ErrorCode, GroupId, GroupSelection, Message, ResumeToken, Sender,
+};
+use rustls::pki_types::UnixTime;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Method ids of the simulated service.
+pub const ECHO: u32 = 1;
+/// Answers with an empty result after the number of milliseconds in its payload.
+pub const SLEEP: u32 = 2;
+
+/// One scenario step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// A client joins groups.
+    Subscribe { client: usize, groups: Vec<u32> },
+    /// A client leaves groups (`None`: all).
+    Unsubscribe {
+        client: usize,
+        groups: Option<Vec<u32>>,
+    },
+    /// A client publishes.
+    Publish {
+        client: usize,
+        groups: Vec<u32>,
+        size: usize,
+    },
+    /// The server publishes on its own.
+    ServerPublish { groups: Vec<u32>, size: usize },
+    /// A client messages another client's current session (user id upper-cased
+    /// when `upper`, to exercise case-insensitivity).
+    UserMessage {
+        client: usize,
+        to: usize,
+        upper: bool,
+        size: usize,
+    },
+    /// A client calls echo.
+    Echo { client: usize, size: usize },
+    /// A client calls sleep (a slow request answered later, out of order).
+    Sleep { client: usize, ms: u32 },
+    /// A batch of echo requests plus a publication, committed or aborted.
+    Batch {
+        client: usize,
+        requests: usize,
+        publish: Vec<u32>,
+        server_batching: bool,
+        abort: bool,
+    },
+    /// The client's connection is cut (both ends see it end).
+    Cut { client: usize },
+    /// The client's link holds all bytes for a while, then delivers them.
+    Partition { client: usize, ms: u64 },
+    /// The client process dies without closing and restarts after `down_ms`.
+    Crash { client: usize, down_ms: u64 },
+    /// The server restarts: every connection and all hub state are lost.
+    ServerBounce,
+}
+
+/// A scenario: operations at simulated milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scenario {
+    /// Number of clients.
+    pub clients: usize,
+    /// Groups registered on the server: 1..=groups.
+    pub groups: u32,
+    /// Operations in time order.
+    pub ops: Vec<(u64, Op)>,
+}
+
+/// Counts of situations the run went through, to prove the scenarios exercise
+/// what they claim to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Coverage {
+    /// Connections cut while events were in flight to them.
+    pub cut_with_events_in_flight: u64,
+    /// Partitions that ended in a keep-alive timeout.
+    pub partition_timeouts: u64,
+    /// Partitions healed before any timeout.
+    pub partitions_healed: u64,
+    /// Server restarts with subscribers.
+    pub bounces_with_subscribers: u64,
+    /// Slow requests answered while pushes reached the same client.
+    pub pushes_during_slow_requests: u64,
+    /// Batches committed with server batching.
+    pub server_batches: u64,
+    /// Batches aborted.
+    pub aborted_batches: u64,
+    /// Reconnections.
+    pub reconnects: u64,
+    /// Publications fanned out.
+    pub publications: u64,
+    /// Push events delivered to clients.
+    pub deliveries: u64,
+}
+
+impl Coverage {
+    /// Adds another run's counts.
+    pub fn add(&mut self, other: &Coverage) {
+        self.cut_with_events_in_flight += other.cut_with_events_in_flight;
+        self.partition_timeouts += other.partition_timeouts;
+        self.partitions_healed += other.partitions_healed;
+        self.bounces_with_subscribers += other.bounces_with_subscribers;
+        self.pushes_during_slow_requests += other.pushes_during_slow_requests;
+        self.server_batches += other.server_batches;
+        self.aborted_batches += other.aborted_batches;
+        self.reconnects += other.reconnects;
+        self.publications += other.publications;
+        self.deliveries += other.deliveries;
+    }
+}
+
+/// Faults the engine-level simulator can inject into the engine on purpose (only with
+/// the engine's `fault-injection` feature, in debug builds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjectedFault {
+    /// Drop the n-th delivery.
+    DropDelivery(u64),
+    /// Deliver the n-th delivery twice.
+    DuplicateDelivery(u64),
+    /// Swap the n-th delivery with the next one to the same connection.
+    SwapDeliveries(u64),
+    /// Deliver the n-th delivery to a connection that is not a member.
+    Misdeliver(u64),
+    /// Skip the n-th presence notice to another member.
+    SkipPresence(u64),
+    /// Answer the n-th request twice.
+    AnswerTwice(u64),
+}
+
+/// The outcome of one run.
+pub struct RunOutput {
+    /// The histories and journal.
+    pub record: RunRecord,
+    /// What happened.
+    pub coverage: Coverage,
+    /// A digest of every event in order, to compare two runs of one seed.
+    pub digest: u64,
+}
+
+const KEEPALIVE: KeepAlive = KeepAlive {
+    ping_interval: Some(Duration::from_millis(300)),
+    idle_timeout: Some(Duration::from_millis(1000)),
+};
+const RECONNECT_DELAY_MS: u64 = 50;
+const SETTLE_MS: u64 = 3000;
+
+struct ClientConn {
+    engine: ClientConnection,
+    link: usize,
+    history: usize,
+    /// Request id → index in the history's requests.
+    requests: BTreeMap<u64, usize>,
+    /// Requests waiting in an open batch (ids assigned by the engine).
+    slow_pending: usize,
+}
+
+struct SimClient {
+    sessions: u32,
+    echo: bool,
+    conn: Option<ClientConn>,
+    reconnect_at: Option<u64>,
+    publications: u32,
+    messages: u32,
+}
+
+struct Link {
+    to_server: ChunkedPipe,
+    to_client: ChunkedPipe,
+    held_until: Option<u64>,
+    server: Option<u64>,
+}
+
+struct ServerConn {
+    engine: ServerConnection,
+    link: usize,
+    member: Option<ConnectionId>,
+    session: Option<SessionKey>,
+}
+
+/// One simulation run.
+pub struct EngineSim {
+    rng: SimRng,
+    now_ms: u64,
+    origin: Instant,
+    clients: Vec<SimClient>,
+    links: Vec<Link>,
+    server_config: Arc<ServerConfig>,
+    hub: Hub<RecordingHooks>,
+    journal: Journal,
+    server_conns: BTreeMap<u64, ServerConn>,
+    next_server_conn: u64,
+    /// (due ms, order) → (server connection, request id).
+    responses: BTreeMap<(u64, u64), (u64, u64)>,
+    response_order: u64,
+    histories: Vec<SessionHistory>,
+    coverage: Coverage,
+    digest: u64,
+    groups: u32,
+    server_publications: u32,
+    queue_breaches: Vec<String>,
+    hub_config: HubConfig,
+    fault: Option<InjectedFault>,
+}
+
+fn mix(digest: &mut u64, value: u64) {
+    *digest = (*digest ^ value).wrapping_mul(0x100_0000_01b3);
+}
+
+impl EngineSim {
+    /// A simulation of `scenario`'s world, seeded.
+    pub fn new(seed: u64, clients: usize, groups: u32) -> Self {
+        let mut rng = SimRng::new(seed);
+        let journal = Journal::default();
+        let hub_config = HubConfig::default();
+        let mut hub = Hub::new(hub_config.clone(), RecordingHooks::new(journal.clone()));
+        for g in 1..=groups {
+            hub.add_group(GroupId(g), format!("group {g}"))
+                .expect("fresh hub");
+        }
+        let mut server_config = ServerConfig::new(ServerTransport::Plaintext);
+        server_config.keepalive = KEEPALIVE;
+        server_config.hello_timeout = Duration::from_millis(1000);
+        let clients = (0..clients)
+            .map(|_| SimClient {
+                sessions: 0,
+                echo: rng.chance(3, 4),
+                conn: None,
+                reconnect_at: Some(0),
+                publications: 0,
+                messages: 0,
+            })
+            .collect();
+        Self {
+            rng,
+            now_ms: 0,
+            origin: Instant::now(),
+            clients,
+            links: Vec::new(),
+            server_config: Arc::new(server_config),
+            hub,
+            journal,
+            server_conns: BTreeMap::new(),
+            next_server_conn: 0,
+            responses: BTreeMap::new(),
+            response_order: 0,
+            histories: Vec::new(),
+            coverage: Coverage::default(),
+            digest: 0xcbf2_9ce4_8422_2325,
+            groups,
+            server_publications: 0,
+            queue_breaches: Vec::new(),
+            hub_config,
+            fault: None,
+        }
+    }
+
+    /// Injects a fault into the engine (only with the `fault-injection` feature).
+    pub fn inject(&mut self, fault: InjectedFault) {
+        self.fault = Some(fault);
+        self.apply_fault();
+    }
+
+    #[cfg(debug_assertions)]
+    fn apply_fault(&mut self) {
+        use pushwire_engine::hub::HubFault;
+        let hub_fault = match self.fault {
+            Some(InjectedFault::DropDelivery(n)) => Some(HubFault::DropDelivery(n)),
+            Some(InjectedFault::DuplicateDelivery(n)) => Some(HubFault::DuplicateDelivery(n)),
+            Some(InjectedFault::SwapDeliveries(n)) => Some(HubFault::SwapDeliveries(n)),
+            Some(InjectedFault::Misdeliver(n)) => Some(HubFault::Misdeliver(n)),
+            Some(InjectedFault::SkipPresence(n)) => Some(HubFault::SkipPresence(n)),
+            _ => None,
+        };
+        if let Some(f) = hub_fault {
+            self.hub.inject_fault(f);
+        }
+    }
+
+    #[cfg(not(debug_assertions))]
+    fn apply_fault(&mut self) {
+        panic!("the engine compiles fault injection only in debug builds");
+    }
+
+    fn now(&self) -> Instant {
+        self.origin + Duration::from_millis(self.now_ms)
+    }
+
+    /// Runs `scenario` and returns its record.
+    pub fn run(mut self, seed: u64, scenario: &Scenario) -> RunOutput {
+        let end = scenario.ops.last().map_or(0, |(t, _)| *t);
+        let mut ops = scenario.ops.iter().peekable();
+        loop {
+            while let Some((_, op)) = ops.next_if(|(t, _)| *t <= self.now_ms) {
+                self.apply(op);
+            }
+            self.step();
+            if self.now_ms >= end + SETTLE_MS && ops.peek().is_none() {
+                break;
+            }
+            // Jump over idle stretches: to the next op, timer or response, at most
+            // one millisecond when bytes are in flight.
+            let next = self.next_instant(ops.peek().map(|(t, _)| *t), end + SETTLE_MS);
+            self.now_ms = next.max(self.now_ms + 1);
+        }
+        self.finish(seed)
+    }
+
+    fn bytes_in_flight(&self) -> bool {
+        self.links
+            .iter()
+            .any(|l| l.to_server.pending() > 0 || l.to_client.pending() > 0)
+    }
+
+    fn next_instant(&self, next_op: Option<u64>, end: u64) -> u64 {
+        if self.bytes_in_flight() {
+            return self.now_ms + 1;
+        }
+        let mut next = next_op.unwrap_or(end).min(end);
+        let to_ms = |i: Instant| i.saturating_duration_since(self.origin).as_millis() as u64;
+        for c in self.clients.iter() {
+            if let Some(conn) = &c.conn {
+                if let Some(t) = conn.engine.poll_timeout() {
+                    next = next.min(to_ms(t));
+                }
+            }
+            if let Some(t) = c.reconnect_at {
+                next = next.min(t);
+            }
+        }
+        for s in self.server_conns.values() {
+            if let Some(t) = s.engine.poll_timeout() {
+                next = next.min(to_ms(t));
+            }
+        }
+        for l in &self.links {
+            if let Some(t) = l.held_until {
+                next = next.min(t);
+            }
+        }
+        if let Some(((t, _), _)) = self.responses.first_key_value() {
+            next = next.min(*t);
+        }
+        next
+    }
+
+    fn apply(&mut self, op: &Op) {
+        mix(&mut self.digest, self.now_ms);
+        match op {
+            Op::Subscribe { client, groups } => {
+                self.push(
+                    *client,
+                    PushCommand::Subscribe(groups.iter().copied().map(GroupId).collect()),
+                );
+            }
+            Op::Unsubscribe { client, groups } => {
+                let selection = match groups {
+                    Some(g) => GroupSelection::Groups(g.iter().copied().map(GroupId).collect()),
+                    None => GroupSelection::All,
+                };
+                self.push(*client, PushCommand::Unsubscribe(selection));
+            }
+            Op::Publish {
+                client,
+                groups,
+                size,
+            } => {
+                let Some(payload) = self.next_message(*client, true, *size) else {
+                    return;
+                };
+                self.push(
+                    *client,
+                    PushCommand::Publish {
+                        groups: groups.iter().copied().map(GroupId).collect(),
+                        payload,
+                    },
+                );
+            }
+            Op::ServerPublish { groups, size } => {
+                self.server_publications += 1;
+                let payload = MessageId {
+                    origin: Origin::Server,
+                    publication: true,
+                    n: self.server_publications,
+                }
+                .payload(*size);
+                let groups: Vec<GroupId> = groups.iter().copied().map(GroupId).collect();
+                let _ = self.hub.publish(Actor::Server, &groups, payload);
+                self.coverage.publications += 1;
+                self.dispatch();
+            }
+            Op::UserMessage {
+                client,
+                to,
+                upper,
+                size,
+            } => {
+                let Some(target) = self.clients.get(*to) else {
+                    return;
+                };
+                let session = target.sessions.saturating_sub(1);
+                let receiver = SessionKey {
+                    client: *to as u32,
+                    session,
+                }
+                .user_id();
+                let receiver = if *upper {
+                    receiver.to_uppercase()
+                } else {
+                    receiver
+                };
+                let Some(payload) = self.next_message(*client, false, *size) else {
+                    return;
+                };
+                self.push(
+                    *client,
+                    PushCommand::SendUserMessage {
+                        receiver: receiver.into(),
+                        payload,
+                    },
+                );
+            }
+            Op::Echo { client, size } => {
+                let payload = Bytes::from(vec![self.rng.next_u64() as u8; *size]);
+                self.request(*client, ECHO, payload.clone(), payload);
+            }
+            Op::Sleep { client, ms } => {
+                self.request(
+                    *client,
+                    SLEEP,
+                    Bytes::copy_from_slice(&ms.to_be_bytes()),
+                    Bytes::new(),
+                );
+            }
+            Op::Batch {
+                client,
+                requests,
+                publish,
+                server_batching,
+                abort,
+            } => {
+                let Some(conn) = self.ready_conn(*client) else {
+                    return;
+                };
+                if conn.engine.start_batch().is_err() {
+                    return;
+                }
+                for _ in 0..*requests {
+                    let payload = Bytes::from(vec![self.rng.next_u64() as u8; 8]);
+                    self.request(*client, ECHO, payload.clone(), payload);
+                }
+                if !publish.is_empty() {
+                    if let Some(payload) = self.next_message(*client, true, 16) {
+                        self.push(
+                            *client,
+                            PushCommand::Publish {
+                                groups: publish.iter().copied().map(GroupId).collect(),
+                                payload,
+                            },
+                        );
+                    }
+                }
+                let Some(conn) = self.ready_conn(*client) else {
+                    return;
+                };
+                if *abort {
+                    let _ = conn.engine.abort_batch();
+                    self.coverage.aborted_batches += 1;
+                } else {
+                    let _ = conn.engine.commit_batch(*server_batching);
+                    if *server_batching {
+                        self.coverage.server_batches += 1;
+                    }
+                }
+            }
+            Op::Cut { client } => {
+                if let Some(conn) = self.clients.get(*client).and_then(|c| c.conn.as_ref()) {
+                    let link = conn.link;
+                    if self.links[link].to_client.pending() > 0 {
+                        self.coverage.cut_with_events_in_flight += 1;
+                    }
+                    self.cut_link(link);
+                }
+            }
+            Op::Partition { client, ms } => {
+                if let Some(conn) = self.clients.get(*client).and_then(|c| c.conn.as_ref()) {
+                    let link = conn.link;
+                    self.links[link].held_until = Some(self.now_ms + ms);
+                }
+            }
+            Op::Crash { client, down_ms } => {
+                let now = self.now_ms;
+                if let Some(c) = self.clients.get_mut(*client) {
+                    if let Some(conn) = c.conn.take() {
+                        let link = conn.link;
+                        self.histories[conn.history].intact = false;
+                        self.histories[conn.history].crashed = true;
+                        // The process is gone: the server sees the transport end.
+                        if let Some(server) = self.links[link].server.take() {
+                            if let Some(s) = self.server_conns.get_mut(&server) {
+                                s.engine.handle_transport_closed();
+                            }
+                        }
+                    }
+                    c.reconnect_at = Some(now + down_ms);
+                }
+            }
+            Op::ServerBounce => {
+                if self.server_conns.values().any(|s| s.member.is_some()) {
+                    self.coverage.bounces_with_subscribers += 1;
+                }
+                self.bounce_server();
+            }
+        }
+    }
+
+    fn ready_conn(&mut self, client: usize) -> Option<&mut ClientConn> {
+        self.clients
+            .get_mut(client)?
+            .conn
+            .as_mut()
+            .filter(|c| c.engine.state() == pushwire_engine::client::ClientState::Ready)
+    }
+
+    fn next_message(&mut self, client: usize, publication: bool, size: usize) -> Option<Bytes> {
+        let c = self.clients.get_mut(client)?;
+        c.conn.as_ref()?;
+        let session = c.sessions.checked_sub(1)?;
+        let n = if publication {
+            c.publications += 1;
+            c.publications
+        } else {
+            c.messages += 1;
+            c.messages
+        };
+        Some(
+            MessageId {
+                origin: Origin::Session(SessionKey {
+                    client: client as u32,
+                    session,
+                }),
+                publication,
+                n,
+            }
+            .payload(size),
+        )
+    }
+
+    fn push(&mut self, client: usize, command: PushCommand) {
+        if let Some(conn) = self.ready_conn(client) {
+            let _ = conn.engine.push(command);
+        }
+    }
+
+    fn request(&mut self, client: usize, method: u32, payload: Bytes, expected_result: Bytes) {
+        let Some(history) = self.ready_conn(client).map(|c| c.history) else {
+            return;
+        };
+        let position = self.histories[history].requests.len();
+        let conn = self.ready_conn(client).expect("checked above");
+        if let Ok(id) = conn.engine.request(method, payload) {
+            conn.requests.insert(id, position);
+            if method == SLEEP {
+                conn.slow_pending += 1;
+            }
+            self.histories[history].requests.push(RequestRecord {
+                id,
+                expected_result,
+                outcomes: Vec::new(),
+            });
+        }
+    }
+
+    fn cut_link(&mut self, link: usize) {
+        let l = &mut self.links[link];
+        l.to_client = ChunkedPipe::new(self.rng.next_u64(), 1);
+        l.to_server = ChunkedPipe::new(self.rng.next_u64(), 1);
+        l.held_until = None;
+        if let Some(server) = l.server.take() {
+            if let Some(s) = self.server_conns.get_mut(&server) {
+                s.engine.handle_transport_closed();
+            }
+        }
+        for c in &mut self.clients {
+            if let Some(conn) = &mut c.conn {
+                if conn.link == link {
+                    conn.engine.handle_transport_closed();
+                }
+            }
+        }
+    }
+
+    fn bounce_server(&mut self) {
+        // Everything the server held is gone; its journal ends those sessions without
+        // any notification (nobody is left to notify).
+        for s in std::mem::take(&mut self.server_conns).into_values() {
+            if let Some(session) = s.session {
+                self.journal.push(JournalEntry::Disconnected { session });
+            }
+            let l = &mut self.links[s.link];
+            l.server = None;
+            l.to_client = ChunkedPipe::new(self.rng.next_u64(), 1);
+            l.to_server = ChunkedPipe::new(self.rng.next_u64(), 1);
+            l.held_until = None;
+            for c in &mut self.clients {
+                if let Some(conn) = &mut c.conn {
+                    if conn.link == s.link {
+                        conn.engine.handle_transport_closed();
+                    }
+                }
+            }
+        }
+        self.responses.clear();
+        self.hub = Hub::new(
+            self.hub_config.clone(),
+            RecordingHooks::new(self.journal.clone()),
+        );
+        for g in 1..=self.groups {
+            self.hub
+                .add_group(GroupId(g), format!("group {g}"))
+                .expect("fresh hub");
+        }
+        if self.fault.is_some() {
+            self.apply_fault();
+        }
+    }
+
+    fn connect(&mut self, index: usize) {
+        let now = self.now();
+        let client = &mut self.clients[index];
+        let key = SessionKey {
+            client: index as u32,
+            session: client.sessions,
+        };
+        client.sessions += 1;
+        if client.sessions > 1 {
+            self.coverage.reconnects += 1;
+        }
+        let mut config = ClientConfig::new(ClientTransport::Plaintext, key.user_id(), b"pw");
+        config.options = ClientOptions { echo: client.echo };
+        config.keepalive = KEEPALIVE;
+        config.handshake_timeout = Duration::from_millis(1000);
+        let engine = ClientConnection::new(
+            config,
+            now,
+            UnixTime::since_unix_epoch(Duration::from_secs(1_900_000_000)),
+        )
+        .expect("plaintext client");
+        let link = self.links.len();
+        let server_id = self.next_server_conn;
+        self.next_server_conn += 1;
+        let peer = format!("10.0.0.{}:{}", index + 1, 40_000 + client.sessions)
+            .parse()
+            .expect("address");
+        #[allow(unused_mut)]
+        let mut server =
+            ServerConnection::new(self.server_config.clone(), peer, now).expect("plaintext server");
+        #[cfg(debug_assertions)]
+        if let Some(InjectedFault::AnswerTwice(n)) = self.fault {
+            server.inject_answer_twice(n);
+        }
+        let max_chunk = 1 + (self.rng.next_u64() % 700) as usize;
+        self.links.push(Link {
+            to_server: ChunkedPipe::new(self.rng.next_u64(), max_chunk),
+            to_client: ChunkedPipe::new(self.rng.next_u64(), max_chunk),
+            held_until: None,
+            server: Some(server_id),
+        });
+        self.server_conns.insert(
+            server_id,
+            ServerConn {
+                engine: server,
+                link,
+                member: None,
+                session: None,
+            },
+        );
+        let history = self.histories.len();
+        self.histories.push(SessionHistory::new(key, client.echo));
+        client.conn = Some(ClientConn {
+            engine,
+            link,
+            history,
+            requests: BTreeMap::new(),
+            slow_pending: 0,
+        });
+        client.reconnect_at = None;
+    }
+
+    /// One millisecond of the world: bytes move, events are handled, timers fire.
+    fn step(&mut self) {
+        let now = self.now();
+        for i in 0..self.clients.len() {
+            if self.clients[i].conn.is_none()
+                && self.clients[i]
+                    .reconnect_at
+                    .is_some_and(|t| t <= self.now_ms)
+            {
+                self.connect(i);
+            }
+        }
+        // Heal partitions whose time is up.
+        for link in &mut self.links {
+            if link.held_until.is_some_and(|t| t <= self.now_ms) {
+                link.held_until = None;
+                self.coverage.partitions_healed += 1;
+            }
+        }
+        // Responses that are due.
+        while let Some((&(due, order), &(conn, request))) = self.responses.first_key_value() {
+            if due > self.now_ms {
+                break;
+            }
+            self.responses.remove(&(due, order));
+            if let Some(s) = self.server_conns.get_mut(&conn) {
+                s.engine.respond(request, Ok(Bytes::new()));
+            }
+        }
+        for _round in 0..4 {
+            // Client → network.
+            for c in &mut self.clients {
+                if let Some(conn) = &mut c.conn {
+                    conn.engine.handle_timeout(now);
+                    let mut out = Vec::new();
+                    conn.engine.poll_transmit(now, &mut out);
+                    self.links[conn.link].to_server.write(&out);
+                }
+            }
+            // Network → server, server → network.
+            let ids: Vec<u64> = self.server_conns.keys().copied().collect();
+            for id in ids {
+                let link = self.server_conns[&id].link;
+                if self.links[link].held_until.is_none() && self.links[link].server == Some(id) {
+                    while let Some(chunk) = self.links[link].to_server.read_chunk() {
+                        self.server_conns
+                            .get_mut(&id)
+                            .expect("listed")
+                            .engine
+                            .handle_input(now, &chunk);
+                    }
+                }
+                let s = self.server_conns.get_mut(&id).expect("listed");
+                s.engine.handle_timeout(now);
+                self.server_events(id);
+                let s = self.server_conns.get_mut(&id).expect("listed");
+                let mut out = Vec::new();
+                s.engine.poll_transmit(now, &mut out);
+                if self.links[link].server == Some(id) {
+                    self.links[link].to_client.write(&out);
+                }
+                if self.server_conns[&id].engine.is_finished() {
+                    self.server_finished(id);
+                }
+            }
+            // Network → clients.
+            for i in 0..self.clients.len() {
+                let Some(conn) = &mut self.clients[i].conn else {
+                    continue;
+                };
+                let link = conn.link;
+                if self.links[link].held_until.is_none() {
+                    while let Some(chunk) = self.links[link].to_client.read_chunk() {
+                        conn.engine.handle_input(now, &chunk);
+                    }
+                }
+                self.client_events(i);
+            }
+        }
+        self.check_queues();
+    }
+
+    fn check_queues(&mut self) {
+        let limit = self.hub_config.max_outbound_bytes;
+        for s in self.server_conns.values() {
+            if let Some(member) = s.member {
+                let queued = self.hub.queued_bytes(member).unwrap_or(0);
+                if queued > limit {
+                    self.queue_breaches.push(format!(
+                        "{member} had {queued} bytes queued, over the limit of {limit}"
+                    ));
+                }
+            }
+        }
+    }
+
+    fn server_finished(&mut self, id: u64) {
+        let Some(s) = self.server_conns.remove(&id) else {
+            return;
+        };
+        if let Some(member) = s.member {
+            let _ = self.hub.disconnect(member);
+            if let Some(session) = s.session {
+                self.journal.push(JournalEntry::Disconnected { session });
+            }
+            self.dispatch();
+        }
+        let link = &mut self.links[s.link];
+        if link.server == Some(id) {
+            link.server = None;
+            // The transport closes: the client sees EOF after what was in flight.
+        }
+    }
+
+    fn server_events(&mut self, id: u64) {
+        loop {
+            let s = self.server_conns.get_mut(&id).expect("listed");
+            let Some(event) = s.engine.poll_event() else {
+                return;
+            };
+            match event {
+                ServerEvent::Authenticate(request) => {
+                    let session = SessionKey::parse(request.user_id.as_str());
+                    let info = ConnectionInfo::new(
+                        request.user_id.clone(),
+                        request.peer.ip(),
+                        request.peer.port(),
+                        request.service_id,
+                    )
+                    .with_echo(request.options.echo);
+                    let member = self.hub.connect(info);
+                    if let Some(session) = session {
+                        self.journal.push(JournalEntry::Connected {
+                            session,
+                            echo: request.options.echo,
+                        });
+                    }
+                    let s = self.server_conns.get_mut(&id).expect("listed");
+                    s.member = Some(member);
+                    s.session = session;
+                    s.engine.permit(Grant {
+                        session_id: member.0,
+                        resume_token: ResumeToken([0; 16]),
+                        resumed: false,
+                        session_timeout_ms: 0,
+                        replay_capacity: 0,
+                    });
+                }
+                ServerEvent::Request {
+                    request_id,
+                    method_id,
+                    payload,
+                } => match method_id {
+                    ECHO => {
+                        s.engine.respond(request_id, Ok(payload));
+                    }
+                    SLEEP => {
+                        let mut p = payload.clone();
+                        let ms = if p.remaining() == 4 { p.get_u32() } else { 0 };
+                        self.response_order += 1;
+                        self.responses.insert(
+                            (self.now_ms + u64::from(ms), self.response_order),
+                            (id, request_id),
+                        );
+                    }
+                    _ => {
+                        s.engine.respond(
+                            request_id,
+                            Err((ErrorCode::UnknownMethod, "no such method".into())),
+                        );
+                    }
+                },
+                ServerEvent::Push(command) => {
+                    if let Some(member) = s.member {
+                        if matches!(command, Message::Publish(_)) {
+                            self.coverage.publications += 1;
+                        }
+                        let _ = self.hub.handle_command(member, command);
+                        self.dispatch();
+                    }
+                }
+                ServerEvent::Acknowledged(_) => {}
+                ServerEvent::Closed(_) => {}
+            }
+        }
+    }
+
+    /// Hands every hub delivery to its connection's engine.
+    fn dispatch(&mut self) {
+        let by_member: BTreeMap<ConnectionId, u64> = self
+            .server_conns
+            .iter()
+            .filter_map(|(id, s)| s.member.map(|m| (m, *id)))
+            .collect();
+        while let Some(delivery) = self.hub.poll_delivery() {
+            let (member, message) = delivery.into_message();
+            let len = message.encoded_len();
+            if let Some(s) = by_member
+                .get(&member)
+                .and_then(|id| self.server_conns.get_mut(id))
+            {
+                s.engine.send(&message);
+            }
+            // The shell writes at once here: account it as written.
+            self.hub.record_written(member, len);
+        }
+        while self.hub.poll_slow_consumer().is_some() {}
+    }
+
+    fn client_events(&mut self, index: usize) {
+        loop {
+            let Some(conn) = &mut self.clients[index].conn else {
+                return;
+            };
+            let Some(event) = conn.engine.poll_event() else {
+                break;
+            };
+            let history = conn.history;
+            mix(&mut self.digest, self.now_ms);
+            match event {
+                ClientEvent::ServerAuthenticated(_) => {}
+                ClientEvent::Ready(_) => mix(&mut self.digest, 1),
+                ClientEvent::Response {
+                    request_id,
+                    payload,
+                } => {
+                    mix(&mut self.digest, request_id);
+                    self.record_outcome(index, request_id, Outcome::Result(payload), true);
+                }
+                ClientEvent::ServerError { request_id, .. } => {
+                    self.record_outcome(index, request_id, Outcome::ServerError, true);
+                }
+                ClientEvent::RequestAborted { request_id, reason } => {
+                    mix(&mut self.digest, request_id ^ 0xabcd);
+                    let _ = matches!(reason, AbortReason::BatchAborted);
+                    self.record_outcome(index, request_id, Outcome::Aborted, false);
+                }
+                ClientEvent::Push(message) => {
+                    if let Some(received) = to_received(message) {
+                        mix(&mut self.digest, received.seq().unwrap_or(0));
+                        self.coverage.deliveries += 1;
+                        if self.clients[index]
+                            .conn
+                            .as_ref()
+                            .is_some_and(|c| c.slow_pending > 0)
+                        {
+                            self.coverage.pushes_during_slow_requests += 1;
+                        }
+                        self.histories[history].received.push(received);
+                    }
+                }
+                ClientEvent::Closed(reason) => {
+                    mix(&mut self.digest, 0xdead);
+                    if matches!(reason, CloseReason::Timeout(_)) {
+                        self.coverage.partition_timeouts += 1;
+                    }
+                    if let CloseReason::Protocol(e) = &reason {
+                        self.histories[history].protocol_error = Some(e.to_string());
+                    }
+                }
+            }
+        }
+        let Some(conn) = &self.clients[index].conn else {
+            return;
+        };
+        if conn.engine.is_finished() {
+            let conn = self.clients[index].conn.take().expect("checked");
+            self.histories[conn.history].intact = false;
+            // The transport closes: the server sees EOF.
+            if let Some(server) = self.links[conn.link].server {
+                if let Some(s) = self.server_conns.get_mut(&server) {
+                    s.engine.handle_transport_closed();
+                }
+            }
+            self.clients[index].reconnect_at = Some(self.now_ms + RECONNECT_DELAY_MS);
+        }
+    }
+
+    fn record_outcome(&mut self, index: usize, request_id: u64, outcome: Outcome, result: bool) {
+        let Some(conn) = &mut self.clients[index].conn else {
+            return;
+        };
+        let history = conn.history;
+        if let Some(&i) = conn.requests.get(&request_id) {
+            let record = &mut self.histories[history].requests[i];
+            if record.expected_result.is_empty() && matches!(outcome, Outcome::Result(_)) {
+                conn.slow_pending = conn.slow_pending.saturating_sub(1);
+            }
+            record.outcomes.push(outcome);
+            if result {
+                self.histories[history].result_order.push(request_id);
+            }
+        }
+    }
+
+    fn finish(mut self, seed: u64) -> RunOutput {
+        // Sessions still connected at the end were never cut off: intact.
+        for c in &self.clients {
+            if let Some(conn) = &c.conn {
+                if conn.engine.state() == pushwire_engine::client::ClientState::Ready {
+                    self.histories[conn.history].intact = true;
+                }
+            }
+        }
+        RunOutput {
+            record: RunRecord {
+                seed,
+                sessions: self.histories,
+                journal: self.journal.snapshot(),
+                queue_breaches: self.queue_breaches,
+            },
+            coverage: self.coverage,
+            digest: self.digest,
+        }
+    }
+}
+
+fn origin_of(sender: &Sender) -> Origin {
+    match sender {
+        Sender::Server => Origin::Server,
+        Sender::Peer(p) => {
+            SessionKey::parse(p.user_id.as_str()).map_or(Origin::Server, Origin::Session)
+        }
+    }
+}
+
+/// A client's push event as the oracle's [`Received`].
+pub fn to_received(message: Message) -> Option<Received> {
+    let ids = |g: Vec<GroupId>| g.into_iter().map(|g| g.0).collect();
+    Some(match message {
+        Message::Subscribed(m) => Received::Subscribed {
+            seq: m.seq,
+            from: origin_of(&m.sender),
+            is_self: m.sender.is_self(),
+            groups: ids(m.groups),
+        },
+        Message::Unsubscribed(m) => Received::Unsubscribed {
+            seq: m.seq,
+            from: origin_of(&m.sender),
+            is_self: m.sender.is_self(),
+            groups: ids(m.groups),
+        },
+        Message::Published(m) => Received::Published {
+            seq: m.seq,
+            from: origin_of(&m.sender),
+            is_self: m.sender.is_self(),
+            groups: ids(m.groups),
+            payload: m.payload,
+        },
+        Message::UserMessage(m) => Received::UserMessage {
+            seq: m.seq,
+            from: origin_of(&m.sender),
+            is_self: m.sender.is_self(),
+            payload: m.payload,
+        },
+        Message::Gap(g) => Received::Gap {
+            first: g.first,
+            last: g.last,
+        },
+        Message::SessionLost(_) => Received::SessionLost,
+        _ => return None,
+    })
+}
+
+/// Runs the scenario of `seed` at the engine level.
+pub fn run_seed(seed: u64, shape: crate::scenario::Shape) -> RunOutput {
+    let scenario = crate::scenario::generate(seed, shape);
+    EngineSim::new(seed, scenario.clients, scenario.groups).run(seed, &scenario)
+}

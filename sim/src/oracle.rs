@@ -1,0 +1,591 @@
+//! The oracle: checks a run's record against the delivery guarantees G1–G8.
+//!
+//! From the server's journal it computes, for every session, the exact sequence of
+//! push events the hub must have sent it (with their sequence numbers), then aligns
+//! what the session received against that sequence:
+//!
+//! - every received event must be the next expected one (possibly after some that
+//!   were skipped, which is loss: G5 for messages, G6 for presence), with the expected
+//!   sequence number;
+//! - an event that matches nothing expected is a stray delivery (G4) or, when its
+//!   identity is known but its bytes or sender differ, an integrity failure (G1);
+//!   one that matches an earlier expected event is a duplicate (G3) or out of order
+//!   (G2);
+//! - an intact session (connected at the end, never cut off) must have received all
+//!   of its expected sequence (G5, G6);
+//! - every request ends exactly once, results in request order, with the right
+//!   result (G7); the harness's queue observations must show no breach (G8).
+
+use crate::history::{
+    JournalEntry, LeaveCause, MessageId, Origin, Outcome, Received, RunRecord, SessionHistory,
+    SessionKey,
+};
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// The delivery guarantees of the design brief.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Guarantee {
+    /// Integrity.
+    G1,
+    /// Per-publisher FIFO.
+    G2,
+    /// No duplicates.
+    G3,
+    /// No stray delivery.
+    G4,
+    /// No silent loss.
+    G5,
+    /// Presence consistency.
+    G6,
+    /// RPC: exactly once, in order.
+    G7,
+    /// Bounded memory.
+    G8,
+}
+
+impl fmt::Display for Guarantee {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Guarantee::G1 => "G1 integrity",
+            Guarantee::G2 => "G2 per-publisher order",
+            Guarantee::G3 => "G3 no duplicates",
+            Guarantee::G4 => "G4 no stray delivery",
+            Guarantee::G5 => "G5 no silent loss",
+            Guarantee::G6 => "G6 presence consistency",
+            Guarantee::G7 => "G7 RPC exactly once, in order",
+            Guarantee::G8 => "G8 bounded queues",
+        })
+    }
+}
+
+/// One broken guarantee.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Which guarantee.
+    pub guarantee: Guarantee,
+    /// The receiving session, when there is one.
+    pub session: Option<SessionKey>,
+    /// What happened, naming the messages.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.session {
+            Some(s) => write!(f, "{} violated at {s}: {}", self.guarantee, self.detail),
+            None => write!(f, "{} violated: {}", self.guarantee, self.detail),
+        }
+    }
+}
+
+/// Checks a run; an empty result means every guarantee held.
+pub fn check(run: &RunRecord) -> Vec<Violation> {
+    let expected = expected_events(&run.journal);
+    let published: BTreeMap<MessageId, &Bytes> = run
+        .journal
+        .iter()
+        .filter_map(|e| match e {
+            JournalEntry::Publish { payload, .. } | JournalEntry::UserMessage { payload, .. } => {
+                MessageId::parse(payload).map(|id| (id, payload))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut violations = Vec::new();
+    let empty = Vec::new();
+    for history in &run.sessions {
+        let want = expected.get(&history.key).unwrap_or(&empty);
+        check_session(history, want, &published, &mut violations);
+        check_requests(history, &mut violations);
+    }
+    // G3 across a client's sessions: one client never gets a message twice.
+    let mut seen: BTreeMap<u32, BTreeSet<MessageId>> = BTreeMap::new();
+    for history in &run.sessions {
+        let mine = seen.entry(history.key.client).or_default();
+        let mut this_session = BTreeSet::new();
+        for id in history.received.iter().filter_map(Received::message_id) {
+            if mine.contains(&id) && !this_session.contains(&id) {
+                violations.push(Violation {
+                    guarantee: Guarantee::G3,
+                    session: Some(history.key),
+                    detail: format!("{id} arrived again after an earlier session got it"),
+                });
+            }
+            this_session.insert(id);
+        }
+        mine.extend(this_session);
+    }
+    for breach in &run.queue_breaches {
+        violations.push(Violation {
+            guarantee: Guarantee::G8,
+            session: None,
+            detail: breach.clone(),
+        });
+    }
+    violations
+}
+
+/// Replays the journal: the exact push events each session must get, in order,
+/// with their sequence numbers.
+pub fn expected_events(journal: &[JournalEntry]) -> BTreeMap<SessionKey, Vec<Received>> {
+    let mut online: BTreeMap<SessionKey, bool> = BTreeMap::new();
+    let mut members: BTreeMap<SessionKey, BTreeSet<u32>> = BTreeMap::new();
+    let mut out: BTreeMap<SessionKey, Vec<Received>> = BTreeMap::new();
+    let push = |out: &mut BTreeMap<SessionKey, Vec<Received>>, to: SessionKey, event: Received| {
+        let list = out.entry(to).or_default();
+        let seq = list.len() as u64 + 1;
+        list.push(event.with_seq(seq));
+    };
+    let shared =
+        |members: &BTreeMap<SessionKey, BTreeSet<u32>>, other: &SessionKey, groups: &[u32]| {
+            let mine = members.get(other);
+            groups
+                .iter()
+                .copied()
+                .filter(|g| mine.is_some_and(|m| m.contains(g)))
+                .collect::<Vec<u32>>()
+        };
+    for entry in journal {
+        match entry {
+            JournalEntry::Connected { session, echo } => {
+                online.insert(*session, *echo);
+            }
+            JournalEntry::Disconnected { session } => {
+                online.remove(session);
+                members.remove(session);
+            }
+            JournalEntry::Subscribe { session, groups } => {
+                push(
+                    &mut out,
+                    *session,
+                    Received::Subscribed {
+                        seq: 0,
+                        from: Origin::Session(*session),
+                        is_self: true,
+                        groups: groups.clone(),
+                    },
+                );
+                for other in online.keys().filter(|o| *o != session) {
+                    let common = shared(&members, other, groups);
+                    if !common.is_empty() {
+                        push(
+                            &mut out,
+                            *other,
+                            Received::Subscribed {
+                                seq: 0,
+                                from: Origin::Session(*session),
+                                is_self: false,
+                                groups: common,
+                            },
+                        );
+                    }
+                }
+                members
+                    .entry(*session)
+                    .or_default()
+                    .extend(groups.iter().copied());
+            }
+            JournalEntry::Unsubscribe {
+                session,
+                groups,
+                cause,
+            } => {
+                if *cause != LeaveCause::Disconnect {
+                    push(
+                        &mut out,
+                        *session,
+                        Received::Unsubscribed {
+                            seq: 0,
+                            from: Origin::Session(*session),
+                            is_self: true,
+                            groups: groups.clone(),
+                        },
+                    );
+                }
+                if *cause != LeaveCause::GroupRemoved {
+                    for other in online.keys().filter(|o| *o != session) {
+                        let common = shared(&members, other, groups);
+                        if !common.is_empty() {
+                            push(
+                                &mut out,
+                                *other,
+                                Received::Unsubscribed {
+                                    seq: 0,
+                                    from: Origin::Session(*session),
+                                    is_self: false,
+                                    groups: common,
+                                },
+                            );
+                        }
+                    }
+                }
+                if let Some(m) = members.get_mut(session) {
+                    for g in groups {
+                        m.remove(g);
+                    }
+                }
+            }
+            JournalEntry::Publish {
+                origin,
+                groups,
+                payload,
+            } => {
+                if let Origin::Session(actor) = origin {
+                    if online.get(actor) == Some(&true) {
+                        push(
+                            &mut out,
+                            *actor,
+                            Received::Published {
+                                seq: 0,
+                                from: *origin,
+                                is_self: true,
+                                groups: groups.clone(),
+                                payload: payload.clone(),
+                            },
+                        );
+                    }
+                }
+                for other in online.keys() {
+                    if *origin == Origin::Session(*other) {
+                        continue;
+                    }
+                    let common = shared(&members, other, groups);
+                    if !common.is_empty() {
+                        push(
+                            &mut out,
+                            *other,
+                            Received::Published {
+                                seq: 0,
+                                from: *origin,
+                                is_self: false,
+                                groups: common,
+                                payload: payload.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+            JournalEntry::UserMessage {
+                origin,
+                receiver,
+                payload,
+            } => {
+                if let Origin::Session(actor) = origin {
+                    if online.get(actor) == Some(&true) {
+                        push(
+                            &mut out,
+                            *actor,
+                            Received::UserMessage {
+                                seq: 0,
+                                from: *origin,
+                                is_self: true,
+                                payload: payload.clone(),
+                            },
+                        );
+                    }
+                }
+                let receiver = receiver.to_lowercase();
+                for other in online.keys() {
+                    if *origin == Origin::Session(*other)
+                        || other.user_id().to_lowercase() != receiver
+                    {
+                        continue;
+                    }
+                    push(
+                        &mut out,
+                        *other,
+                        Received::UserMessage {
+                            seq: 0,
+                            from: *origin,
+                            is_self: false,
+                            payload: payload.clone(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+fn is_presence(e: &Received) -> bool {
+    matches!(
+        e,
+        Received::Subscribed { .. } | Received::Unsubscribed { .. }
+    )
+}
+
+fn describe(e: &Received) -> String {
+    match e {
+        Received::Subscribed {
+            seq, from, groups, ..
+        } => format!("Subscribed #{seq} ({from} joins {groups:?})"),
+        Received::Unsubscribed {
+            seq, from, groups, ..
+        } => format!("Unsubscribed #{seq} ({from} leaves {groups:?})"),
+        Received::Published {
+            seq,
+            groups,
+            payload,
+            ..
+        } => match MessageId::parse(payload) {
+            Some(id) => format!("Published #{seq} ({id} to {groups:?})"),
+            None => format!(
+                "Published #{seq} (unidentifiable payload of {} bytes)",
+                payload.len()
+            ),
+        },
+        Received::UserMessage { seq, payload, .. } => match MessageId::parse(payload) {
+            Some(id) => format!("UserMessage #{seq} ({id})"),
+            None => format!("UserMessage #{seq} (unidentifiable payload)"),
+        },
+        Received::Gap { first, last } => format!("Gap {first}..={last}"),
+        Received::SessionLost => "SessionLost".to_owned(),
+    }
+}
+
+fn loss_guarantee(e: &Received) -> Guarantee {
+    if is_presence(e) {
+        Guarantee::G6
+    } else {
+        Guarantee::G5
+    }
+}
+
+fn check_session(
+    history: &SessionHistory,
+    expected: &[Received],
+    published: &BTreeMap<MessageId, &Bytes>,
+    violations: &mut Vec<Violation>,
+) {
+    let key = history.key;
+    let mut report = |guarantee: Guarantee, detail: String| {
+        violations.push(Violation {
+            guarantee,
+            session: Some(key),
+            detail,
+        });
+    };
+    // Sequence numbers: each event takes the next, gaps excepted (G5).
+    let mut last_seq = 0u64;
+    for event in &history.received {
+        match event {
+            Received::Gap { first, last } => {
+                if *first != last_seq + 1 {
+                    report(
+                        Guarantee::G5,
+                        format!("Gap {first}..={last} does not follow #{last_seq}"),
+                    );
+                }
+                last_seq = last_seq.max(*last);
+            }
+            Received::SessionLost => {}
+            e => {
+                let seq = e.seq().expect("sequenced event");
+                if seq == last_seq {
+                    report(
+                        Guarantee::G3,
+                        format!("sequence number {seq} used twice ({})", describe(e)),
+                    );
+                } else if seq != last_seq + 1 {
+                    report(
+                        Guarantee::G5,
+                        format!("{} after #{last_seq}: an unexplained hole", describe(e)),
+                    );
+                }
+                last_seq = last_seq.max(seq);
+            }
+        }
+    }
+
+    // Alignment against the expected sequence.
+    let content_eq = |a: &Received, b: &Received| a.with_seq(0) == b.with_seq(0);
+    let received_ids: BTreeSet<MessageId> = history
+        .received
+        .iter()
+        .filter_map(Received::message_id)
+        .collect();
+    let mut matched_ids: BTreeSet<MessageId> = BTreeSet::new();
+    let mut gaps: Vec<(u64, u64)> = Vec::new();
+    let mut next = 0usize;
+    for event in &history.received {
+        if let Received::Gap { first, last } = event {
+            gaps.push((*first, *last));
+            continue;
+        }
+        if matches!(event, Received::SessionLost) {
+            continue;
+        }
+        let covered = |seq: u64| gaps.iter().any(|(f, l)| (*f..=*l).contains(&seq));
+        if let Some(offset) = expected[next.min(expected.len())..]
+            .iter()
+            .position(|x| content_eq(x, event))
+        {
+            let k = next + offset;
+            for skipped in &expected[next..k] {
+                if covered(skipped.seq().unwrap_or(0)) {
+                    continue;
+                }
+                let id = skipped.message_id();
+                if id.is_some_and(|id| received_ids.contains(&id)) {
+                    report(
+                        Guarantee::G2,
+                        format!("{} arrived after {}", describe(skipped), describe(event)),
+                    );
+                } else {
+                    report(
+                        loss_guarantee(skipped),
+                        format!(
+                            "{} never arrived, yet the later {} did",
+                            describe(skipped),
+                            describe(event)
+                        ),
+                    );
+                }
+            }
+            if event.seq() != expected[k].seq() {
+                report(
+                    Guarantee::G5,
+                    format!(
+                        "{} carries the wrong sequence number: expected #{}",
+                        describe(event),
+                        expected[k].seq().unwrap_or(0)
+                    ),
+                );
+            }
+            if let Some(id) = event.message_id() {
+                matched_ids.insert(id);
+            }
+            next = k + 1;
+            continue;
+        }
+        // Not expected from here on: classify.
+        let earlier = expected[..next.min(expected.len())]
+            .iter()
+            .any(|x| content_eq(x, event));
+        let id = event.message_id();
+        if earlier {
+            if id.is_some_and(|id| matched_ids.contains(&id)) || is_presence(event) {
+                report(
+                    Guarantee::G3,
+                    format!("{} delivered again", describe(event)),
+                );
+            } else {
+                report(
+                    Guarantee::G2,
+                    format!("{} arrived out of order", describe(event)),
+                );
+            }
+            continue;
+        }
+        match id {
+            Some(id) => match published.get(&id) {
+                None => report(
+                    Guarantee::G1,
+                    format!("{} was never sent by anyone", describe(event)),
+                ),
+                Some(sent) => {
+                    let payload = match event {
+                        Received::Published { payload, .. }
+                        | Received::UserMessage { payload, .. } => payload,
+                        _ => unreachable!("message ids come from payload events"),
+                    };
+                    if payload != *sent {
+                        report(
+                            Guarantee::G1,
+                            format!("{} arrived with different bytes", describe(event)),
+                        );
+                    } else if expected.iter().any(|x| x.message_id() == Some(id)) {
+                        report(
+                            Guarantee::G1,
+                            format!(
+                                "{} arrived with the wrong sender or groups",
+                                describe(event)
+                            ),
+                        );
+                    } else {
+                        report(
+                            Guarantee::G4,
+                            format!(
+                                "{} delivered to a session that was not a receiver",
+                                describe(event)
+                            ),
+                        );
+                    }
+                }
+            },
+            None if is_presence(event) => report(
+                Guarantee::G6,
+                format!("{} matches no membership change", describe(event)),
+            ),
+            None => report(
+                Guarantee::G1,
+                format!("{} is not a message anyone sent", describe(event)),
+            ),
+        }
+    }
+    if history.intact {
+        let covered = |seq: u64| gaps.iter().any(|(f, l)| (*f..=*l).contains(&seq));
+        for missing in &expected[next.min(expected.len())..] {
+            if !covered(missing.seq().unwrap_or(0)) {
+                report(
+                    loss_guarantee(missing),
+                    format!("{} never arrived", describe(missing)),
+                );
+            }
+        }
+    }
+}
+
+fn check_requests(history: &SessionHistory, violations: &mut Vec<Violation>) {
+    let mut report = |detail: String| {
+        violations.push(Violation {
+            guarantee: Guarantee::G7,
+            session: Some(history.key),
+            detail,
+        });
+    };
+    if let Some(error) = &history.protocol_error {
+        // The client engine enforces "once, in request order" and closes on a breach;
+        // the server broke G7 even though the application never saw it.
+        if error.contains("result for request") {
+            report(format!("the server's results broke request order: {error}"));
+        }
+    }
+    let position: BTreeMap<u64, usize> = history
+        .requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id, i))
+        .collect();
+    for request in &history.requests {
+        match request.outcomes.as_slice() {
+            [] if history.crashed => {}
+            [] => report(format!("request {} never ended", request.id)),
+            [Outcome::Result(payload)] if payload != &request.expected_result => report(format!(
+                "request {} got another request's result",
+                request.id
+            )),
+            [_] => {}
+            many => report(format!("request {} ended {} times", request.id, many.len())),
+        }
+    }
+    let mut last: Option<usize> = None;
+    for id in &history.result_order {
+        let Some(&p) = position.get(id) else {
+            report(format!("a result for request {id}, which was never sent"));
+            continue;
+        };
+        if last.is_some_and(|l| p <= l) {
+            report(format!(
+                "the result of request {id} came out of request order"
+            ));
+        }
+        last = Some(p);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,70 @@
+//! Proof that the oracle can fail: the engine misbehaves on purpose, one way at a time,
+//! and the oracle must name the matching guarantee within the CI case budget.
+#![cfg(debug_assertions)]
+
+use pushwire_sim::engine_level::{EngineSim, InjectedFault};
+use pushwire_sim::oracle::{check, Guarantee};
+use pushwire_sim::scenario::{generate, Shape};
+
+/// Runs fault-free-network scenarios with `fault` armed until the oracle reports
+/// `expected`; returns the seed that showed it.
+fn caught(fault: InjectedFault, expected: Guarantee) -> u64 {
+    let shape = Shape {
+        faults: false,
+        ..Shape::default()
+    };
+    for seed in 0..300 {
+        let scenario = generate(seed, shape);
+        let mut sim = EngineSim::new(seed, scenario.clients, scenario.groups);
+        sim.inject(fault);
+        let output = sim.run(seed, &scenario);
+        let violations = check(&output.record);
+        if violations.iter().any(|v| v.guarantee == expected) {
+            return seed;
+        }
+    }
+    panic!("{fault:?} was never reported as {expected} in 300 scenarios");
+}
+
+#[test]
+fn a_dropped_delivery_is_silent_loss() {
+    caught(InjectedFault::DropDelivery(3), Guarantee::G5);
+}
+
+#[test]
+fn a_duplicated_delivery_is_a_duplicate() {
+    caught(InjectedFault::DuplicateDelivery(3), Guarantee::G3);
+}
+
+#[test]
+fn swapped_deliveries_break_order() {
+    caught(InjectedFault::SwapDeliveries(3), Guarantee::G2);
+}
+
+#[test]
+fn a_delivery_to_a_non_member_is_stray() {
+    caught(InjectedFault::Misdeliver(3), Guarantee::G4);
+}
+
+#[test]
+fn a_skipped_presence_notice_breaks_presence() {
+    caught(InjectedFault::SkipPresence(1), Guarantee::G6);
+}
+
+#[test]
+fn an_rpc_answered_twice_breaks_exactly_once() {
+    caught(InjectedFault::AnswerTwice(1), Guarantee::G7);
+}
+
+#[test]
+fn without_a_fault_the_same_scenarios_pass() {
+    let shape = Shape {
+        faults: false,
+        ..Shape::default()
+    };
+    for seed in 0..50 {
+        let scenario = generate(seed, shape);
+        let output = EngineSim::new(seed, scenario.clients, scenario.groups).run(seed, &scenario);
+        assert_eq!(check(&output.record), vec![], "seed {seed}");
+    }
+}
