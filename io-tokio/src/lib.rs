@@ -4,6 +4,7 @@
 //! engines of `pushwire-engine` to byte streams: tokio's TCP in production, turmoil's
 //! in the simulator.
 
+pub mod cli;
 pub mod client;
 pub mod hello;
 pub mod pool;

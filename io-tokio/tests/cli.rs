@@ -1,24 +1,469 @@
-//! Runs the built `pushwire` binary.
+//! Runs the built `pushwire` binary: the demo, and the client commands against a
+//! `pushwire serve` child on a free loopback port.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const PUSHWIRE: &str = env!("CARGO_BIN_EXE_pushwire");
+/// Longest any single command may take before the test fails (and kills it).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn cert(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../certs")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// A finished `pushwire` run.
+#[derive(Debug)]
+struct Finished {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn read_all(mut from: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut text = String::new();
+        let _ = from.read_to_string(&mut text);
+        text
+    })
+}
+
+/// Waits for `child` up to [`COMMAND_TIMEOUT`], killing it if it overstays.
+fn wait(child: &mut Child, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for pushwire") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {COMMAND_TIMEOUT:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `pushwire ARGS` to completion, with `stdin` as its input.
+fn pushwire_with_input(args: &[&str], stdin: &str) -> Finished {
+    let mut child = Command::new(PUSHWIRE)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pushwire");
+    let mut input = child.stdin.take().expect("piped");
+    input.write_all(stdin.as_bytes()).expect("write stdin");
+    drop(input);
+    let stdout = read_all(child.stdout.take().expect("piped"));
+    let stderr = read_all(child.stderr.take().expect("piped"));
+    let status = wait(&mut child, &format!("pushwire {args:?}"));
+    Finished {
+        code: status.code(),
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+fn pushwire(args: &[&str]) -> Finished {
+    pushwire_with_input(args, "")
+}
+
+/// Reads a child's stdout line by line on a thread, so a test can wait for one line
+/// with a deadline.
+struct Lines {
+    rx: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    fn new(stdout: ChildStdout) -> Self {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line, or `None` at the end of the stream; panics after the timeout.
+    fn next(&mut self, what: &str) -> Option<String> {
+        match self.rx.recv_timeout(COMMAND_TIMEOUT) {
+            Ok(line) => {
+                self.seen.push(line.clone());
+                Some(line)
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("no line from {what}; so far: {:?}", self.seen)
+            }
+        }
+    }
+}
+
+/// A `pushwire serve` child on a free port, killed when dropped.
+struct Serve {
+    child: Child,
+    addr: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Serve {
+    fn start(extra: &[&str]) -> Serve {
+        let mut child = Command::new(PUSHWIRE)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pushwire serve");
+        // Keep draining the log so the server never blocks on a full pipe.
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let log = stderr.clone();
+        let mut pipe = BufReader::new(child.stderr.take().expect("piped"));
+        thread::spawn(move || {
+            let mut line = String::new();
+            while matches!(pipe.read_line(&mut line), Ok(n) if n > 0) {
+                log.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        let mut lines = Lines::new(child.stdout.take().expect("piped"));
+        let mut serve = Serve {
+            child,
+            addr: String::new(),
+            stderr,
+        };
+        let first = lines.next("pushwire serve");
+        match first
+            .as_deref()
+            .and_then(|l| l.strip_prefix("listening on "))
+        {
+            Some(addr) => serve.addr = addr.to_owned(),
+            None => {
+                // Let the log catch up with the exit before showing it.
+                thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "serve did not print its address: {first:?}\n{}",
+                    serve.stderr.lock().unwrap()
+                );
+            }
+        }
+        serve
+    }
+
+    /// `pushwire ARGS --server ADDR`.
+    fn run(&self, args: &[&str]) -> Finished {
+        let mut all = args.to_vec();
+        all.extend(["--server", &self.addr]);
+        pushwire(&all)
+    }
+
+    /// Starts `pushwire ARGS --server ADDR` without waiting for it.
+    fn spawn(&self, args: &[&str]) -> (Child, Lines) {
+        let mut child = Command::new(PUSHWIRE)
+            .args(args)
+            .args(["--server", &self.addr])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pushwire");
+        let lines = Lines::new(child.stdout.take().expect("piped"));
+        (child, lines)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+fn mask_ports(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("127.0.0.1:") {
+        let (head, tail) = rest.split_at(at + "127.0.0.1:".len());
+        out.push_str(head);
+        out.push_str("PORT");
+        rest = tail.trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    out.push_str(rest);
+    out
+}
 
 #[test]
-fn demo_prints_the_protocol_catalogue_and_exits_zero() {
-    let out = Command::new(env!("CARGO_BIN_EXE_pushwire"))
-        .arg("demo")
-        .output()
-        .expect("run pushwire");
-    assert!(out.status.success(), "{out:?}");
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(stdout.contains("pushwire protocol version 1"), "{stdout}");
-    assert!(stdout.contains("Published"), "{stdout}");
+fn the_demo_runs_the_tutorial_identically_every_time() {
+    let first = pushwire(&["demo"]);
+    assert_eq!(first.code, Some(0), "{first:?}");
+    let out = &first.stdout;
+    for expected in [
+        // Figure 2: the SessionInfo, the verdict, and the decision.
+        "alice  |   subject:      CN=localhost,O=pushwire",
+        "alice  |   verdict:      verified",
+        "alice  | verified: accepting the server",
+        // Figure 6 and presence: bob sees carol arrive in the groups they share.
+        "bob    | Subscribe for [1, 3] by carol@127.0.0.1:",
+        // One copy per member, listing its own target groups.
+        "bob    | Publish to [1] from alice@127.0.0.1:",
+        // Figure 10.
+        "bob    | say_hello returned: Hello Jack Smith",
+        "bob    | the user message to ALICE reached 1 connection",
+        "carol  | Publish to [2, 3] from bob@127.0.0.1:",
+        // The user message to "ALICE" reaches alice.
+        "alice  | User message from bob@127.0.0.1:",
+        "message = A message from bob",
+        "carol  | closed: closed locally (Normal)",
+        "bob    | Unsubscribe from [1, 3] by carol@",
+        "alice  | closed: closed by peer (GoingAway): server shutting down",
+        "server | stopped; 0 connections left open",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    let second = pushwire(&["demo"]);
+    assert_eq!(second.code, Some(0), "{second:?}");
+    assert_eq!(
+        mask_ports(&first.stdout),
+        mask_ports(&second.stdout),
+        "two demo runs differ beyond their ports"
+    );
 }
 
 #[test]
 fn unknown_subcommand_is_a_usage_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_pushwire"))
-        .arg("no-such-command")
-        .output()
-        .expect("run pushwire");
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = pushwire(&["no-such-command"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+}
+
+#[test]
+fn protocol_prints_the_catalogue() {
+    let out = pushwire(&["protocol"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.starts_with("pushwire protocol version "),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_publication_reaches_a_json_subscriber() {
+    let server = Serve::start(&[]);
+    let (mut sub, mut lines) = server.spawn(&[
+        "sub",
+        "2",
+        "--count",
+        "1",
+        "--json",
+        "--timeout",
+        "15",
+        "--user",
+        "bob",
+    ]);
+    // The subscriber's own Subscribed event says it has joined: now publish.
+    let joined = json(&lines.next("sub").expect("sub printed nothing"));
+    assert_eq!(joined["event"], "subscribe");
+    assert_eq!(joined["groups"], serde_json::json!([2]));
+    assert_eq!(joined["sender"]["self"], true);
+    assert_eq!(joined["sender"]["user_id"], "bob");
+
+    let published = server.run(&[
+        "pub",
+        "2",
+        "3",
+        "--message",
+        "hello over TLS",
+        "--user",
+        "alice",
+    ]);
+    assert_eq!(published.code, Some(0), "{published:?}");
+    assert!(
+        published.stdout.contains("Published to [2, 3]"),
+        "{published:?}"
+    );
+    assert!(
+        published.stderr.contains("trusting the development CA"),
+        "{published:?}"
+    );
+
+    let status = wait(&mut sub, "sub --count 1");
+    let message = json(&lines.next("sub").expect("sub printed no publication"));
+    assert_eq!(status.code(), Some(0), "{:?}", lines.seen);
+    assert_eq!(message["event"], "publish");
+    assert_eq!(message["message"], "hello over TLS");
+    assert_eq!(
+        message["groups"],
+        serde_json::json!([2]),
+        "bob is only in 2"
+    );
+    assert_eq!(message["sender"]["user_id"], "alice");
+    assert_eq!(message["sender"]["ip"], "127.0.0.1");
+    assert_eq!(message["sender"]["self"], false);
+    assert_eq!(message["sender"]["server"], false);
+    assert!(
+        message["seq"].as_u64().is_some_and(|seq| seq > 1),
+        "{message}"
+    );
+}
+
+#[test]
+fn send_call_and_groups_work_against_serve() {
+    let server = Serve::start(&["--auto-subscribe", "3"]);
+    let (mut sub, mut lines) =
+        server.spawn(&["sub", "--count", "1", "--timeout", "15", "--user", "carol"]);
+    let joined = lines.next("sub").expect("sub printed nothing");
+    assert!(
+        joined.starts_with("Subscribe for [3] by carol@127.0.0.1:"),
+        "{joined}"
+    );
+
+    let sent = server.run(&["send", "CAROL", "--message", "psst", "--user", "alice"]);
+    assert_eq!(sent.code, Some(0), "{sent:?}");
+    assert_eq!(sent.stdout.trim(), "Delivered to 1 connection of CAROL");
+    assert_eq!(wait(&mut sub, "sub").code(), Some(0), "{:?}", lines.seen);
+    // Before it: alice's arrival in group 3 (presence); then the message.
+    while lines.next("sub").is_some() {}
+    let received = lines.seen.last().expect("no user message");
+    assert!(
+        received.starts_with("User message from alice@127.0.0.1:")
+            && received.ends_with("(service 1): message = psst"),
+        "{:?}",
+        lines.seen
+    );
+
+    let sent = server.run(&["send", "nobody", "--message", "x", "--json"]);
+    assert_eq!(sent.code, Some(0), "{sent:?}");
+    assert_eq!(
+        json(sent.stdout.trim()),
+        serde_json::json!({"event": "delivered", "receiver": "nobody", "connections": 0})
+    );
+
+    let hello = server.run(&["call", "say-hello", "Jack", "Smith"]);
+    assert_eq!(hello.code, Some(0), "{hello:?}");
+    assert_eq!(hello.stdout, "Hello Jack Smith\n");
+    let echo = server.run(&["call", "echo", "round trip", "--json"]);
+    assert_eq!(
+        json(echo.stdout.trim()),
+        serde_json::json!({"method": "echo", "result": "round trip"})
+    );
+    let slept = server.run(&["call", "sleep", "20"]);
+    assert_eq!(slept.stdout, "Slept 20 ms\n", "{slept:?}");
+
+    let groups = server.run(&["groups"]);
+    assert_eq!(groups.code, Some(0), "{groups:?}");
+    assert_eq!(
+        groups.stdout,
+        "   1  R&D Department\n   2  Sales Department\n   3  Management Department\n"
+    );
+    let refused = server.run(&["pub", "9", "--message", "x"]);
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(refused.stdout.contains("UnknownGroups"), "{refused:?}");
+}
+
+#[test]
+fn a_wrong_password_exits_4_with_the_reason() {
+    let server = Serve::start(&[]);
+    let out = server.run(&["groups", "--user", "alice", "--password", "wrong"]);
+    assert_eq!(out.code, Some(4), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("pushwire: error: the server refused the login (BadCredentials)"),
+        "{out:?}"
+    );
+    assert_eq!(
+        out.stderr.lines().filter(|l| l.contains("error")).count(),
+        1
+    );
+}
+
+#[test]
+fn a_users_file_decides_who_logs_in() {
+    let hashed = pushwire_with_input(&["hash-password"], "s3cret pass\n");
+    assert_eq!(hashed.code, Some(0), "{hashed:?}");
+    let hash = hashed.stdout.trim();
+    assert!(hash.starts_with("pbkdf2-sha256$100000$"), "{hash}");
+    let users = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("pushwire-users-{}.toml", std::process::id()));
+    std::fs::write(&users, format!("[users]\nAlice = \"{hash}\"\n")).unwrap();
+
+    let server = Serve::start(&["--users", users.to_str().unwrap()]);
+    let ok = server.run(&["groups", "--user", "alice", "--password", "s3cret pass"]);
+    assert_eq!(ok.code, Some(0), "{ok:?}");
+    let wrong = server.run(&["groups", "--user", "ALICE", "--password", "s3cret"]);
+    assert_eq!(wrong.code, Some(4), "{wrong:?}");
+    let unknown = server.run(&["groups", "--user", "mallory", "--password", "s3cret pass"]);
+    assert_eq!(unknown.code, Some(4), "{unknown:?}");
+    let _ = std::fs::remove_file(users);
+}
+
+#[test]
+fn an_untrusted_server_exits_3_before_sending_credentials() {
+    let server = Serve::start(&[
+        "--cert",
+        &cert("other-server.cert.pem"),
+        "--key",
+        &cert("other-server.key.pem"),
+    ]);
+    let out = server.run(&["groups", "--user", "alice"]);
+    assert_eq!(out.code, Some(3), "{out:?}");
+    assert!(out.stderr.contains("is not trusted"), "{out:?}");
+    assert!(out.stderr.contains("no credentials were sent"), "{out:?}");
+    assert!(
+        !server.stderr.lock().unwrap().contains("authenticated"),
+        "the server saw a login"
+    );
+}
+
+#[test]
+fn a_subscriber_without_messages_times_out_with_5() {
+    let server = Serve::start(&[]);
+    let started = Instant::now();
+    let out = server.run(&["sub", "1", "--count", "1", "--timeout", "1"]);
+    assert_eq!(out.code, Some(5), "{out:?}");
+    assert!(out.stderr.contains("timed out: 0 of 1 messages"), "{out:?}");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+}
+
+#[test]
+fn an_unreachable_server_exits_3() {
+    // Bind then drop: a loopback port with nobody listening.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = pushwire(&["groups", "--server", &format!("127.0.0.1:{port}")]);
+    assert_eq!(out.code, Some(3), "{out:?}");
+    assert!(out.stderr.contains("cannot connect"), "{out:?}");
+}
+
+#[test]
+fn serve_refuses_all_interfaces_without_a_users_file() {
+    let out = pushwire(&["serve", "--listen", "0.0.0.0:0"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("without --users"), "{out:?}");
+    assert!(!out.stdout.contains("listening"), "{out:?}");
 }

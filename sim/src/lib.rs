@@ -12,3 +12,4 @@ pub mod pipe;
 pub mod recorder;
 pub mod rng;
 pub mod scenario;
+pub mod turmoil_level;

@@ -93,6 +93,32 @@ pub struct ServerBuilder {
     keepalive: KeepAlive,
     max_connections: usize,
     shutdown_grace: Duration,
+    observer: Option<Observer>,
+}
+
+/// The callback told when connections join and leave the hub.
+type Observer = Arc<dyn Fn(&ConnectionEvent) + Send + Sync>;
+
+/// A connection joining or leaving the hub, reported to the
+/// [observer](ServerBuilder::observer) in the hub's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionEvent {
+    /// An authenticated connection joined (before any subscription of its own).
+    Joined {
+        /// Its id in the hub.
+        connection: ConnectionId,
+        /// Its user id.
+        user_id: Text,
+        /// Its echo option.
+        echo: bool,
+    },
+    /// A connection left (after its implicit unsubscribe-all).
+    Left {
+        /// Its id in the hub.
+        connection: ConnectionId,
+        /// Its user id.
+        user_id: Text,
+    },
 }
 
 impl Default for ServerBuilder {
@@ -120,7 +146,15 @@ impl ServerBuilder {
             keepalive: KeepAlive::default(),
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(5),
+            observer: None,
         }
+    }
+
+    /// Called when an authenticated connection joins or leaves the hub, under the
+    /// hub's lock (so in the same order as the push hooks): keep it quick.
+    pub fn observer(mut self, observer: impl Fn(&ConnectionEvent) + Send + Sync + 'static) -> Self {
+        self.observer = Some(Arc::new(observer));
+        self
     }
 
     /// TLS with a certificate chain and a private key from PEM files; `password`
@@ -262,6 +296,7 @@ impl ServerBuilder {
             all_closed: Notify::new(),
             max_connections: self.max_connections,
             next_connection: AtomicU64::new(1),
+            observer: self.observer,
         });
         let handle = ServerHandle { shared };
         let accept = tokio::spawn(accept_loop(handle.clone(), listener));
@@ -356,6 +391,15 @@ struct Shared {
     all_closed: Notify,
     max_connections: usize,
     next_connection: AtomicU64,
+    observer: Option<Observer>,
+}
+
+impl Shared {
+    fn observe(&self, event: ConnectionEvent) {
+        if let Some(observer) = &self.observer {
+            observer(&event);
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -641,6 +685,10 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
         let mut core = lock(&shared.hub);
         core.outboxes.remove(&m.id);
         let _ = core.hub.disconnect(m.id);
+        shared.observe(ConnectionEvent::Left {
+            connection: m.id,
+            user_id: m.user_id.clone(),
+        });
         core.dispatch();
     }
     debug!("finished");
@@ -703,6 +751,11 @@ fn authenticate(
         .with_echo(request.options.echo),
     );
     core.outboxes.insert(id, outbox.clone());
+    shared.observe(ConnectionEvent::Joined {
+        connection: id,
+        user_id: request.user_id.clone(),
+        echo: request.options.echo,
+    });
     engine.permit(Grant {
         session_id: id.0,
         resume_token: random_token(),

@@ -1,0 +1,504 @@
+//! `pushwire serve`: the server with the hello-world service, configured by flags and
+//! an optional TOML file (flags win).
+//!
+//! ```toml
+//! listen = "0.0.0.0:20901"
+//! cert = "server.cert.pem"          # relative paths: from the file's directory
+//! key = "server.key.pem"
+//! key_password = "…"
+//! client_ca = ["clients-ca.pem"]    # require client certificates (mutual TLS)
+//! plaintext = false
+//! auto_subscribe = [1, 3]
+//! users = "users.toml"
+//!
+//! [[groups]]
+//! id = 1
+//! description = "R&D Department"
+//! ```
+
+use super::users::{DevelopmentLogin, Users};
+use super::{development_file, CliError, Exit, DEVELOPMENT_KEY_PASSWORD, DEVELOPMENT_PASSWORD};
+use crate::hello::{hello_world_service, HELLO_WORLD_SERVICE};
+use crate::server::{ServerBuilder, ServerError};
+use clap::Args;
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// The address `serve` listens on and clients connect to by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:20901";
+
+/// The seed's chat groups (its Figure 5), registered when none are configured.
+pub const TUTORIAL_GROUPS: [(u32, &str); 3] = [
+    (1, "R&D Department"),
+    (2, "Sales Department"),
+    (3, "Management Department"),
+];
+
+/// Arguments of `pushwire serve`. Every setting may also come from `--config`; a flag
+/// given here wins over the file.
+#[derive(Debug, Args)]
+#[command(after_help = "Exit codes: 1 cannot listen, 2 invalid configuration. \
+Logging: RUST_LOG (default info) to stderr; the bound address is printed to stdout as \
+\"listening on ADDR\".")]
+pub struct ServeArgs {
+    /// TOML file with the settings below (flags override it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:20901].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Server certificate chain, PEM [default: the development certificate].
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// Server private key, PEM (PKCS#8, possibly encrypted).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Password of an encrypted private key.
+    #[arg(long, value_name = "PASSWORD")]
+    pub key_password: Option<String>,
+    /// Require client certificates signed by a CA in this PEM file (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub client_ca: Vec<PathBuf>,
+    /// No TLS: nothing is encrypted. For trusted networks and benchmarks only.
+    #[arg(long)]
+    pub plaintext: bool,
+    /// Register a chat group (repeatable) [default: the tutorial's 1 "R&D Department",
+    /// 2 "Sales Department", 3 "Management Department"].
+    #[arg(long = "group", value_name = "ID=DESCRIPTION", value_parser = parse_group)]
+    pub groups: Vec<(u32, String)>,
+    /// Subscribe every new connection to these groups (the tutorial's Figure 6 uses
+    /// 1,3) [default: none].
+    #[arg(long, value_name = "IDS", value_delimiter = ',')]
+    pub auto_subscribe: Option<Vec<u32>>,
+    /// TOML file of user ids and password hashes (`[users]` then `alice = "…"`; make
+    /// hashes with `pushwire hash-password`). Without it, any user id may log in with
+    /// the password MyPassword, and only on a loopback address.
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
+}
+
+fn parse_group(s: &str) -> Result<(u32, String), String> {
+    let (id, description) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ID=DESCRIPTION"))?;
+    let id = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("{id:?} is not a group id (a number)"))?;
+    Ok((id, description.to_owned()))
+}
+
+/// The settings of a `--config` file; every field optional.
+#[derive(Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    pub listen: Option<SocketAddr>,
+    /// Certificate chain file.
+    pub cert: Option<PathBuf>,
+    /// Private key file.
+    pub key: Option<PathBuf>,
+    /// Private key password.
+    pub key_password: Option<String>,
+    /// Client CA files (mutual TLS).
+    pub client_ca: Option<Vec<PathBuf>>,
+    /// No TLS.
+    pub plaintext: Option<bool>,
+    /// Chat groups.
+    pub groups: Option<Vec<GroupConfig>>,
+    /// Groups every new connection joins.
+    pub auto_subscribe: Option<Vec<u32>>,
+    /// Users file.
+    pub users: Option<PathBuf>,
+}
+
+/// A chat group in a `--config` file.
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// Its id.
+    pub id: u32,
+    /// What it is for.
+    pub description: String,
+}
+
+impl ServeConfig {
+    /// Parses a config file's text; relative paths are taken from `base` (the file's
+    /// directory), as a reader of the file would expect.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
+        let mut config: ServeConfig = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+        let paths = config
+            .cert
+            .iter_mut()
+            .chain(config.key.iter_mut())
+            .chain(config.users.iter_mut())
+            .chain(config.client_ca.iter_mut().flatten());
+        for path in paths {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+        Ok(config)
+    }
+
+    fn load(path: &Path) -> Result<Self, CliError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            CliError::new(
+                Exit::Usage,
+                format!("cannot read the config file {}: {e}", path.display()),
+            )
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base).map_err(|e| {
+            CliError::new(
+                Exit::Usage,
+                format!("invalid config file {}: {e}", path.display()),
+            )
+        })
+    }
+}
+
+/// How the server secures connections.
+#[derive(Debug, PartialEq, Eq)]
+enum Transport {
+    Plaintext,
+    Tls {
+        cert: PathBuf,
+        key: PathBuf,
+        key_password: Option<String>,
+        client_ca: Vec<PathBuf>,
+        development: bool,
+    },
+}
+
+/// Flags and file merged, defaults applied, and checked.
+#[derive(Debug, PartialEq, Eq)]
+struct Settings {
+    listen: SocketAddr,
+    transport: Transport,
+    groups: Vec<(u32, String)>,
+    auto_subscribe: Vec<u32>,
+    users: Option<PathBuf>,
+}
+
+fn usage(message: impl Into<String>) -> CliError {
+    CliError::new(Exit::Usage, message)
+}
+
+impl Settings {
+    fn resolve(args: ServeArgs, file: ServeConfig) -> Result<Self, CliError> {
+        let listen = match args.listen.or(file.listen) {
+            Some(listen) => listen,
+            None => DEFAULT_LISTEN.parse().expect("valid constant"),
+        };
+        let plaintext = args.plaintext || file.plaintext.unwrap_or(false);
+        let cert = args.cert.or(file.cert);
+        let key = args.key.or(file.key);
+        let key_password = args.key_password.or(file.key_password);
+        let client_ca = if args.client_ca.is_empty() {
+            file.client_ca.unwrap_or_default()
+        } else {
+            args.client_ca
+        };
+        let transport = if plaintext {
+            if cert.is_some() || key.is_some() || !client_ca.is_empty() {
+                return Err(usage(
+                    "plaintext excludes a certificate, a key and client CAs",
+                ));
+            }
+            Transport::Plaintext
+        } else {
+            match (cert, key) {
+                (Some(cert), Some(key)) => Transport::Tls {
+                    cert,
+                    key,
+                    key_password,
+                    client_ca,
+                    development: false,
+                },
+                (None, None) => Transport::Tls {
+                    cert: development_file("server.cert.pem"),
+                    key: development_file("server.key.pem"),
+                    key_password: Some(
+                        key_password.unwrap_or_else(|| DEVELOPMENT_KEY_PASSWORD.to_owned()),
+                    ),
+                    client_ca,
+                    development: true,
+                },
+                (Some(_), None) => return Err(usage("a certificate needs its key (--key)")),
+                (None, Some(_)) => return Err(usage("a key needs its certificate (--cert)")),
+            }
+        };
+        let groups = if !args.groups.is_empty() {
+            args.groups
+        } else if let Some(groups) = file.groups {
+            groups.into_iter().map(|g| (g.id, g.description)).collect()
+        } else {
+            TUTORIAL_GROUPS
+                .iter()
+                .map(|&(id, description)| (id, description.to_owned()))
+                .collect()
+        };
+        let mut ids = BTreeSet::new();
+        for (id, _) in &groups {
+            if !ids.insert(*id) {
+                return Err(usage(format!("group {id} is registered twice")));
+            }
+        }
+        let auto_subscribe = args
+            .auto_subscribe
+            .or(file.auto_subscribe)
+            .unwrap_or_default();
+        if let Some(unknown) = auto_subscribe.iter().find(|id| !ids.contains(id)) {
+            return Err(usage(format!(
+                "auto-subscribe group {unknown} is not a registered group"
+            )));
+        }
+        let users = args.users.or(file.users);
+        if users.is_none() && !listen.ip().is_loopback() {
+            return Err(usage(format!(
+                "refusing to listen on {listen} without --users: the development login (any \
+                 user id with the password {DEVELOPMENT_PASSWORD}) is only allowed on a \
+                 loopback address; make a users file with `pushwire hash-password`"
+            )));
+        }
+        Ok(Self {
+            listen,
+            transport,
+            groups,
+            auto_subscribe,
+            users,
+        })
+    }
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // stdout carries only the "listening on" line, for scripts; logs go to stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+fn server_failure(error: ServerError) -> CliError {
+    match error {
+        ServerError::Bind { .. } => CliError::new(Exit::Failure, error.to_string()),
+        // Certificates, keys, limits and groups: what the configuration says.
+        other => usage(other.to_string()),
+    }
+}
+
+/// Runs `pushwire serve` until Ctrl-C, then shuts down gracefully.
+pub(super) async fn run(mut args: ServeArgs) -> Result<(), CliError> {
+    init_logging();
+    let file = match args.config.take() {
+        Some(path) => ServeConfig::load(&path)?,
+        None => ServeConfig::default(),
+    };
+    let settings = Settings::resolve(args, file)?;
+
+    let mut builder = ServerBuilder::new();
+    match &settings.transport {
+        Transport::Plaintext => {
+            warn!("plaintext: connections are not encrypted, passwords travel in the clear");
+            builder = builder.plaintext();
+        }
+        Transport::Tls {
+            cert,
+            key,
+            key_password,
+            client_ca,
+            development,
+        } => {
+            if *development && !(cert.is_file() && key.is_file()) {
+                return Err(usage(format!(
+                    "no --cert and --key given, and the development certificates are not at {} \
+                     (they exist only in a source checkout)",
+                    cert.display()
+                )));
+            }
+            if *development {
+                warn!(
+                    "using the development certificate {} (for development and tests only; \
+                     use --cert and --key in production)",
+                    cert.display()
+                );
+            }
+            builder = builder
+                .tls_from_pem(cert, key, key_password.as_deref())
+                .map_err(server_failure)?;
+            if !client_ca.is_empty() {
+                builder = builder.client_ca(client_ca).map_err(server_failure)?;
+            }
+        }
+    }
+    builder = match &settings.users {
+        Some(path) => {
+            let users = Users::load(path).map_err(|e| usage(e.to_string()))?;
+            if users.is_empty() {
+                warn!("{} lists no users: nobody can log in", path.display());
+            } else {
+                info!("{} users from {}", users.len(), path.display());
+            }
+            builder.authenticator(users)
+        }
+        None => {
+            warn!(
+                "no --users file: any user id may log in with the password \
+                 {DEVELOPMENT_PASSWORD} (allowed on loopback addresses only)"
+            );
+            builder.authenticator(DevelopmentLogin)
+        }
+    };
+    for (id, description) in &settings.groups {
+        builder = builder.group(*id, description.as_str());
+    }
+    let server = builder
+        .auto_subscribe(settings.auto_subscribe.iter().copied())
+        .service(HELLO_WORLD_SERVICE, hello_world_service())
+        .bind(settings.listen)
+        .await
+        .map_err(server_failure)?;
+
+    let bound = server.local_addr().unwrap_or(settings.listen);
+    println!("listening on {bound}");
+    let _ = std::io::stdout().flush();
+    info!(
+        groups = ?settings.groups.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        auto_subscribe = ?settings.auto_subscribe,
+        "serving the hello-world service on {bound}; Ctrl-C stops"
+    );
+
+    let interrupted = tokio::signal::ctrl_c().await;
+    if let Err(e) = &interrupted {
+        warn!("cannot wait for Ctrl-C ({e}); shutting down");
+    }
+    info!("shutting down");
+    let still_open = server.shutdown().await;
+    if still_open > 0 {
+        warn!("{still_open} connections did not close within the grace period");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(flags: &[&str]) -> ServeArgs {
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let argv = std::iter::once("serve").chain(flags.iter().copied());
+        Wrapper::try_parse_from(argv).unwrap().serve
+    }
+
+    #[test]
+    fn defaults_are_the_tutorial_server_on_loopback() {
+        let settings = Settings::resolve(args(&[]), ServeConfig::default()).unwrap();
+        assert_eq!(settings.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(settings.groups.len(), 3);
+        assert_eq!(settings.groups[0], (1, "R&D Department".to_owned()));
+        assert!(settings.auto_subscribe.is_empty());
+        assert!(matches!(
+            settings.transport,
+            Transport::Tls { development: true, ref key_password, .. }
+                if key_password.as_deref() == Some(DEVELOPMENT_KEY_PASSWORD)
+        ));
+    }
+
+    #[test]
+    fn flags_override_the_file_and_file_paths_are_relative_to_it() {
+        let file = ServeConfig::parse(
+            r#"
+                listen = "127.0.0.1:1234"
+                cert = "c.pem"
+                key = "/abs/k.pem"
+                auto_subscribe = [2]
+                users = "users.toml"
+                [[groups]]
+                id = 2
+                description = "Sales"
+                [[groups]]
+                id = 7
+                description = "Seven"
+            "#,
+            Path::new("/etc/pushwire"),
+        )
+        .unwrap();
+        assert_eq!(file.cert, Some(PathBuf::from("/etc/pushwire/c.pem")));
+        assert_eq!(file.key, Some(PathBuf::from("/abs/k.pem")));
+        let settings = Settings::resolve(
+            args(&["--listen", "127.0.0.1:0", "--auto-subscribe", "2,7"]),
+            file,
+        )
+        .unwrap();
+        assert_eq!(settings.listen.port(), 0, "the flag wins");
+        assert_eq!(settings.auto_subscribe, [2, 7]);
+        assert_eq!(
+            settings.groups,
+            [(2, "Sales".to_owned()), (7, "Seven".to_owned())]
+        );
+        assert_eq!(
+            settings.users,
+            Some(PathBuf::from("/etc/pushwire/users.toml"))
+        );
+    }
+
+    #[test]
+    fn group_flags_replace_the_defaults() {
+        let settings = Settings::resolve(
+            args(&["--group", "9=Nine = 9", "--group", "10=Ten"]),
+            ServeConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            settings.groups,
+            [(9, "Nine = 9".to_owned()), (10, "Ten".to_owned())]
+        );
+    }
+
+    #[test]
+    fn inconsistent_settings_are_usage_errors() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--listen", "0.0.0.0:0"], "without --users"),
+            (&["--cert", "c.pem"], "needs its key"),
+            (
+                &["--plaintext", "--cert", "c", "--key", "k"],
+                "plaintext excludes",
+            ),
+            (&["--group", "1=a", "--group", "1=b"], "registered twice"),
+            (&["--auto-subscribe", "4"], "not a registered group"),
+        ];
+        for (flags, expected) in cases {
+            let error = Settings::resolve(args(flags), ServeConfig::default()).unwrap_err();
+            assert_eq!(error.exit, Exit::Usage, "{flags:?}");
+            assert!(error.message.contains(expected), "{flags:?}: {error}");
+        }
+        assert!(
+            Settings::resolve(
+                args(&["--listen", "0.0.0.0:0", "--users", "u.toml"]),
+                ServeConfig::default()
+            )
+            .is_ok(),
+            "with a users file any address is allowed"
+        );
+    }
+
+    #[test]
+    fn unknown_config_keys_are_refused() {
+        let error = ServeConfig::parse("listen_on = \"x\"", Path::new(".")).unwrap_err();
+        assert!(error.contains("listen_on"), "{error}");
+    }
+}
