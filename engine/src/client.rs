@@ -296,7 +296,17 @@ pub struct ClientConnection {
     batch: Option<Batch>,
     server_max_frame: u32,
     tls: Option<ClientTls>,
+    /// Highest push-event sequence number received (or covered by a Gap).
+    last_seq: u64,
+    /// Highest sequence number acknowledged to the server.
+    acked: u64,
+    /// The session the Welcome granted.
+    welcome: Option<Welcome>,
 }
+
+/// Acknowledge at least every this many push events, so the server can trim its
+/// replay buffer while the connection is up.
+const ACK_EVERY: u64 = 32;
 
 impl ClientConnection {
     /// Starts a connection at `now`. `wall_clock` is the current calendar time, used
@@ -338,7 +348,14 @@ impl ClientConnection {
             next_command_id: 0,
             batch: None,
             tls,
+            last_seq: 0,
+            acked: 0,
+            welcome: None,
         };
+        if let Some(resume) = &client.config.resume {
+            client.last_seq = resume.last_seq;
+            client.acked = resume.last_seq;
+        }
         if client.tls.is_none() {
             client.send_hello();
         }
@@ -348,6 +365,17 @@ impl ClientConnection {
     /// Where the connection is.
     pub fn state(&self) -> ClientState {
         self.state
+    }
+
+    /// The highest push-event sequence number received (or covered by a Gap): what
+    /// to present, with the Welcome's resume token, when reconnecting.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// The Welcome, once received: session id, resume token, limits.
+    pub fn welcome(&self) -> Option<&Welcome> {
+        self.welcome.as_ref()
     }
 
     /// Requests sent (or batched) that have no outcome yet.
@@ -382,7 +410,23 @@ impl ClientConnection {
             }
         }
         self.channel.handle_keepalive(now);
+        // Timers fire on quiet links: a good moment to acknowledge the rest.
+        self.acknowledge(1);
         self.after_input();
+    }
+
+    /// Tells the server the events up to `last_seq` arrived, once at least `every`
+    /// are unacknowledged.
+    fn acknowledge(&mut self, every: u64) {
+        if self.state == ClientState::Ready
+            && !self.channel.is_closing()
+            && self.last_seq >= self.acked + every
+        {
+            self.channel.send(&Message::Ack(pushwire_protocol::Ack {
+                last_seq: self.last_seq,
+            }));
+            self.acked = self.last_seq;
+        }
     }
 
     /// The next time [`handle_timeout`](Self::handle_timeout) must be called.
@@ -665,6 +709,12 @@ impl ClientConnection {
                 self.deadline = None;
                 self.server_max_frame = server_limits.max_frame_size();
                 self.channel.start_keepalive_now();
+                if !welcome.resumed {
+                    // A new session numbers its events from 1 again.
+                    self.last_seq = 0;
+                    self.acked = 0;
+                }
+                self.welcome = Some(welcome.clone());
                 self.events.push_back(ClientEvent::Ready(welcome));
             }
             (ClientState::HelloSent, Message::Refused(refused)) => {
@@ -701,7 +751,18 @@ impl ClientConnection {
                 | Message::PushRejected(_)
                 | Message::UserMessageDelivered(_)
                 | Message::GroupList(_)),
-            ) => self.events.push_back(ClientEvent::Push(m)),
+            ) => {
+                match &m {
+                    Message::Subscribed(e) => self.last_seq = self.last_seq.max(e.seq),
+                    Message::Unsubscribed(e) => self.last_seq = self.last_seq.max(e.seq),
+                    Message::Published(e) => self.last_seq = self.last_seq.max(e.seq),
+                    Message::UserMessage(e) => self.last_seq = self.last_seq.max(e.seq),
+                    Message::Gap(g) => self.last_seq = self.last_seq.max(g.last),
+                    _ => {}
+                }
+                self.events.push_back(ClientEvent::Push(m));
+                self.acknowledge(ACK_EVERY);
+            }
             (state, _) => {
                 self.channel
                     .close_with(CloseReason::Protocol(ProtocolError::Unexpected {

@@ -141,14 +141,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Pool {
     /// Starts `config.size` connections over TCP; they connect in the background.
     pub fn start(context: ConnectionContext, config: PoolConfig) -> (Pool, PoolEvents) {
-        Self::start_with(context, config, Arc::new(TcpConnector))
+        Self::start_with(context, config, TcpConnector)
     }
 
     /// As [`Pool::start`], through a connector.
-    pub fn start_with<C: Connector>(
+    pub fn start_with<C: Connector + Clone>(
         context: ConnectionContext,
         config: PoolConfig,
-        connector: Arc<C>,
+        connector: C,
     ) -> (Pool, PoolEvents) {
         let shared = Arc::new(Shared {
             slots: (0..config.size.max(1))
@@ -284,21 +284,28 @@ fn backoff(config: &PoolConfig, failures: u32, rng: &mut u64) -> Duration {
     base + jitter
 }
 
-async fn supervise<C: Connector>(
+async fn supervise<C: Connector + Clone>(
     shared: Arc<Shared>,
     index: usize,
-    context: ConnectionContext,
+    mut context: ConnectionContext,
     config: PoolConfig,
-    connector: Arc<C>,
+    connector: C,
     events: mpsc::Sender<PoolEvent>,
 ) {
     let slot = &shared.slots[index];
     let mut rng = config.jitter_seed ^ (index as u64).wrapping_mul(0x9e37_79b9);
+    // Each client reconnects (and resumes its session) by itself once connected; the
+    // pool only retries the first connection and replaces clients that end for good.
+    context.reconnect = Some(crate::client::Reconnect {
+        initial: config.backoff_initial,
+        max: config.backoff_max,
+        jitter_seed: rng,
+    });
     let mut failures = 0u32;
     while !shared.stopped.load(Ordering::Acquire) {
         let (client, mut stream) = match ClientBuilder::new(context.clone())
             .event_capacity(config.event_capacity)
-            .connect_with(connector.as_ref())
+            .connect_with(&connector)
             .await
         {
             Ok(connected) => connected,
@@ -326,19 +333,29 @@ async fn supervise<C: Connector>(
         };
         failures = 0;
         info!("connected");
-        let restore: Vec<u32> = lock(&slot.groups).iter().map(|g| g.0).collect();
         *lock(&slot.client) = Some(client.clone());
         shared.changed.notify_waiters();
         let _ = events.send(PoolEvent::Connected { slot: index }).await;
-        if !restore.is_empty() {
-            // Groups the server already gave this connection (auto-subscribe) are
-            // ignored by the hub, so restoring is idempotent.
-            let _ = client.subscribe(&restore).await;
-        }
         let reason = loop {
             match stream.recv().await {
                 None => break CloseReason::PeerClosed,
                 Some(Event::Closed(reason)) => break reason,
+                Some(Event::Disconnected(reason)) => {
+                    *lock(&slot.client) = None;
+                    shared.changed.notify_waiters();
+                    warn!("disconnected: {reason}; reconnecting");
+                    let _ = events
+                        .send(PoolEvent::Disconnected {
+                            slot: index,
+                            reason,
+                        })
+                        .await;
+                }
+                Some(Event::Reconnected { .. }) => {
+                    *lock(&slot.client) = Some(client.clone());
+                    shared.changed.notify_waiters();
+                    let _ = events.send(PoolEvent::Connected { slot: index }).await;
+                }
                 Some(event) => {
                     track_membership(slot, &event);
                     let _ = events.send(PoolEvent::Event { slot: index, event }).await;
@@ -350,7 +367,7 @@ async fn supervise<C: Connector>(
         if shared.stopped.load(Ordering::Acquire) {
             return;
         }
-        warn!("disconnected: {reason}");
+        warn!("closed: {reason}");
         let _ = events
             .send(PoolEvent::Disconnected {
                 slot: index,

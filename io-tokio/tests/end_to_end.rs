@@ -396,8 +396,12 @@ async fn garbage_and_oversized_frames_close_only_that_connection() {
 #[tokio::test]
 async fn graceful_shutdown_tells_every_client_why() {
     let (server, _) = start().await;
-    let (alice, _alice_events) = connect(&server, "alice").await;
-    let (bob, _bob_events) = connect(&server, "bob").await;
+    // Clients that would otherwise reconnect to the restarted server.
+    let mut once = context(&server, "alice", "MyPassword");
+    once.reconnect = None;
+    let (alice, _alice_events) = Client::connect(once.clone()).await.unwrap();
+    once.user_id = "bob".into();
+    let (bob, _bob_events) = Client::connect(once).await.unwrap();
     assert_eq!(server.shutdown().await, 0);
     for client in [alice, bob] {
         let reason = tokio::time::timeout(Duration::from_secs(5), client.closed())

@@ -48,6 +48,7 @@ impl Listener for TurmoilListener {
 }
 
 /// Connects over turmoil's TCP.
+#[derive(Debug, Clone, Copy)]
 pub struct TurmoilConnector;
 
 impl Connector for TurmoilConnector {
@@ -269,6 +270,8 @@ async fn client_host(
         context.echo = echo;
         context.keepalive = KEEPALIVE;
         context.connect_timeout = Duration::from_millis(2000);
+        // The harness reconnects by itself, with a fresh user id per session.
+        context.reconnect = None;
         let (client, mut events) = match ClientBuilder::new(context)
             .connect_with(&TurmoilConnector)
             .await

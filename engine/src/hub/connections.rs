@@ -94,6 +94,14 @@ pub(crate) struct Connection {
     pub(crate) queued_bytes: usize,
     /// Reported as a slow consumer and not yet back within the limit.
     pub(crate) slow: bool,
+    /// The resume token of a resumable session.
+    pub(crate) token: Option<pushwire_protocol::ResumeToken>,
+    /// Whether its connection is up (a detached session only fills its replay buffer).
+    pub(crate) attached: bool,
+    /// When a detached session ends.
+    pub(crate) expires: Option<std::time::Instant>,
+    /// Events kept for a resume.
+    pub(crate) replay: super::session::Replay,
 }
 
 impl Connection {
@@ -137,6 +145,10 @@ impl Connections {
             next_seq: 1,
             queued_bytes: 0,
             slow: false,
+            token: None,
+            attached: true,
+            expires: None,
+            replay: Default::default(),
         };
         let slot = match self.free.pop() {
             Some(slot) => {

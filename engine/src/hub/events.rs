@@ -182,6 +182,9 @@ pub enum PushEvent {
     UserMessageDelivered(UserMessageDelivered),
     /// The answer to a client's ListGroups. Not sequenced.
     GroupList(GroupList),
+    /// Events in a range of sequence numbers are lost (sent on resume when the
+    /// replay buffer no longer holds them). Takes no sequence number of its own.
+    Gap(pushwire_protocol::Gap),
 }
 
 impl PushEvent {
@@ -195,6 +198,7 @@ impl PushEvent {
             PushEvent::Rejected(_) => MessageKind::PushRejected,
             PushEvent::UserMessageDelivered(_) => MessageKind::UserMessageDelivered,
             PushEvent::GroupList(_) => MessageKind::GroupList,
+            PushEvent::Gap(_) => MessageKind::Gap,
         }
     }
 
@@ -285,6 +289,7 @@ impl PushEvent {
             PushEvent::Rejected(m) => Message::PushRejected(m),
             PushEvent::UserMessageDelivered(m) => Message::UserMessageDelivered(m),
             PushEvent::GroupList(m) => Message::GroupList(m),
+            PushEvent::Gap(m) => Message::Gap(m),
         }
     }
 }

@@ -18,6 +18,10 @@ pub enum HubFault {
     Misdeliver(u64),
     /// Do not tell another member about the n-th membership change it should hear of.
     SkipPresence(u64),
+    /// On the n-th resume that replays anything, replay one event twice.
+    ReplayTwice(u64),
+    /// On the n-th resume that replays anything, leave one event out, without a gap.
+    ReplaySkip(u64),
 }
 
 #[derive(Debug, Default)]
@@ -26,6 +30,7 @@ pub(super) struct FaultState {
     sequenced: u64,
     presence: u64,
     pending: Option<Delivery>,
+    resumes: u64,
     /// A delivery held back until the next one to the same connection has gone.
     held: Option<Delivery>,
 }
@@ -49,6 +54,31 @@ fn groups_of(event: &PushEvent) -> Vec<u32> {
 }
 
 impl<H: PushHooks> Hub<H> {
+    /// Applies a replay fault to the deliveries a resume just queued (the last
+    /// `replayed` ones).
+    pub(super) fn fault_on_replay(&mut self, session: ConnectionId, replayed: usize) {
+        if replayed == 0 {
+            return;
+        }
+        let (n, twice) = match self.fault.fault {
+            Some(HubFault::ReplayTwice(n)) => (n, true),
+            Some(HubFault::ReplaySkip(n)) => (n, false),
+            _ => return,
+        };
+        self.fault.resumes += 1;
+        if self.fault.resumes != n {
+            return;
+        }
+        let position = self.outbox.deliveries.len() - replayed;
+        debug_assert_eq!(self.outbox.deliveries[position].connection, session);
+        if twice {
+            let copy = self.outbox.deliveries[position].clone();
+            self.outbox.deliveries.insert(position + 1, copy);
+        } else {
+            self.outbox.deliveries.remove(position);
+        }
+    }
+
     /// Arms a fault.
     pub fn inject_fault(&mut self, fault: HubFault) {
         self.fault = FaultState {

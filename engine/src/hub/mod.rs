@@ -45,6 +45,8 @@ mod events;
 mod fault;
 mod groups;
 mod hooks;
+mod outbound;
+mod session;
 
 #[cfg(test)]
 mod model;
@@ -67,6 +69,8 @@ pub use events::{Delivery, EventGroups, PushEvent};
 #[cfg(all(feature = "fault-injection", debug_assertions))]
 pub use fault::HubFault;
 pub use hooks::{Actor, AllowAll, HookContext, Origin, PushHooks, Verdict};
+pub use outbound::{OutboundQueue, Queued, SlowConsumerPolicy};
+pub use session::{ResumeError, Resumed};
 
 use connections::{user_key, Connection, Connections, Slot};
 use events::{frame_len, GROUP_ID_WIRE_LEN};
@@ -84,6 +88,14 @@ pub struct HubConfig {
     /// frame with the longest sender and group list still fits the protocol's default
     /// 1 MiB frame limit.
     pub max_payload_bytes: usize,
+    /// How long a detached session is kept for a resume. Default 30 s; zero gives
+    /// SocketPro's behaviour (a disconnect ends the session at once).
+    pub session_timeout: std::time::Duration,
+    /// Most events a session keeps for replay (default 1,024; zero disables resume).
+    pub replay_events: usize,
+    /// Most frame bytes a session keeps for replay (default 1 MiB; always at least
+    /// the newest event).
+    pub replay_bytes: usize,
 }
 
 impl Default for HubConfig {
@@ -91,6 +103,9 @@ impl Default for HubConfig {
         Self {
             max_outbound_bytes: 8 * 1024 * 1024,
             max_payload_bytes: 512 * 1024,
+            session_timeout: std::time::Duration::from_secs(30),
+            replay_events: 1024,
+            replay_bytes: 1024 * 1024,
         }
     }
 }
@@ -212,10 +227,21 @@ struct Outbox {
     deliveries: VecDeque<Delivery>,
     slow_consumers: VecDeque<ConnectionId>,
     max_outbound_bytes: usize,
+    replay: session::ReplayLimits,
 }
 
 impl Outbox {
+    /// The one way an event reaches a connection: kept for replay when sequenced and
+    /// resumable, delivered when attached.
     fn deliver(&mut self, connection: &mut Connection, event: PushEvent, frame_len: usize) {
+        if let (Some(seq), Some(_)) = (event.seq(), connection.token) {
+            connection
+                .replay
+                .record(seq, &event, frame_len, self.replay);
+        }
+        if !connection.attached {
+            return;
+        }
         self.count_queued(connection, frame_len);
         self.deliveries.push_back(Delivery {
             connection: connection.id,
@@ -297,6 +323,10 @@ pub struct Hub<H = AllowAll> {
     connections: Connections,
     groups: Groups,
     outbox: Outbox,
+    /// Resume tokens of resumable sessions.
+    tokens: std::collections::BTreeMap<[u8; 16], ConnectionId>,
+    /// Detached sessions by expiry.
+    expiries: std::collections::BTreeSet<(std::time::Instant, ConnectionId)>,
     #[cfg(all(feature = "fault-injection", debug_assertions))]
     fault: fault::FaultState,
 }
@@ -308,6 +338,10 @@ impl<H: PushHooks> Hub<H> {
             deliveries: VecDeque::new(),
             slow_consumers: VecDeque::new(),
             max_outbound_bytes: config.max_outbound_bytes,
+            replay: session::ReplayLimits {
+                events: config.replay_events,
+                bytes: config.replay_bytes,
+            },
         };
         Self {
             config,
@@ -315,6 +349,8 @@ impl<H: PushHooks> Hub<H> {
             connections: Connections::default(),
             groups: Groups::new(),
             outbox,
+            tokens: Default::default(),
+            expiries: Default::default(),
             #[cfg(all(feature = "fault-injection", debug_assertions))]
             fault: fault::FaultState::default(),
         }
@@ -361,6 +397,12 @@ impl<H: PushHooks> Hub<H> {
             let _ = self.hooks.on_unsubscribe(&context, &left);
         }
         let leaving = self.connections.remove(connection).expect("checked above");
+        if let Some(token) = leaving.token {
+            self.tokens.remove(&token.0);
+        }
+        if let Some(expires) = leaving.expires {
+            self.expiries.remove(&(expires, connection));
+        }
         for group in &left {
             self.group_mut(*group).members.remove(&connection);
         }

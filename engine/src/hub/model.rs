@@ -45,6 +45,9 @@ const INITIAL_GROUPS: &[u32] = &[0, 1, 2, 3, 5, 6, 7];
 const CONFIG: HubConfig = HubConfig {
     max_outbound_bytes: 300,
     max_payload_bytes: 6,
+    session_timeout: std::time::Duration::from_secs(30),
+    replay_events: 1024,
+    replay_bytes: 1024 * 1024,
 };
 
 fn group_ids(ids: &[u32]) -> Vec<GroupId> {

@@ -274,6 +274,8 @@ impl Demo {
         // SetVerifyLocation: the development CA; the certificate names "localhost".
         context.trust = Trust::CaFiles(vec![development_file("ca.cert.pem")]);
         context.server_name = Some("localhost".to_owned());
+        // The demo ends with the server: its clients do not try to reconnect.
+        context.reconnect = None;
         let mut builder = ClientBuilder::new(context);
         if show_certificate {
             // DoSslServerAuthentication: print SessionInfo, trust iff it verified.

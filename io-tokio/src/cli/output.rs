@@ -85,6 +85,9 @@ pub fn describe_event(event: &Event) -> String {
                 format!(" for groups {:?}", ids(groups))
             }
         ),
+        Event::Disconnected(reason) => format!("Disconnected ({reason}); reconnecting"),
+        Event::Reconnected { resumed: true } => "Reconnected: session resumed".to_owned(),
+        Event::Reconnected { resumed: false } => "Reconnected: new session".to_owned(),
         Event::Closed(reason) => format!("Connection closed: {reason}"),
     }
 }
@@ -235,6 +238,15 @@ pub fn event_json(event: &Event) -> Option<String> {
             code: Some(format!("{code:?}")),
             groups: Some(ids(groups)),
             reason: Some(reason.to_string()),
+            ..JsonEvent::default()
+        },
+        Event::Disconnected(reason) => JsonEvent {
+            event: "disconnected",
+            reason: Some(reason.to_string()),
+            ..JsonEvent::default()
+        },
+        Event::Reconnected { resumed } => JsonEvent {
+            event: if *resumed { "resumed" } else { "reconnected" },
             ..JsonEvent::default()
         },
         Event::Closed(_) => return None,

@@ -74,7 +74,17 @@ pub enum Event {
         /// The server's text.
         reason: Text,
     },
-    /// The connection ended. The last event.
+    /// The connection dropped; the client is reconnecting. Requests in flight ended
+    /// with a connection-lost error.
+    Disconnected(CloseReason),
+    /// The connection is back. `resumed`: the session continued (missed events are
+    /// replayed, or announced by a Gap); otherwise a SessionLost event follows and the
+    /// client re-joins its groups by itself.
+    Reconnected {
+        /// Whether the server resumed the session.
+        resumed: bool,
+    },
+    /// The client ended for good. The last event.
     Closed(CloseReason),
 }
 

@@ -20,7 +20,7 @@ use pushwire_protocol::{
     RefuseCode, Sender, Text,
 };
 use rustls::pki_types::UnixTime;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
@@ -69,6 +69,54 @@ pub struct ConnectionContext {
     pub connect_timeout: Duration,
     /// Keep-alive timing.
     pub keepalive: KeepAlive,
+    /// Reconnect (and resume the session) when the connection drops after it was
+    /// established; `None` ends the client at the first drop.
+    pub reconnect: Option<Reconnect>,
+    /// Push commands (publish, subscribe, user messages …) accepted while
+    /// reconnecting, sent once the connection is back; beyond this they fail with
+    /// [`ClientError::NotReady`]. Zero makes every push fail while disconnected.
+    pub queue_while_disconnected: usize,
+}
+
+/// How the client reconnects after a drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconnect {
+    /// First delay.
+    pub initial: Duration,
+    /// Longest delay (the delay doubles per failed attempt up to this).
+    pub max: Duration,
+    /// Seed of the jitter (up to half the delay) that spreads reconnecting clients.
+    pub jitter_seed: u64,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+            jitter_seed: 0x5eed,
+        }
+    }
+}
+
+impl Reconnect {
+    /// The delay before attempt `failures + 1`, jittered from `rng`.
+    pub fn delay(&self, failures: u32, rng: &mut u64) -> Duration {
+        let base = self
+            .initial
+            .saturating_mul(1u32 << failures.min(16))
+            .min(self.max);
+        base + base.mul_f64((next_random(rng) % 1000) as f64 / 2000.0)
+    }
+}
+
+/// SplitMix64 step, for reconnect jitter.
+pub(crate) fn next_random(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl ConnectionContext {
@@ -90,6 +138,8 @@ impl ConnectionContext {
             echo: true,
             connect_timeout: Duration::from_secs(10),
             keepalive: KeepAlive::default(),
+            reconnect: Some(Reconnect::default()),
+            queue_while_disconnected: 1024,
         }
     }
 }
@@ -263,12 +313,13 @@ impl ClientBuilder {
     }
 
     /// Connects through a connector (tokio's TCP, or turmoil's in the simulator).
-    pub async fn connect_with<C: Connector>(
+    /// The first connection must succeed; later drops are handled by reconnecting,
+    /// as [`ConnectionContext::reconnect`] says.
+    pub async fn connect_with<C: Connector + Clone>(
         self,
         connector: &C,
     ) -> Result<(Client, EventStream), ConnectError> {
         let context = self.context.clone();
-        let timeout = context.connect_timeout;
         let transport = match &context.trust {
             Trust::Plaintext => ClientTransport::Plaintext,
             trust => {
@@ -293,27 +344,20 @@ impl ClientBuilder {
         config.service_id = context.service_id;
         config.options = ClientOptions { echo: context.echo };
         config.keepalive = context.keepalive;
-        config.handshake_timeout = timeout;
+        config.handshake_timeout = context.connect_timeout;
         config.server_auth = if self.server_auth.is_some() {
             ServerAuthMode::Application
         } else {
             ServerAuthMode::Automatic
         };
-        let addr = format!("{}:{}", context.host, context.port);
-        let (stream, _peer) =
-            match tokio::time::timeout(timeout, connector.connect(&context.host, context.port))
-                .await
-            {
-                Err(_) => return Err(ConnectError::Timeout),
-                Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
-                Ok(Ok(s)) => s,
-            };
-        let engine = ClientConnection::new(config, now(), UnixTime::now())?;
+        let stream = open(connector, &context).await?;
+        let engine = ClientConnection::new(config.clone(), now(), UnixTime::now())?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::channel(self.event_capacity);
         let (ready_tx, ready_rx) = oneshot::channel();
         let (outstanding_tx, outstanding) = watch::channel(0usize);
         let (closed_tx, closed) = watch::channel(None);
+        let (connected_tx, connected) = watch::channel(false);
         let task = Task {
             engine,
             commands: command_rx,
@@ -328,10 +372,20 @@ impl ClientBuilder {
             answers: BTreeMap::new(),
             outstanding: outstanding_tx,
             closed: closed_tx,
+            connected: connected_tx,
             untrusted: None,
+            user_closed: false,
+            groups: BTreeSet::new(),
+            queued: Vec::new(),
+            restore_after_loss: false,
+        };
+        let reconnect = Reconnector {
+            connector: connector.clone(),
+            context: context.clone(),
+            config,
         };
         tokio::spawn(
-            task.run(stream)
+            task.run(stream, reconnect)
                 .instrument(tracing::info_span!("client", user = %context.user_id)),
         );
         match ready_rx.await {
@@ -340,6 +394,7 @@ impl ClientBuilder {
                     commands,
                     outstanding,
                     closed,
+                    connected,
                 },
                 EventStream::new(events_rx),
             )),
@@ -347,6 +402,31 @@ impl ClientBuilder {
             Err(_) => Err(ConnectError::Closed(CloseReason::PeerClosed)),
         }
     }
+}
+
+/// Opens the transport, within the connect timeout.
+async fn open<C: Connector>(
+    connector: &C,
+    context: &ConnectionContext,
+) -> Result<C::Stream, ConnectError> {
+    let addr = format!("{}:{}", context.host, context.port);
+    match tokio::time::timeout(
+        context.connect_timeout,
+        connector.connect(&context.host, context.port),
+    )
+    .await
+    {
+        Err(_) => Err(ConnectError::Timeout),
+        Ok(Err(source)) => Err(ConnectError::Io { addr, source }),
+        Ok(Ok((stream, _peer))) => Ok(stream),
+    }
+}
+
+/// What a client task needs to open a new connection after a drop.
+struct Reconnector<C> {
+    connector: C,
+    context: ConnectionContext,
+    config: ClientConfig,
 }
 
 fn now() -> std::time::Instant {
@@ -383,6 +463,7 @@ pub struct Client {
     commands: mpsc::UnboundedSender<Command>,
     outstanding: watch::Receiver<usize>,
     closed: watch::Receiver<Option<CloseReason>>,
+    connected: watch::Receiver<bool>,
 }
 
 /// A reply that arrives later; the command itself was already queued when the future
@@ -543,7 +624,18 @@ impl Client {
         *self.outstanding.borrow()
     }
 
-    /// Closes the connection (Close, then close_notify).
+    /// Whether the connection is up now (false while reconnecting).
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+
+    /// Waits until the connection is up (immediately if it is).
+    pub async fn wait_connected(&self) {
+        let mut connected = self.connected.clone();
+        let _ = connected.wait_for(|c| *c).await;
+    }
+
+    /// Closes the connection (Close, then close_notify) and stops reconnecting.
     pub fn close(&self) {
         let _ = self.commands.send(Command::Close);
     }
@@ -578,18 +670,172 @@ struct Task {
     answers: BTreeMap<u64, oneshot::Sender<Result<Answer, PushError>>>,
     outstanding: watch::Sender<usize>,
     closed: watch::Sender<Option<CloseReason>>,
+    connected: watch::Sender<bool>,
     untrusted: Option<ServerAuthentication>,
+    /// The application closed the client: do not reconnect.
+    user_closed: bool,
+    /// Groups this session is in, as the server confirmed them (self-flagged
+    /// presence events): restored when the server reports the session lost.
+    groups: BTreeSet<GroupId>,
+    /// Push commands accepted while reconnecting.
+    queued: Vec<(PushCommand, oneshot::Sender<Result<Answer, PushError>>)>,
+    /// The server lost the session: re-subscribe once it is ready.
+    restore_after_loss: bool,
+}
+
+/// How one connection ended.
+enum Ended {
+    /// For good: the application closed it, or reconnecting cannot help.
+    Final(CloseReason),
+    /// Dropped: reconnect.
+    Dropped(CloseReason),
 }
 
 impl Task {
-    async fn run<S: ByteStream>(mut self, stream: S) {
+    async fn run<C: Connector + Clone>(mut self, stream: C::Stream, reconnect: Reconnector<C>) {
+        let mut stream = Some(stream);
+        let mut rng = reconnect.context.reconnect.map_or(0, |r| r.jitter_seed);
+        loop {
+            let Some(s) = stream.take() else { return };
+            let reason = match self.drive(s).await {
+                Ended::Final(reason) => reason,
+                Ended::Dropped(reason) => match reconnect.context.reconnect {
+                    Some(policy) if !self.user_closed && self.ready.is_none() => {
+                        let _ = self.events.send(Event::Disconnected(reason.clone())).await;
+                        match self.reconnect(&reconnect, policy, &mut rng).await {
+                            Some(next) => {
+                                stream = Some(next);
+                                continue;
+                            }
+                            None => reason,
+                        }
+                    }
+                    _ => reason,
+                },
+            };
+            self.finish(reason).await;
+            return;
+        }
+    }
+
+    /// Everything that ends the client for good.
+    async fn finish(&mut self, reason: CloseReason) {
+        if let Some(ready) = self.ready.take() {
+            let error = match (&reason, self.untrusted.take()) {
+                (CloseReason::ServerRejected { .. }, Some(info)) => {
+                    ConnectError::Untrusted(Box::new(info))
+                }
+                (CloseReason::Refused { code, reason }, _) => ConnectError::Refused {
+                    code: *code,
+                    reason: reason.clone(),
+                },
+                (CloseReason::Timeout(_), _) => ConnectError::Timeout,
+                (other, _) => ConnectError::Closed(other.clone()),
+            };
+            let _ = ready.send(Err(error));
+        }
+        for (_, reply) in std::mem::take(&mut self.answers) {
+            let _ = reply.send(Err(PushError::ConnectionLost));
+        }
+        for (_, reply) in std::mem::take(&mut self.queued) {
+            let _ = reply.send(Err(PushError::ConnectionLost));
+        }
+        self.connected.send_replace(false);
+        let _ = self.events.send(Event::Closed(reason.clone())).await;
+        self.closed.send_replace(Some(reason));
+    }
+
+    /// Waits out the backoff and opens a new connection that resumes the session.
+    /// Commands arriving meanwhile: requests fail (there is no connection to send
+    /// them on), push commands are queued up to the configured bound.
+    async fn reconnect<C: Connector + Clone>(
+        &mut self,
+        reconnect: &Reconnector<C>,
+        policy: Reconnect,
+        rng: &mut u64,
+    ) -> Option<C::Stream> {
+        let mut failures = 0u32;
+        loop {
+            let delay = policy.delay(failures, rng);
+            let wake = tokio::time::Instant::now() + delay;
+            loop {
+                tokio::select! {
+                    biased;
+                    command = self.commands.recv() => match command {
+                        None | Some(Command::Close) => {
+                            self.user_closed = true;
+                            return None;
+                        }
+                        Some(command) => self.handle_command_offline(command, reconnect.context.queue_while_disconnected),
+                    },
+                    () = tokio::time::sleep_until(wake) => break,
+                }
+            }
+            let stream = match open(&reconnect.connector, &reconnect.context).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    debug!("reconnect failed: {e}");
+                    failures = failures.saturating_add(1);
+                    continue;
+                }
+            };
+            let mut config = reconnect.config.clone();
+            config.resume = self
+                .engine
+                .welcome()
+                .map(|w| pushwire_protocol::ResumeRequest {
+                    token: w.resume_token,
+                    last_seq: self.engine.last_seq(),
+                });
+            match ClientConnection::new(config, now(), UnixTime::now()) {
+                Ok(engine) => {
+                    self.engine = engine;
+                    return Some(stream);
+                }
+                Err(e) => {
+                    debug!("cannot start a connection: {e}");
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn handle_command_offline(&mut self, command: Command, queue_limit: usize) {
+        let lost = || CloseReason::PeerClosed;
+        match command {
+            Command::Request { reply, .. } => {
+                let _ = reply.send(Err(RequestError::ConnectionLost(lost())));
+            }
+            Command::Push { command, reply } => {
+                if self.queued.len() < queue_limit {
+                    self.queued.push((command, reply));
+                } else {
+                    let _ = reply.send(Err(PushError::Client(ClientError::NotReady)));
+                }
+            }
+            Command::StartBatch(reply)
+            | Command::CommitBatch(_, reply)
+            | Command::AbortBatch(reply) => {
+                let _ = reply.send(Err(ClientError::NotReady));
+            }
+            Command::Close => self.user_closed = true,
+        }
+    }
+
+    /// Runs one connection until it ends.
+    async fn drive<S: ByteStream>(&mut self, stream: S) -> Ended {
         let (mut reader, mut writer) = tokio::io::split(stream);
         let mut read_buf = vec![0u8; 16 * 1024];
         let mut transmit = Vec::new();
         let mut commands_open = true;
+        let mut end: Option<CloseReason> = None;
         loop {
             while let Some(event) = self.engine.poll_event() {
-                self.handle_event(event).await;
+                if let ClientEvent::Closed(reason) = event {
+                    end = Some(reason);
+                } else {
+                    self.handle_event(event).await;
+                }
             }
             self.outstanding.send_if_modified(|n| {
                 let now = self.engine.outstanding_requests();
@@ -605,7 +851,13 @@ impl Task {
             }
             if self.engine.is_finished() {
                 let _ = writer.shutdown().await;
-                return;
+                self.connected.send_replace(false);
+                let reason = end.unwrap_or(CloseReason::PeerClosed);
+                return if self.user_closed || !reconnectable(&reason) {
+                    Ended::Final(reason)
+                } else {
+                    Ended::Dropped(reason)
+                };
             }
             let timeout = self
                 .engine
@@ -622,6 +874,7 @@ impl Task {
                     None => {
                         // Every Client handle is gone: close politely.
                         commands_open = false;
+                        self.user_closed = true;
                         self.engine.close(CloseCode::Normal, "client dropped");
                     }
                 },
@@ -644,23 +897,7 @@ impl Task {
                     let _ = reply.send(Err(RequestError::Rejected(e)));
                 }
             },
-            Command::Push { command, reply } => {
-                let waits = matches!(
-                    command,
-                    PushCommand::SendUserMessage { .. } | PushCommand::ListGroups
-                );
-                match self.engine.push(command) {
-                    Ok(id) if waits => {
-                        self.answers.insert(id, reply);
-                    }
-                    Ok(id) => {
-                        let _ = reply.send(Ok(Answer::Sent(id)));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(PushError::Client(e)));
-                    }
-                }
-            }
+            Command::Push { command, reply } => self.push(command, reply),
             Command::StartBatch(reply) => {
                 let _ = reply.send(self.engine.start_batch());
             }
@@ -670,7 +907,28 @@ impl Task {
             Command::AbortBatch(reply) => {
                 let _ = reply.send(self.engine.abort_batch());
             }
-            Command::Close => self.engine.close(CloseCode::Normal, "client closed"),
+            Command::Close => {
+                self.user_closed = true;
+                self.engine.close(CloseCode::Normal, "client closed");
+            }
+        }
+    }
+
+    fn push(&mut self, command: PushCommand, reply: oneshot::Sender<Result<Answer, PushError>>) {
+        let waits = matches!(
+            command,
+            PushCommand::SendUserMessage { .. } | PushCommand::ListGroups
+        );
+        match self.engine.push(command) {
+            Ok(id) if waits => {
+                self.answers.insert(id, reply);
+            }
+            Ok(id) => {
+                let _ = reply.send(Ok(Answer::Sent(id)));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(PushError::Client(e)));
+            }
         }
     }
 
@@ -689,10 +947,21 @@ impl Task {
                     self.untrusted = Some(info);
                 }
             }
-            ClientEvent::Ready(_) => {
+            ClientEvent::Ready(welcome) => {
                 self.untrusted = None;
+                self.connected.send_replace(true);
                 if let Some(ready) = self.ready.take() {
                     let _ = ready.send(Ok(()));
+                } else {
+                    let _ = self
+                        .events
+                        .send(Event::Reconnected {
+                            resumed: welcome.resumed,
+                        })
+                        .await;
+                }
+                for (command, reply) in std::mem::take(&mut self.queued) {
+                    self.push(command, reply);
                 }
             }
             ClientEvent::Response {
@@ -721,38 +990,26 @@ impl Task {
                 }
             }
             ClientEvent::Push(message) => self.handle_push(message).await,
-            ClientEvent::Closed(reason) => {
-                if let Some(ready) = self.ready.take() {
-                    let error = match (&reason, self.untrusted.take()) {
-                        (CloseReason::ServerRejected { .. }, Some(info)) => {
-                            ConnectError::Untrusted(Box::new(info))
-                        }
-                        (CloseReason::Refused { code, reason }, _) => ConnectError::Refused {
-                            code: *code,
-                            reason: reason.clone(),
-                        },
-                        (CloseReason::Timeout(_), _) => ConnectError::Timeout,
-                        (other, _) => ConnectError::Closed(other.clone()),
-                    };
-                    let _ = ready.send(Err(error));
-                }
-                for (_, reply) in std::mem::take(&mut self.answers) {
-                    let _ = reply.send(Err(PushError::ConnectionLost));
-                }
-                let _ = self.events.send(Event::Closed(reason.clone())).await;
-                self.closed.send_replace(Some(reason));
-            }
+            ClientEvent::Closed(_) => {}
         }
     }
 
     async fn handle_push(&mut self, message: Message) {
         match &message {
             Message::Subscribed(m) => {
+                if m.sender.is_self() {
+                    self.groups.extend(m.groups.iter().copied());
+                }
                 if let Some(f) = &mut self.on_subscribe {
                     f((m.sender.clone(), m.groups.clone()));
                 }
             }
             Message::Unsubscribed(m) => {
+                if m.sender.is_self() {
+                    for g in &m.groups {
+                        self.groups.remove(g);
+                    }
+                }
                 if let Some(f) = &mut self.on_unsubscribe {
                     f((m.sender.clone(), m.groups.clone()));
                 }
@@ -766,6 +1023,15 @@ impl Task {
                 if let Some(f) = &mut self.on_user_message {
                     f((m.sender.clone(), m.payload.clone()));
                 }
+            }
+            Message::SessionLost(_) => {
+                // The server kept nothing: join the groups again, by ourselves.
+                let groups: Vec<GroupId> = std::mem::take(&mut self.groups).into_iter().collect();
+                if !groups.is_empty() {
+                    let (reply, _) = oneshot::channel();
+                    self.push(PushCommand::Subscribe(groups), reply);
+                }
+                self.restore_after_loss = false;
             }
             Message::UserMessageDelivered(d) => {
                 if let Some(reply) = self.answers.remove(&d.command_id) {
@@ -797,6 +1063,17 @@ impl Task {
             let _ = self.events.send(event).await;
         }
     }
+}
+
+/// Whether reconnecting can help after a connection ended this way.
+fn reconnectable(reason: &CloseReason) -> bool {
+    !matches!(
+        reason,
+        CloseReason::Refused { .. }
+            | CloseReason::ServerRejected { .. }
+            | CloseReason::Local { .. }
+            | CloseReason::Protocol(_)
+    )
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

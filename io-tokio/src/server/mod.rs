@@ -23,11 +23,12 @@ pub use auth::{AuthAttempt, AuthDecision, Authenticator, DenyAll};
 pub use service::{service_fn, Call, CallFuture, Service};
 
 use crate::transport::{ByteStream, Listener};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use hooks::LoggedHooks;
 use pushwire_engine::credentials::{load_root_store, ServerCredentials};
 use pushwire_engine::hub::{
-    Actor, AllowAll, ConnectionId, ConnectionInfo, Hub, HubConfig, HubError, PushHooks, PushOutcome,
+    Actor, AllowAll, ConnectionId, ConnectionInfo, Hub, HubConfig, HubError, OutboundQueue,
+    PushHooks, PushOutcome, Queued, ResumeError, SlowConsumerPolicy,
 };
 use pushwire_engine::server::{
     AuthRequest, Grant, ServerConfig, ServerConnection, ServerEvent, ServerTransport,
@@ -94,6 +95,7 @@ pub struct ServerBuilder {
     max_connections: usize,
     shutdown_grace: Duration,
     observer: Option<Observer>,
+    slow_consumer_policy: SlowConsumerPolicy,
 }
 
 /// The callback told when connections join and leave the hub.
@@ -147,7 +149,31 @@ impl ServerBuilder {
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(5),
             observer: None,
+            slow_consumer_policy: SlowConsumerPolicy::default(),
         }
+    }
+
+    /// How long a session outlives its connection for the client to resume it
+    /// (default 30 s; zero ends sessions at the disconnect, as SocketPro does).
+    pub fn session_timeout(mut self, timeout: Duration) -> Self {
+        self.hub.session_timeout = timeout;
+        self
+    }
+
+    /// Bounds of each session's replay buffer: events and bytes (defaults 1,024 and
+    /// 1 MiB). Zero events disables resume.
+    pub fn replay_buffer(mut self, events: usize, bytes: usize) -> Self {
+        self.hub.replay_events = events;
+        self.hub.replay_bytes = bytes;
+        self
+    }
+
+    /// What to do with a connection whose unwritten push frames exceed
+    /// [`max_outbound_bytes`](Self::max_outbound_bytes) (default: close it with
+    /// `SlowConsumer`, keeping its session for a resume).
+    pub fn slow_consumer_policy(mut self, policy: SlowConsumerPolicy) -> Self {
+        self.slow_consumer_policy = policy;
+        self
     }
 
     /// Called when an authenticated connection joins or leaves the hub, under the
@@ -276,6 +302,7 @@ impl ServerBuilder {
         config.limits = self.limits;
         config.hello_timeout = self.hello_timeout;
         config.keepalive = self.keepalive;
+        let outbound_limit = self.hub.max_outbound_bytes;
         let mut hub = Hub::new(self.hub, LoggedHooks(self.hooks));
         for (id, description) in self.groups {
             hub.add_group(id, description)?;
@@ -297,13 +324,18 @@ impl ServerBuilder {
             max_connections: self.max_connections,
             next_connection: AtomicU64::new(1),
             observer: self.observer,
+            outbound_limit,
+            slow_consumer_policy: self.slow_consumer_policy,
+            hub_timer: Notify::new(),
         });
         let handle = ServerHandle { shared };
         let accept = tokio::spawn(accept_loop(handle.clone(), listener));
+        let timer = tokio::spawn(expire_sessions(handle.clone()));
         Ok(Server {
             handle,
             local_addr,
             accept,
+            timer,
             grace: self.shutdown_grace,
         })
     }
@@ -314,6 +346,7 @@ pub struct Server {
     handle: ServerHandle,
     local_addr: Option<SocketAddr>,
     accept: tokio::task::JoinHandle<()>,
+    timer: tokio::task::JoinHandle<()>,
     grace: Duration,
 }
 
@@ -333,6 +366,7 @@ impl Server {
     /// their last writes. Returns the number of connections still open after it.
     pub async fn shutdown(self) -> usize {
         self.accept.abort();
+        self.timer.abort();
         let shared = &self.handle.shared;
         shared.shutdown.send_replace(true);
         let deadline = tokio::time::Instant::now() + self.grace;
@@ -349,10 +383,29 @@ impl Server {
     }
 }
 
+/// One connection's share of the hub's output: encoded frames waiting for its task.
 struct Outbox {
-    frames: Mutex<BytesMut>,
+    queue: Mutex<OutboundQueue>,
+    /// Frames are waiting.
     ready: Notify,
+    /// `slow` or `superseded` was set: heard even while a write is pending.
+    alert: Notify,
+    /// Over the limit under the disconnect policy: the task closes the connection.
     slow: AtomicBool,
+    /// Another connection resumed this session: the task closes this one.
+    superseded: AtomicBool,
+}
+
+impl Outbox {
+    fn new(limit: usize, policy: SlowConsumerPolicy) -> Arc<Self> {
+        Arc::new(Self {
+            queue: Mutex::new(OutboundQueue::new(limit, policy)),
+            ready: Notify::new(),
+            alert: Notify::new(),
+            slow: AtomicBool::new(false),
+            superseded: AtomicBool::new(false),
+        })
+    }
 }
 
 struct HubCore {
@@ -367,16 +420,16 @@ impl HubCore {
         while let Some(delivery) = self.hub.poll_delivery() {
             let (connection, message) = delivery.into_message();
             if let Some(outbox) = self.outboxes.get(&connection) {
-                message.encode(&mut lock(&outbox.frames));
+                if lock(&outbox.queue).push_message(&message) == Queued::OverLimit {
+                    outbox.slow.store(true, Ordering::Release);
+                    outbox.alert.notify_one();
+                }
                 outbox.ready.notify_one();
             }
         }
-        while let Some(connection) = self.hub.poll_slow_consumer() {
-            if let Some(outbox) = self.outboxes.get(&connection) {
-                outbox.slow.store(true, Ordering::Release);
-                outbox.ready.notify_one();
-            }
-        }
+        // The outbound queues enforce the limit themselves (above); the hub's own
+        // accounting is not used by this shell.
+        while self.hub.poll_slow_consumer().is_some() {}
     }
 }
 
@@ -392,9 +445,17 @@ struct Shared {
     max_connections: usize,
     next_connection: AtomicU64,
     observer: Option<Observer>,
+    outbound_limit: usize,
+    slow_consumer_policy: SlowConsumerPolicy,
+    /// Woken when a session is detached, so the expiry task looks at its deadline.
+    hub_timer: Notify,
 }
 
 impl Shared {
+    fn outbox(&self) -> Arc<Outbox> {
+        Outbox::new(self.outbound_limit, self.slow_consumer_policy)
+    }
+
     fn observe(&self, event: ConnectionEvent) {
         if let Some(observer) = &self.observer {
             observer(&event);
@@ -553,6 +614,9 @@ fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// How long a connection being closed for not reading gets to take its Close.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
 /// What a connection holds in the hub once authenticated.
 struct Member {
     id: ConnectionId,
@@ -574,13 +638,18 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut read_buf = vec![0u8; 16 * 1024];
     let mut transmit = Vec::new();
+    let mut frames = Vec::new();
     let mut member: Option<Member> = None;
     let (results_tx, mut results) =
         mpsc::unbounded_channel::<(u64, pushwire_engine::RequestResult)>();
     let mut shutdown = shared.shutdown.subscribe();
     let mut closing = false;
-    // Outbox bytes handed to the engine and not yet reported written to the hub.
-    let mut unreported = 0usize;
+    let mut close_reason: Option<CloseReason> = None;
+    // Bytes of `transmit` already written.
+    let mut written = 0usize;
+    // When closing a connection whose peer may not read: the deadline after which
+    // the transport is dropped even if the Close could not be written.
+    let mut give_up: Option<tokio::time::Instant> = None;
 
     loop {
         while let Some(event) = engine.poll_event() {
@@ -626,31 +695,36 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
                         core.dispatch();
                     }
                 }
-                ServerEvent::Acknowledged(_) => {}
-                ServerEvent::Closed(reason) => log_close(&reason),
+                ServerEvent::Acknowledged(seq) => {
+                    if let Some(m) = &member {
+                        lock(&shared.hub).hub.acknowledge(m.id, seq);
+                    }
+                }
+                ServerEvent::Closed(reason) => {
+                    log_close(&reason);
+                    close_reason = Some(reason);
+                }
             }
         }
 
-        transmit.clear();
-        if engine.poll_transmit(now(), &mut transmit) > 0 {
-            if let Err(e) = writer.write_all(&transmit).await {
-                debug!("write failed: {e}");
-                engine.handle_transport_closed();
-            } else if unreported > 0 {
-                if let Some(m) = &member {
-                    lock(&shared.hub).hub.record_written(m.id, unreported);
-                }
-                unreported = 0;
-            }
-            continue;
+        // Writes are part of the select below, not awaited on their own: a client
+        // that stops reading must not stop this task from noticing that its
+        // outbound queue went over the limit.
+        if written == transmit.len() {
+            transmit.clear();
+            written = 0;
+            engine.poll_transmit(now(), &mut transmit);
         }
-        if engine.is_finished() {
+        if engine.is_finished() && transmit.is_empty() {
             let _ = writer.shutdown().await;
             break;
         }
 
         let timeout = engine.poll_timeout().map(tokio::time::Instant::from_std);
         let outbox = member.as_ref().map(|m| m.outbox.clone());
+        // Take more frames from the hub only once the last batch is on its way: the
+        // backlog of a slow reader stays in its bounded outbound queue.
+        let take_frames = outbox.is_some() && written == transmit.len();
         tokio::select! {
             biased;
             changed = shutdown.changed(), if !closing => {
@@ -659,6 +733,18 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
                     engine.close(CloseCode::GoingAway, "server shutting down");
                 }
             }
+            () = sleep_until(give_up), if give_up.is_some() => {
+                debug!("the peer does not read; dropping the connection");
+                break;
+            }
+            result = writer.write(&transmit[written..]), if written < transmit.len() => match result {
+                Ok(0) | Err(_) => {
+                    engine.handle_transport_closed();
+                    transmit.clear();
+                    written = 0;
+                }
+                Ok(n) => written += n,
+            },
             read = reader.read(&mut read_buf) => match read {
                 Ok(0) | Err(_) => engine.handle_transport_closed(),
                 Ok(n) => engine.handle_input(now(), &read_buf[..n]),
@@ -666,32 +752,109 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
             Some((request_id, result)) = results.recv() => {
                 engine.respond(request_id, result);
             }
-            () = async { outbox.as_ref().expect("guarded").ready.notified().await }, if outbox.is_some() => {
-                let outbox = outbox.expect("guarded");
-                if outbox.slow.swap(false, Ordering::AcqRel) {
-                    warn!("slow consumer: outbound queue over its limit; closing");
-                    engine.close(CloseCode::SlowConsumer, "outbound queue over its limit");
-                } else {
-                    let frames = std::mem::take(&mut *lock(&outbox.frames));
-                    unreported += frames.len();
-                    engine.send_encoded(&frames);
+            () = async { outbox.as_ref().expect("guarded").alert.notified().await }, if outbox.is_some() => {
+                let outbox = outbox.as_ref().expect("guarded");
+                if outbox.superseded.load(Ordering::Acquire) {
+                    info!("session resumed on another connection; closing this one");
+                    engine.close(CloseCode::Kicked, "the session was resumed on another connection");
+                    give_up.get_or_insert(tokio::time::Instant::now() + CLOSE_GRACE);
+                } else if outbox.slow.swap(false, Ordering::AcqRel) {
+                    warn!("slow consumer: outbound queue over its limit; closing, session kept");
+                    lock(&outbox.queue).clear();
+                    engine.close(CloseCode::SlowConsumer, "outbound queue over its limit; resume to catch up");
+                    give_up.get_or_insert(tokio::time::Instant::now() + CLOSE_GRACE);
                 }
+            }
+            () = async { outbox.as_ref().expect("guarded").ready.notified().await }, if take_frames => {
+                let outbox = outbox.as_ref().expect("guarded");
+                frames.clear();
+                lock(&outbox.queue).take(&mut frames);
+                engine.send_encoded(&frames);
             }
             () = sleep_until(timeout) => engine.handle_timeout(now()),
         }
     }
 
     if let Some(m) = member {
-        let mut core = lock(&shared.hub);
-        core.outboxes.remove(&m.id);
-        let _ = core.hub.disconnect(m.id);
-        shared.observe(ConnectionEvent::Left {
-            connection: m.id,
-            user_id: m.user_id.clone(),
-        });
-        core.dispatch();
+        leave(shared, &m, close_reason.as_ref());
     }
     debug!("finished");
+}
+
+/// A connection ended: its session ends with it when the client said goodbye (or the
+/// server is shutting down), and is detached for a resume otherwise.
+fn leave(shared: &Shared, member: &Member, reason: Option<&CloseReason>) {
+    let mut core = lock(&shared.hub);
+    let still_ours = core
+        .outboxes
+        .get(&member.id)
+        .is_some_and(|o| Arc::ptr_eq(o, &member.outbox));
+    if !still_ours {
+        // Resumed on another connection, which owns the session now.
+        return;
+    }
+    core.outboxes.remove(&member.id);
+    let deliberate = matches!(
+        reason,
+        Some(CloseReason::Remote {
+            code: CloseCode::Normal,
+            ..
+        }) | Some(CloseReason::Local {
+            code: CloseCode::GoingAway,
+            ..
+        })
+    );
+    let ended = if deliberate {
+        core.hub.disconnect(member.id).is_ok()
+    } else {
+        match core.hub.detach(member.id, now()) {
+            Ok(Some(_)) => true,
+            Ok(None) => {
+                debug!("{} detached; kept for a resume", member.id);
+                shared.hub_timer.notify_one();
+                false
+            }
+            Err(_) => false,
+        }
+    };
+    if ended {
+        shared.observe(ConnectionEvent::Left {
+            connection: member.id,
+            user_id: member.user_id.clone(),
+        });
+    }
+    core.dispatch();
+}
+
+/// Ends detached sessions whose timeout has passed (their groups' other members are
+/// told then).
+async fn expire_sessions(handle: ServerHandle) {
+    let shared = &handle.shared;
+    loop {
+        let next = lock(&shared.hub).hub.poll_timeout();
+        let woken = shared.hub_timer.notified();
+        match next {
+            Some(deadline) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
+                    () = woken => continue,
+                }
+            }
+            None => {
+                woken.await;
+                continue;
+            }
+        }
+        let mut core = lock(&shared.hub);
+        for (session, info) in core.hub.handle_timeout(now()) {
+            info!(user = %info.user_id, "{session}: session expired");
+            shared.observe(ConnectionEvent::Left {
+                connection: session,
+                user_id: info.user_id,
+            });
+        }
+        core.dispatch();
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -735,13 +898,63 @@ fn authenticate(
         );
         return None;
     }
-    let outbox = Arc::new(Outbox {
-        frames: Mutex::new(BytesMut::new()),
-        ready: Notify::new(),
-        slow: AtomicBool::new(false),
-    });
+    let outbox = shared.outbox();
     let mut core = lock(&shared.hub);
-    let id = core.hub.connect(
+    let config = core.hub.config().clone();
+    let grant = |session: ConnectionId, token: ResumeToken, resumed: bool| Grant {
+        session_id: session.0,
+        resume_token: token,
+        resumed,
+        session_timeout_ms: config.session_timeout.as_millis().min(u128::from(u32::MAX)) as u32,
+        replay_capacity: config.replay_events.min(u32::MAX as usize) as u32,
+    };
+    let mut lost = None;
+    if let Some(resume) = request.resume {
+        match core
+            .hub
+            .resume(&resume.token, request.user_id.as_str(), resume.last_seq)
+        {
+            Ok(resumed) => {
+                if let Some(old) = core.outboxes.insert(resumed.session, outbox.clone()) {
+                    old.superseded.store(true, Ordering::Release);
+                    old.alert.notify_one();
+                }
+                engine.permit(grant(resumed.session, resume.token, true));
+                info!(
+                    user = %request.user_id,
+                    "{} resumed: {} events replayed{}",
+                    resumed.session,
+                    resumed.replayed,
+                    resumed.gap.map_or(String::new(), |(f, l)| format!(", gap {f}..={l}"))
+                );
+                core.dispatch();
+                return Some(Member {
+                    id: resumed.session,
+                    outbox,
+                    user_id: request.user_id,
+                    service_id: request.service_id,
+                });
+            }
+            Err(ResumeError::NotYours) => {
+                drop(core);
+                engine.refuse(
+                    pushwire_protocol::RefuseCode::ResumeNotPermitted,
+                    "the resume token belongs to another user",
+                );
+                return None;
+            }
+            Err(ResumeError::Unknown) => {
+                lost = Some(pushwire_protocol::SessionLost {
+                    reason: pushwire_protocol::SessionLostReason::Unknown,
+                    text: Text::from(
+                        "the session expired or the server restarted; this is a new session",
+                    ),
+                });
+            }
+        }
+    }
+    let token = random_token();
+    let id = core.hub.connect_session(
         ConnectionInfo::new(
             request.user_id.clone(),
             request.peer.ip(),
@@ -749,6 +962,7 @@ fn authenticate(
             request.service_id,
         )
         .with_echo(request.options.echo),
+        token,
     );
     core.outboxes.insert(id, outbox.clone());
     shared.observe(ConnectionEvent::Joined {
@@ -756,13 +970,11 @@ fn authenticate(
         user_id: request.user_id.clone(),
         echo: request.options.echo,
     });
-    engine.permit(Grant {
-        session_id: id.0,
-        resume_token: random_token(),
-        resumed: false,
-        session_timeout_ms: 0,
-        replay_capacity: 0,
-    });
+    engine.permit(grant(id, token, false));
+    if let Some(lost) = lost {
+        // Before any event of the new session: the client restores its subscriptions.
+        engine.send(&pushwire_protocol::Message::SessionLost(lost));
+    }
     info!(user = %request.user_id, "{id} authenticated");
     if !shared.auto_subscribe.is_empty() {
         // The seed's Figure 6: the server subscribes the newcomer on arrival.

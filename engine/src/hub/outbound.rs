@@ -1,0 +1,210 @@
+//! A connection's queue of encoded push frames waiting to be written, with the
+//! slow-consumer policy that keeps it bounded whatever the client does.
+
+use bytes::{Bytes, BytesMut};
+use pushwire_protocol::{Gap, Message};
+use std::collections::VecDeque;
+
+/// What to do when a connection's unwritten push frames exceed their limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SlowConsumerPolicy {
+    /// Close the connection with `CloseCode::SlowConsumer` and keep its session: a
+    /// client that catches up resumes with replay or a gap.
+    #[default]
+    Disconnect,
+    /// Keep the connection and drop the oldest queued push events, replacing them
+    /// with a Gap notice.
+    DropOldest,
+}
+
+/// The result of queuing a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// Within the limit (possibly after dropping old events, by policy).
+    Ok,
+    /// Over the limit with [`SlowConsumerPolicy::Disconnect`]: close the connection.
+    OverLimit,
+}
+
+#[derive(Debug)]
+struct Frame {
+    seq: Option<u64>,
+    bytes: Bytes,
+}
+
+/// Encoded frames for one connection, oldest first, bounded by bytes.
+///
+/// Calling contract: [`push`](Self::push) every frame for the connection (the hub's
+/// deliveries, encoded); when the transport can take more, [`take`](Self::take)
+/// everything queued into one buffer and write it.
+#[derive(Debug)]
+pub struct OutboundQueue {
+    frames: VecDeque<Frame>,
+    bytes: usize,
+    limit: usize,
+    policy: SlowConsumerPolicy,
+    /// Sequence numbers dropped and not yet announced by a Gap.
+    dropped: Option<(u64, u64)>,
+    /// Frames dropped in total.
+    dropped_total: u64,
+}
+
+impl OutboundQueue {
+    /// An empty queue holding at most `limit` bytes.
+    pub fn new(limit: usize, policy: SlowConsumerPolicy) -> Self {
+        Self {
+            frames: VecDeque::new(),
+            bytes: 0,
+            limit,
+            policy,
+            dropped: None,
+            dropped_total: 0,
+        }
+    }
+
+    /// Bytes queued.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether nothing is queued (no frame and no pending gap).
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty() && self.dropped.is_none()
+    }
+
+    /// Push events dropped so far under [`SlowConsumerPolicy::DropOldest`].
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total
+    }
+
+    /// Encodes and queues a message.
+    pub fn push_message(&mut self, message: &Message) -> Queued {
+        let seq = match message {
+            Message::Subscribed(m) => Some(m.seq),
+            Message::Unsubscribed(m) => Some(m.seq),
+            Message::Published(m) => Some(m.seq),
+            Message::UserMessage(m) => Some(m.seq),
+            _ => None,
+        };
+        let mut buf = BytesMut::with_capacity(message.encoded_len());
+        message.encode(&mut buf);
+        self.push(seq, buf.freeze())
+    }
+
+    /// Queues an encoded frame; `seq` is its push-event sequence number, if any.
+    pub fn push(&mut self, seq: Option<u64>, bytes: Bytes) -> Queued {
+        self.bytes += bytes.len();
+        self.frames.push_back(Frame { seq, bytes });
+        if self.bytes <= self.limit {
+            return Queued::Ok;
+        }
+        match self.policy {
+            SlowConsumerPolicy::Disconnect => Queued::OverLimit,
+            SlowConsumerPolicy::DropOldest => {
+                while self.bytes > self.limit {
+                    // The oldest push event goes; command answers (small, and owed to
+                    // a request of the client) stay.
+                    let Some(i) = self.frames.iter().position(|f| f.seq.is_some()) else {
+                        break;
+                    };
+                    let frame = self.frames.remove(i).expect("position is in range");
+                    self.bytes -= frame.bytes.len();
+                    self.dropped_total += 1;
+                    let seq = frame.seq.expect("searched for a sequenced frame");
+                    self.dropped = Some(match self.dropped {
+                        None => (seq, seq),
+                        Some((first, _)) => (first, seq),
+                    });
+                }
+                Queued::Ok
+            }
+        }
+    }
+
+    /// Moves everything queued into `out`: first a Gap for dropped events, then the
+    /// frames in order. Returns the frame bytes taken (not counting the gap).
+    pub fn take(&mut self, out: &mut Vec<u8>) -> usize {
+        if let Some((first, last)) = self.dropped.take() {
+            let mut gap = BytesMut::new();
+            Message::Gap(Gap { first, last }).encode(&mut gap);
+            out.extend_from_slice(&gap);
+        }
+        let taken = self.bytes;
+        for frame in self.frames.drain(..) {
+            out.extend_from_slice(&frame.bytes);
+        }
+        self.bytes = 0;
+        taken
+    }
+
+    /// Forgets everything queued (the connection is gone; its session's replay
+    /// buffer still holds the events).
+    pub fn clear(&mut self) {
+        self.frames.clear();
+        self.bytes = 0;
+        self.dropped = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pushwire_protocol::{FrameDecoder, FrameLimits, Published, Sender};
+
+    fn event(seq: u64) -> Message {
+        Message::Published(Published {
+            seq,
+            sender: Sender::Server,
+            groups: vec![],
+            payload: Bytes::from(vec![0u8; 100]),
+        })
+    }
+
+    fn decode(bytes: &[u8]) -> Vec<Message> {
+        let mut decoder = FrameDecoder::new(FrameLimits::default());
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let n = decoder.feed(rest);
+            rest = &rest[n..];
+            while let Some(m) = decoder.next_message().unwrap() {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_disconnect_policy_reports_going_over_the_limit() {
+        let mut q = OutboundQueue::new(300, SlowConsumerPolicy::Disconnect);
+        assert_eq!(q.push_message(&event(1)), Queued::Ok);
+        assert_eq!(q.push_message(&event(2)), Queued::Ok);
+        assert_eq!(q.push_message(&event(3)), Queued::OverLimit);
+    }
+
+    #[test]
+    fn the_drop_oldest_policy_stays_bounded_and_announces_a_gap() {
+        let mut q = OutboundQueue::new(300, SlowConsumerPolicy::DropOldest);
+        for seq in 1..=10 {
+            assert_eq!(q.push_message(&event(seq)), Queued::Ok);
+            assert!(q.bytes() <= 300);
+        }
+        let mut out = Vec::new();
+        q.take(&mut out);
+        let messages = decode(&out);
+        assert!(
+            matches!(&messages[0], Message::Gap(g) if (g.first, g.last) == (1, 8)),
+            "{messages:?}"
+        );
+        let seqs: Vec<u64> = messages[1..]
+            .iter()
+            .map(|m| match m {
+                Message::Published(p) => p.seq,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, [9, 10]);
+        assert_eq!(q.dropped_total(), 8);
+        assert!(q.is_empty());
+    }
+}

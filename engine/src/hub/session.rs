@@ -1,0 +1,471 @@
+//! Sessions that outlive their connection: the replay buffer, detaching, resuming
+//! with replay (or a gap), acknowledgements, and expiry.
+//!
+//! A hub member is a session. While its connection is up the session is *attached*:
+//! its events are delivered as usual and also kept, bounded, in its replay buffer
+//! until the client acknowledges them. When the connection drops the shell
+//! *detaches* the session: it keeps its groups (nobody is told anything), its events
+//! go only to the replay buffer, and it expires after the session timeout; only then
+//! do the other members get its Unsubscribed notifications. A client that comes back
+//! in time *resumes* with its token and the last sequence number it saw: the hub
+//! re-delivers every later event it still holds, in order, preceded by a Gap if the
+//! buffer no longer reaches back far enough.
+
+use super::connections::{user_key, Connection};
+use super::events::{Delivery, PushEvent};
+use super::{ConnectionId, Hub, HubError, PushHooks, PushOutcome};
+use pushwire_protocol::{Gap, ResumeToken};
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// Bounds of a session's replay buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReplayLimits {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+/// Events kept for a possible resume, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct Replay {
+    events: VecDeque<(u64, PushEvent, usize)>,
+    bytes: usize,
+}
+
+impl Replay {
+    /// Keeps a sequenced event, evicting the oldest beyond the limits.
+    pub(crate) fn record(
+        &mut self,
+        seq: u64,
+        event: &PushEvent,
+        frame_len: usize,
+        limits: ReplayLimits,
+    ) {
+        if limits.events == 0 {
+            return;
+        }
+        self.events.push_back((seq, event.clone(), frame_len));
+        self.bytes += frame_len;
+        while self.events.len() > limits.events
+            || (self.bytes > limits.bytes && self.events.len() > 1)
+        {
+            if let Some((_, _, len)) = self.events.pop_front() {
+                self.bytes -= len;
+            }
+        }
+    }
+
+    /// Forgets events up to `seq`: the client has them.
+    fn acknowledge(&mut self, seq: u64) {
+        while self.events.front().is_some_and(|(s, _, _)| *s <= seq) {
+            if let Some((_, _, len)) = self.events.pop_front() {
+                self.bytes -= len;
+            }
+        }
+    }
+
+    /// The oldest sequence number still held, if any.
+    fn first(&self) -> Option<u64> {
+        self.events.front().map(|(s, _, _)| *s)
+    }
+
+    /// Events held.
+    pub(crate) fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Frame bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// Why a session could not be resumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ResumeError {
+    /// No session has this token (never existed, expired, or the server restarted).
+    #[error("no session with this resume token")]
+    Unknown,
+    /// The token belongs to another user's session.
+    #[error("the resume token belongs to another user")]
+    NotYours,
+}
+
+/// A successful resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resumed {
+    /// The session, now attached again.
+    pub session: ConnectionId,
+    /// Events re-delivered from the replay buffer.
+    pub replayed: usize,
+    /// The range announced as lost, when the buffer did not reach back far enough.
+    pub gap: Option<(u64, u64)>,
+    /// Whether the session was still attached (its old connection had not been
+    /// noticed gone): the shell must close that connection.
+    pub was_attached: bool,
+}
+
+impl Connection {
+    fn first_available(&self) -> u64 {
+        self.replay.first().unwrap_or(self.next_seq)
+    }
+}
+
+impl<H: PushHooks> Hub<H> {
+    /// A connection joins as a resumable session identified by `token` (from a
+    /// CSPRNG the caller owns). See [`Hub::connect`].
+    pub fn connect_session(
+        &mut self,
+        info: super::ConnectionInfo,
+        token: ResumeToken,
+    ) -> ConnectionId {
+        let id = self.connect(info);
+        if let Some(c) = self.connections.get_mut(id) {
+            c.token = Some(token);
+        }
+        self.tokens.insert(token.0, id);
+        id
+    }
+
+    /// The session's connection dropped without the client saying goodbye. A
+    /// resumable session is kept (groups, sequence numbers, events into its replay
+    /// buffer) until `now` plus the session timeout; a session without a token, or
+    /// a zero timeout, ends now as by [`Hub::disconnect`].
+    pub fn detach(
+        &mut self,
+        session: ConnectionId,
+        now: Instant,
+    ) -> Result<Option<PushOutcome>, HubError> {
+        let timeout = self.config.session_timeout;
+        let connection = self
+            .connections
+            .get_mut(session)
+            .ok_or(HubError::UnknownConnection(session))?;
+        if connection.token.is_none() || timeout.is_zero() || self.config.replay_events == 0 {
+            return self.disconnect(session).map(Some);
+        }
+        connection.attached = false;
+        connection.queued_bytes = 0;
+        connection.slow = false;
+        let expires = now + timeout;
+        connection.expires = Some(expires);
+        self.expiries.insert((expires, session));
+        // Deliveries not yet drained for it have no connection to go to; they are in
+        // the replay buffer.
+        self.outbox.deliveries.retain(|d| d.connection != session);
+        Ok(None)
+    }
+
+    /// A client presents `token` and the last sequence number it saw. On success the
+    /// session is attached again and every later event still held is queued for
+    /// delivery, in order, after a Gap for what is no longer held.
+    pub fn resume(
+        &mut self,
+        token: &ResumeToken,
+        user_id: &str,
+        last_seq: u64,
+    ) -> Result<Resumed, ResumeError> {
+        let &session = self.tokens.get(&token.0).ok_or(ResumeError::Unknown)?;
+        let connection = self
+            .connections
+            .get_mut(session)
+            .ok_or(ResumeError::Unknown)?;
+        if connection.user_key != user_key(user_id) {
+            return Err(ResumeError::NotYours);
+        }
+        let was_attached = connection.attached;
+        if let Some(expires) = connection.expires.take() {
+            self.expiries.remove(&(expires, session));
+        }
+        connection.attached = true;
+        connection.queued_bytes = 0;
+        connection.slow = false;
+        // A client cannot have seen more than was sent.
+        let last_seq = last_seq.min(connection.next_seq - 1);
+        let first_available = connection.first_available();
+        let gap = (last_seq + 1 < first_available).then(|| (last_seq + 1, first_available - 1));
+        if was_attached {
+            self.outbox.deliveries.retain(|d| d.connection != session);
+        }
+        let connection = self.connections.get_mut(session).expect("looked up above");
+        if let Some((first, last)) = gap {
+            let event = PushEvent::Gap(Gap { first, last });
+            self.outbox.deliveries.push_back(Delivery {
+                connection: session,
+                event,
+                frame_len: pushwire_protocol::FRAME_HEADER_LEN + 16,
+            });
+        }
+        let mut replayed = 0;
+        for (seq, event, frame_len) in &connection.replay.events {
+            if *seq > last_seq {
+                self.outbox.deliveries.push_back(Delivery {
+                    connection: session,
+                    event: event.clone(),
+                    frame_len: *frame_len,
+                });
+                replayed += 1;
+            }
+        }
+        #[cfg(all(feature = "fault-injection", debug_assertions))]
+        self.fault_on_replay(session, replayed);
+        Ok(Resumed {
+            session,
+            replayed,
+            gap,
+            was_attached,
+        })
+    }
+
+    /// The client has every event up to `seq`: they leave the replay buffer.
+    pub fn acknowledge(&mut self, session: ConnectionId, seq: u64) {
+        if let Some(c) = self.connections.get_mut(session) {
+            c.replay.acknowledge(seq);
+        }
+    }
+
+    /// Whether a session's connection is up.
+    pub fn is_attached(&self, session: ConnectionId) -> Option<bool> {
+        self.connections.get(session).map(|c| c.attached)
+    }
+
+    /// Events and bytes a session holds for replay.
+    pub fn replay_held(&self, session: ConnectionId) -> Option<(usize, usize)> {
+        self.connections
+            .get(session)
+            .map(|c| (c.replay.len(), c.replay.bytes()))
+    }
+
+    /// When [`Hub::handle_timeout`] must next be called: the earliest expiry of a
+    /// detached session.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.expiries.first().map(|(t, _)| *t)
+    }
+
+    /// Ends every detached session whose timeout has passed, as by
+    /// [`Hub::disconnect`] (the other members are told now). Returns them, with
+    /// their details.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<(ConnectionId, super::ConnectionInfo)> {
+        let mut ended = Vec::new();
+        while let Some(&(expires, session)) = self.expiries.first() {
+            if expires > now {
+                break;
+            }
+            self.expiries.remove(&(expires, session));
+            let info = self.connection_info(session).cloned();
+            let _ = self.disconnect(session);
+            if let Some(info) = info {
+                ended.push((session, info));
+            }
+        }
+        ended
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{AllowAll, ConnectionInfo, HubConfig};
+    use super::*;
+    use pushwire_protocol::{GroupId, Message};
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Duration;
+
+    fn hub(config: HubConfig) -> Hub<AllowAll> {
+        let mut hub = Hub::new(config, AllowAll);
+        hub.add_group(GroupId(1), "one").unwrap();
+        hub
+    }
+
+    fn join(hub: &mut Hub<AllowAll>, user: &str, token: u8) -> ConnectionId {
+        let info = ConnectionInfo::new(
+            user,
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            1000 + u16::from(token),
+            1,
+        );
+        let id = hub.connect_session(info, ResumeToken([token; 16]));
+        hub.subscribe(id, &[GroupId(1)]).unwrap();
+        id
+    }
+
+    /// Drains every delivery: (receiver, message).
+    fn drain(hub: &mut Hub<AllowAll>) -> Vec<(ConnectionId, Message)> {
+        std::iter::from_fn(|| hub.poll_delivery())
+            .map(|d| d.into_message())
+            .collect()
+    }
+
+    fn seqs(deliveries: &[(ConnectionId, Message)], to: ConnectionId) -> Vec<u64> {
+        deliveries
+            .iter()
+            .filter(|(c, _)| *c == to)
+            .filter_map(|(_, m)| match m {
+                Message::Published(p) => Some(p.seq),
+                Message::Subscribed(p) => Some(p.seq),
+                Message::Unsubscribed(p) => Some(p.seq),
+                Message::UserMessage(p) => Some(p.seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_detached_session_keeps_its_groups_and_replays_what_it_missed_on_resume() {
+        let now = Instant::now();
+        let mut hub = hub(HubConfig::default());
+        let alice = join(&mut hub, "alice", 1);
+        let bob = join(&mut hub, "bob", 2);
+        drain(&mut hub);
+        hub.publish(super::super::Actor::Server, &[GroupId(1)], "one".into())
+            .unwrap();
+        let before = drain(&mut hub);
+        let alice_seen = *seqs(&before, alice).last().unwrap();
+
+        hub.detach(alice, now).unwrap();
+        for _ in 0..3 {
+            hub.publish(
+                super::super::Actor::Server,
+                &[GroupId(1)],
+                "while away".into(),
+            )
+            .unwrap();
+        }
+        let during = drain(&mut hub);
+        assert!(
+            seqs(&during, alice).is_empty(),
+            "nothing is delivered to a detached session"
+        );
+        assert!(
+            !during
+                .iter()
+                .any(|(c, m)| *c == bob && matches!(m, Message::Unsubscribed(_))),
+            "nobody is told of a detach"
+        );
+
+        let resumed = hub
+            .resume(&ResumeToken([1; 16]), "ALICE", alice_seen)
+            .unwrap();
+        assert_eq!(
+            (resumed.session, resumed.replayed, resumed.gap),
+            (alice, 3, None)
+        );
+        let replay = drain(&mut hub);
+        assert_eq!(
+            seqs(&replay, alice),
+            [alice_seen + 1, alice_seen + 2, alice_seen + 3]
+        );
+        hub.publish(super::super::Actor::Server, &[GroupId(1)], "live".into())
+            .unwrap();
+        assert_eq!(
+            seqs(&drain(&mut hub), alice),
+            [alice_seen + 4],
+            "then live, no holes"
+        );
+    }
+
+    #[test]
+    fn an_overflowing_replay_buffer_resumes_with_a_gap() {
+        let now = Instant::now();
+        let mut hub = hub(HubConfig {
+            replay_events: 2,
+            ..HubConfig::default()
+        });
+        let alice = join(&mut hub, "alice", 1);
+        drain(&mut hub);
+        hub.detach(alice, now).unwrap();
+        for _ in 0..5 {
+            hub.publish(super::super::Actor::Server, &[GroupId(1)], "x".into())
+                .unwrap();
+        }
+        // alice saw #1 (her Subscribed); #2..=#6 are publications; #5 and #6 are held.
+        let resumed = hub.resume(&ResumeToken([1; 16]), "alice", 1).unwrap();
+        assert_eq!(resumed.gap, Some((2, 4)));
+        let replay = drain(&mut hub);
+        assert!(matches!(&replay[0].1, Message::Gap(g) if (g.first, g.last) == (2, 4)));
+        assert_eq!(seqs(&replay, alice), [5, 6]);
+    }
+
+    #[test]
+    fn acknowledged_events_leave_the_buffer() {
+        let mut hub = hub(HubConfig::default());
+        let alice = join(&mut hub, "alice", 1);
+        for _ in 0..4 {
+            hub.publish(super::super::Actor::Server, &[GroupId(1)], "x".into())
+                .unwrap();
+        }
+        drain(&mut hub);
+        assert_eq!(hub.replay_held(alice).unwrap().0, 5);
+        hub.acknowledge(alice, 3);
+        assert_eq!(hub.replay_held(alice).unwrap().0, 2);
+    }
+
+    #[test]
+    fn an_expired_session_ends_with_notifications_and_cannot_be_resumed() {
+        let now = Instant::now();
+        let mut hub = hub(HubConfig {
+            session_timeout: Duration::from_secs(30),
+            ..HubConfig::default()
+        });
+        let alice = join(&mut hub, "alice", 1);
+        let bob = join(&mut hub, "bob", 2);
+        drain(&mut hub);
+        hub.detach(alice, now).unwrap();
+        assert_eq!(hub.poll_timeout(), Some(now + Duration::from_secs(30)));
+        assert!(hub.handle_timeout(now + Duration::from_secs(29)).is_empty());
+        let ended = hub.handle_timeout(now + Duration::from_secs(30));
+        assert_eq!(ended.len(), 1);
+        assert_eq!((ended[0].0, ended[0].1.user_id.as_str()), (alice, "alice"));
+        let after = drain(&mut hub);
+        assert!(after
+            .iter()
+            .any(|(c, m)| *c == bob && matches!(m, Message::Unsubscribed(_))));
+        assert_eq!(
+            hub.resume(&ResumeToken([1; 16]), "alice", 0),
+            Err(ResumeError::Unknown)
+        );
+        assert_eq!(hub.poll_timeout(), None);
+    }
+
+    #[test]
+    fn unknown_tokens_and_other_users_tokens_are_refused() {
+        let mut hub = hub(HubConfig::default());
+        join(&mut hub, "alice", 1);
+        assert_eq!(
+            hub.resume(&ResumeToken([9; 16]), "alice", 0),
+            Err(ResumeError::Unknown)
+        );
+        assert_eq!(
+            hub.resume(&ResumeToken([1; 16]), "mallory", 0),
+            Err(ResumeError::NotYours)
+        );
+    }
+
+    #[test]
+    fn a_zero_timeout_ends_the_session_at_the_disconnect_as_socketpro_does() {
+        let mut hub = hub(HubConfig {
+            session_timeout: Duration::ZERO,
+            ..HubConfig::default()
+        });
+        let alice = join(&mut hub, "alice", 1);
+        let bob = join(&mut hub, "bob", 2);
+        drain(&mut hub);
+        assert!(hub.detach(alice, Instant::now()).unwrap().is_some());
+        assert!(drain(&mut hub)
+            .iter()
+            .any(|(c, m)| *c == bob && matches!(m, Message::Unsubscribed(_))));
+        assert_eq!(
+            hub.resume(&ResumeToken([1; 16]), "alice", 0),
+            Err(ResumeError::Unknown)
+        );
+    }
+
+    #[test]
+    fn resuming_an_attached_session_takes_it_over() {
+        let mut hub = hub(HubConfig::default());
+        let alice = join(&mut hub, "alice", 1);
+        drain(&mut hub);
+        let resumed = hub.resume(&ResumeToken([1; 16]), "alice", 1).unwrap();
+        assert!(resumed.was_attached);
+        assert_eq!(resumed.session, alice);
+    }
+}
