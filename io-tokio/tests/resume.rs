@@ -293,6 +293,7 @@ async fn flood(server: &Server) {
 async fn a_slow_consumer_is_closed_with_its_own_reason_and_keeps_its_session() {
     let server = builder()
         .max_outbound_bytes(64 * 1024)
+        .replay_buffer(1024, 32 * 1024)
         .bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -318,6 +319,7 @@ async fn a_slow_consumer_is_closed_with_its_own_reason_and_keeps_its_session() {
 async fn the_drop_oldest_policy_keeps_the_connection_and_reports_a_gap() {
     let server = builder()
         .max_outbound_bytes(64 * 1024)
+        .replay_buffer(1024, 32 * 1024)
         .slow_consumer_policy(SlowConsumerPolicy::DropOldest)
         .bind("127.0.0.1:0".parse().unwrap())
         .await

@@ -19,13 +19,17 @@ use bytes::{Buf, Bytes};
 use pushwire_engine::client::{
     AbortReason, ClientConfig, ClientConnection, ClientEvent, ClientTransport, PushCommand,
 };
-use pushwire_engine::hub::{Actor, ConnectionId, ConnectionInfo, Hub, HubConfig};
+use pushwire_engine::hub::{
+    Actor, ConnectionId, ConnectionInfo, Hub, HubConfig, OutboundQueue, Queued, ResumeError,
+    SlowConsumerPolicy,
+};
 use pushwire_engine::server::{
     Grant, ServerConfig, ServerConnection, ServerEvent, ServerTransport,
 };
 use pushwire_engine::{CloseReason, KeepAlive};
 use pushwire_protocol::{
-    ClientOptions, ErrorCode, GroupId, GroupSelection, Message, ResumeToken, Sender,
+    ClientOptions, CloseCode, ErrorCode, GroupId, GroupSelection, Message, ResumeRequest,
+    ResumeToken, Sender,
 };
 use rustls::pki_types::UnixTime;
 use std::collections::BTreeMap;
@@ -81,6 +85,16 @@ pub enum Op {
     Partition { client: usize, ms: u64 },
     /// The client process dies without closing and restarts after `down_ms`.
     Crash { client: usize, down_ms: u64 },
+    /// A client publishes a burst of large messages at once.
+    Flood {
+        client: usize,
+        groups: Vec<u32>,
+        count: usize,
+        size: usize,
+    },
+    /// The client stops reading for a while (its link delivers nothing to it); the
+    /// server's outbound queue for it fills up and its slow-consumer policy acts.
+    Stall { client: usize, ms: u64 },
     /// The server restarts: every connection and all hub state are lost.
     ServerBounce,
 }
@@ -120,6 +134,18 @@ pub struct Coverage {
     pub publications: u64,
     /// Push events delivered to clients.
     pub deliveries: u64,
+    /// Sessions resumed after a drop.
+    pub resumes: u64,
+    /// Resumes that replayed events.
+    pub resumes_with_replay: u64,
+    /// Gap notices received (replay buffer overflow or dropped events).
+    pub gaps: u64,
+    /// Resumes refused because the session was gone.
+    pub sessions_lost: u64,
+    /// Connections closed as slow consumers.
+    pub slow_consumers: u64,
+    /// Events dropped by the drop-oldest policy.
+    pub dropped_by_policy: u64,
 }
 
 impl Coverage {
@@ -135,6 +161,12 @@ impl Coverage {
         self.reconnects += other.reconnects;
         self.publications += other.publications;
         self.deliveries += other.deliveries;
+        self.resumes += other.resumes;
+        self.resumes_with_replay += other.resumes_with_replay;
+        self.gaps += other.gaps;
+        self.sessions_lost += other.sessions_lost;
+        self.slow_consumers += other.slow_consumers;
+        self.dropped_by_policy += other.dropped_by_policy;
     }
 }
 
@@ -154,6 +186,10 @@ pub enum InjectedFault {
     SkipPresence(u64),
     /// Answer the n-th request twice.
     AnswerTwice(u64),
+    /// Replay one event twice on the n-th resume that replays anything.
+    ReplayTwice(u64),
+    /// Leave one event out, without a gap, on the n-th resume that replays anything.
+    ReplaySkip(u64),
 }
 
 /// The outcome of one run.
@@ -171,12 +207,25 @@ const KEEPALIVE: KeepAlive = KeepAlive {
     idle_timeout: Some(Duration::from_millis(1000)),
 };
 const RECONNECT_DELAY_MS: u64 = 50;
+/// How long the server keeps a detached session: shorter than the longest faults, so
+/// some resumes succeed and some find the session gone.
+const SESSION_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Unwritten push bytes per connection before the slow-consumer policy acts.
+const OUTBOUND_LIMIT: usize = 64 * 1024;
+/// Bytes the simulated network holds towards a client before the server stops
+/// handing it more (a socket buffer).
+const LINK_WINDOW: usize = 32 * 1024;
 const SETTLE_MS: u64 = 3000;
 
 struct ClientConn {
     engine: ClientConnection,
     link: usize,
     history: usize,
+    /// This connection asked to resume a session.
+    resuming: bool,
+    /// The server lost the session this connection tried to resume: its events
+    /// belong to no history, and it is closed to start a fresh session.
+    discard: bool,
     /// Request id → index in the history's requests.
     requests: BTreeMap<u64, usize>,
     /// Requests waiting in an open batch (ids assigned by the engine).
@@ -187,6 +236,8 @@ struct SimClient {
     sessions: u32,
     echo: bool,
     conn: Option<ClientConn>,
+    /// The session to resume on the next connection, and its history.
+    resume: Option<(ResumeRequest, usize)>,
     reconnect_at: Option<u64>,
     publications: u32,
     messages: u32,
@@ -196,6 +247,8 @@ struct Link {
     to_server: ChunkedPipe,
     to_client: ChunkedPipe,
     held_until: Option<u64>,
+    /// The client reads nothing until then.
+    stalled_until: Option<u64>,
     server: Option<u64>,
 }
 
@@ -204,6 +257,8 @@ struct ServerConn {
     link: usize,
     member: Option<ConnectionId>,
     session: Option<SessionKey>,
+    queue: OutboundQueue,
+    close_reason: Option<CloseReason>,
 }
 
 /// One simulation run.
@@ -228,6 +283,7 @@ pub struct EngineSim {
     server_publications: u32,
     queue_breaches: Vec<String>,
     hub_config: HubConfig,
+    policy: SlowConsumerPolicy,
     fault: Option<InjectedFault>,
 }
 
@@ -240,7 +296,20 @@ impl EngineSim {
     pub fn new(seed: u64, clients: usize, groups: u32) -> Self {
         let mut rng = SimRng::new(seed);
         let journal = Journal::default();
-        let hub_config = HubConfig::default();
+        let hub_config = HubConfig {
+            session_timeout: SESSION_TIMEOUT,
+            // Small buffers now and then, so resumes also end in gaps.
+            replay_events: [4, 64, 1024][rng.range_inclusive(0, 2) as usize],
+            // A resume's replay must fit the outbound queue, or the slow-consumer
+            // policy would cut every resume short.
+            replay_bytes: OUTBOUND_LIMIT / 2,
+            ..HubConfig::default()
+        };
+        let policy = if rng.chance(1, 2) {
+            SlowConsumerPolicy::Disconnect
+        } else {
+            SlowConsumerPolicy::DropOldest
+        };
         let mut hub = Hub::new(hub_config.clone(), RecordingHooks::new(journal.clone()));
         for g in 1..=groups {
             hub.add_group(GroupId(g), format!("group {g}"))
@@ -254,6 +323,7 @@ impl EngineSim {
                 sessions: 0,
                 echo: rng.chance(3, 4),
                 conn: None,
+                resume: None,
                 reconnect_at: Some(0),
                 publications: 0,
                 messages: 0,
@@ -279,6 +349,7 @@ impl EngineSim {
             server_publications: 0,
             queue_breaches: Vec::new(),
             hub_config,
+            policy,
             fault: None,
         }
     }
@@ -298,6 +369,8 @@ impl EngineSim {
             Some(InjectedFault::SwapDeliveries(n)) => Some(HubFault::SwapDeliveries(n)),
             Some(InjectedFault::Misdeliver(n)) => Some(HubFault::Misdeliver(n)),
             Some(InjectedFault::SkipPresence(n)) => Some(HubFault::SkipPresence(n)),
+            Some(InjectedFault::ReplayTwice(n)) => Some(HubFault::ReplayTwice(n)),
+            Some(InjectedFault::ReplaySkip(n)) => Some(HubFault::ReplaySkip(n)),
             _ => None,
         };
         if let Some(f) = hub_fault {
@@ -362,9 +435,12 @@ impl EngineSim {
             }
         }
         for l in &self.links {
-            if let Some(t) = l.held_until {
+            for t in [l.held_until, l.stalled_until].into_iter().flatten() {
                 next = next.min(t);
             }
+        }
+        if let Some(t) = self.hub.poll_timeout() {
+            next = next.min(to_ms(t) + 1);
         }
         if let Some(((t, _), _)) = self.responses.first_key_value() {
             next = next.min(*t);
@@ -516,6 +592,31 @@ impl EngineSim {
                     self.links[link].held_until = Some(self.now_ms + ms);
                 }
             }
+            Op::Flood {
+                client,
+                groups,
+                count,
+                size,
+            } => {
+                for _ in 0..*count {
+                    let Some(payload) = self.next_message(*client, true, *size) else {
+                        return;
+                    };
+                    self.push(
+                        *client,
+                        PushCommand::Publish {
+                            groups: groups.iter().copied().map(GroupId).collect(),
+                            payload,
+                        },
+                    );
+                }
+            }
+            Op::Stall { client, ms } => {
+                if let Some(conn) = self.clients.get(*client).and_then(|c| c.conn.as_ref()) {
+                    let link = conn.link;
+                    self.links[link].stalled_until = Some(self.now_ms + ms);
+                }
+            }
             Op::Crash { client, down_ms } => {
                 let now = self.now_ms;
                 if let Some(c) = self.clients.get_mut(*client) {
@@ -523,6 +624,8 @@ impl EngineSim {
                         let link = conn.link;
                         self.histories[conn.history].intact = false;
                         self.histories[conn.history].crashed = true;
+                        // A restarted process remembers no session.
+                        c.resume = None;
                         // The process is gone: the server sees the transport end.
                         if let Some(server) = self.links[link].server.take() {
                             if let Some(s) = self.server_conns.get_mut(&server) {
@@ -543,11 +646,9 @@ impl EngineSim {
     }
 
     fn ready_conn(&mut self, client: usize) -> Option<&mut ClientConn> {
-        self.clients
-            .get_mut(client)?
-            .conn
-            .as_mut()
-            .filter(|c| c.engine.state() == pushwire_engine::client::ClientState::Ready)
+        self.clients.get_mut(client)?.conn.as_mut().filter(|c| {
+            !c.discard && c.engine.state() == pushwire_engine::client::ClientState::Ready
+        })
     }
 
     fn next_message(&mut self, client: usize, publication: bool, size: usize) -> Option<Bytes> {
@@ -591,8 +692,9 @@ impl EngineSim {
             if method == SLEEP {
                 conn.slow_pending += 1;
             }
+            // Ids unique within the history, which spans resumed connections.
             self.histories[history].requests.push(RequestRecord {
-                id,
+                id: position as u64 + 1,
                 expected_result,
                 outcomes: Vec::new(),
             });
@@ -619,17 +721,25 @@ impl EngineSim {
     }
 
     fn bounce_server(&mut self) {
-        // Everything the server held is gone; its journal ends those sessions without
-        // any notification (nobody is left to notify).
-        for s in std::mem::take(&mut self.server_conns).into_values() {
-            if let Some(session) = s.session {
+        // Everything the server held is gone, detached sessions included; its journal
+        // ends those sessions without any notification (nobody is left to notify).
+        let members: Vec<ConnectionId> = self.hub.connections().collect();
+        for member in members {
+            if let Some(session) = self
+                .hub
+                .connection_info(member)
+                .and_then(|info| SessionKey::parse(info.user_id.as_str()))
+            {
                 self.journal.push(JournalEntry::Disconnected { session });
             }
+        }
+        for s in std::mem::take(&mut self.server_conns).into_values() {
             let l = &mut self.links[s.link];
             l.server = None;
             l.to_client = ChunkedPipe::new(self.rng.next_u64(), 1);
             l.to_server = ChunkedPipe::new(self.rng.next_u64(), 1);
             l.held_until = None;
+            l.stalled_until = None;
             for c in &mut self.clients {
                 if let Some(conn) = &mut c.conn {
                     if conn.link == s.link {
@@ -656,18 +766,27 @@ impl EngineSim {
     fn connect(&mut self, index: usize) {
         let now = self.now();
         let client = &mut self.clients[index];
-        let key = SessionKey {
-            client: index as u32,
-            session: client.sessions,
+        let resume = client.resume.take();
+        let (key, history) = match resume {
+            // Resume: the same session, its history continues.
+            Some((_, history)) => (self.histories[history].key, Some(history)),
+            None => {
+                let key = SessionKey {
+                    client: index as u32,
+                    session: client.sessions,
+                };
+                client.sessions += 1;
+                (key, None)
+            }
         };
-        client.sessions += 1;
-        if client.sessions > 1 {
+        if client.sessions > 1 || history.is_some() {
             self.coverage.reconnects += 1;
         }
         let mut config = ClientConfig::new(ClientTransport::Plaintext, key.user_id(), b"pw");
         config.options = ClientOptions { echo: client.echo };
         config.keepalive = KEEPALIVE;
         config.handshake_timeout = Duration::from_millis(1000);
+        config.resume = resume.map(|(r, _)| r);
         let engine = ClientConnection::new(
             config,
             now,
@@ -677,7 +796,7 @@ impl EngineSim {
         let link = self.links.len();
         let server_id = self.next_server_conn;
         self.next_server_conn += 1;
-        let peer = format!("10.0.0.{}:{}", index + 1, 40_000 + client.sessions)
+        let peer = format!("10.0.0.{}:{}", index + 1, 40_000 + (server_id % 20_000))
             .parse()
             .expect("address");
         #[allow(unused_mut)]
@@ -692,6 +811,7 @@ impl EngineSim {
             to_server: ChunkedPipe::new(self.rng.next_u64(), max_chunk),
             to_client: ChunkedPipe::new(self.rng.next_u64(), max_chunk),
             held_until: None,
+            stalled_until: None,
             server: Some(server_id),
         });
         self.server_conns.insert(
@@ -701,14 +821,20 @@ impl EngineSim {
                 link,
                 member: None,
                 session: None,
+                queue: OutboundQueue::new(OUTBOUND_LIMIT, self.policy),
+                close_reason: None,
             },
         );
-        let history = self.histories.len();
-        self.histories.push(SessionHistory::new(key, client.echo));
+        let history = history.unwrap_or_else(|| {
+            self.histories.push(SessionHistory::new(key, client.echo));
+            self.histories.len() - 1
+        });
         client.conn = Some(ClientConn {
             engine,
             link,
             history,
+            resuming: resume.is_some(),
+            discard: false,
             requests: BTreeMap::new(),
             slow_pending: 0,
         });
@@ -727,13 +853,23 @@ impl EngineSim {
                 self.connect(i);
             }
         }
-        // Heal partitions whose time is up.
+        // Heal partitions and stalls whose time is up.
         for link in &mut self.links {
             if link.held_until.is_some_and(|t| t <= self.now_ms) {
                 link.held_until = None;
                 self.coverage.partitions_healed += 1;
             }
+            if link.stalled_until.is_some_and(|t| t <= self.now_ms) {
+                link.stalled_until = None;
+            }
         }
+        // Detached sessions whose time is up end now; their groups are told.
+        for (_, info) in self.hub.handle_timeout(now) {
+            if let Some(session) = SessionKey::parse(info.user_id.as_str()) {
+                self.journal.push(JournalEntry::Disconnected { session });
+            }
+        }
+        self.dispatch();
         // Responses that are due.
         while let Some((&(due, order), &(conn, request))) = self.responses.first_key_value() {
             if due > self.now_ms {
@@ -755,6 +891,7 @@ impl EngineSim {
                 }
             }
             // Network → server, server → network.
+            self.drain_queues();
             let ids: Vec<u64> = self.server_conns.keys().copied().collect();
             for id in ids {
                 let link = self.server_conns[&id].link;
@@ -786,7 +923,8 @@ impl EngineSim {
                     continue;
                 };
                 let link = conn.link;
-                if self.links[link].held_until.is_none() {
+                if self.links[link].held_until.is_none() && self.links[link].stalled_until.is_none()
+                {
                     while let Some(chunk) = self.links[link].to_client.read_chunk() {
                         conn.engine.handle_input(now, &chunk);
                     }
@@ -797,14 +935,26 @@ impl EngineSim {
         self.check_queues();
     }
 
+    /// G8: every queue within its bound (one frame of slack: a frame is queued,
+    /// then the policy acts).
     fn check_queues(&mut self) {
-        let limit = self.hub_config.max_outbound_bytes;
+        const SLACK: usize = 64 * 1024;
         for s in self.server_conns.values() {
-            if let Some(member) = s.member {
-                let queued = self.hub.queued_bytes(member).unwrap_or(0);
-                if queued > limit {
+            if s.queue.bytes() > OUTBOUND_LIMIT + SLACK {
+                self.queue_breaches.push(format!(
+                    "an outbound queue held {} bytes, over the limit of {OUTBOUND_LIMIT}",
+                    s.queue.bytes()
+                ));
+            }
+        }
+        let members: Vec<ConnectionId> = self.hub.connections().collect();
+        for member in members {
+            if let Some((events, bytes)) = self.hub.replay_held(member) {
+                if events > self.hub_config.replay_events
+                    || bytes > self.hub_config.replay_bytes + SLACK
+                {
                     self.queue_breaches.push(format!(
-                        "{member} had {queued} bytes queued, over the limit of {limit}"
+                        "{member} held {events} events ({bytes} bytes) for replay, over its bounds"
                     ));
                 }
             }
@@ -815,10 +965,25 @@ impl EngineSim {
         let Some(s) = self.server_conns.remove(&id) else {
             return;
         };
+        self.coverage.dropped_by_policy += s.queue.dropped_total();
         if let Some(member) = s.member {
-            let _ = self.hub.disconnect(member);
-            if let Some(session) = s.session {
-                self.journal.push(JournalEntry::Disconnected { session });
+            // A goodbye ends the session; anything else leaves it for a resume.
+            let deliberate = matches!(
+                s.close_reason,
+                Some(CloseReason::Remote {
+                    code: CloseCode::Normal,
+                    ..
+                })
+            );
+            let ended = if deliberate {
+                self.hub.disconnect(member).is_ok()
+            } else {
+                matches!(self.hub.detach(member, self.now()), Ok(Some(_)))
+            };
+            if ended {
+                if let Some(session) = s.session {
+                    self.journal.push(JournalEntry::Disconnected { session });
+                }
             }
             self.dispatch();
         }
@@ -836,33 +1001,7 @@ impl EngineSim {
                 return;
             };
             match event {
-                ServerEvent::Authenticate(request) => {
-                    let session = SessionKey::parse(request.user_id.as_str());
-                    let info = ConnectionInfo::new(
-                        request.user_id.clone(),
-                        request.peer.ip(),
-                        request.peer.port(),
-                        request.service_id,
-                    )
-                    .with_echo(request.options.echo);
-                    let member = self.hub.connect(info);
-                    if let Some(session) = session {
-                        self.journal.push(JournalEntry::Connected {
-                            session,
-                            echo: request.options.echo,
-                        });
-                    }
-                    let s = self.server_conns.get_mut(&id).expect("listed");
-                    s.member = Some(member);
-                    s.session = session;
-                    s.engine.permit(Grant {
-                        session_id: member.0,
-                        resume_token: ResumeToken([0; 16]),
-                        resumed: false,
-                        session_timeout_ms: 0,
-                        replay_capacity: 0,
-                    });
-                }
+                ServerEvent::Authenticate(request) => self.authenticate(id, request),
                 ServerEvent::Request {
                     request_id,
                     method_id,
@@ -896,13 +1035,98 @@ impl EngineSim {
                         self.dispatch();
                     }
                 }
-                ServerEvent::Acknowledged(_) => {}
-                ServerEvent::Closed(_) => {}
+                ServerEvent::Acknowledged(seq) => {
+                    if let Some(member) = s.member {
+                        self.hub.acknowledge(member, seq);
+                    }
+                }
+                ServerEvent::Closed(reason) => s.close_reason = Some(reason),
             }
         }
     }
 
-    /// Hands every hub delivery to its connection's engine.
+    /// What the server shell does with a Hello: resume the session it names, or
+    /// start a new one (telling the client when the one it asked for is gone).
+    fn authenticate(&mut self, id: u64, request: pushwire_engine::server::AuthRequest) {
+        let session = SessionKey::parse(request.user_id.as_str());
+        let grant = |member: ConnectionId, token: ResumeToken, resumed: bool| Grant {
+            session_id: member.0,
+            resume_token: token,
+            resumed,
+            session_timeout_ms: SESSION_TIMEOUT.as_millis() as u32,
+            replay_capacity: 0,
+        };
+        let mut lost = false;
+        if let Some(resume) = request.resume {
+            match self
+                .hub
+                .resume(&resume.token, request.user_id.as_str(), resume.last_seq)
+            {
+                Ok(resumed) => {
+                    self.coverage.resumes += 1;
+                    if resumed.replayed > 0 {
+                        self.coverage.resumes_with_replay += 1;
+                    }
+                    // A connection the server still had for this session is over.
+                    for (other, s) in self.server_conns.iter_mut() {
+                        if *other != id && s.member == Some(resumed.session) {
+                            s.member = None;
+                            s.engine
+                                .close(CloseCode::Kicked, "the session was resumed elsewhere");
+                        }
+                    }
+                    let s = self.server_conns.get_mut(&id).expect("listed");
+                    s.member = Some(resumed.session);
+                    s.session = session;
+                    s.engine.permit(grant(resumed.session, resume.token, true));
+                    self.dispatch();
+                    return;
+                }
+                Err(ResumeError::NotYours) => {
+                    let s = self.server_conns.get_mut(&id).expect("listed");
+                    s.engine.refuse(
+                        pushwire_protocol::RefuseCode::ResumeNotPermitted,
+                        "not your session",
+                    );
+                    return;
+                }
+                Err(ResumeError::Unknown) => {
+                    self.coverage.sessions_lost += 1;
+                    lost = true;
+                }
+            }
+        }
+        let info = ConnectionInfo::new(
+            request.user_id.clone(),
+            request.peer.ip(),
+            request.peer.port(),
+            request.service_id,
+        )
+        .with_echo(request.options.echo);
+        let mut token = [0u8; 16];
+        token[..8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
+        token[8..].copy_from_slice(&self.rng.next_u64().to_le_bytes());
+        let member = self.hub.connect_session(info, ResumeToken(token));
+        if let Some(session) = session {
+            self.journal.push(JournalEntry::Connected {
+                session,
+                echo: request.options.echo,
+            });
+        }
+        let s = self.server_conns.get_mut(&id).expect("listed");
+        s.member = Some(member);
+        s.session = session;
+        s.engine.permit(grant(member, ResumeToken(token), false));
+        if lost {
+            s.engine
+                .send(&Message::SessionLost(pushwire_protocol::SessionLost {
+                    reason: pushwire_protocol::SessionLostReason::Unknown,
+                    text: "gone".into(),
+                }));
+        }
+    }
+
+    /// Queues every hub delivery for its connection, under the slow-consumer policy.
     fn dispatch(&mut self) {
         let by_member: BTreeMap<ConnectionId, u64> = self
             .server_conns
@@ -911,17 +1135,34 @@ impl EngineSim {
             .collect();
         while let Some(delivery) = self.hub.poll_delivery() {
             let (member, message) = delivery.into_message();
-            let len = message.encoded_len();
-            if let Some(s) = by_member
+            let Some(s) = by_member
                 .get(&member)
                 .and_then(|id| self.server_conns.get_mut(id))
-            {
-                s.engine.send(&message);
+            else {
+                continue;
+            };
+            if s.queue.push_message(&message) == Queued::OverLimit {
+                self.coverage.slow_consumers += 1;
+                s.queue.clear();
+                s.engine.close(
+                    CloseCode::SlowConsumer,
+                    "outbound queue over its limit; resume to catch up",
+                );
             }
-            // The shell writes at once here: account it as written.
-            self.hub.record_written(member, len);
         }
         while self.hub.poll_slow_consumer().is_some() {}
+    }
+
+    /// Moves queued frames into server engines whose link has room.
+    fn drain_queues(&mut self) {
+        for s in self.server_conns.values_mut() {
+            let room = self.links[s.link].to_client.pending() < LINK_WINDOW;
+            if room && !s.queue.is_empty() {
+                let mut frames = Vec::new();
+                s.queue.take(&mut frames);
+                s.engine.send_encoded(&frames);
+            }
+        }
     }
 
     fn client_events(&mut self, index: usize) {
@@ -933,10 +1174,21 @@ impl EngineSim {
                 break;
             };
             let history = conn.history;
+            let discard = conn.discard;
             mix(&mut self.digest, self.now_ms);
             match event {
                 ClientEvent::ServerAuthenticated(_) => {}
-                ClientEvent::Ready(_) => mix(&mut self.digest, 1),
+                ClientEvent::Ready(welcome) => {
+                    mix(&mut self.digest, 1 + u64::from(welcome.resumed));
+                    if conn.resuming && !welcome.resumed {
+                        // The session is gone: its history ends here. This connection
+                        // belongs to a session the client did not ask for; close it
+                        // and start afresh under a new user id.
+                        conn.discard = true;
+                        conn.engine.close(CloseCode::Normal, "session lost");
+                        self.histories[history].intact = false;
+                    }
+                }
                 ClientEvent::Response {
                     request_id,
                     payload,
@@ -953,9 +1205,15 @@ impl EngineSim {
                     self.record_outcome(index, request_id, Outcome::Aborted, false);
                 }
                 ClientEvent::Push(message) => {
+                    if discard {
+                        continue;
+                    }
                     if let Some(received) = to_received(message) {
                         mix(&mut self.digest, received.seq().unwrap_or(0));
                         self.coverage.deliveries += 1;
+                        if matches!(received, Received::Gap { .. }) {
+                            self.coverage.gaps += 1;
+                        }
                         if self.clients[index]
                             .conn
                             .as_ref()
@@ -983,6 +1241,18 @@ impl EngineSim {
         if conn.engine.is_finished() {
             let conn = self.clients[index].conn.take().expect("checked");
             self.histories[conn.history].intact = false;
+            // Remember how to resume this session, unless it is already gone.
+            if !conn.discard && self.histories[conn.history].protocol_error.is_none() {
+                if let Some(welcome) = conn.engine.welcome() {
+                    self.clients[index].resume = Some((
+                        ResumeRequest {
+                            token: welcome.resume_token,
+                            last_seq: conn.engine.last_seq(),
+                        },
+                        conn.history,
+                    ));
+                }
+            }
             // The transport closes: the server sees EOF.
             if let Some(server) = self.links[conn.link].server {
                 if let Some(s) = self.server_conns.get_mut(&server) {
@@ -1005,12 +1275,16 @@ impl EngineSim {
             }
             record.outcomes.push(outcome);
             if result {
-                self.histories[history].result_order.push(request_id);
+                let id = record.id;
+                self.histories[history].result_order.push(id);
             }
         }
     }
 
     fn finish(mut self, seed: u64) -> RunOutput {
+        for s in self.server_conns.values() {
+            self.coverage.dropped_by_policy += s.queue.dropped_total();
+        }
         // Sessions still connected at the end were never cut off: intact.
         for c in &self.clients {
             if let Some(conn) = &c.conn {

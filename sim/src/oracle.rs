@@ -129,37 +129,54 @@ pub fn check(run: &RunRecord) -> Vec<Violation> {
 
 /// Replays the journal: the exact push events each session must get, in order,
 /// with their sequence numbers.
+///
+/// A session key is used by one session, except when a resume fails: the server then
+/// starts a new session under the same user id (which the harnesses stop recording
+/// at once). Such a reincarnation is tracked as a separate session internally, so
+/// its own membership does not mix with the first one's; other sessions still see it
+/// under the same key, as they would.
 pub fn expected_events(journal: &[JournalEntry]) -> BTreeMap<SessionKey, Vec<Received>> {
-    let mut online: BTreeMap<SessionKey, bool> = BTreeMap::new();
-    let mut members: BTreeMap<SessionKey, BTreeSet<u32>> = BTreeMap::new();
-    let mut out: BTreeMap<SessionKey, Vec<Received>> = BTreeMap::new();
-    let push = |out: &mut BTreeMap<SessionKey, Vec<Received>>, to: SessionKey, event: Received| {
+    type Internal = (SessionKey, u32);
+    let mut incarnation: BTreeMap<SessionKey, u32> = BTreeMap::new();
+    let mut ended: BTreeSet<SessionKey> = BTreeSet::new();
+    let mut online: BTreeMap<Internal, bool> = BTreeMap::new();
+    let mut members: BTreeMap<Internal, BTreeSet<u32>> = BTreeMap::new();
+    let mut out: BTreeMap<Internal, Vec<Received>> = BTreeMap::new();
+    let push = |out: &mut BTreeMap<Internal, Vec<Received>>, to: Internal, event: Received| {
         let list = out.entry(to).or_default();
         let seq = list.len() as u64 + 1;
         list.push(event.with_seq(seq));
     };
-    let shared =
-        |members: &BTreeMap<SessionKey, BTreeSet<u32>>, other: &SessionKey, groups: &[u32]| {
-            let mine = members.get(other);
-            groups
-                .iter()
-                .copied()
-                .filter(|g| mine.is_some_and(|m| m.contains(g)))
-                .collect::<Vec<u32>>()
-        };
+    let shared = |members: &BTreeMap<Internal, BTreeSet<u32>>, other: &Internal, groups: &[u32]| {
+        let mine = members.get(other);
+        groups
+            .iter()
+            .copied()
+            .filter(|g| mine.is_some_and(|m| m.contains(g)))
+            .collect::<Vec<u32>>()
+    };
+    let current = |incarnation: &BTreeMap<SessionKey, u32>, key: SessionKey| -> Internal {
+        (key, incarnation.get(&key).copied().unwrap_or(0))
+    };
     for entry in journal {
         match entry {
             JournalEntry::Connected { session, echo } => {
-                online.insert(*session, *echo);
+                if ended.remove(session) {
+                    *incarnation.entry(*session).or_default() += 1;
+                }
+                online.insert(current(&incarnation, *session), *echo);
             }
             JournalEntry::Disconnected { session } => {
-                online.remove(session);
-                members.remove(session);
+                let me = current(&incarnation, *session);
+                online.remove(&me);
+                members.remove(&me);
+                ended.insert(*session);
             }
             JournalEntry::Subscribe { session, groups } => {
+                let me = current(&incarnation, *session);
                 push(
                     &mut out,
-                    *session,
+                    me,
                     Received::Subscribed {
                         seq: 0,
                         from: Origin::Session(*session),
@@ -167,7 +184,7 @@ pub fn expected_events(journal: &[JournalEntry]) -> BTreeMap<SessionKey, Vec<Rec
                         groups: groups.clone(),
                     },
                 );
-                for other in online.keys().filter(|o| *o != session) {
+                for other in online.keys().filter(|o| **o != me) {
                     let common = shared(&members, other, groups);
                     if !common.is_empty() {
                         push(
@@ -183,7 +200,7 @@ pub fn expected_events(journal: &[JournalEntry]) -> BTreeMap<SessionKey, Vec<Rec
                     }
                 }
                 members
-                    .entry(*session)
+                    .entry(me)
                     .or_default()
                     .extend(groups.iter().copied());
             }
@@ -192,10 +209,11 @@ pub fn expected_events(journal: &[JournalEntry]) -> BTreeMap<SessionKey, Vec<Rec
                 groups,
                 cause,
             } => {
+                let me = current(&incarnation, *session);
                 if *cause != LeaveCause::Disconnect {
                     push(
                         &mut out,
-                        *session,
+                        me,
                         Received::Unsubscribed {
                             seq: 0,
                             from: Origin::Session(*session),
@@ -205,7 +223,7 @@ pub fn expected_events(journal: &[JournalEntry]) -> BTreeMap<SessionKey, Vec<Rec
                     );
                 }
                 if *cause != LeaveCause::GroupRemoved {
-                    for other in online.keys().filter(|o| *o != session) {
+                    for other in online.keys().filter(|o| **o != me) {
                         let common = shared(&members, other, groups);
                         if !common.is_empty() {
                             push(
@@ -221,7 +239,7 @@ pub fn expected_events(journal: &[JournalEntry]) -> BTreeMap<SessionKey, Vec<Rec
                         }
                     }
                 }
-                if let Some(m) = members.get_mut(session) {
+                if let Some(m) = members.get_mut(&me) {
                     for g in groups {
                         m.remove(g);
                     }
@@ -232,11 +250,15 @@ pub fn expected_events(journal: &[JournalEntry]) -> BTreeMap<SessionKey, Vec<Rec
                 groups,
                 payload,
             } => {
-                if let Origin::Session(actor) = origin {
-                    if online.get(actor) == Some(&true) {
+                let actor = match origin {
+                    Origin::Session(s) => Some(current(&incarnation, *s)),
+                    Origin::Server => None,
+                };
+                if let Some(actor) = actor {
+                    if online.get(&actor) == Some(&true) {
                         push(
                             &mut out,
-                            *actor,
+                            actor,
                             Received::Published {
                                 seq: 0,
                                 from: *origin,
@@ -248,7 +270,7 @@ pub fn expected_events(journal: &[JournalEntry]) -> BTreeMap<SessionKey, Vec<Rec
                     }
                 }
                 for other in online.keys() {
-                    if *origin == Origin::Session(*other) {
+                    if Some(*other) == actor {
                         continue;
                     }
                     let common = shared(&members, other, groups);
@@ -272,11 +294,15 @@ pub fn expected_events(journal: &[JournalEntry]) -> BTreeMap<SessionKey, Vec<Rec
                 receiver,
                 payload,
             } => {
-                if let Origin::Session(actor) = origin {
-                    if online.get(actor) == Some(&true) {
+                let actor = match origin {
+                    Origin::Session(s) => Some(current(&incarnation, *s)),
+                    Origin::Server => None,
+                };
+                if let Some(actor) = actor {
+                    if online.get(&actor) == Some(&true) {
                         push(
                             &mut out,
-                            *actor,
+                            actor,
                             Received::UserMessage {
                                 seq: 0,
                                 from: *origin,
@@ -288,9 +314,7 @@ pub fn expected_events(journal: &[JournalEntry]) -> BTreeMap<SessionKey, Vec<Rec
                 }
                 let receiver = receiver.to_lowercase();
                 for other in online.keys() {
-                    if *origin == Origin::Session(*other)
-                        || other.user_id().to_lowercase() != receiver
-                    {
+                    if Some(*other) == actor || other.0.user_id().to_lowercase() != receiver {
                         continue;
                     }
                     push(
@@ -307,7 +331,11 @@ pub fn expected_events(journal: &[JournalEntry]) -> BTreeMap<SessionKey, Vec<Rec
             }
         }
     }
-    out
+    // Histories are recorded for first incarnations only.
+    out.into_iter()
+        .filter(|((_, incarnation), _)| *incarnation == 0)
+        .map(|((key, _), events)| (key, events))
+        .collect()
 }
 
 fn is_presence(e: &Received) -> bool {
@@ -419,11 +447,20 @@ fn check_session(
             continue;
         }
         let covered = |seq: u64| gaps.iter().any(|(f, l)| (*f..=*l).contains(&seq));
-        if let Some(offset) = expected[next.min(expected.len())..]
-            .iter()
-            .position(|x| content_eq(x, event))
-        {
-            let k = next + offset;
+        // The sequence number says where the event belongs; when the event there
+        // matches, that is the alignment (identical presence events can repeat, and
+        // a Gap may cover the first of them). Otherwise find the next match.
+        let by_seq = event
+            .seq()
+            .and_then(|q| usize::try_from(q).ok()?.checked_sub(1))
+            .filter(|&i| i >= next && i < expected.len() && content_eq(&expected[i], event));
+        let found = by_seq.or_else(|| {
+            expected[next.min(expected.len())..]
+                .iter()
+                .position(|x| content_eq(x, event))
+                .map(|offset| next + offset)
+        });
+        if let Some(k) = found {
             for skipped in &expected[next..k] {
                 if covered(skipped.seq().unwrap_or(0)) {
                     continue;

@@ -108,9 +108,19 @@ pub fn generate(seed: u64, shape: Shape) -> Scenario {
                 client,
                 ms: rng.range_inclusive(10, 2_000),
             },
-            94..=97 if shape.faults => Op::Crash {
+            94..=95 if shape.faults => Op::Crash {
                 client,
                 down_ms: rng.range_inclusive(0, 500),
+            },
+            96 if shape.faults => Op::Stall {
+                client,
+                ms: rng.range_inclusive(100, 3_000),
+            },
+            97 => Op::Flood {
+                client,
+                groups: groups(&mut rng, group_count),
+                count: rng.range_inclusive(10, 40) as usize,
+                size: rng.range_inclusive(1_000, 8_000) as usize,
             },
             98..=99 if shape.faults => Op::ServerBounce,
             _ => Op::Publish {

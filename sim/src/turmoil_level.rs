@@ -14,7 +14,7 @@ use pushwire_engine::credentials::load_root_store;
 use pushwire_engine::tls::ClientTls;
 use pushwire_engine::{CloseReason, KeepAlive};
 use pushwire_protocol::{GroupId, Sender};
-use pushwire_tokio::client::{ClientBuilder, ConnectionContext, Event, Trust};
+use pushwire_tokio::client::{ClientBuilder, ConnectionContext, Event, Reconnect, Trust};
 use pushwire_tokio::hello::{self, hello_world_service, HELLO_WORLD_SERVICE};
 use pushwire_tokio::server::{AuthDecision, ConnectionEvent, ServerBuilder};
 use pushwire_tokio::transport::{Connector, Listener};
@@ -270,8 +270,14 @@ async fn client_host(
         context.echo = echo;
         context.keepalive = KEEPALIVE;
         context.connect_timeout = Duration::from_millis(2000);
-        // The harness reconnects by itself, with a fresh user id per session.
-        context.reconnect = None;
+        // The client library reconnects and resumes by itself; when the server has
+        // lost the session, the harness ends that history and starts a new session
+        // under a fresh user id.
+        context.reconnect = Some(Reconnect {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(400),
+            jitter_seed: index as u64,
+        });
         let (client, mut events) = match ClientBuilder::new(context)
             .connect_with(&TurmoilConnector)
             .await
@@ -289,8 +295,26 @@ async fn client_host(
         };
         lock(&world.clients)[index].current = Some(history);
         let recorder_world = world.clone();
+        let lost = Arc::new(tokio::sync::Notify::new());
+        let lost_signal = lost.clone();
         let recorder = tokio::spawn(async move {
             while let Some(event) = events.recv().await {
+                match &event {
+                    Event::Reconnected { resumed: false } => {
+                        // The server lost the session: this history ends here.
+                        lock(&recorder_world.coverage).sessions_lost += 1;
+                        lost_signal.notify_one();
+                        return;
+                    }
+                    Event::Reconnected { resumed: true } => {
+                        lock(&recorder_world.coverage).resumes += 1;
+                    }
+                    Event::Gap { .. } => lock(&recorder_world.coverage).gaps += 1,
+                    Event::Disconnected(CloseReason::Timeout(_)) => {
+                        lock(&recorder_world.coverage).partition_timeouts += 1;
+                    }
+                    _ => {}
+                }
                 if let Event::Closed(reason) = &event {
                     if matches!(reason, CloseReason::Timeout(_)) {
                         lock(&recorder_world.coverage).partition_timeouts += 1;
@@ -338,11 +362,18 @@ async fn client_host(
             tokio::select! {
                 biased;
                 _ = client.closed() => break,
+                () = lost.notified() => {
+                    lost.notify_one();
+                    break;
+                }
                 () = sleep_until_ms(t) => {}
             }
             perform(&world, &client, index, key, history, op);
         }
-        let _ = client.closed().await;
+        tokio::select! {
+            _ = client.closed() => {}
+            () = lost.notified() => client.close(),
+        }
         let _ = recorder.await;
         lock(&world.clients)[index].current = None;
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -357,7 +388,8 @@ fn op_client(op: &Op) -> Option<usize> {
         | Op::UserMessage { client, .. }
         | Op::Echo { client, .. }
         | Op::Sleep { client, .. }
-        | Op::Batch { client, .. } => Some(*client),
+        | Op::Batch { client, .. }
+        | Op::Flood { client, .. } => Some(*client),
         _ => None,
     }
 }
@@ -470,6 +502,18 @@ fn perform(
                 payload.clone(),
                 payload,
             );
+        }
+        Op::Flood {
+            groups,
+            count,
+            size,
+            ..
+        } => {
+            for _ in 0..count {
+                let payload = next_message(world, index, key, true, size);
+                lock(&world.coverage).publications += 1;
+                drop(client.publish(&groups, payload));
+            }
         }
         Op::Sleep { ms, .. } => request(
             world,

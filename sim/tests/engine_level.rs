@@ -80,6 +80,17 @@ fn scenarios_keep_every_guarantee() {
             ("server-batched batch", c.server_batches),
             ("aborted batch", c.aborted_batches),
             ("reconnect", c.reconnects),
+            ("resume with replay", c.resumes_with_replay),
+            (
+                "gap after a replay-buffer overflow or dropped events",
+                c.gaps,
+            ),
+            ("session lost", c.sessions_lost),
+            ("slow consumer closed", c.slow_consumers),
+            (
+                "events dropped by the drop-oldest policy",
+                c.dropped_by_policy,
+            ),
         ] {
             assert!(count > 0, "situation never exercised: {name}");
         }
@@ -98,4 +109,17 @@ fn the_same_seed_gives_the_same_run() {
         run_seed(1, Shape::default()).digest,
         run_seed(2, Shape::default()).digest
     );
+}
+
+#[test]
+#[ignore = "debugging aid: prints one seed's histories"]
+fn dump_seed() {
+    let seed = env("PUSHWIRE_SIM_SEED", 0);
+    let output = run_seed(seed, Shape::default());
+    for s in &output.record.sessions {
+        eprintln!("== {} intact={}", s.key, s.intact);
+        for r in &s.received {
+            eprintln!("   {r:?}");
+        }
+    }
 }

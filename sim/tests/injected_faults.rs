@@ -9,10 +9,15 @@ use pushwire_sim::scenario::{generate, Shape};
 /// Runs fault-free-network scenarios with `fault` armed until the oracle reports
 /// `expected`; returns the seed that showed it.
 fn caught(fault: InjectedFault, expected: Guarantee) -> u64 {
-    let shape = Shape {
+    let calm = Shape {
         faults: false,
         ..Shape::default()
     };
+    caught_in(fault, expected, calm)
+}
+
+/// As [`caught`], with scenarios of the given shape.
+fn caught_in(fault: InjectedFault, expected: Guarantee, shape: Shape) -> u64 {
     for seed in 0..300 {
         let scenario = generate(seed, shape);
         let mut sim = EngineSim::new(seed, scenario.clients, scenario.groups);
@@ -54,6 +59,25 @@ fn a_skipped_presence_notice_breaks_presence() {
 #[test]
 fn an_rpc_answered_twice_breaks_exactly_once() {
     caught(InjectedFault::AnswerTwice(1), Guarantee::G7);
+}
+
+#[test]
+fn an_event_replayed_twice_on_resume_is_a_duplicate() {
+    // Network faults are needed for resumes.
+    caught_in(
+        InjectedFault::ReplayTwice(1),
+        Guarantee::G3,
+        Shape::default(),
+    );
+}
+
+#[test]
+fn an_event_left_out_of_a_replay_without_a_gap_is_silent_loss() {
+    caught_in(
+        InjectedFault::ReplaySkip(1),
+        Guarantee::G5,
+        Shape::default(),
+    );
 }
 
 #[test]

@@ -85,6 +85,8 @@ fn turmoil_scenarios_keep_every_guarantee() {
                 coverage.bounces_with_subscribers,
             ),
             ("reconnect", coverage.reconnects),
+            ("session resumed", coverage.resumes),
+            ("session lost", coverage.sessions_lost),
             ("server-batched batch", coverage.server_batches),
             ("delivery", coverage.deliveries),
         ] {
@@ -100,4 +102,20 @@ fn the_same_seed_gives_the_same_turmoil_run() {
     let b = run(11, &scenario);
     assert_eq!(a.digest, b.digest);
     assert_eq!(a.record.journal, b.record.journal);
+}
+
+#[test]
+#[ignore = "debugging aid: prints one seed's journal and histories"]
+fn dump_turmoil_seed() {
+    let seed = env("PUSHWIRE_TURMOIL_SEED", 0);
+    let output = run(seed, &generate(seed, SHAPE));
+    for entry in &output.record.journal {
+        eprintln!("J {entry:?}");
+    }
+    for s in &output.record.sessions {
+        eprintln!("== {} intact={}", s.key, s.intact);
+        for r in &s.received {
+            eprintln!("   {r:?}");
+        }
+    }
 }

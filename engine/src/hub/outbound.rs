@@ -30,6 +30,10 @@ pub enum Queued {
 struct Frame {
     seq: Option<u64>,
     bytes: Bytes,
+    /// A placeholder for dropped events `first..=last`, encoded as a Gap when taken.
+    /// It stands where the first of them stood, so notices queued before them
+    /// (a resume's own Gap, say) still come first.
+    gap: Option<(u64, u64)>,
 }
 
 /// Encoded frames for one connection, oldest first, bounded by bytes.
@@ -43,8 +47,6 @@ pub struct OutboundQueue {
     bytes: usize,
     limit: usize,
     policy: SlowConsumerPolicy,
-    /// Sequence numbers dropped and not yet announced by a Gap.
-    dropped: Option<(u64, u64)>,
     /// Frames dropped in total.
     dropped_total: u64,
 }
@@ -57,7 +59,6 @@ impl OutboundQueue {
             bytes: 0,
             limit,
             policy,
-            dropped: None,
             dropped_total: 0,
         }
     }
@@ -67,9 +68,9 @@ impl OutboundQueue {
         self.bytes
     }
 
-    /// Whether nothing is queued (no frame and no pending gap).
+    /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty() && self.dropped.is_none()
+        self.frames.is_empty()
     }
 
     /// Push events dropped so far under [`SlowConsumerPolicy::DropOldest`].
@@ -94,7 +95,11 @@ impl OutboundQueue {
     /// Queues an encoded frame; `seq` is its push-event sequence number, if any.
     pub fn push(&mut self, seq: Option<u64>, bytes: Bytes) -> Queued {
         self.bytes += bytes.len();
-        self.frames.push_back(Frame { seq, bytes });
+        self.frames.push_back(Frame {
+            seq,
+            bytes,
+            gap: None,
+        });
         if self.bytes <= self.limit {
             return Queued::Ok;
         }
@@ -103,35 +108,51 @@ impl OutboundQueue {
             SlowConsumerPolicy::DropOldest => {
                 while self.bytes > self.limit {
                     // The oldest push event goes; command answers (small, and owed to
-                    // a request of the client) stay.
+                    // a request of the client) and notices stay.
                     let Some(i) = self.frames.iter().position(|f| f.seq.is_some()) else {
                         break;
                     };
-                    let frame = self.frames.remove(i).expect("position is in range");
-                    self.bytes -= frame.bytes.len();
+                    let seq = self.frames[i].seq.expect("searched for a sequenced frame");
+                    self.bytes -= self.frames[i].bytes.len();
                     self.dropped_total += 1;
-                    let seq = frame.seq.expect("searched for a sequenced frame");
-                    self.dropped = Some(match self.dropped {
-                        None => (seq, seq),
-                        Some((first, _)) => (first, seq),
-                    });
+                    // Extend the placeholder for the events dropped just before this
+                    // one (nothing sequenced stands between), or put one in its place.
+                    let previous = self.frames.iter().take(i).rposition(|f| f.gap.is_some());
+                    let extends =
+                        previous.filter(|&p| self.frames.range(p + 1..i).all(|f| f.seq.is_none()));
+                    match extends {
+                        Some(p) => {
+                            let gap = self.frames[p].gap.as_mut().expect("found by gap");
+                            gap.1 = seq;
+                            self.frames.remove(i);
+                        }
+                        None => {
+                            self.frames[i] = Frame {
+                                seq: None,
+                                bytes: Bytes::new(),
+                                gap: Some((seq, seq)),
+                            };
+                        }
+                    }
                 }
                 Queued::Ok
             }
         }
     }
 
-    /// Moves everything queued into `out`: first a Gap for dropped events, then the
-    /// frames in order. Returns the frame bytes taken (not counting the gap).
+    /// Moves everything queued into `out`, in order, dropped events as Gap notices.
+    /// Returns the bytes taken.
     pub fn take(&mut self, out: &mut Vec<u8>) -> usize {
-        if let Some((first, last)) = self.dropped.take() {
-            let mut gap = BytesMut::new();
-            Message::Gap(Gap { first, last }).encode(&mut gap);
-            out.extend_from_slice(&gap);
-        }
         let taken = self.bytes;
         for frame in self.frames.drain(..) {
-            out.extend_from_slice(&frame.bytes);
+            match frame.gap {
+                Some((first, last)) => {
+                    let mut gap = BytesMut::new();
+                    Message::Gap(Gap { first, last }).encode(&mut gap);
+                    out.extend_from_slice(&gap);
+                }
+                None => out.extend_from_slice(&frame.bytes),
+            }
         }
         self.bytes = 0;
         taken
@@ -142,7 +163,6 @@ impl OutboundQueue {
     pub fn clear(&mut self) {
         self.frames.clear();
         self.bytes = 0;
-        self.dropped = None;
     }
 }
 
@@ -206,5 +226,26 @@ mod tests {
         assert_eq!(seqs, [9, 10]);
         assert_eq!(q.dropped_total(), 8);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_notice_queued_before_dropped_events_stays_before_their_gap() {
+        let mut q = OutboundQueue::new(250, SlowConsumerPolicy::DropOldest);
+        q.push_message(&Message::Gap(Gap { first: 1, last: 2 }));
+        for seq in 3..=6 {
+            q.push_message(&event(seq));
+        }
+        let mut out = Vec::new();
+        q.take(&mut out);
+        let gaps: Vec<(u64, u64)> = decode(&out)
+            .iter()
+            .filter_map(|m| match m {
+                Message::Gap(g) => Some((g.first, g.last)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(gaps.len(), 2);
+        assert_eq!(gaps[0], (1, 2), "the earlier notice first");
+        assert_eq!(gaps[1].0, 3, "then the dropped events, from the oldest");
     }
 }

@@ -76,6 +76,17 @@ pub enum ServerError {
     /// A group registered twice.
     #[error(transparent)]
     Hub(#[from] HubError),
+    /// The replay buffer could not be replayed through the outbound queue.
+    #[error(
+        "the replay buffer ({replay} bytes) must not exceed the outbound queue limit \
+         ({outbound} bytes): a resume would be cut off as a slow consumer"
+    )]
+    ReplayOverOutbound {
+        /// Replay bytes configured.
+        replay: usize,
+        /// Outbound limit configured.
+        outbound: usize,
+    },
 }
 
 /// Builds a [`Server`].
@@ -303,6 +314,12 @@ impl ServerBuilder {
         config.hello_timeout = self.hello_timeout;
         config.keepalive = self.keepalive;
         let outbound_limit = self.hub.max_outbound_bytes;
+        if self.hub.replay_bytes > outbound_limit {
+            return Err(ServerError::ReplayOverOutbound {
+                replay: self.hub.replay_bytes,
+                outbound: outbound_limit,
+            });
+        }
         let mut hub = Hub::new(self.hub, LoggedHooks(self.hooks));
         for (id, description) in self.groups {
             hub.add_group(id, description)?;
