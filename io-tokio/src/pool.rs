@@ -265,23 +265,14 @@ impl Pool {
     }
 }
 
-/// SplitMix64 step, for reconnect jitter.
-fn next_random(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// Exponential backoff with up to 50 % jitter.
+/// Exponential backoff with up to 50 % jitter, as the clients reconnect.
 fn backoff(config: &PoolConfig, failures: u32, rng: &mut u64) -> Duration {
-    let base = config
-        .backoff_initial
-        .saturating_mul(1u32 << failures.min(16))
-        .min(config.backoff_max);
-    let jitter = base.mul_f64((next_random(rng) % 1000) as f64 / 2000.0);
-    base + jitter
+    crate::client::Reconnect {
+        initial: config.backoff_initial,
+        max: config.backoff_max,
+        jitter_seed: 0,
+    }
+    .delay(failures, rng)
 }
 
 async fn supervise<C: Connector + Clone>(

@@ -29,7 +29,7 @@ use pushwire_engine::server::{
 use pushwire_engine::{CloseReason, KeepAlive};
 use pushwire_protocol::{
     ClientOptions, CloseCode, ErrorCode, GroupId, GroupSelection, Message, ResumeRequest,
-    ResumeToken, Sender,
+    ResumeToken,
 };
 use rustls::pki_types::UnixTime;
 use std::collections::BTreeMap;
@@ -1306,41 +1306,32 @@ impl EngineSim {
     }
 }
 
-fn origin_of(sender: &Sender) -> Origin {
-    match sender {
-        Sender::Server => Origin::Server,
-        Sender::Peer(p) => {
-            SessionKey::parse(p.user_id.as_str()).map_or(Origin::Server, Origin::Session)
-        }
-    }
-}
-
 /// A client's push event as the oracle's [`Received`].
 pub fn to_received(message: Message) -> Option<Received> {
     let ids = |g: Vec<GroupId>| g.into_iter().map(|g| g.0).collect();
     Some(match message {
         Message::Subscribed(m) => Received::Subscribed {
             seq: m.seq,
-            from: origin_of(&m.sender),
+            from: Origin::of(&m.sender),
             is_self: m.sender.is_self(),
             groups: ids(m.groups),
         },
         Message::Unsubscribed(m) => Received::Unsubscribed {
             seq: m.seq,
-            from: origin_of(&m.sender),
+            from: Origin::of(&m.sender),
             is_self: m.sender.is_self(),
             groups: ids(m.groups),
         },
         Message::Published(m) => Received::Published {
             seq: m.seq,
-            from: origin_of(&m.sender),
+            from: Origin::of(&m.sender),
             is_self: m.sender.is_self(),
             groups: ids(m.groups),
             payload: m.payload,
         },
         Message::UserMessage(m) => Received::UserMessage {
             seq: m.seq,
-            from: origin_of(&m.sender),
+            from: Origin::of(&m.sender),
             is_self: m.sender.is_self(),
             payload: m.payload,
         },

@@ -50,6 +50,18 @@ pub enum Origin {
     Session(SessionKey),
 }
 
+impl Origin {
+    /// The origin a received sender names: a session by its user id, or the server.
+    pub fn of(sender: &pushwire_protocol::Sender) -> Origin {
+        match sender {
+            pushwire_protocol::Sender::Server => Origin::Server,
+            pushwire_protocol::Sender::Peer(p) => {
+                SessionKey::parse(p.user_id.as_str()).map_or(Origin::Server, Origin::Session)
+            }
+        }
+    }
+}
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -12,4 +12,5 @@ pub mod pipe;
 pub mod recorder;
 pub mod rng;
 pub mod scenario;
+pub mod suite;
 pub mod turmoil_level;

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use pushwire_engine::credentials::load_root_store;
 use pushwire_engine::tls::ClientTls;
 use pushwire_engine::{CloseReason, KeepAlive};
-use pushwire_protocol::{GroupId, Sender};
+use pushwire_protocol::GroupId;
 use pushwire_tokio::client::{ClientBuilder, ConnectionContext, Event, Reconnect, Trust};
 use pushwire_tokio::hello::{self, hello_world_service, HELLO_WORLD_SERVICE};
 use pushwire_tokio::server::{AuthDecision, ConnectionEvent, ServerBuilder};
@@ -103,15 +103,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn origin_of(sender: &Sender) -> Origin {
-    match sender {
-        Sender::Server => Origin::Server,
-        Sender::Peer(p) => {
-            SessionKey::parse(p.user_id.as_str()).map_or(Origin::Server, Origin::Session)
-        }
-    }
-}
-
 fn ids(groups: &[GroupId]) -> Vec<u32> {
     groups.iter().map(|g| g.0).collect()
 }
@@ -124,7 +115,7 @@ fn to_received(event: &Event) -> Option<Received> {
             groups,
         } => Received::Subscribed {
             seq: *seq,
-            from: origin_of(sender),
+            from: Origin::of(sender),
             is_self: sender.is_self(),
             groups: ids(groups),
         },
@@ -134,7 +125,7 @@ fn to_received(event: &Event) -> Option<Received> {
             groups,
         } => Received::Unsubscribed {
             seq: *seq,
-            from: origin_of(sender),
+            from: Origin::of(sender),
             is_self: sender.is_self(),
             groups: ids(groups),
         },
@@ -145,7 +136,7 @@ fn to_received(event: &Event) -> Option<Received> {
             message,
         } => Received::Published {
             seq: *seq,
-            from: origin_of(sender),
+            from: Origin::of(sender),
             is_self: sender.is_self(),
             groups: ids(groups),
             payload: message.clone(),
@@ -156,7 +147,7 @@ fn to_received(event: &Event) -> Option<Received> {
             message,
         } => Received::UserMessage {
             seq: *seq,
-            from: origin_of(sender),
+            from: Origin::of(sender),
             is_self: sender.is_self(),
             payload: message.clone(),
         },
