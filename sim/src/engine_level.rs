@@ -1134,14 +1134,13 @@ impl EngineSim {
             .filter_map(|(id, s)| s.member.map(|m| (m, *id)))
             .collect();
         while let Some(delivery) = self.hub.poll_delivery() {
-            let (member, message) = delivery.into_message();
             let Some(s) = by_member
-                .get(&member)
+                .get(&delivery.connection())
                 .and_then(|id| self.server_conns.get_mut(id))
             else {
                 continue;
             };
-            if s.queue.push_message(&message) == Queued::OverLimit {
+            if s.queue.push_event(delivery.event(), delivery.frame_len()) == Queued::OverLimit {
                 self.coverage.slow_consumers += 1;
                 s.queue.clear();
                 s.engine.close(

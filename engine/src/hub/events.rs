@@ -244,6 +244,32 @@ impl PushEvent {
         }
     }
 
+    /// Appends the encoded frame to `out`. A publication, the fan-out fast path, is
+    /// written without building a [`Message`] (no group list allocated); the other
+    /// events go through [`PushEvent::into_message`].
+    pub fn encode(&self, out: &mut bytes::BytesMut) {
+        match self {
+            PushEvent::Published {
+                seq,
+                sender,
+                groups,
+                payload,
+            } => {
+                groups.with_slice(|groups| {
+                    pushwire_protocol::encode_published_prefix(
+                        out,
+                        *seq,
+                        sender,
+                        groups,
+                        payload.len(),
+                    )
+                });
+                out.extend_from_slice(payload);
+            }
+            other => other.clone().into_message().encode(out),
+        }
+    }
+
     /// The wire message. Allocates the group list of presence events and
     /// publications; the payload stays shared.
     pub fn into_message(self) -> Message {

@@ -44,6 +44,9 @@ struct Frame {
 #[derive(Debug)]
 pub struct OutboundQueue {
     frames: VecDeque<Frame>,
+    /// Frames are encoded here and split off, so queuing a frame allocates only when
+    /// a chunk is used up.
+    arena: BytesMut,
     bytes: usize,
     limit: usize,
     policy: SlowConsumerPolicy,
@@ -56,6 +59,7 @@ impl OutboundQueue {
     pub fn new(limit: usize, policy: SlowConsumerPolicy) -> Self {
         Self {
             frames: VecDeque::new(),
+            arena: BytesMut::new(),
             bytes: 0,
             limit,
             policy,
@@ -87,9 +91,25 @@ impl OutboundQueue {
             Message::UserMessage(m) => Some(m.seq),
             _ => None,
         };
-        let mut buf = BytesMut::with_capacity(message.encoded_len());
-        message.encode(&mut buf);
-        self.push(seq, buf.freeze())
+        self.reserve(message.encoded_len());
+        message.encode(&mut self.arena);
+        let frame = self.arena.split().freeze();
+        self.push(seq, frame)
+    }
+
+    /// Encodes and queues a hub event (the fan-out path: no intermediate message).
+    pub fn push_event(&mut self, event: &super::PushEvent, frame_len: usize) -> Queued {
+        self.reserve(frame_len);
+        event.encode(&mut self.arena);
+        let frame = self.arena.split().freeze();
+        self.push(event.seq(), frame)
+    }
+
+    /// Room for a frame of `len` bytes in the arena, in chunks of at least 16 KiB.
+    fn reserve(&mut self, len: usize) {
+        if self.arena.capacity() < len {
+            self.arena.reserve(len.max(16 * 1024));
+        }
     }
 
     /// Queues an encoded frame; `seq` is its push-event sequence number, if any.

@@ -1440,3 +1440,38 @@ fn event_groups_of_a_v6_sender_encode_with_the_right_length() {
     // Subscribed, echo. drain() checks every frame length against the real encoding.
     assert_eq!(drain(&mut hub).len(), 6);
 }
+
+#[test]
+fn direct_encoding_of_events_matches_the_message_encoding() {
+    let mut hub = hub();
+    for g in 1..=70 {
+        let _ = hub.add_group(GroupId(g), "g");
+    }
+    let a = hub.connect(info("a", 1));
+    let b = hub.connect(info("b", 2));
+    hub.subscribe(a, &ids(&[1, 2, 3])).unwrap();
+    hub.subscribe(b, &ids(&[2, 65, 66])).unwrap();
+    let all: Vec<u32> = (1..=70).collect();
+    hub.publish(
+        Actor::Connection(a),
+        &ids(&all),
+        Bytes::from_static(b"many groups"),
+    )
+    .unwrap();
+    hub.publish(Actor::Server, &ids(&[2, 3]), Bytes::from_static(b"few"))
+        .unwrap();
+    hub.send_user_message(Actor::Connection(b), "A", Bytes::from_static(b"hi"))
+        .unwrap();
+    hub.unsubscribe(b, &ids(&[2])).unwrap();
+    let mut seen = 0;
+    while let Some(delivery) = hub.poll_delivery() {
+        let mut direct = bytes::BytesMut::new();
+        delivery.event().encode(&mut direct);
+        assert_eq!(direct.len(), delivery.frame_len());
+        let mut via_message = bytes::BytesMut::new();
+        delivery.into_message().1.encode(&mut via_message);
+        assert_eq!(direct, via_message);
+        seen += 1;
+    }
+    assert!(seen >= 8, "{seen} deliveries");
+}

@@ -435,9 +435,9 @@ impl HubCore {
     /// consumers. Called after every hub operation, under the lock.
     fn dispatch(&mut self) {
         while let Some(delivery) = self.hub.poll_delivery() {
-            let (connection, message) = delivery.into_message();
-            if let Some(outbox) = self.outboxes.get(&connection) {
-                if lock(&outbox.queue).push_message(&message) == Queued::OverLimit {
+            if let Some(outbox) = self.outboxes.get(&delivery.connection()) {
+                let queued = lock(&outbox.queue).push_event(delivery.event(), delivery.frame_len());
+                if queued == Queued::OverLimit {
                     outbox.slow.store(true, Ordering::Release);
                     outbox.alert.notify_one();
                 }
