@@ -4,6 +4,8 @@
 //! and nothing spawns threads: time and randomness are arguments, bytes go in and out
 //! through caller-owned buffers.
 
+#![warn(missing_docs)]
+
 mod channel;
 pub mod client;
 mod close;

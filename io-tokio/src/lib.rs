@@ -4,6 +4,8 @@
 //! engines of `pushwire-engine` to byte streams: tokio's TCP in production, turmoil's
 //! in the simulator.
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod client;
 pub mod hello;

@@ -35,6 +35,8 @@
 //! assert_eq!(decoded, vec![message]);
 //! ```
 
+#![warn(missing_docs)]
+
 mod codes;
 mod control;
 mod decoder;

@@ -45,56 +45,112 @@ pub const SLEEP: u32 = 2;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// A client joins groups.
-    Subscribe { client: usize, groups: Vec<u32> },
+    Subscribe {
+        /// The acting client (index).
+        client: usize,
+        /// Group ids.
+        groups: Vec<u32>,
+    },
     /// A client leaves groups (`None`: all).
     Unsubscribe {
+        /// The acting client (index).
         client: usize,
+        /// Group ids.
         groups: Option<Vec<u32>>,
     },
     /// A client publishes.
     Publish {
+        /// The acting client (index).
         client: usize,
+        /// Group ids.
         groups: Vec<u32>,
+        /// Payload bytes.
         size: usize,
     },
     /// The server publishes on its own.
-    ServerPublish { groups: Vec<u32>, size: usize },
+    ServerPublish {
+        /// Group ids.
+        groups: Vec<u32>,
+        /// Payload bytes.
+        size: usize,
+    },
     /// A client messages another client's current session (user id upper-cased
     /// when `upper`, to exercise case-insensitivity).
     UserMessage {
+        /// The acting client (index).
         client: usize,
+        /// The receiving client (index).
         to: usize,
+        /// Upper-case the receiver id.
         upper: bool,
+        /// Payload bytes.
         size: usize,
     },
     /// A client calls echo.
-    Echo { client: usize, size: usize },
+    Echo {
+        /// The acting client (index).
+        client: usize,
+        /// Payload bytes.
+        size: usize,
+    },
     /// A client calls sleep (a slow request answered later, out of order).
-    Sleep { client: usize, ms: u32 },
+    Sleep {
+        /// The acting client (index).
+        client: usize,
+        /// Milliseconds.
+        ms: u32,
+    },
     /// A batch of echo requests plus a publication, committed or aborted.
     Batch {
+        /// The acting client (index).
         client: usize,
+        /// Echo requests in the batch.
         requests: usize,
+        /// Groups of a publication in the batch (none when empty).
         publish: Vec<u32>,
+        /// Commit with server batching.
         server_batching: bool,
+        /// Abort instead of committing.
         abort: bool,
     },
     /// The client's connection is cut (both ends see it end).
-    Cut { client: usize },
+    Cut {
+        /// The acting client (index).
+        client: usize,
+    },
     /// The client's link holds all bytes for a while, then delivers them.
-    Partition { client: usize, ms: u64 },
+    Partition {
+        /// The acting client (index).
+        client: usize,
+        /// Milliseconds.
+        ms: u64,
+    },
     /// The client process dies without closing and restarts after `down_ms`.
-    Crash { client: usize, down_ms: u64 },
+    Crash {
+        /// The acting client (index).
+        client: usize,
+        /// Milliseconds before the restart.
+        down_ms: u64,
+    },
     /// A client publishes a burst of large messages at once.
     Flood {
+        /// The acting client (index).
         client: usize,
+        /// Group ids.
         groups: Vec<u32>,
+        /// Number of publications.
         count: usize,
+        /// Payload bytes.
         size: usize,
     },
     /// The client stops reading for a while (its link delivers nothing to it); the
     /// server's outbound queue for it fills up and its slow-consumer policy acts.
-    Stall { client: usize, ms: u64 },
+    Stall {
+        /// The acting client (index).
+        client: usize,
+        /// Milliseconds.
+        ms: u64,
+    },
     /// The server restarts: every connection and all hub state are lost.
     ServerBounce,
 }

@@ -5,6 +5,8 @@
 //! ([`history`]); the [`oracle`] checks the record against the guarantees G1–G8 of
 //! the design brief.
 
+#![warn(missing_docs)]
+
 pub mod engine_level;
 pub mod history;
 pub mod oracle;
