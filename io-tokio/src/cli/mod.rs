@@ -1,5 +1,6 @@
 //! The `pushwire` command-line tool: a server (`serve`), client commands (`sub`, `pub`,
-//! `send`, `call`, `groups`), the tutorial `demo`, `hash-password` and `protocol`.
+//! `send`, `call`, `groups`), the tutorial `demo`, `bench`, `hash-password` and
+//! `protocol`.
 //!
 //! The binary (`src/bin/pushwire.rs`) only parses the command line with [`Cli`] and
 //! hands it to [`run`]; everything else lives here so it can be unit-tested.
@@ -15,6 +16,7 @@
 //! | 4 | the server refused the user id and password |
 //! | 5 | timed out |
 
+pub mod bench;
 mod client;
 mod demo;
 mod output;
@@ -92,6 +94,9 @@ pub enum Command {
     Demo,
     /// Print the protocol version and every message type.
     Protocol,
+    /// Measure publish rate, delivery rate and publish-to-deliver latency with P
+    /// publishers and S subscribers, against an in-process server or --server.
+    Bench(bench::BenchArgs),
 }
 
 /// Arguments of `pushwire hash-password`.
@@ -229,6 +234,7 @@ async fn run_async(command: Command) -> Result<(), CliError> {
         Command::Call(args) => client::call(args).await,
         Command::Groups(args) => client::groups(args).await,
         Command::Demo => demo::run().await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Protocol | Command::HashPassword(_) => unreachable!("handled without a runtime"),
     }
 }

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Publish-to-deliver latency at half the peak rate, plaintext and TLS, on loopback.
+#
+# For each transport and workload: measure the peak publish rate (median of ROUNDS
+# unpaced runs of `pushwire bench`), then publish at half of it for about SECONDS
+# seconds with `--rate` and report p50 / p99 / p99.9 / max. Each run gets a fresh
+# `pushwire serve` process, as in nats_compare.sh (a server keeps the sessions of
+# clients that left for a while, and they would still receive the next run's
+# publications).
+#
+#   bash benches/latency_at_half_peak.sh
+#   ROUNDS=5 SECONDS_AT_RATE=20 bash benches/latency_at_half_peak.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+SECONDS_AT_RATE=${SECONDS_AT_RATE:-10}
+LOG_DIR=${LOG_DIR:-target/latency}
+# "size subscribers" of each workload (1 publisher, one group).
+WORKLOADS=("16 1" "16 10")
+
+cargo build --release --locked -p pushwire-tokio --bin pushwire
+PUSHWIRE=target/release/pushwire
+mkdir -p "$LOG_DIR"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# Starts a fresh `pushwire serve` for TRANSPORT (plaintext or tls); sets SERVER_PID
+# and SERVER_ADDR.
+start_server() {
+  local out="$LOG_DIR/serve-$1.out"
+  local flags=()
+  [ "$1" = plaintext ] && flags=(--plaintext)
+  rm -f "$out"
+  RUST_LOG=warn "$PUSHWIRE" serve --listen 127.0.0.1:0 "${flags[@]}" \
+    >"$out" 2>>"$LOG_DIR/serve-$1.err" &
+  SERVER_PID=$!
+  PIDS+=("$SERVER_PID")
+  for _ in $(seq 100); do
+    if grep -q '^listening on ' "$out" 2>/dev/null; then
+      SERVER_ADDR=$(sed -n 's/^listening on //p' "$out")
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "pushwire serve ($1) did not start" >&2
+  return 1
+}
+
+stop_server() {
+  kill "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+}
+
+# `pushwire bench` against a fresh server: transport, log file, bench flags…
+bench() {
+  local transport=$1 log=$2
+  shift 2
+  start_server "$transport"
+  timeout 600 "$PUSHWIRE" bench "--$transport" --server "$SERVER_ADDR" "$@" --quiet >"$log"
+  stop_server
+}
+
+field() { # key, from the result line on stdin
+  grep '^result ' | tr ' ' '\n' | sed -n "s/^$1=//p"
+}
+
+median() {
+  sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
+
+
+printf '| %-18s | %-9s | %14s | %12s | %9s | %9s | %9s | %9s |\n' \
+  "workload (1 pub)" transport "peak pub/s" "rate used" "p50 us" "p99 us" "p99.9 us" "max us"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' "--------------------" "-----------" \
+  "---------------:" "-------------:" "----------:" "----------:" "----------:" "----------:"
+for workload in "${WORKLOADS[@]}"; do
+  read -r size subs <<<"$workload"
+  for transport in plaintext tls; do
+    peaks=""
+    for round in $(seq "$ROUNDS"); do
+      log="$LOG_DIR/peak-$transport-${size}B-${subs}sub-$round.txt"
+      bench "$transport" "$log" --msgs 200000 --size "$size" --subs "$subs"
+      peaks+="$(field publish_rate <"$log")"$'\n'
+    done
+    peak=$(printf '%s' "$peaks" | median)
+    rate=$(awk -v p="$peak" 'BEGIN { printf "%d", p / 2 }')
+    msgs=$((rate * SECONDS_AT_RATE))
+    log="$LOG_DIR/half-$transport-${size}B-${subs}sub.txt"
+    bench "$transport" "$log" --msgs "$msgs" --size "$size" --subs "$subs" --rate "$rate"
+    result=$(grep '^result ' "$log")
+    printf '| %-18s | %-9s | %14s | %12s | %9s | %9s | %9s | %9s |\n' \
+      "$size B to $subs sub" "$transport" "$peak" "$rate" \
+      "$(field p50_us <<<"$result")" "$(field p99_us <<<"$result")" \
+      "$(field p999_us <<<"$result")" "$(field max_us <<<"$result")"
+  done
+done
