@@ -350,3 +350,39 @@ async fn the_drop_oldest_policy_keeps_the_connection_and_reports_a_gap() {
     seqs.sort();
     assert_eq!(seqs, (1..=FLOOD + 1).collect::<Vec<u64>>());
 }
+
+#[tokio::test]
+async fn a_client_that_says_goodbye_ends_its_session_at_once() {
+    let server = builder()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let (alice, mut alice_events) = Client::connect(context(addr, "alice")).await.unwrap();
+    let (bob, mut bob_events) = Client::connect(context(addr, "bob")).await.unwrap();
+    alice.subscribe(&[1]).await.unwrap();
+    next(&mut alice_events, |e| {
+        matches!(e, Event::Subscribed { .. }).then_some(())
+    })
+    .await;
+    bob.subscribe(&[1]).await.unwrap();
+    next(&mut bob_events, |e| {
+        matches!(e, Event::Subscribed { sender, .. } if sender.is_self()).then_some(())
+    })
+    .await;
+    alice.close();
+    // Well inside the 30 s session timeout: a goodbye is not a drop.
+    let left = tokio::time::timeout(
+        Duration::from_secs(2),
+        next(&mut bob_events, |e| match e {
+            Event::Unsubscribed {
+                sender: pushwire_protocol::Sender::Peer(p),
+                ..
+            } if p.user_id == "alice" => Some(()),
+            _ => None,
+        }),
+    )
+    .await;
+    assert!(left.is_ok(), "bob was not told at once that alice left");
+    assert!(!server.handle().is_online("alice"));
+}

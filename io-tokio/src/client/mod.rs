@@ -830,12 +830,27 @@ impl Task {
         let mut commands_open = true;
         let mut end: Option<CloseReason> = None;
         loop {
+            // Take every command already waiting before writing, so a burst of
+            // publishes leaves in one write instead of one write each.
+            if commands_open {
+                for _ in 0..1024 {
+                    match self.commands.try_recv() {
+                        Ok(command) => self.handle_command(command),
+                        Err(_) => break,
+                    }
+                }
+            }
             while let Some(event) = self.engine.poll_event() {
                 if let ClientEvent::Closed(reason) = event {
                     end = Some(reason);
                 } else {
                     self.handle_event(event).await;
                 }
+            }
+            // A peer that keeps the socket readable would starve the timer branch of
+            // the biased select below: deadlines are checked here too.
+            if self.engine.poll_timeout().is_some_and(|t| t <= now()) {
+                self.engine.handle_timeout(now());
             }
             self.outstanding.send_if_modified(|n| {
                 let now = self.engine.outstanding_requests();

@@ -434,6 +434,9 @@ impl HubCore {
     /// Encodes every pending delivery into its connection's outbox and flags slow
     /// consumers. Called after every hub operation, under the lock.
     fn dispatch(&mut self) {
+        // Wake each receiving task once per operation, not once per event.
+        let mut woken: Option<ConnectionId> = None;
+        let mut to_wake: Vec<Arc<Outbox>> = Vec::new();
         while let Some(delivery) = self.hub.poll_delivery() {
             if let Some(outbox) = self.outboxes.get(&delivery.connection()) {
                 let queued = lock(&outbox.queue).push_event(delivery.event(), delivery.frame_len());
@@ -441,9 +444,17 @@ impl HubCore {
                     outbox.slow.store(true, Ordering::Release);
                     outbox.alert.notify_one();
                 }
-                outbox.ready.notify_one();
+                // Deliveries of one operation to one connection come together.
+                if woken != Some(delivery.connection()) {
+                    woken = Some(delivery.connection());
+                    to_wake.push(outbox.clone());
+                }
             }
         }
+        for outbox in to_wake {
+            outbox.ready.notify_one();
+        }
+
         // The outbound queues enforce the limit themselves (above); the hub's own
         // accounting is not used by this shell.
         while self.hub.poll_slow_consumer().is_some() {}
@@ -724,6 +735,12 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
             }
         }
 
+        // A peer that keeps the socket readable would starve the timer branch of the
+        // biased select below: deadlines (Hello, keep-alive) are checked here too.
+        if engine.poll_timeout().is_some_and(|t| t <= now()) {
+            engine.handle_timeout(now());
+            continue;
+        }
         // Writes are part of the select below, not awaited on their own: a client
         // that stops reading must not stop this task from noticing that its
         // outbound queue went over the limit.
@@ -792,6 +809,13 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
         }
     }
 
+    // The Closed event can come with the last transmit, after the loop's last look.
+    while let Some(event) = engine.poll_event() {
+        if let ServerEvent::Closed(reason) = event {
+            log_close(&reason);
+            close_reason = Some(reason);
+        }
+    }
     if let Some(m) = member {
         leave(shared, &m, close_reason.as_ref());
     }
