@@ -329,11 +329,15 @@ impl Channel {
             }
         }
         if let Some(interval) = self.keepalive.ping_interval {
-            if now >= self.last_tx + interval && self.outbound.is_empty() {
-                let nonce = self.next_ping_nonce;
-                self.next_ping_nonce += 1;
-                self.send(&Message::Ping(Ping { nonce }));
-                // Counts as sending: the next ping is due an interval after this one.
+            if now >= self.last_tx + interval {
+                // Frames already waiting to be flushed make the ping unnecessary.
+                if self.outbound.is_empty() {
+                    let nonce = self.next_ping_nonce;
+                    self.next_ping_nonce += 1;
+                    self.send(&Message::Ping(Ping { nonce }));
+                }
+                // Either way the deadline moves: the next ping is due an interval
+                // from now, so the timer never stays in the past.
                 self.last_tx = now;
             }
         }

@@ -793,3 +793,18 @@ proptest! {
         prop_assert!(cut == reference, "events differ:\n{}\nvs reference\n{}", summary(&cut), summary(&reference));
     }
 }
+
+#[test]
+fn a_due_ping_with_frames_already_waiting_moves_the_timer_forward() {
+    let mut pair = Pair::tls();
+    pair.drive();
+    // A frame waits unflushed when the ping falls due: no ping is needed, but the
+    // deadline must not stay in the past (a driver would spin on it).
+    pair.client
+        .request(1, Bytes::from_static(b"waiting"))
+        .unwrap();
+    let later = pair.now + KeepAlive::default().ping_interval.unwrap() + Duration::from_millis(1);
+    pair.client.handle_timeout(later);
+    let next = pair.client.poll_timeout().expect("keep-alive stays armed");
+    assert!(next > later, "the timer stayed in the past");
+}

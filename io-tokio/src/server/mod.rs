@@ -739,7 +739,6 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
         // biased select below: deadlines (Hello, keep-alive) are checked here too.
         if engine.poll_timeout().is_some_and(|t| t <= now()) {
             engine.handle_timeout(now());
-            continue;
         }
         // Writes are part of the select below, not awaited on their own: a client
         // that stops reading must not stop this task from noticing that its
