@@ -15,9 +15,9 @@ use pushwire_engine::client::{
     AbortReason, ClientConfig, ClientConnection, ClientError, ClientEvent, ClientState,
     ClientTransport, PushCommand, ServerAuthMode,
 };
-use pushwire_engine::credentials::{load_root_store, ServerCredentials};
+use pushwire_engine::credentials::load_root_store;
 use pushwire_engine::server::{
-    Grant, ServerConfig, ServerConnection, ServerEvent, ServerState, ServerTransport,
+    ServerConfig, ServerConnection, ServerEvent, ServerState, ServerTransport,
 };
 use pushwire_engine::tls::{server_tls_config, ClientAuth, ClientTls, TlsError, MAX_RECORD_LEN};
 use pushwire_engine::{CloseReason, ProtocolError, TimeoutKind};
@@ -31,45 +31,18 @@ use rustls::pki_types::{ServerName, UnixTime};
 use rustls::AlertDescription;
 use std::fmt::Debug;
 use std::io::{ErrorKind, Read, Write};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{cert, client_tls, credentials, grant, peer, wall_clock};
 
 // ---------------------------------------------------------------------------------
 // Fixtures
 // ---------------------------------------------------------------------------------
 
-fn cert(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../certs")
-        .join(name)
-}
-
-/// 2030-01-01: inside the development certificates' validity.
-fn wall_clock() -> UnixTime {
-    UnixTime::since_unix_epoch(Duration::from_secs(1_893_456_000))
-}
-
-fn peer() -> SocketAddr {
-    "127.0.0.1:40000".parse().unwrap()
-}
-
 fn ring() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Loaded once: the key is encrypted and slow to decrypt in debug builds.
-fn credentials() -> &'static ServerCredentials {
-    static CREDENTIALS: OnceLock<ServerCredentials> = OnceLock::new();
-    CREDENTIALS.get_or_init(|| {
-        ServerCredentials::from_pem_files(
-            &cert("server.cert.pem"),
-            &cert("server.key.pem"),
-            Some("mypassword"),
-        )
-        .expect("server credentials")
-    })
 }
 
 fn server_rustls() -> Arc<rustls::ServerConfig> {
@@ -89,18 +62,6 @@ fn tls12_server_rustls() -> Arc<rustls::ServerConfig> {
         .with_single_cert(creds.chain.clone(), creds.key.clone_key())
         .unwrap();
     Arc::new(config)
-}
-
-fn client_tls() -> ClientTls {
-    static TLS: OnceLock<ClientTls> = OnceLock::new();
-    TLS.get_or_init(|| {
-        ClientTls::new(
-            load_root_store(&[cert("ca.cert.pem")]).unwrap(),
-            "localhost",
-        )
-        .unwrap()
-    })
-    .clone()
 }
 
 fn client_config(tls: bool) -> ClientConfig {
@@ -145,16 +106,6 @@ fn raw_client_config() -> Arc<rustls::ClientConfig> {
             )
         })
         .clone()
-}
-
-fn grant() -> Grant {
-    Grant {
-        session_id: 7,
-        resume_token: ResumeToken([9; 16]),
-        resumed: false,
-        session_timeout_ms: 0,
-        replay_capacity: 0,
-    }
 }
 
 fn hello_message() -> Message {

@@ -1,6 +1,9 @@
 //! Lifecycle tests on an in-memory pair: a client engine wired to a server engine
 //! through byte buffers, time advanced by hand (like quinn-proto's `Pair`).
 
+mod common;
+use common::{cert, grant, peer, wall_clock};
+
 use bytes::Bytes;
 use proptest::prelude::*;
 use pushwire_engine::client::{
@@ -11,27 +14,13 @@ use pushwire_engine::credentials::{
     load_certificate_chain, load_private_key, load_root_store, ServerCredentials,
 };
 use pushwire_engine::server::{
-    Grant, ServerConfig, ServerConnection, ServerEvent, ServerState, ServerTransport,
+    ServerConfig, ServerConnection, ServerEvent, ServerState, ServerTransport,
 };
 use pushwire_engine::tls::{server_tls_config, ClientAuth, ClientTls, Verdict};
 use pushwire_engine::{CloseReason, KeepAlive, TimeoutKind};
-use pushwire_protocol::{CloseCode, ErrorCode, GroupId, Message, RefuseCode, ResumeToken, Text};
-use rustls::pki_types::UnixTime;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use pushwire_protocol::{CloseCode, ErrorCode, GroupId, Message, RefuseCode, Text};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn cert(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../certs")
-        .join(name)
-}
-
-/// 2030-01-01: inside the development certificates' validity, after the expired one's.
-fn wall_clock() -> UnixTime {
-    UnixTime::since_unix_epoch(Duration::from_secs(1_893_456_000))
-}
 
 fn server_tls(cert_file: &str, key_file: &str, client_auth: ClientAuth) -> ServerTransport {
     let creds =
@@ -42,12 +31,7 @@ fn server_tls(cert_file: &str, key_file: &str, client_auth: ClientAuth) -> Serve
 }
 
 fn client_tls() -> ClientTransport {
-    let roots = load_root_store(&[cert("ca.cert.pem")]).unwrap();
-    ClientTransport::Tls(ClientTls::new(roots, "localhost").unwrap())
-}
-
-fn peer() -> SocketAddr {
-    "127.0.0.1:40000".parse().unwrap()
+    ClientTransport::Tls(common::client_tls())
 }
 
 /// How the simulated server application answers a Hello.
@@ -73,7 +57,7 @@ struct Pair {
 
 impl Pair {
     fn new(client: ClientConfig, server: ServerConfig) -> Self {
-        let now = Instant::now_for_tests();
+        let now = Instant::now();
         Self {
             client: ClientConnection::new(client, now, wall_clock()).unwrap(),
             server: ServerConnection::new(Arc::new(server), peer(), now).unwrap(),
@@ -205,29 +189,6 @@ impl Pair {
                 _ => None,
             })
             .collect()
-    }
-}
-
-fn grant() -> Grant {
-    Grant {
-        session_id: 7,
-        resume_token: ResumeToken([9; 16]),
-        resumed: false,
-        session_timeout_ms: 0,
-        replay_capacity: 0,
-    }
-}
-
-/// `Instant` has no constructor; the tests only need a fixed origin.
-trait NowForTests {
-    fn now_for_tests() -> Instant;
-}
-
-impl NowForTests for Instant {
-    fn now_for_tests() -> Instant {
-        // A test may read the clock once for an origin; everything after is advanced
-        // by hand.
-        std::time::Instant::now()
     }
 }
 
@@ -574,7 +535,7 @@ fn a_silent_client_is_closed_at_the_hello_deadline() {
         ClientAuth::None,
     ));
     let deadline = config.hello_timeout;
-    let now = Instant::now_for_tests();
+    let now = Instant::now();
     let mut server = ServerConnection::new(Arc::new(config), peer(), now).unwrap();
     // A dribbling client: one byte of a ClientHello, then nothing.
     server.handle_input(now, &[0x16]);

@@ -383,13 +383,22 @@ impl DriveState<'_> {
     }
 }
 
-/// Grows `transmit` until `write` fits, then keeps exactly the bytes written.
-fn encode_into(
+/// What a rustls write into a caller buffer reported, other than success.
+enum Short {
+    /// The buffer must hold this many bytes.
+    Need(usize),
+    /// Stop, with this result (nothing written).
+    Stop(Result<(), TlsError>),
+}
+
+/// Appends what `write` produces to `transmit`, growing the buffer from `room` bytes
+/// until it fits, and keeps exactly the bytes written.
+fn write_growing(
     transmit: &mut Vec<u8>,
-    mut write: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+    mut room: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, Short>,
 ) -> Result<(), TlsError> {
     let base = transmit.len();
-    let mut room = 2048;
     loop {
         transmit.resize(base + room, 0);
         match write(&mut transmit[base..]) {
@@ -397,41 +406,45 @@ fn encode_into(
                 transmit.truncate(base + n);
                 return Ok(());
             }
-            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                room = required_size;
-            }
-            Err(EncodeError::AlreadyEncoded) => {
+            Err(Short::Need(required)) => room = required,
+            Err(Short::Stop(result)) => {
                 transmit.truncate(base);
-                return Ok(());
+                return result;
             }
         }
     }
 }
 
-/// As [`encode_into`], for encryption, starting from a size guess (`room`) that
-/// covers TLS 1.2 and 1.3 record overhead, so the retry is rare.
+/// A handshake record (or alert) rustls prepared.
+fn encode_into(
+    transmit: &mut Vec<u8>,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
+) -> Result<(), TlsError> {
+    write_growing(transmit, 2048, |buf| {
+        write(buf).map_err(|e| match e {
+            EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                Short::Need(required_size)
+            }
+            EncodeError::AlreadyEncoded => Short::Stop(Ok(())),
+        })
+    })
+}
+
+/// Encrypted application data or close_notify, starting from a size guess (`room`)
+/// that covers TLS 1.2 and 1.3 record overhead, so the retry is rare.
 fn encrypt_into(
     transmit: &mut Vec<u8>,
-    mut room: usize,
+    room: usize,
     mut write: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
 ) -> Result<(), TlsError> {
-    let base = transmit.len();
-    loop {
-        transmit.resize(base + room, 0);
-        match write(&mut transmit[base..]) {
-            Ok(n) => {
-                transmit.truncate(base + n);
-                return Ok(());
+    write_growing(transmit, room, |buf| {
+        write(buf).map_err(|e| match e {
+            EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                Short::Need(required_size)
             }
-            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                room = required_size;
-            }
-            Err(EncryptError::EncryptExhausted) => {
-                transmit.truncate(base);
-                return Err(TlsError::KeysExhausted);
-            }
-        }
-    }
+            EncryptError::EncryptExhausted => Short::Stop(Err(TlsError::KeysExhausted)),
+        })
+    })
 }
 
 /// After an error rustls has queued a fatal alert (if any): it comes out first on the
