@@ -10,8 +10,9 @@
 //! - `hub_prefix`: the fan-out fast path instead — `encode_published_prefix` for the
 //!   per-receiver part, borrowing the shared group list, then the payload copied;
 //! - `hub_queue`: what the server's dispatch does under its lock — each delivery
-//!   encoded into the receiver's `OutboundQueue` (`push_event`: arena encode, one
-//!   frame split off and queued per delivery).
+//!   encoded into the receiver's `OutboundQueue` (`push_delivery`: the publication's
+//!   shared frame copied into the queue's buffer, the receiver's sequence number
+//!   patched in).
 //!
 //! The outboxes are cleared (the queues taken) once past 8 KiB, as the connection tasks
 //! would take them.
@@ -49,8 +50,6 @@ struct Fanout {
     outboxes: Vec<BytesMut>,
     /// The server's per-connection queues, indexed the same way.
     queues: Vec<OutboundQueue>,
-    /// Where a queue's frames are taken to.
-    taken: Vec<u8>,
 }
 
 fn info(user: String, port: u16) -> ConnectionInfo {
@@ -86,7 +85,6 @@ impl Fanout {
             publisher,
             outboxes,
             queues,
-            taken: Vec::with_capacity(16 * 1024),
         }
     }
 
@@ -119,10 +117,9 @@ impl Fanout {
         self.publish(payload);
         while let Some(delivery) = self.hub.poll_delivery() {
             let queue = &mut self.queues[delivery.connection().0 as usize];
-            black_box(queue.push_event(delivery.event(), delivery.frame_len()));
+            black_box(queue.push_delivery(&delivery));
             if queue.bytes() > OUTBOX_FLUSH {
-                self.taken.clear();
-                queue.take(&mut self.taken);
+                black_box(queue.take_frames());
             }
         }
     }

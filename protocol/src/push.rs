@@ -399,6 +399,18 @@ pub fn encode_published_prefix(
     crate::frame::FRAME_HEADER_LEN + fields
 }
 
+/// Overwrites the sequence number of an encoded push event frame (Subscribed,
+/// Unsubscribed, Published or UserMessage: each body starts with it), so a frame
+/// encoded once can be sent to many receivers, each with its own number.
+///
+/// # Panics
+/// If `frame` is shorter than a header and a sequence number (a caller bug: the
+/// frame is one the caller encoded).
+pub fn patch_seq(frame: &mut [u8], seq: u64) {
+    let at = crate::frame::FRAME_HEADER_LEN;
+    frame[at..at + 8].copy_from_slice(&seq.to_be_bytes());
+}
+
 /// A one-to-one message. The payload is the rest of the frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserMessage {

@@ -1196,7 +1196,7 @@ impl EngineSim {
             else {
                 continue;
             };
-            if s.queue.push_event(delivery.event(), delivery.frame_len()) == Queued::OverLimit {
+            if s.queue.push_delivery(&delivery) == Queued::OverLimit {
                 self.coverage.slow_consumers += 1;
                 s.queue.clear();
                 s.engine.close(

@@ -326,11 +326,161 @@ impl From<PushEvent> for Message {
     }
 }
 
+/// What every receiver of one publication shares, built once per publication.
+#[derive(Debug)]
+pub(crate) struct SharedPublication {
+    pub(crate) sender: Sender,
+    pub(crate) targets: Arc<[GroupId]>,
+    pub(crate) payload: Bytes,
+    /// The frame a receiver of every target gets, with sequence number 0: such a
+    /// receiver's frame is this copy with its own number patched in. Encoded when
+    /// the first receiver's frame is.
+    frame: std::sync::OnceLock<Box<[u8]>>,
+}
+
+impl SharedPublication {
+    pub(crate) fn new(sender: Sender, targets: Arc<[GroupId]>, payload: Bytes) -> Self {
+        Self {
+            sender,
+            targets,
+            payload,
+            frame: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn frame(&self) -> &[u8] {
+        self.frame.get_or_init(|| {
+            let mut frame = bytes::BytesMut::new();
+            pushwire_protocol::encode_published_prefix(
+                &mut frame,
+                0,
+                &self.sender,
+                &self.targets,
+                self.payload.len(),
+            );
+            frame.extend_from_slice(&self.payload);
+            Vec::from(frame).into_boxed_slice()
+        })
+    }
+}
+
+impl PartialEq for SharedPublication {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.sender, &self.targets, &self.payload)
+            == (&other.sender, &other.targets, &other.payload)
+    }
+}
+
+impl Eq for SharedPublication {}
+
+/// A push event as the hub keeps and hands it out. A publication to a receiver (the
+/// fan-out fast path) is its sequence number, the shared part and the receiver's
+/// subset of the targets: 32 bytes and one reference count, whatever the sender and
+/// payload, so queuing, replay and delivery move little. Other events are rarer and
+/// shared behind a reference count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StoredEvent {
+    Published {
+        seq: u64,
+        shared: Arc<SharedPublication>,
+        /// Bit `i` set: the receiver gets `targets[i]`; [`StoredEvent::WHOLE`]: all of
+        /// them (the only value used with more than 64 targets).
+        mask: u64,
+    },
+    Other(Arc<PushEvent>),
+}
+
+impl StoredEvent {
+    /// The mask of a receiver that belongs to every target.
+    pub(crate) const WHOLE: u64 = u64::MAX;
+
+    /// A publication to a receiver of `targets[i]` for every `i` in `positions`.
+    pub(crate) fn published(
+        seq: u64,
+        shared: &Arc<SharedPublication>,
+        positions: &[usize],
+    ) -> Self {
+        if positions.len() == shared.targets.len() {
+            return StoredEvent::Published {
+                seq,
+                shared: shared.clone(),
+                mask: Self::WHOLE,
+            };
+        }
+        if shared.targets.len() <= MASK_BITS {
+            return StoredEvent::Published {
+                seq,
+                shared: shared.clone(),
+                mask: positions.iter().fold(0u64, |mask, &i| mask | 1 << i),
+            };
+        }
+        StoredEvent::Other(Arc::new(PushEvent::Published {
+            seq,
+            sender: shared.sender.clone(),
+            groups: EventGroups::subset(&shared.targets, positions),
+            payload: shared.payload.clone(),
+        }))
+    }
+
+    /// The sequence number, for push events.
+    pub(crate) fn seq(&self) -> Option<u64> {
+        match self {
+            StoredEvent::Published { seq, .. } => Some(*seq),
+            StoredEvent::Other(event) => event.seq(),
+        }
+    }
+
+    /// The event as the public type.
+    pub(crate) fn to_event(&self) -> PushEvent {
+        match self {
+            StoredEvent::Published { seq, shared, mask } => PushEvent::Published {
+                seq: *seq,
+                sender: shared.sender.clone(),
+                groups: EventGroups {
+                    list: shared.targets.clone(),
+                    mask: (*mask != Self::WHOLE).then_some(*mask),
+                },
+                payload: shared.payload.clone(),
+            },
+            StoredEvent::Other(event) => PushEvent::clone(event),
+        }
+    }
+
+    /// Appends the encoded frame to `out`.
+    pub(crate) fn encode(&self, out: &mut bytes::BytesMut) {
+        match self {
+            StoredEvent::Published {
+                seq,
+                shared,
+                mask: Self::WHOLE,
+            } => {
+                let start = out.len();
+                out.extend_from_slice(shared.frame());
+                pushwire_protocol::patch_seq(&mut out[start..], *seq);
+            }
+            StoredEvent::Published { .. } => self.to_event().encode(out),
+            StoredEvent::Other(event) => event.encode(out),
+        }
+    }
+
+    /// Whether this is a user message (fault injection leaves those alone).
+    #[cfg(all(feature = "fault-injection", debug_assertions))]
+    pub(crate) fn is_user_message(&self) -> bool {
+        matches!(self, StoredEvent::Other(e) if matches!(**e, PushEvent::UserMessage { .. }))
+    }
+}
+
+impl From<PushEvent> for StoredEvent {
+    fn from(event: PushEvent) -> Self {
+        StoredEvent::Other(Arc::new(event))
+    }
+}
+
 /// One event for one connection, drained from [`super::Hub::poll_delivery`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     pub(crate) connection: ConnectionId,
-    pub(crate) event: PushEvent,
+    pub(crate) event: StoredEvent,
     pub(crate) frame_len: usize,
 }
 
@@ -340,9 +490,22 @@ impl Delivery {
         self.connection
     }
 
-    /// The event.
-    pub fn event(&self) -> &PushEvent {
-        &self.event
+    /// The event (built from the hub's compact form: a fan-out's receivers share
+    /// sender, groups and payload).
+    pub fn event(&self) -> PushEvent {
+        self.event.to_event()
+    }
+
+    /// The event's sequence number, for push events (cheaper than `event().seq()`).
+    pub fn seq(&self) -> Option<u64> {
+        self.event.seq()
+    }
+
+    /// Appends the encoded frame ([`frame_len`](Self::frame_len) bytes) to `out`. A
+    /// publication to a receiver of all its targets is a copy of a frame encoded once
+    /// for the whole fan-out, with the receiver's sequence number patched in.
+    pub fn encode(&self, out: &mut bytes::BytesMut) {
+        self.event.encode(out);
     }
 
     /// Size of the encoded frame, header included. The hub counted it as queued for
@@ -353,12 +516,12 @@ impl Delivery {
 
     /// The receiving connection and the event.
     pub fn into_parts(self) -> (ConnectionId, PushEvent) {
-        (self.connection, self.event)
+        (self.connection, self.event.to_event())
     }
 
     /// The receiving connection and the wire message.
     pub fn into_message(self) -> (ConnectionId, Message) {
-        (self.connection, self.event.into_message())
+        (self.connection, self.event.to_event().into_message())
     }
 }
 

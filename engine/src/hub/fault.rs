@@ -117,13 +117,13 @@ impl<H: PushHooks> Hub<H> {
                 self.faulty_delivery()
             }
             Some(HubFault::Misdeliver(k)) if k == n => {
-                let groups = groups_of(&delivery.event);
+                let groups = groups_of(&delivery.event());
                 let stranger = self.connections().find(|&c| {
                     c != delivery.connection
                         && self
                             .subscriptions(c)
                             .is_some_and(|mut s| s.all(|g| !groups.contains(&g.0)))
-                        && !matches!(delivery.event, PushEvent::UserMessage { .. })
+                        && !delivery.event.is_user_message()
                 });
                 match stranger {
                     Some(c) => Some(Delivery {

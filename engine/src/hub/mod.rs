@@ -73,7 +73,7 @@ pub use outbound::{OutboundQueue, Queued, SlowConsumerPolicy};
 pub use session::{ResumeError, Resumed};
 
 use connections::{user_key, Connection, Connections, Slot};
-use events::{frame_len, GROUP_ID_WIRE_LEN};
+use events::{frame_len, SharedPublication, StoredEvent, GROUP_ID_WIRE_LEN};
 use groups::{for_each_member_of_any, Group, Groups};
 
 /// Limits of a [`Hub`].
@@ -233,7 +233,13 @@ struct Outbox {
 impl Outbox {
     /// The one way an event reaches a connection: kept for replay when sequenced and
     /// resumable, delivered when attached.
-    fn deliver(&mut self, connection: &mut Connection, event: PushEvent, frame_len: usize) {
+    fn deliver(
+        &mut self,
+        connection: &mut Connection,
+        event: impl Into<StoredEvent>,
+        frame_len: usize,
+    ) {
+        let event = event.into();
         if let (Some(seq), Some(_)) = (event.seq(), connection.token) {
             connection
                 .replay
@@ -893,19 +899,15 @@ impl<H: PushHooks> Hub<H> {
             Actor::Connection(id) => Some(id),
             Actor::Server => None,
         };
+        // Encoded once; every receiver's copy shares it.
+        let shared = Arc::new(SharedPublication::new(sender, targets.clone(), payload));
         let connections = &mut self.connections;
         let outbox = &mut self.outbox;
         let mut reached = 0;
         for_each_member_of_any(&self.groups, &targets, skip, |_, slot, positions| {
             let receiver = connections.at_mut(slot);
-            let groups = EventGroups::subset(&targets, positions);
-            let len = base_len + GROUP_ID_WIRE_LEN * groups.len();
-            let event = PushEvent::Published {
-                seq: receiver.take_seq(),
-                sender: sender.clone(),
-                groups,
-                payload: payload.clone(),
-            };
+            let len = base_len + GROUP_ID_WIRE_LEN * positions.len();
+            let event = StoredEvent::published(receiver.take_seq(), &shared, positions);
             outbox.deliver(receiver, event, len);
             reached += 1;
         });

@@ -1,7 +1,7 @@
 //! A connection's queue of encoded push frames waiting to be written, with the
 //! slow-consumer policy that keeps it bounded whatever the client does.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use pushwire_protocol::{Gap, Message};
 use std::collections::VecDeque;
 
@@ -26,27 +26,51 @@ pub enum Queued {
     OverLimit,
 }
 
-#[derive(Debug)]
-struct Frame {
+/// A queued frame, tracked only under [`SlowConsumerPolicy::DropOldest`] (which must
+/// find the oldest push events to drop).
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// The push event's sequence number; `None` for command answers and notices.
     seq: Option<u64>,
-    bytes: Bytes,
-    /// A placeholder for dropped events `first..=last`, encoded as a Gap when taken.
-    /// It stands where the first of them stood, so notices queued before them
-    /// (a resume's own Gap, say) still come first.
-    gap: Option<(u64, u64)>,
+    len: usize,
+    /// Dropped by policy: its bytes stay in the buffer until the next take or
+    /// compaction, and it is not sent.
+    dropped: bool,
+}
+
+/// Where the Gap notice for dropped events goes, and what it covers. Drops always
+/// take the oldest push event still queued, so between two takes the dropped
+/// sequence numbers are one contiguous range and one notice covers them.
+#[derive(Debug, Clone, Copy)]
+struct Placeholder {
+    /// Index in `entries` of the first dropped frame: the notice stands in its
+    /// place, so notices queued before it (a resume's own Gap, say) still come first.
+    at: usize,
+    first: u64,
+    last: u64,
 }
 
 /// Encoded frames for one connection, oldest first, bounded by bytes.
 ///
-/// Calling contract: [`push`](Self::push) every frame for the connection (the hub's
-/// deliveries, encoded); when the transport can take more, [`take`](Self::take)
-/// everything queued into one buffer and write it.
+/// Frames are encoded back to back into one buffer: queuing a frame is a copy into
+/// it (no allocation per frame, no reference counts), and taking everything hands
+/// the buffer over without copying when nothing was dropped.
+///
+/// Calling contract: push every frame for the connection (the hub's deliveries with
+/// [`push_delivery`](Self::push_delivery), other messages with
+/// [`push_message`](Self::push_message)); when the transport can take more,
+/// [`take_frames`](Self::take_frames) everything queued and write it.
 #[derive(Debug)]
 pub struct OutboundQueue {
-    frames: VecDeque<Frame>,
-    /// Frames are encoded here and split off, so queuing a frame allocates only when
-    /// a chunk is used up.
-    arena: BytesMut,
+    buf: BytesMut,
+    /// The frames in `buf`, in order; kept only under the drop-oldest policy.
+    entries: VecDeque<Entry>,
+    /// No entry before this index is a push event still queued.
+    oldest_candidate: usize,
+    placeholder: Option<Placeholder>,
+    /// Bytes of dropped frames still in `buf`.
+    dead: usize,
+    /// Bytes of frames queued and not dropped: what the limit applies to.
     bytes: usize,
     limit: usize,
     policy: SlowConsumerPolicy,
@@ -58,8 +82,11 @@ impl OutboundQueue {
     /// An empty queue holding at most `limit` bytes.
     pub fn new(limit: usize, policy: SlowConsumerPolicy) -> Self {
         Self {
-            frames: VecDeque::new(),
-            arena: BytesMut::new(),
+            buf: BytesMut::new(),
+            entries: VecDeque::new(),
+            oldest_candidate: 0,
+            placeholder: None,
+            dead: 0,
             bytes: 0,
             limit,
             policy,
@@ -74,7 +101,7 @@ impl OutboundQueue {
 
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.bytes == 0 && self.placeholder.is_none()
     }
 
     /// Push events dropped so far under [`SlowConsumerPolicy::DropOldest`].
@@ -91,104 +118,184 @@ impl OutboundQueue {
             Message::UserMessage(m) => Some(m.seq),
             _ => None,
         };
-        self.reserve(message.encoded_len());
-        message.encode(&mut self.arena);
-        let frame = self.arena.split().freeze();
-        self.push(seq, frame)
+        self.encode(seq, message.encoded_len(), |out| message.encode(out))
     }
 
-    /// Encodes and queues a hub event (the fan-out path: no intermediate message).
+    /// Encodes and queues a hub event.
     pub fn push_event(&mut self, event: &super::PushEvent, frame_len: usize) -> Queued {
-        self.reserve(frame_len);
-        event.encode(&mut self.arena);
-        let frame = self.arena.split().freeze();
-        self.push(event.seq(), frame)
+        self.encode(event.seq(), frame_len, |out| event.encode(out))
     }
 
-    /// Room for a frame of `len` bytes in the arena, in chunks of at least 16 KiB.
-    fn reserve(&mut self, len: usize) {
-        if self.arena.capacity() < len {
-            self.arena.reserve(len.max(16 * 1024));
-        }
+    /// Encodes and queues one of the hub's deliveries: the fan-out path (a
+    /// publication is a copy of its shared frame, no intermediate event).
+    pub fn push_delivery(&mut self, delivery: &super::Delivery) -> Queued {
+        self.encode(delivery.seq(), delivery.frame_len(), |out| {
+            delivery.encode(out)
+        })
     }
 
     /// Queues an encoded frame; `seq` is its push-event sequence number, if any.
-    pub fn push(&mut self, seq: Option<u64>, bytes: Bytes) -> Queued {
-        self.bytes += bytes.len();
-        self.frames.push_back(Frame {
-            seq,
-            bytes,
-            gap: None,
-        });
+    pub fn push(&mut self, seq: Option<u64>, frame: &[u8]) -> Queued {
+        self.encode(seq, frame.len(), |out| out.extend_from_slice(frame))
+    }
+
+    fn encode(
+        &mut self,
+        seq: Option<u64>,
+        len_hint: usize,
+        write: impl FnOnce(&mut BytesMut),
+    ) -> Queued {
+        // Grow in chunks: a burst of small frames allocates rarely.
+        if self.buf.capacity() - self.buf.len() < len_hint {
+            self.buf.reserve(len_hint.max(16 * 1024));
+        }
+        let before = self.buf.len();
+        write(&mut self.buf);
+        let len = self.buf.len() - before;
+        self.bytes += len;
+        if self.policy == SlowConsumerPolicy::DropOldest {
+            self.entries.push_back(Entry {
+                seq,
+                len,
+                dropped: false,
+            });
+        }
         if self.bytes <= self.limit {
             return Queued::Ok;
         }
         match self.policy {
             SlowConsumerPolicy::Disconnect => Queued::OverLimit,
             SlowConsumerPolicy::DropOldest => {
-                while self.bytes > self.limit {
-                    // The oldest push event goes; command answers (small, and owed to
-                    // a request of the client) and notices stay.
-                    let Some(i) = self.frames.iter().position(|f| f.seq.is_some()) else {
-                        break;
-                    };
-                    let seq = self.frames[i].seq.expect("searched for a sequenced frame");
-                    self.bytes -= self.frames[i].bytes.len();
-                    self.dropped_total += 1;
-                    // Extend the placeholder for the events dropped just before this
-                    // one (nothing sequenced stands between), or put one in its place.
-                    let previous = self.frames.iter().take(i).rposition(|f| f.gap.is_some());
-                    let extends =
-                        previous.filter(|&p| self.frames.range(p + 1..i).all(|f| f.seq.is_none()));
-                    match extends {
-                        Some(p) => {
-                            let gap = self.frames[p].gap.as_mut().expect("found by gap");
-                            gap.1 = seq;
-                            self.frames.remove(i);
-                        }
-                        None => {
-                            self.frames[i] = Frame {
-                                seq: None,
-                                bytes: Bytes::new(),
-                                gap: Some((seq, seq)),
-                            };
-                        }
-                    }
-                }
+                self.drop_oldest();
                 Queued::Ok
             }
         }
     }
 
-    /// Moves everything queued into `out`, in order, dropped events as Gap notices.
-    /// Returns the bytes taken.
-    pub fn take(&mut self, out: &mut Vec<u8>) -> usize {
-        let taken = self.bytes;
-        for frame in self.frames.drain(..) {
-            match frame.gap {
-                Some((first, last)) => {
-                    let mut gap = BytesMut::new();
-                    Message::Gap(Gap { first, last }).encode(&mut gap);
-                    out.extend_from_slice(&gap);
+    /// Drops the oldest push events until the queue is within its limit (command
+    /// answers, small and owed to a request of the client, and notices stay).
+    fn drop_oldest(&mut self) {
+        while self.bytes > self.limit {
+            let Some(i) = (self.oldest_candidate..self.entries.len())
+                .find(|&i| !self.entries[i].dropped && self.entries[i].seq.is_some())
+            else {
+                break;
+            };
+            self.oldest_candidate = i + 1;
+            let entry = &mut self.entries[i];
+            let seq = entry.seq.expect("searched for a sequenced frame");
+            entry.dropped = true;
+            self.bytes -= entry.len;
+            self.dead += entry.len;
+            self.dropped_total += 1;
+            match &mut self.placeholder {
+                Some(placeholder) => placeholder.last = seq,
+                None => {
+                    self.placeholder = Some(Placeholder {
+                        at: i,
+                        first: seq,
+                        last: seq,
+                    })
                 }
-                None => out.extend_from_slice(&frame.bytes),
             }
         }
-        self.bytes = 0;
+        // Dropped bytes stay in the buffer until a take; a reader that takes nothing
+        // for long must not make the buffer grow past about twice the limit.
+        if self.dead > self.limit {
+            let live = self.collect();
+            self.reset();
+            self.buf = live.buf;
+            self.entries = live.entries;
+            self.placeholder = live.placeholder;
+            self.bytes = self.buf.len();
+            self.oldest_candidate = 0;
+        }
+    }
+
+    /// The frames not dropped, in order, and where the Gap notice goes among them.
+    fn collect(&self) -> Collected {
+        let mut buf = BytesMut::with_capacity(self.bytes + 32);
+        let mut entries = VecDeque::with_capacity(self.entries.len());
+        let mut placeholder = None;
+        let mut offset = 0;
+        for (i, entry) in self.entries.iter().enumerate() {
+            if let Some(p) = self.placeholder.filter(|p| p.at == i) {
+                placeholder = Some(Placeholder {
+                    at: entries.len(),
+                    ..p
+                });
+            }
+            if !entry.dropped {
+                buf.extend_from_slice(&self.buf[offset..offset + entry.len]);
+                entries.push_back(*entry);
+            }
+            offset += entry.len;
+        }
+        Collected {
+            buf,
+            entries,
+            placeholder,
+        }
+    }
+
+    /// Takes everything queued, in order, dropped events as one Gap notice. Without
+    /// drops this is the queue's own buffer, handed over without a copy.
+    pub fn take_frames(&mut self) -> BytesMut {
+        let out = if self.placeholder.is_none() {
+            self.buf.split()
+        } else {
+            let live = self.collect();
+            let p = live.placeholder.expect("a placeholder was set");
+            let mut out = BytesMut::with_capacity(live.buf.len() + 32);
+            let split_at: usize = live.entries.iter().take(p.at).map(|e| e.len).sum();
+            out.extend_from_slice(&live.buf[..split_at]);
+            Message::Gap(Gap {
+                first: p.first,
+                last: p.last,
+            })
+            .encode(&mut out);
+            out.extend_from_slice(&live.buf[split_at..]);
+            self.buf.clear();
+            out
+        };
+        self.reset();
+        out
+    }
+
+    /// Moves everything queued into `out`, in order, dropped events as a Gap notice.
+    /// Returns the bytes taken (not counting the notice).
+    pub fn take(&mut self, out: &mut Vec<u8>) -> usize {
+        let taken = self.bytes;
+        out.extend_from_slice(&self.take_frames());
         taken
     }
 
     /// Forgets everything queued (the connection is gone; its session's replay
     /// buffer still holds the events).
     pub fn clear(&mut self) {
-        self.frames.clear();
+        self.buf.clear();
+        self.reset();
+    }
+
+    fn reset(&mut self) {
+        self.entries.clear();
+        self.oldest_candidate = 0;
+        self.placeholder = None;
+        self.dead = 0;
         self.bytes = 0;
     }
+}
+
+struct Collected {
+    buf: BytesMut,
+    entries: VecDeque<Entry>,
+    placeholder: Option<Placeholder>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use pushwire_protocol::{FrameDecoder, FrameLimits, Published, Sender};
 
     fn event(seq: u64) -> Message {
@@ -267,5 +374,132 @@ mod tests {
         assert_eq!(gaps.len(), 2);
         assert_eq!(gaps[0], (1, 2), "the earlier notice first");
         assert_eq!(gaps[1].0, 3, "then the dropped events, from the oldest");
+    }
+
+    /// A frame of the model: sequence number, bytes, and the dropped range when it
+    /// is a placeholder.
+    type ModelFrame = (Option<u64>, Vec<u8>, Option<(u64, u64)>);
+
+    /// The queue as first written: a list of frames, dropped events replaced by a
+    /// placeholder in place of the first of them.
+    #[derive(Default)]
+    struct Model {
+        frames: Vec<ModelFrame>,
+        bytes: usize,
+        dropped: u64,
+    }
+
+    impl Model {
+        fn push(
+            &mut self,
+            seq: Option<u64>,
+            frame: Vec<u8>,
+            limit: usize,
+            policy: SlowConsumerPolicy,
+        ) -> Queued {
+            self.bytes += frame.len();
+            self.frames.push((seq, frame, None));
+            if self.bytes <= limit {
+                return Queued::Ok;
+            }
+            if policy == SlowConsumerPolicy::Disconnect {
+                return Queued::OverLimit;
+            }
+            while self.bytes > limit {
+                let Some(i) = self.frames.iter().position(|f| f.0.is_some()) else {
+                    break;
+                };
+                let seq = self.frames[i].0.unwrap();
+                self.bytes -= self.frames[i].1.len();
+                self.dropped += 1;
+                match self.frames[..i].iter().rposition(|f| f.2.is_some()) {
+                    Some(p) => {
+                        self.frames[p].2.as_mut().unwrap().1 = seq;
+                        self.frames.remove(i);
+                    }
+                    None => self.frames[i] = (None, Vec::new(), Some((seq, seq))),
+                }
+            }
+            Queued::Ok
+        }
+
+        fn take(&mut self) -> Vec<u8> {
+            let mut out = BytesMut::new();
+            for (_, frame, gap) in self.frames.drain(..) {
+                match gap {
+                    Some((first, last)) => Message::Gap(Gap { first, last }).encode(&mut out),
+                    None => out.extend_from_slice(&frame),
+                }
+            }
+            self.bytes = 0;
+            out.to_vec()
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Event(usize),
+        Notice(usize),
+        Take,
+        Clear,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            8 => (1usize..3000).prop_map(Op::Event),
+            2 => (1usize..200).prop_map(Op::Notice),
+            1 => Just(Op::Take),
+            1 => Just(Op::Clear),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            crate::hub::model::proptest_cases(),
+        ))]
+
+        /// Same bytes out, same accounting, as the frame-list model, with drops and
+        /// compaction of the buffer (frames up to 3 KB against an 8 KB limit).
+        #[test]
+        fn the_queue_behaves_like_a_list_of_frames(
+            drop_oldest in proptest::bool::ANY,
+            ops in proptest::collection::vec(op(), 1..400),
+        ) {
+            let policy = if drop_oldest { SlowConsumerPolicy::DropOldest } else { SlowConsumerPolicy::Disconnect };
+            let limit = 8 * 1024;
+            let mut queue = OutboundQueue::new(limit, policy);
+            let mut model = Model::default();
+            let mut seq = 0u64;
+            for op in ops {
+                match op {
+                    Op::Event(len) | Op::Notice(len) => {
+                        let sequenced = matches!(op, Op::Event(_)).then(|| { seq += 1; seq });
+                        let frame: Vec<u8> = (0..len).map(|i| (i as u64 ^ seq) as u8).collect();
+                        let expected = model.push(sequenced, frame.clone(), limit, policy);
+                        proptest::prop_assert_eq!(queue.push(sequenced, &frame), expected);
+                        if expected == Queued::OverLimit {
+                            queue.clear();
+                            model.frames.clear();
+                            model.bytes = 0;
+                        }
+                    }
+                    Op::Take => {
+                        let mut out = Vec::new();
+                        queue.take(&mut out);
+                        proptest::prop_assert_eq!(out, model.take());
+                    }
+                    Op::Clear => {
+                        queue.clear();
+                        model.frames.clear();
+                        model.bytes = 0;
+                    }
+                }
+                proptest::prop_assert_eq!(queue.bytes(), model.bytes);
+                proptest::prop_assert_eq!(queue.dropped_total(), model.dropped);
+                proptest::prop_assert!(queue.buf.len() <= 2 * limit + 3000);
+            }
+            proptest::prop_assert_eq!(queue.take_frames().to_vec(), model.take());
+        }
     }
 }

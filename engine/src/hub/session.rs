@@ -12,7 +12,7 @@
 //! buffer no longer reaches back far enough.
 
 use super::connections::{user_key, Connection};
-use super::events::{Delivery, PushEvent};
+use super::events::{Delivery, PushEvent, StoredEvent};
 use super::{ConnectionId, Hub, HubError, PushHooks, PushOutcome};
 use pushwire_protocol::{Gap, ResumeToken};
 use std::collections::VecDeque;
@@ -28,7 +28,7 @@ pub(crate) struct ReplayLimits {
 /// Events kept for a possible resume, oldest first.
 #[derive(Debug, Default)]
 pub(crate) struct Replay {
-    events: VecDeque<(u64, PushEvent, usize)>,
+    events: VecDeque<(u64, StoredEvent, usize)>,
     bytes: usize,
 }
 
@@ -37,7 +37,7 @@ impl Replay {
     pub(crate) fn record(
         &mut self,
         seq: u64,
-        event: &PushEvent,
+        event: &StoredEvent,
         frame_len: usize,
         limits: ReplayLimits,
     ) {
@@ -192,7 +192,7 @@ impl<H: PushHooks> Hub<H> {
             let event = PushEvent::Gap(Gap { first, last });
             self.outbox.deliveries.push_back(Delivery {
                 connection: session,
-                event,
+                event: event.into(),
                 frame_len: pushwire_protocol::FRAME_HEADER_LEN + 16,
             });
         }

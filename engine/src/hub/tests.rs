@@ -461,10 +461,8 @@ fn presence_lists_every_shared_group_once_per_receiver() {
     let deliveries: Vec<Delivery> = std::iter::from_fn(|| hub.poll_delivery()).collect();
     assert_eq!(deliveries.len(), 2);
     assert_eq!(deliveries[1].connection(), b);
-    let (own, other) = (
-        deliveries[0].event().groups().unwrap(),
-        deliveries[1].event().groups().unwrap(),
-    );
+    let (own, other) = (deliveries[0].event(), deliveries[1].event());
+    let (own, other) = (own.groups().unwrap(), other.groups().unwrap());
     assert_eq!(other.to_vec(), ids(&[1, 2, 3]));
     assert!(
         own.shares_list_with(other),
@@ -703,7 +701,8 @@ fn publish_shares_the_payload_and_the_target_list_among_receivers() {
             payload.as_ptr()
         );
     }
-    let echo = deliveries[0].event().groups().unwrap();
+    let echo = deliveries[0].event();
+    let echo = echo.groups().unwrap();
     // a and b are in every target: they share the echo's list.
     assert!(deliveries[1]
         .event()
@@ -716,7 +715,8 @@ fn publish_shares_the_payload_and_the_target_list_among_receivers() {
         .unwrap()
         .shares_list_with(echo));
     // c is in one of them: a subset over the same list, no list of its own.
-    let c_groups = deliveries[3].event().groups().unwrap();
+    let c_event = deliveries[3].event();
+    let c_groups = c_event.groups().unwrap();
     assert!(c_groups.shares_list_with(echo));
     assert_eq!(c_groups.to_vec(), ids(&[2]));
     c_groups.with_slice(|slice| assert_eq!(slice, &ids(&[2])[..]));
@@ -1451,6 +1451,10 @@ fn direct_encoding_of_events_matches_the_message_encoding() {
     let b = hub.connect(info("b", 2));
     hub.subscribe(a, &ids(&[1, 2, 3])).unwrap();
     hub.subscribe(b, &ids(&[2, 65, 66])).unwrap();
+    // c, like a, is in every target of the server's publication: both copies come
+    // from one shared frame, each with its own sequence number.
+    let c = hub.connect(info("c", 3));
+    hub.subscribe(c, &ids(&[2, 3])).unwrap();
     let all: Vec<u32> = (1..=70).collect();
     hub.publish(
         Actor::Connection(a),
@@ -1468,6 +1472,9 @@ fn direct_encoding_of_events_matches_the_message_encoding() {
         let mut direct = bytes::BytesMut::new();
         delivery.event().encode(&mut direct);
         assert_eq!(direct.len(), delivery.frame_len());
+        let mut fast = bytes::BytesMut::from(&b"before"[..]);
+        delivery.encode(&mut fast);
+        assert_eq!(&fast[6..], &direct[..], "{delivery:?}");
         let mut via_message = bytes::BytesMut::new();
         delivery.into_message().1.encode(&mut via_message);
         assert_eq!(direct, via_message);

@@ -439,7 +439,7 @@ impl HubCore {
         let mut to_wake: Vec<Arc<Outbox>> = Vec::new();
         while let Some(delivery) = self.hub.poll_delivery() {
             if let Some(outbox) = self.outboxes.get(&delivery.connection()) {
-                let queued = lock(&outbox.queue).push_event(delivery.event(), delivery.frame_len());
+                let queued = lock(&outbox.queue).push_delivery(&delivery);
                 if queued == Queued::OverLimit {
                     outbox.slow.store(true, Ordering::Release);
                     outbox.alert.notify_one();
@@ -666,7 +666,6 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut read_buf = vec![0u8; 16 * 1024];
     let mut transmit = Vec::new();
-    let mut frames = Vec::new();
     let mut member: Option<Member> = None;
     let (results_tx, mut results) =
         mpsc::unbounded_channel::<(u64, pushwire_engine::RequestResult)>();
@@ -800,8 +799,7 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
             }
             () = async { outbox.as_ref().expect("guarded").ready.notified().await }, if take_frames => {
                 let outbox = outbox.as_ref().expect("guarded");
-                frames.clear();
-                lock(&outbox.queue).take(&mut frames);
+                let frames = lock(&outbox.queue).take_frames();
                 engine.send_encoded(&frames);
             }
             () = sleep_until(timeout) => engine.handle_timeout(now()),
