@@ -333,9 +333,11 @@ pub(crate) struct SharedPublication {
     pub(crate) targets: Arc<[GroupId]>,
     pub(crate) payload: Bytes,
     /// The frame a receiver of every target gets, with sequence number 0: such a
-    /// receiver's frame is this copy with its own number patched in. Encoded when
-    /// the first receiver's frame is.
+    /// receiver's frame is this copy with its own number patched in. Encoded with
+    /// the second such frame: a publication with one receiver is encoded directly.
     frame: std::sync::OnceLock<Box<[u8]>>,
+    /// A receiver's frame was encoded without the shared copy.
+    encoded_once: std::sync::atomic::AtomicBool,
 }
 
 impl SharedPublication {
@@ -345,7 +347,27 @@ impl SharedPublication {
             targets,
             payload,
             frame: std::sync::OnceLock::new(),
+            encoded_once: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Appends the frame of a receiver of every target.
+    fn encode_whole(&self, seq: u64, out: &mut bytes::BytesMut) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.frame.get().is_none() && !self.encoded_once.swap(true, Relaxed) {
+            pushwire_protocol::encode_published_prefix(
+                out,
+                seq,
+                &self.sender,
+                &self.targets,
+                self.payload.len(),
+            );
+            out.extend_from_slice(&self.payload);
+            return;
+        }
+        let start = out.len();
+        out.extend_from_slice(self.frame());
+        pushwire_protocol::patch_seq(&mut out[start..], seq);
     }
 
     fn frame(&self) -> &[u8] {
@@ -453,11 +475,7 @@ impl StoredEvent {
                 seq,
                 shared,
                 mask: Self::WHOLE,
-            } => {
-                let start = out.len();
-                out.extend_from_slice(shared.frame());
-                pushwire_protocol::patch_seq(&mut out[start..], *seq);
-            }
+            } => shared.encode_whole(*seq, out),
             StoredEvent::Published { .. } => self.to_event().encode(out),
             StoredEvent::Other(event) => event.encode(out),
         }

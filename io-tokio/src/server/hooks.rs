@@ -4,9 +4,12 @@ use bytes::Bytes;
 use pushwire_engine::hub::{HookContext, Origin, PushHooks, Verdict};
 use pushwire_protocol::GroupId;
 
-/// Wraps the application's hooks: logs every push operation at info level (the
-/// seed's OnSubscribe, OnUnsubscribe, OnPublish, OnSendUserMessage) and asks the
-/// application.
+/// Wraps the application's hooks: logs every push operation (the seed's
+/// OnSubscribe, OnUnsubscribe, OnPublish, OnSendUserMessage) and asks the
+/// application. Membership changes are logged at info level; messages at debug
+/// level (`RUST_LOG=pushwire_tokio::server::hooks=debug`), because a line per
+/// message costs a busy server most of its throughput and writes payloads to the
+/// log.
 pub(crate) struct LoggedHooks(pub Box<dyn PushHooks + Send>);
 
 fn who(context: &HookContext<'_>) -> String {
@@ -52,7 +55,7 @@ impl PushHooks for LoggedHooks {
         groups: &[GroupId],
         payload: &Bytes,
     ) -> Verdict {
-        tracing::info!(
+        tracing::debug!(
             "{} publishes a message ({}) to groups {:?}{}",
             who(context),
             String::from_utf8_lossy(&payload[..payload.len().min(200)]),
@@ -68,7 +71,7 @@ impl PushHooks for LoggedHooks {
         receiver: &str,
         payload: &Bytes,
     ) -> Verdict {
-        tracing::info!(
+        tracing::debug!(
             "{} sends a message ({}) to {}{}",
             who(context),
             String::from_utf8_lossy(&payload[..payload.len().min(200)]),

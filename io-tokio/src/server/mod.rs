@@ -330,6 +330,7 @@ impl ServerBuilder {
             hub: Mutex::new(HubCore {
                 hub,
                 outboxes: BTreeMap::new(),
+                to_wake: Vec::new(),
             }),
             config: Arc::new(config),
             authenticator: self.authenticator,
@@ -428,36 +429,53 @@ impl Outbox {
 struct HubCore {
     hub: Hub<LoggedHooks>,
     outboxes: BTreeMap<ConnectionId, Arc<Outbox>>,
+    /// Connections with frames queued since the last [`HubCore::wake`].
+    to_wake: Vec<ConnectionId>,
 }
 
 impl HubCore {
     /// Encodes every pending delivery into its connection's outbox and flags slow
     /// consumers. Called after every hub operation, under the lock.
     fn dispatch(&mut self) {
-        // Wake each receiving task once per operation, not once per event.
-        let mut woken: Option<ConnectionId> = None;
-        let mut to_wake: Vec<Arc<Outbox>> = Vec::new();
+        self.queue_deliveries();
+        self.wake();
+    }
+
+    /// Encodes every pending delivery into its connection's outbox and flags slow
+    /// consumers; the receiving tasks are woken by [`HubCore::wake`]. A connection
+    /// task handling several commands from one read queues them all, then wakes
+    /// each receiver once.
+    fn queue_deliveries(&mut self) {
+        let mut last: Option<ConnectionId> = None;
         while let Some(delivery) = self.hub.poll_delivery() {
-            if let Some(outbox) = self.outboxes.get(&delivery.connection()) {
-                let queued = lock(&outbox.queue).push_delivery(&delivery);
-                if queued == Queued::OverLimit {
-                    outbox.slow.store(true, Ordering::Release);
-                    outbox.alert.notify_one();
-                }
-                // Deliveries of one operation to one connection come together.
-                if woken != Some(delivery.connection()) {
-                    woken = Some(delivery.connection());
-                    to_wake.push(outbox.clone());
-                }
+            let connection = delivery.connection();
+            let Some(outbox) = self.outboxes.get(&connection) else {
+                continue;
+            };
+            if lock(&outbox.queue).push_delivery(&delivery) == Queued::OverLimit {
+                outbox.slow.store(true, Ordering::Release);
+                outbox.alert.notify_one();
+            }
+            // Deliveries of one operation to one connection come together.
+            if last != Some(connection) {
+                last = Some(connection);
+                self.to_wake.push(connection);
             }
         }
-        for outbox in to_wake {
-            outbox.ready.notify_one();
-        }
-
         // The outbound queues enforce the limit themselves (above); the hub's own
         // accounting is not used by this shell.
         while self.hub.poll_slow_consumer().is_some() {}
+    }
+
+    /// Wakes every task whose outbox got frames since the last wake, once each.
+    fn wake(&mut self) {
+        self.to_wake.sort_unstable();
+        self.to_wake.dedup();
+        for connection in self.to_wake.drain(..) {
+            if let Some(outbox) = self.outboxes.get(&connection) {
+                outbox.ready.notify_one();
+            }
+        }
     }
 }
 
@@ -679,58 +697,72 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
     let mut give_up: Option<tokio::time::Instant> = None;
 
     loop {
-        while let Some(event) = engine.poll_event() {
-            match event {
-                ServerEvent::Authenticate(request) => {
-                    member = authenticate(handle, &mut engine, request);
+        {
+            // Push commands from one read are handled under one hold of the hub lock,
+            // and each receiver is woken once for all of them.
+            let mut hub_held: Option<MutexGuard<'_, HubCore>> = None;
+            while let Some(event) = engine.poll_event() {
+                if !matches!(event, ServerEvent::Push(_) | ServerEvent::Acknowledged(_)) {
+                    if let Some(mut core) = hub_held.take() {
+                        core.wake();
+                    }
                 }
-                ServerEvent::Request {
-                    request_id,
-                    method_id,
-                    payload,
-                } => {
-                    let Some(m) = &member else { continue };
-                    let Some(service) = shared.services.get(&m.service_id).cloned() else {
-                        engine.respond(
-                            request_id,
-                            Err((ErrorCode::NoService, Text::from("no service with this id"))),
-                        );
-                        continue;
-                    };
-                    let call = Call {
-                        method: method_id,
+                match event {
+                    ServerEvent::Authenticate(request) => {
+                        member = authenticate(handle, &mut engine, request);
+                    }
+                    ServerEvent::Request {
+                        request_id,
+                        method_id,
                         payload,
-                        user_id: m.user_id.clone(),
-                        connection: m.id,
-                        server: handle.clone(),
-                    };
-                    let results_tx = results_tx.clone();
-                    tokio::spawn(
-                        async move {
-                            let result = service.call(call).await;
-                            let _ = results_tx.send((request_id, result));
+                    } => {
+                        let Some(m) = &member else { continue };
+                        let Some(service) = shared.services.get(&m.service_id).cloned() else {
+                            engine.respond(
+                                request_id,
+                                Err((ErrorCode::NoService, Text::from("no service with this id"))),
+                            );
+                            continue;
+                        };
+                        let call = Call {
+                            method: method_id,
+                            payload,
+                            user_id: m.user_id.clone(),
+                            connection: m.id,
+                            server: handle.clone(),
+                        };
+                        let results_tx = results_tx.clone();
+                        tokio::spawn(
+                            async move {
+                                let result = service.call(call).await;
+                                let _ = results_tx.send((request_id, result));
+                            }
+                            .in_current_span(),
+                        );
+                    }
+                    ServerEvent::Push(command) => {
+                        if let Some(m) = &member {
+                            let core = hub_held.get_or_insert_with(|| lock(&shared.hub));
+                            if let Err(e) = core.hub.handle_command(m.id, command) {
+                                debug!("push command refused: {e}");
+                            }
+                            core.queue_deliveries();
                         }
-                        .in_current_span(),
-                    );
-                }
-                ServerEvent::Push(command) => {
-                    if let Some(m) = &member {
-                        let mut core = lock(&shared.hub);
-                        if let Err(e) = core.hub.handle_command(m.id, command) {
-                            debug!("push command refused: {e}");
+                    }
+                    ServerEvent::Acknowledged(seq) => {
+                        if let Some(m) = &member {
+                            let core = hub_held.get_or_insert_with(|| lock(&shared.hub));
+                            core.hub.acknowledge(m.id, seq);
                         }
-                        core.dispatch();
+                    }
+                    ServerEvent::Closed(reason) => {
+                        log_close(&reason);
+                        close_reason = Some(reason);
                     }
                 }
-                ServerEvent::Acknowledged(seq) => {
-                    if let Some(m) = &member {
-                        lock(&shared.hub).hub.acknowledge(m.id, seq);
-                    }
-                }
-                ServerEvent::Closed(reason) => {
-                    log_close(&reason);
-                    close_reason = Some(reason);
-                }
+            }
+            if let Some(mut core) = hub_held.take() {
+                core.wake();
             }
         }
 
@@ -753,7 +785,7 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
         }
 
         let timeout = engine.poll_timeout().map(tokio::time::Instant::from_std);
-        let outbox = member.as_ref().map(|m| m.outbox.clone());
+        let outbox = member.as_ref().map(|m| &m.outbox);
         // Take more frames from the hub only once the last batch is on its way: the
         // backlog of a slow reader stays in its bounded outbound queue.
         let take_frames = outbox.is_some() && written == transmit.len();
