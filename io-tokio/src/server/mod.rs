@@ -22,6 +22,7 @@ mod service;
 pub use auth::{AuthAttempt, AuthDecision, Authenticator, DenyAll};
 pub use service::{service_fn, Call, CallFuture, Service};
 
+use crate::read::{read_with, Input};
 use crate::transport::{ByteStream, Listener};
 use bytes::Bytes;
 use hooks::LoggedHooks;
@@ -46,7 +47,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -664,7 +665,6 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
     };
     debug!("accepted");
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut read_buf = vec![0u8; 16 * 1024];
     let mut transmit = Vec::new();
     let mut frames = Vec::new();
     let mut member: Option<Member> = None;
@@ -778,10 +778,12 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
                 }
                 Ok(n) => written += n,
             },
-            read = reader.read(&mut read_buf) => match read {
-                Ok(0) | Err(_) => engine.handle_transport_closed(),
-                Ok(n) => engine.handle_input(now(), &read_buf[..n]),
-            },
+            // The bytes go to the engine inside the read's poll: no read buffer per
+            // connection (see `crate::read`).
+            () = read_with(&mut reader, |input| match input {
+                Input::Bytes(bytes) => engine.handle_input(now(), bytes),
+                Input::Closed => engine.handle_transport_closed(),
+            }) => {}
             Some((request_id, result)) = results.recv() => {
                 engine.respond(request_id, result);
             }
