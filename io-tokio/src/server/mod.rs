@@ -646,6 +646,13 @@ fn now() -> std::time::Instant {
 /// How long a connection being closed for not reading gets to take its Close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// The channel on which spawned service calls return their results to the
+/// connection's task.
+struct Results {
+    tx: mpsc::UnboundedSender<(u64, pushwire_engine::RequestResult)>,
+    rx: mpsc::UnboundedReceiver<(u64, pushwire_engine::RequestResult)>,
+}
+
 /// What a connection holds in the hub once authenticated.
 struct Member {
     id: ConnectionId,
@@ -668,8 +675,9 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
     let mut transmit = Vec::new();
     let mut frames = Vec::new();
     let mut member: Option<Member> = None;
-    let (results_tx, mut results) =
-        mpsc::unbounded_channel::<(u64, pushwire_engine::RequestResult)>();
+    // Results of service calls, made at the first request: most connections of a
+    // push server never call a service, and the channel costs 2 KiB.
+    let mut results: Option<Results> = None;
     let mut shutdown = shared.shutdown.subscribe();
     let mut closing = false;
     let mut close_reason: Option<CloseReason> = None;
@@ -705,7 +713,13 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
                         connection: m.id,
                         server: handle.clone(),
                     };
-                    let results_tx = results_tx.clone();
+                    let results_tx = results
+                        .get_or_insert_with(|| {
+                            let (tx, rx) = mpsc::unbounded_channel();
+                            Results { tx, rx }
+                        })
+                        .tx
+                        .clone();
                     tokio::spawn(
                         async move {
                             let result = service.call(call).await;
@@ -784,7 +798,8 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
                 Input::Bytes(bytes) => engine.handle_input(now(), bytes),
                 Input::Closed => engine.handle_transport_closed(),
             }) => {}
-            Some((request_id, result)) = results.recv() => {
+            // The task keeps a sender, so `recv` never ends with `None`.
+            Some((request_id, result)) = async { results.as_mut().expect("guarded").rx.recv().await }, if results.is_some() => {
                 engine.respond(request_id, result);
             }
             () = async { outbox.as_ref().expect("guarded").alert.notified().await }, if outbox.is_some() => {
