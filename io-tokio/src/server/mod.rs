@@ -686,12 +686,19 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
     // When closing a connection whose peer may not read: the deadline after which
     // the transport is dropped even if the Close could not be written.
     let mut give_up: Option<tokio::time::Instant> = None;
+    // The connection looks idle (its handshake just ended, or a timer fired: with
+    // keep-alive that is nothing sent for a ping interval): once everything is
+    // written and nothing more is due, this task's buffers and the outbox give back
+    // their memory. Never per message, so a busy connection keeps what it grew.
+    let mut release_buffers = false;
 
     loop {
         while let Some(event) = engine.poll_event() {
             match event {
                 ServerEvent::Authenticate(request) => {
                     member = authenticate(handle, &mut engine, request);
+                    // After the Welcome: the TLS flight grew `transmit`.
+                    release_buffers = true;
                 }
                 ServerEvent::Request {
                     request_id,
@@ -753,6 +760,7 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
         // biased select below: deadlines (Hello, keep-alive) are checked here too.
         if engine.poll_timeout().is_some_and(|t| t <= now()) {
             engine.handle_timeout(now());
+            release_buffers = true;
         }
         // Writes are part of the select below, not awaited on their own: a client
         // that stops reading must not stop this task from noticing that its
@@ -761,6 +769,20 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
             transmit.clear();
             written = 0;
             engine.poll_transmit(now(), &mut transmit);
+            // Everything is written and nothing more is due: the connection is
+            // about to wait.
+            if transmit.is_empty() && std::mem::take(&mut release_buffers) {
+                transmit = Vec::new();
+                frames = Vec::new();
+                if let Some(m) = &member {
+                    lock(&m.outbox.queue).release_idle_capacity();
+                }
+                // Every call has answered (the engine counts a request until its
+                // result was received here and released): no sender will send again.
+                if engine.pending_requests() == 0 {
+                    results = None;
+                }
+            }
         }
         if engine.is_finished() && transmit.is_empty() {
             let _ = writer.shutdown().await;
@@ -821,7 +843,10 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
                 lock(&outbox.queue).take(&mut frames);
                 engine.send_encoded(&frames);
             }
-            () = sleep_until(timeout) => engine.handle_timeout(now()),
+            () = sleep_until(timeout) => {
+                engine.handle_timeout(now());
+                release_buffers = true;
+            }
         }
     }
 
