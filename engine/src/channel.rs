@@ -71,6 +71,9 @@ pub(crate) struct Channel {
     transport_gone: bool,
     /// The TLS link failed: only what it queued (its alert) may still leave.
     link_failed: bool,
+    /// Give back the buffers' capacity after the next flush (see
+    /// [`Channel::release_after_flush`]).
+    release_pending: bool,
 }
 
 impl Channel {
@@ -91,7 +94,42 @@ impl Channel {
             close_reported: false,
             transport_gone: false,
             link_failed: false,
+            release_pending: false,
         }
+    }
+
+    /// Asks for the buffers' capacity to be given back once the next flush has
+    /// handed out what is queued: call when the handshake (TLS and Hello/Welcome) is
+    /// over. The handshake grows the buffers far beyond what an idle connection
+    /// needs (the server's flight with its certificate chain is kilobytes), and most
+    /// connections of a push server are idle; a busy one grows them again once.
+    pub fn release_after_flush(&mut self) {
+        self.release_pending = true;
+    }
+
+    /// Gives back the capacity of every empty buffer. Only at moments the connection
+    /// is known to be idle (the handshake just ended, a keep-alive ping is due), never
+    /// per message: a busy connection keeps its buffers.
+    fn release_idle_capacity(&mut self) {
+        if self.transmit.is_empty() {
+            self.transmit = Vec::new();
+        }
+        if self.outbound.is_empty() {
+            self.outbound = BytesMut::new();
+        }
+        if self.frames.is_empty() {
+            self.frames = VecDeque::new();
+        }
+        self.link.release_idle_capacity();
+    }
+
+    /// Bytes of buffer capacity held by the channel and its link (not counting
+    /// rustls' own), however much of it is in use.
+    pub fn buffer_capacity(&self) -> usize {
+        self.transmit.capacity()
+            + self.outbound.capacity()
+            + self.frames.capacity() * std::mem::size_of::<RawFrame>()
+            + self.link.buffer_capacity()
     }
 
     /// Starts keep-alive timing (once the connection is ready), counting from the
@@ -281,6 +319,9 @@ impl Channel {
             self.last_tx = now;
             out.append(&mut self.transmit);
         }
+        if std::mem::take(&mut self.release_pending) {
+            self.release_idle_capacity();
+        }
         n
     }
 
@@ -317,19 +358,25 @@ impl Channel {
         }
     }
 
-    /// Sends a Ping or closes for idleness when their time has come.
-    pub fn handle_keepalive(&mut self, now: Instant) {
+    /// Sends a Ping or closes for idleness when their time has come. Returns true
+    /// when a Ping was due: nothing was sent for a ping interval, so the connection
+    /// is idle and the empty buffers' capacity has been given back (the caller may
+    /// do the same with its own).
+    pub fn handle_keepalive(&mut self, now: Instant) -> bool {
         if !self.keepalive_active || self.closed.is_some() {
-            return;
+            return false;
         }
         if let Some(idle) = self.keepalive.idle_timeout {
             if now >= self.last_rx + idle {
                 self.close_with(CloseReason::Timeout(TimeoutKind::Idle));
-                return;
+                return false;
             }
         }
         if let Some(interval) = self.keepalive.ping_interval {
             if now >= self.last_tx + interval {
+                // Before the Ping is queued: it then takes a few bytes, not what the
+                // last burst left.
+                self.release_idle_capacity();
                 // Frames already waiting to be flushed make the ping unnecessary.
                 if self.outbound.is_empty() {
                     let nonce = self.next_ping_nonce;
@@ -339,8 +386,10 @@ impl Channel {
                 // Either way the deadline moves: the next ping is due an interval
                 // from now, so the timer never stays in the past.
                 self.last_tx = now;
+                return true;
             }
         }
+        false
     }
 
     /// Closes locally with an application reason.

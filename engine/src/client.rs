@@ -409,7 +409,11 @@ impl ClientConnection {
                 }
             }
         }
-        self.channel.handle_keepalive(now);
+        if self.channel.handle_keepalive(now) && self.events.is_empty() {
+            // Idle for a ping interval: the events queue last used by a burst goes
+            // too (the channel gave back its own buffers).
+            self.events = VecDeque::new();
+        }
         // Timers fire on quiet links: a good moment to acknowledge the rest.
         self.acknowledge(1);
         self.after_input();
@@ -709,6 +713,9 @@ impl ClientConnection {
                 self.deadline = None;
                 self.server_max_frame = server_limits.max_frame_size();
                 self.channel.start_keepalive_now();
+                // The handshake is over: its buffers are not needed by an idle
+                // connection.
+                self.channel.release_after_flush();
                 if !welcome.resumed {
                     // A new session numbers its events from 1 again.
                     self.last_seq = 0;

@@ -93,6 +93,18 @@ impl ResultQueue {
         self.pending.len()
     }
 
+    /// Gives back the queue's capacity if no request is pending.
+    pub fn release_idle_capacity(&mut self) {
+        if self.pending.is_empty() {
+            self.pending = VecDeque::new();
+        }
+    }
+
+    /// Bytes of capacity the queue holds.
+    pub fn capacity_bytes(&self) -> usize {
+        self.pending.capacity() * std::mem::size_of::<PendingResult>()
+    }
+
     pub fn begin_batch(&mut self) -> Result<(), ProtocolError> {
         if self.open_batch.is_some() {
             return Err(ProtocolError::NestedBatch);

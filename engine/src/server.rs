@@ -208,8 +208,19 @@ impl ServerConnection {
                     .close_with(CloseReason::Timeout(TimeoutKind::Hello));
             }
         }
-        self.channel.handle_keepalive(now);
+        if self.channel.handle_keepalive(now) {
+            // Idle for a ping interval: the queues last used by a burst go too.
+            self.release_idle_capacity();
+        }
         self.advance();
+    }
+
+    /// Gives back the capacity of the engine's own queues when they are empty.
+    fn release_idle_capacity(&mut self) {
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        self.results.release_idle_capacity();
     }
 
     /// The next time [`handle_timeout`](Self::handle_timeout) must be called.
@@ -262,6 +273,15 @@ impl ServerConnection {
         self.channel.queued()
     }
 
+    /// Bytes of buffer capacity the engine holds for this connection, in use or not
+    /// (memory accounting; rustls' own state is not counted). Buffers grown by the
+    /// handshake or by a burst of traffic are given back once the connection is idle.
+    pub fn buffer_capacity(&self) -> usize {
+        self.channel.buffer_capacity()
+            + self.events.capacity() * std::mem::size_of::<ServerEvent>()
+            + self.results.capacity_bytes()
+    }
+
     /// Lets the client in: sends the Welcome.
     pub fn permit(&mut self, grant: Grant) {
         if self.state != ServerState::Authenticating || self.channel.is_closing() {
@@ -282,6 +302,11 @@ impl ServerConnection {
         }));
         self.state = ServerState::Ready;
         self.channel.start_keepalive_now();
+        // The handshake is over: what it grew (the events queue held the Hello's
+        // AuthRequest, the channel the TLS flight) is not needed by an idle
+        // connection.
+        self.channel.release_after_flush();
+        self.release_idle_capacity();
     }
 
     /// Keeps the client out: sends Refused, then closes.

@@ -769,3 +769,45 @@ fn a_due_ping_with_frames_already_waiting_moves_the_timer_forward() {
     let next = pair.client.poll_timeout().expect("keep-alive stays armed");
     assert!(next > later, "the timer stayed in the past");
 }
+
+#[test]
+fn an_idle_server_connection_gives_back_what_the_handshake_and_a_burst_grew() {
+    // Most connections of a push server are idle: what they hold is what a server
+    // with many connections pays for each.
+    const IDLE_MAX: usize = 1024;
+    for (mut pair, mode) in [(Pair::tls(), "TLS"), (Pair::plaintext(), "plaintext")] {
+        pair.drive();
+        assert_eq!(pair.server.state(), ServerState::Ready, "{mode}");
+        let after_handshake = pair.server.buffer_capacity();
+        assert!(
+            after_handshake <= IDLE_MAX,
+            "{mode}: {after_handshake} bytes held after the handshake"
+        );
+
+        // A burst of large requests and results grows the buffers, and a busy
+        // connection keeps them: nothing is given back per message.
+        let ids: Vec<u64> = (0..50)
+            .map(|_| pair.client.request(1, Bytes::from(vec![7; 4000])).unwrap())
+            .collect();
+        pair.drive();
+        for &id in &ids {
+            assert!(pair.server.respond(id, Ok(Bytes::from(vec![1; 4000]))));
+        }
+        pair.drive();
+        assert_eq!(pair.client_results(), ids, "{mode}");
+        let busy = pair.server.buffer_capacity();
+        assert!(
+            busy > 16 * 1024,
+            "{mode}: only {busy} bytes after the burst"
+        );
+
+        // A ping interval of silence: the connection is idle, and gives them back.
+        pair.advance(KeepAlive::default().ping_interval.unwrap() + Duration::from_millis(1));
+        let idle = pair.server.buffer_capacity();
+        assert!(
+            idle <= IDLE_MAX,
+            "{mode}: {idle} bytes held by an idle connection"
+        );
+        assert!(pair.server_closed().is_none() && pair.client_closed().is_none());
+    }
+}

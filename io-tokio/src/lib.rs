@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod hello;
 pub mod pool;
+mod read;
 pub mod server;
 pub mod transport;
 

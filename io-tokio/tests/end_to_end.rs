@@ -419,3 +419,37 @@ async fn graceful_shutdown_tells_every_client_why() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_connection_works_on_after_idle_periods_gave_back_its_buffers() {
+    // Pings every 100 ms of silence: each is a moment the server's connection task
+    // gives back its buffers, its outbox's arena and (with no call running) its
+    // results channel. Everything must come back on demand, and a call running
+    // across such a moment must still be answered.
+    let keepalive = pushwire_engine::KeepAlive {
+        ping_interval: Some(Duration::from_millis(100)),
+        idle_timeout: Some(Duration::from_secs(10)),
+    };
+    let server = builder("server.cert.pem", "server.key.pem", Arc::default())
+        .keepalive(keepalive)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut cc = context(&server, "alice", "MyPassword");
+    cc.keepalive = keepalive;
+    let (alice, mut events) = Client::connect(cc).await.unwrap();
+    for round in 0..3 {
+        let slow = alice.request(hello::SLEEP, hello::sleep_args(350));
+        let reply = alice.request(hello::ECHO, Bytes::from(vec![7; 40_000]));
+        server
+            .handle()
+            .publish(&[1], format!("round {round}"))
+            .unwrap();
+        let (_, _, message, _) = next(&mut events, published).await;
+        assert_eq!(message, format!("round {round}"));
+        assert_eq!(reply.await.unwrap(), Bytes::from(vec![7; 40_000]));
+        slow.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(350)).await;
+    }
+    alice.close();
+}

@@ -270,6 +270,16 @@ impl OutboundQueue {
         taken
     }
 
+    /// Gives back the memory of an empty queue: the buffer's chunk (16 KiB once a
+    /// frame was queued) and the frame index. For connections found idle; a busy one
+    /// would only allocate them again.
+    pub fn release_idle_capacity(&mut self) {
+        if self.is_empty() {
+            self.entries = VecDeque::new();
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// Forgets everything queued (the connection is gone; its session's replay
     /// buffer still holds the events).
     pub fn clear(&mut self) {
@@ -353,6 +363,24 @@ mod tests {
         assert_eq!(seqs, [9, 10]);
         assert_eq!(q.dropped_total(), 8);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn an_idle_queue_gives_back_its_arena_and_a_busy_one_keeps_it() {
+        let mut q = OutboundQueue::new(1 << 20, SlowConsumerPolicy::Disconnect);
+        q.push_message(&event(1));
+        assert!(q.buf.capacity() > 0);
+        q.release_idle_capacity();
+        assert!(q.buf.capacity() > 0, "a frame is still queued");
+        let mut out = Vec::new();
+        q.take(&mut out);
+        q.release_idle_capacity();
+        assert_eq!((q.buf.capacity(), q.entries.capacity()), (0, 0));
+        // And the queue still works.
+        q.push_message(&event(2));
+        out.clear();
+        q.take(&mut out);
+        assert_eq!(decode(&out), [event(2)]);
     }
 
     #[test]

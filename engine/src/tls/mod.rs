@@ -175,6 +175,21 @@ impl TlsLink {
         self.incoming.len() - self.start
     }
 
+    /// Gives back the incoming buffer's capacity if it holds nothing. After the
+    /// handshake it may have grown up to [`MAX_HANDSHAKE_BUFFER`]; an empty buffer has
+    /// nothing rustls could still refer to (no partial record or handshake message).
+    pub fn release_idle_capacity(&mut self) {
+        if self.buffered() == 0 {
+            self.incoming = Vec::new();
+            self.start = 0;
+        }
+    }
+
+    /// Bytes of buffer capacity held (not counting rustls' own).
+    pub fn buffer_capacity(&self) -> usize {
+        self.incoming.capacity()
+    }
+
     /// Takes received bytes. Decrypted application data goes to `plaintext` (which may
     /// refuse it by returning an error, ending the call); handshake records to send go
     /// to `transmit`.

@@ -6,6 +6,7 @@ mod event;
 
 pub use event::{Event, EventStream};
 
+use crate::read::{read_with, Input};
 use crate::transport::{ByteStream, Connector, TcpConnector};
 use bytes::Bytes;
 use pushwire_engine::client::{
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, Instrument};
 
@@ -825,7 +826,6 @@ impl Task {
     /// Runs one connection until it ends.
     async fn drive<S: ByteStream>(&mut self, stream: S) -> Ended {
         let (mut reader, mut writer) = tokio::io::split(stream);
-        let mut read_buf = vec![0u8; 16 * 1024];
         let mut transmit = Vec::new();
         let mut commands_open = true;
         let mut end: Option<CloseReason> = None;
@@ -880,10 +880,11 @@ impl Task {
                 .map(tokio::time::Instant::from_std);
             tokio::select! {
                 biased;
-                read = reader.read(&mut read_buf) => match read {
-                    Ok(0) | Err(_) => self.engine.handle_transport_closed(),
-                    Ok(n) => self.engine.handle_input(now(), &read_buf[..n]),
-                },
+                // Straight into the engine: no read buffer per connection.
+                () = read_with(&mut reader, |input| match input {
+                    Input::Bytes(bytes) => self.engine.handle_input(now(), bytes),
+                    Input::Closed => self.engine.handle_transport_closed(),
+                }) => {}
                 command = self.commands.recv(), if commands_open => match command {
                     Some(command) => self.handle_command(command),
                     None => {

@@ -22,6 +22,7 @@ mod service;
 pub use auth::{AuthAttempt, AuthDecision, Authenticator, DenyAll};
 pub use service::{service_fn, Call, CallFuture, Service};
 
+use crate::read::{read_with, Input};
 use crate::transport::{ByteStream, Listener};
 use bytes::Bytes;
 use hooks::LoggedHooks;
@@ -46,7 +47,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -663,6 +664,13 @@ fn now() -> std::time::Instant {
 /// How long a connection being closed for not reading gets to take its Close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// The channel on which spawned service calls return their results to the
+/// connection's task.
+struct Results {
+    tx: mpsc::UnboundedSender<(u64, pushwire_engine::RequestResult)>,
+    rx: mpsc::UnboundedReceiver<(u64, pushwire_engine::RequestResult)>,
+}
+
 /// What a connection holds in the hub once authenticated.
 struct Member {
     id: ConnectionId,
@@ -682,11 +690,11 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
     };
     debug!("accepted");
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut read_buf = vec![0u8; 16 * 1024];
     let mut transmit = Vec::new();
     let mut member: Option<Member> = None;
-    let (results_tx, mut results) =
-        mpsc::unbounded_channel::<(u64, pushwire_engine::RequestResult)>();
+    // Results of service calls, made at the first request: most connections of a
+    // push server never call a service, and the channel costs 2 KiB.
+    let mut results: Option<Results> = None;
     let mut shutdown = shared.shutdown.subscribe();
     let mut closing = false;
     let mut close_reason: Option<CloseReason> = None;
@@ -695,6 +703,11 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
     // When closing a connection whose peer may not read: the deadline after which
     // the transport is dropped even if the Close could not be written.
     let mut give_up: Option<tokio::time::Instant> = None;
+    // The connection looks idle (its handshake just ended, or a timer fired: with
+    // keep-alive that is nothing sent for a ping interval): once everything is
+    // written and nothing more is due, this task's buffers and the outbox give back
+    // their memory. Never per message, so a busy connection keeps what it grew.
+    let mut release_buffers = false;
 
     loop {
         {
@@ -710,6 +723,8 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
                 match event {
                     ServerEvent::Authenticate(request) => {
                         member = authenticate(handle, &mut engine, request);
+                        // After the Welcome: the TLS flight grew `transmit`.
+                        release_buffers = true;
                     }
                     ServerEvent::Request {
                         request_id,
@@ -731,7 +746,13 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
                             connection: m.id,
                             server: handle.clone(),
                         };
-                        let results_tx = results_tx.clone();
+                        let results_tx = results
+                            .get_or_insert_with(|| {
+                                let (tx, rx) = mpsc::unbounded_channel();
+                                Results { tx, rx }
+                            })
+                            .tx
+                            .clone();
                         tokio::spawn(
                             async move {
                                 let result = service.call(call).await;
@@ -770,6 +791,7 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
         // biased select below: deadlines (Hello, keep-alive) are checked here too.
         if engine.poll_timeout().is_some_and(|t| t <= now()) {
             engine.handle_timeout(now());
+            release_buffers = true;
         }
         // Writes are part of the select below, not awaited on their own: a client
         // that stops reading must not stop this task from noticing that its
@@ -778,6 +800,19 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
             transmit.clear();
             written = 0;
             engine.poll_transmit(now(), &mut transmit);
+            // Everything is written and nothing more is due: the connection is
+            // about to wait.
+            if transmit.is_empty() && std::mem::take(&mut release_buffers) {
+                transmit = Vec::new();
+                if let Some(m) = &member {
+                    lock(&m.outbox.queue).release_idle_capacity();
+                }
+                // Every call has answered (the engine counts a request until its
+                // result was received here and released): no sender will send again.
+                if engine.pending_requests() == 0 {
+                    results = None;
+                }
+            }
         }
         if engine.is_finished() && transmit.is_empty() {
             let _ = writer.shutdown().await;
@@ -809,11 +844,14 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
                 }
                 Ok(n) => written += n,
             },
-            read = reader.read(&mut read_buf) => match read {
-                Ok(0) | Err(_) => engine.handle_transport_closed(),
-                Ok(n) => engine.handle_input(now(), &read_buf[..n]),
-            },
-            Some((request_id, result)) = results.recv() => {
+            // The bytes go to the engine inside the read's poll: no read buffer per
+            // connection (see `crate::read`).
+            () = read_with(&mut reader, |input| match input {
+                Input::Bytes(bytes) => engine.handle_input(now(), bytes),
+                Input::Closed => engine.handle_transport_closed(),
+            }) => {}
+            // The task keeps a sender, so `recv` never ends with `None`.
+            Some((request_id, result)) = async { results.as_mut().expect("guarded").rx.recv().await }, if results.is_some() => {
                 engine.respond(request_id, result);
             }
             () = async { outbox.as_ref().expect("guarded").alert.notified().await }, if outbox.is_some() => {
@@ -834,7 +872,10 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
                 let frames = lock(&outbox.queue).take_frames();
                 engine.send_encoded(&frames);
             }
-            () = sleep_until(timeout) => engine.handle_timeout(now()),
+            () = sleep_until(timeout) => {
+                engine.handle_timeout(now());
+                release_buffers = true;
+            }
         }
     }
 
