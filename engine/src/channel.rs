@@ -209,6 +209,19 @@ impl Channel {
         }
     }
 
+    /// Like [`Channel::send_encoded`], taking the buffer: when nothing else is
+    /// queued it becomes the outbound buffer without a copy.
+    pub fn send_encoded_buffer(&mut self, frames: BytesMut) {
+        if self.closed.is_some() {
+            return;
+        }
+        if self.outbound.is_empty() {
+            self.outbound = frames;
+        } else {
+            self.outbound.extend_from_slice(&frames);
+        }
+    }
+
     /// Application bytes received (after decryption) so far.
     pub fn app_bytes_received(&self) -> u64 {
         self.app_bytes_received
@@ -317,7 +330,12 @@ impl Channel {
         let n = self.transmit.len();
         if n > 0 {
             self.last_tx = now;
-            out.append(&mut self.transmit);
+            if out.is_empty() {
+                // The usual case: hand the records over rather than copy them.
+                std::mem::swap(out, &mut self.transmit);
+            } else {
+                out.append(&mut self.transmit);
+            }
         }
         if std::mem::take(&mut self.release_pending) {
             self.release_idle_capacity();

@@ -355,6 +355,15 @@ impl ServerConnection {
         }
     }
 
+    /// Like [`ServerConnection::send_encoded`], taking the buffer (an
+    /// [`OutboundQueue::take_frames`](crate::hub::OutboundQueue::take_frames)): when
+    /// nothing else is queued it is sent from without a copy.
+    pub fn send_encoded_buffer(&mut self, frames: bytes::BytesMut) {
+        if self.state == ServerState::Ready {
+            self.channel.send_encoded_buffer(frames);
+        }
+    }
+
     /// Closes with a Close message, then close_notify.
     pub fn close(&mut self, code: CloseCode, reason: impl Into<Text>) {
         self.channel.close_local(code, reason.into());

@@ -1213,9 +1213,7 @@ impl EngineSim {
         for s in self.server_conns.values_mut() {
             let room = self.links[s.link].to_client.pending() < LINK_WINDOW;
             if room && !s.queue.is_empty() {
-                let mut frames = Vec::new();
-                s.queue.take(&mut frames);
-                s.engine.send_encoded(&frames);
+                s.engine.send_encoded_buffer(s.queue.take_frames());
             }
         }
     }

@@ -870,7 +870,7 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
             () = async { outbox.as_ref().expect("guarded").ready.notified().await }, if take_frames => {
                 let outbox = outbox.as_ref().expect("guarded");
                 let frames = lock(&outbox.queue).take_frames();
-                engine.send_encoded(&frames);
+                engine.send_encoded_buffer(frames);
             }
             () = sleep_until(timeout) => {
                 engine.handle_timeout(now());
