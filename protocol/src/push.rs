@@ -106,14 +106,18 @@ impl Sender {
             return Err(r.invalid("sender flags", flags.into()));
         }
         let user_id = r.text("sender user_id", MAX_USER_ID_BYTES)?;
-        let chars = user_id.as_str().chars().count();
-        if chars > MAX_USER_ID_CHARS {
-            return Err(DecodeError::TooLong {
-                kind: r.kind(),
-                field: "sender user_id",
-                actual: chars,
-                max: MAX_USER_ID_CHARS,
-            });
+        // A text has no more characters than bytes: only long ids need counting (every
+        // push event carries a sender, so this runs per message).
+        if user_id.len() > MAX_USER_ID_CHARS {
+            let chars = user_id.as_str().chars().count();
+            if chars > MAX_USER_ID_CHARS {
+                return Err(DecodeError::TooLong {
+                    kind: r.kind(),
+                    field: "sender user_id",
+                    actual: chars,
+                    max: MAX_USER_ID_CHARS,
+                });
+            }
         }
         let addr = if tag == Self::TAG_PEER_V4 {
             IpAddr::from(r.array::<4>("sender address")?)
