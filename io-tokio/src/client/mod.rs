@@ -20,7 +20,7 @@ use pushwire_protocol::{
     RefuseCode, Sender, Text,
 };
 use rustls::pki_types::UnixTime;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
@@ -227,7 +227,11 @@ pub enum PushError {
 }
 
 type ServerAuthCallback = Arc<dyn Fn(&ServerAuthentication) -> bool + Send + Sync>;
-type Callback<A> = Box<dyn FnMut(A) + Send>;
+// The callbacks borrow from the decoded message: handing them owned values cost a
+// copy of the group list and two reference counts per event.
+type GroupsCallback = Box<dyn FnMut(&Sender, &[GroupId]) + Send>;
+type PublishCallback = Box<dyn FnMut(&Sender, &[GroupId], &Bytes) + Send>;
+type UserMessageCallback = Box<dyn FnMut(&Sender, &Bytes) + Send>;
 
 /// Configures the server-authentication decision and the event callbacks (mirroring
 /// SocketPro's `OnSubscribe`, `OnUnsubscribe`, `OnPublish` and `OnSendUserMessage`,
@@ -235,10 +239,10 @@ type Callback<A> = Box<dyn FnMut(A) + Send>;
 pub struct ClientBuilder {
     context: ConnectionContext,
     server_auth: Option<ServerAuthCallback>,
-    on_subscribe: Option<Callback<(Sender, Vec<GroupId>)>>,
-    on_unsubscribe: Option<Callback<(Sender, Vec<GroupId>)>>,
-    on_publish: Option<Callback<(Sender, Vec<GroupId>, Bytes)>>,
-    on_user_message: Option<Callback<(Sender, Bytes)>>,
+    on_subscribe: Option<GroupsCallback>,
+    on_unsubscribe: Option<GroupsCallback>,
+    on_publish: Option<PublishCallback>,
+    on_user_message: Option<UserMessageCallback>,
     event_capacity: usize,
 }
 
@@ -269,15 +273,13 @@ impl ClientBuilder {
 
     /// Called for every Subscribed event (sender, groups).
     pub fn on_subscribe(mut self, f: impl FnMut(&Sender, &[GroupId]) + Send + 'static) -> Self {
-        let mut f = f;
-        self.on_subscribe = Some(Box::new(move |(s, g): (Sender, Vec<GroupId>)| f(&s, &g)));
+        self.on_subscribe = Some(Box::new(f));
         self
     }
 
     /// Called for every Unsubscribed event (sender, groups).
     pub fn on_unsubscribe(mut self, f: impl FnMut(&Sender, &[GroupId]) + Send + 'static) -> Self {
-        let mut f = f;
-        self.on_unsubscribe = Some(Box::new(move |(s, g): (Sender, Vec<GroupId>)| f(&s, &g)));
+        self.on_unsubscribe = Some(Box::new(f));
         self
     }
 
@@ -286,17 +288,13 @@ impl ClientBuilder {
         mut self,
         f: impl FnMut(&Sender, &[GroupId], &Bytes) + Send + 'static,
     ) -> Self {
-        let mut f = f;
-        self.on_publish = Some(Box::new(move |(s, g, m): (Sender, Vec<GroupId>, Bytes)| {
-            f(&s, &g, &m)
-        }));
+        self.on_publish = Some(Box::new(f));
         self
     }
 
     /// Called for every user message (sender, message).
     pub fn on_user_message(mut self, f: impl FnMut(&Sender, &Bytes) + Send + 'static) -> Self {
-        let mut f = f;
-        self.on_user_message = Some(Box::new(move |(s, m): (Sender, Bytes)| f(&s, &m)));
+        self.on_user_message = Some(Box::new(f));
         self
     }
 
@@ -362,6 +360,7 @@ impl ClientBuilder {
             engine,
             commands: command_rx,
             events: events_tx,
+            backlog: VecDeque::new(),
             ready: Some(ready_tx),
             server_auth: self.server_auth,
             on_subscribe: self.on_subscribe,
@@ -659,12 +658,15 @@ struct Task {
     engine: ClientConnection,
     commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::Sender<Event>,
+    /// Events that found the stream full, oldest first: the task sends them, waiting
+    /// for room, before it reads again.
+    backlog: VecDeque<Event>,
     ready: Option<oneshot::Sender<Result<(), ConnectError>>>,
     server_auth: Option<ServerAuthCallback>,
-    on_subscribe: Option<Callback<(Sender, Vec<GroupId>)>>,
-    on_unsubscribe: Option<Callback<(Sender, Vec<GroupId>)>>,
-    on_publish: Option<Callback<(Sender, Vec<GroupId>, Bytes)>>,
-    on_user_message: Option<Callback<(Sender, Bytes)>>,
+    on_subscribe: Option<GroupsCallback>,
+    on_unsubscribe: Option<GroupsCallback>,
+    on_publish: Option<PublishCallback>,
+    on_user_message: Option<UserMessageCallback>,
     requests: BTreeMap<u64, oneshot::Sender<Result<Bytes, RequestError>>>,
     /// Push commands awaiting an answer from the server, by command id.
     answers: BTreeMap<u64, oneshot::Sender<Result<Answer, PushError>>>,
@@ -844,8 +846,13 @@ impl Task {
                 if let ClientEvent::Closed(reason) = event {
                     end = Some(reason);
                 } else {
-                    self.handle_event(event).await;
+                    self.handle_event(event);
                 }
+            }
+            // Backpressure: a full stream stops this task, hence reading, hence the
+            // server's writes; the server then applies its slow-consumer policy.
+            while let Some(event) = self.backlog.pop_front() {
+                let _ = self.events.send(event).await;
             }
             // A peer that keeps the socket readable would starve the timer branch of
             // the biased select below: deadlines are checked here too.
@@ -947,7 +954,7 @@ impl Task {
         }
     }
 
-    async fn handle_event(&mut self, event: ClientEvent) {
+    fn handle_event(&mut self, event: ClientEvent) {
         match event {
             ClientEvent::ServerAuthenticated(info) => {
                 if let Some(decide) = &self.server_auth {
@@ -968,12 +975,9 @@ impl Task {
                 if let Some(ready) = self.ready.take() {
                     let _ = ready.send(Ok(()));
                 } else {
-                    let _ = self
-                        .events
-                        .send(Event::Reconnected {
-                            resumed: welcome.resumed,
-                        })
-                        .await;
+                    self.deliver(Event::Reconnected {
+                        resumed: welcome.resumed,
+                    });
                 }
                 for (command, reply) in std::mem::take(&mut self.queued) {
                     self.push(command, reply);
@@ -1004,19 +1008,19 @@ impl Task {
                     }));
                 }
             }
-            ClientEvent::Push(message) => self.handle_push(message).await,
+            ClientEvent::Push(message) => self.handle_push(message),
             ClientEvent::Closed(_) => {}
         }
     }
 
-    async fn handle_push(&mut self, message: Message) {
+    fn handle_push(&mut self, message: Message) {
         match &message {
             Message::Subscribed(m) => {
                 if m.sender.is_self() {
                     self.groups.extend(m.groups.iter().copied());
                 }
                 if let Some(f) = &mut self.on_subscribe {
-                    f((m.sender.clone(), m.groups.clone()));
+                    f(&m.sender, &m.groups);
                 }
             }
             Message::Unsubscribed(m) => {
@@ -1026,17 +1030,17 @@ impl Task {
                     }
                 }
                 if let Some(f) = &mut self.on_unsubscribe {
-                    f((m.sender.clone(), m.groups.clone()));
+                    f(&m.sender, &m.groups);
                 }
             }
             Message::Published(m) => {
                 if let Some(f) = &mut self.on_publish {
-                    f((m.sender.clone(), m.groups.clone(), m.payload.clone()));
+                    f(&m.sender, &m.groups, &m.payload);
                 }
             }
             Message::UserMessage(m) => {
                 if let Some(f) = &mut self.on_user_message {
-                    f((m.sender.clone(), m.payload.clone()));
+                    f(&m.sender, &m.payload);
                 }
             }
             Message::SessionLost(_) => {
@@ -1071,11 +1075,25 @@ impl Task {
             }
             _ => {}
         }
+        // A dropped stream (callbacks only) discards: skip building the event.
+        if self.events.is_closed() {
+            return;
+        }
         if let Some(event) = Event::from_message(message) {
-            // Backpressure: a full stream stops this task, hence reading, hence the
-            // server's writes; the server then applies its slow-consumer policy.
-            // A dropped stream just discards.
-            let _ = self.events.send(event).await;
+            self.deliver(event);
+        }
+    }
+
+    /// Hands an event to the stream without waiting; what does not fit waits in the
+    /// backlog, in order, for the drive loop to send.
+    fn deliver(&mut self, event: Event) {
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(event);
+            return;
+        }
+        match self.events.try_send(event) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => self.backlog.push_back(event),
         }
     }
 }
