@@ -304,8 +304,9 @@ pub struct ClientConnection {
     welcome: Option<Welcome>,
 }
 
-/// Acknowledge at least every this many push events, so the server can trim its
-/// replay buffer while the connection is up.
+/// Acknowledge once this many push events are unacknowledged, so the server can trim
+/// its replay buffer while the connection is up. Checked once per input, not per
+/// event: a busy input carries hundreds of events, and one Ack covers them all.
 const ACK_EVERY: u64 = 32;
 
 impl ClientConnection {
@@ -612,6 +613,7 @@ impl ClientConnection {
                     .close_with(CloseReason::Protocol(ProtocolError::Decode(e))),
             }
         }
+        self.acknowledge(ACK_EVERY);
         self.channel.check_peer_closed();
         if self.state != ClientState::Closed {
             if let Some(reason) = self.channel.take_close_reason() {
@@ -761,7 +763,6 @@ impl ClientConnection {
                     _ => {}
                 }
                 self.events.push_back(ClientEvent::Push(m));
-                self.acknowledge(ACK_EVERY);
             }
             (state, _) => {
                 self.channel
