@@ -69,6 +69,19 @@ impl FrameDecoder {
         if self.buf.capacity() - self.buf.len() < wanted {
             self.buf.reserve(wanted);
         }
+        // The common case, a frame starting at a frame boundary: one copy, sized from
+        // the length prefix in `data` (the same bytes `room` would allow, in one go).
+        if self.buf.is_empty() && data.len() >= 4 {
+            let declared = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+            let frame = if declared == 0 || declared > self.limits.max_frame_size() {
+                FRAME_HEADER_LEN
+            } else {
+                4 + declared as usize
+            };
+            let take = frame.min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            return take;
+        }
         let mut taken = 0;
         // Two rounds at most: the rest of the header, then the rest of the frame it
         // announces (if the announced length is acceptable).
