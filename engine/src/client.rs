@@ -10,8 +10,9 @@ use crate::tls::{
 use bytes::{Bytes, BytesMut};
 use pushwire_protocol::{
     BatchBegin, BatchCommit, ClientOptions, CloseCode, ErrorCode, FrameLimits, GroupId,
-    GroupSelection, Hello, ListGroups, Message, MessageKind, Pong, Publish, Request, ResumeRequest,
-    SendUserMessage, Subscribe, Text, Unsubscribe, Welcome, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+    GroupSelection, Hello, ListGroups, Message, MessageKind, Pong, Publish, RawFrame, Request,
+    ResumeRequest, SendUserMessage, Subscribe, Text, Unsubscribe, Welcome, PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
 };
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::UnbufferedClientConnection;
@@ -302,6 +303,12 @@ pub struct ClientConnection {
     acked: u64,
     /// The session the Welcome granted.
     welcome: Option<Welcome>,
+    /// Push-event frames received and not decoded yet, oldest first: decoded one at a
+    /// time by [`ClientConnection::poll_event`], so each event is built just before
+    /// the application takes it. Decoding a whole input at once held hundreds of
+    /// events (and their group lists) at a time, which took the allocator off its
+    /// fast path and the events out of cache.
+    deferred: VecDeque<RawFrame>,
 }
 
 /// Acknowledge once this many push events are unacknowledged, so the server can trim
@@ -352,6 +359,7 @@ impl ClientConnection {
             last_seq: 0,
             acked: 0,
             welcome: None,
+            deferred: VecDeque::new(),
         };
         if let Some(resume) = &client.config.resume {
             client.last_seq = resume.last_seq;
@@ -369,7 +377,9 @@ impl ClientConnection {
     }
 
     /// The highest push-event sequence number received (or covered by a Gap): what
-    /// to present, with the Welcome's resume token, when reconnecting.
+    /// to present, with the Welcome's resume token, when reconnecting. Events that
+    /// [`poll_event`](Self::poll_event) has not reached yet may not be counted; once
+    /// the connection is finished, all are.
     pub fn last_seq(&self) -> u64 {
         self.last_seq
     }
@@ -451,7 +461,18 @@ impl ClientConnection {
 
     /// The next event for the application.
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
-        self.events.pop_front()
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Some(event);
+            }
+            let Some(frame) = self.deferred.pop_front() else {
+                break;
+            };
+            self.decode(frame);
+        }
+        // Everything received so far is handed out: one Ack covers it.
+        self.acknowledge(ACK_EVERY);
+        None
     }
 
     /// Whether the connection is over and all its bytes were handed out.
@@ -550,6 +571,8 @@ impl ClientConnection {
     /// Drops the batch; each of its requests ends as aborted.
     pub fn abort_batch(&mut self) -> Result<(), ClientError> {
         let batch = self.batch.take().ok_or(ClientError::NoBatch)?;
+        // Events keep their order: what was received before comes out first.
+        self.decode_deferred();
         for request_id in batch.request_ids {
             self.events.push_back(ClientEvent::RequestAborted {
                 request_id,
@@ -606,14 +629,22 @@ impl ClientConnection {
             self.authenticate_server();
         }
         while let Some(frame) = self.channel.next_frame() {
-            match Message::decode(frame.kind, frame.body.freeze()) {
-                Ok(message) => self.handle_message(message),
-                Err(e) => self
-                    .channel
-                    .close_with(CloseReason::Protocol(ProtocolError::Decode(e))),
+            if self.state == ClientState::Ready && is_push_event(frame.kind) {
+                self.deferred.push_back(frame);
+            } else {
+                // Anything else may change the state: handled in order, after the
+                // events received before it.
+                self.decode_deferred();
+                self.decode(frame);
             }
         }
-        self.acknowledge(ACK_EVERY);
+        let link = self.channel.link.status();
+        if self.channel.is_closing() || link.closed || link.peer_closed {
+            // The end is near: what arrived before it is decoded now, as it would
+            // have been on arrival (a bad frame still closes with a protocol error,
+            // and the Closed event comes after every event).
+            self.decode_deferred();
+        }
         self.channel.check_peer_closed();
         if self.state != ClientState::Closed {
             if let Some(reason) = self.channel.take_close_reason() {
@@ -627,6 +658,24 @@ impl ClientConnection {
                 }
                 self.events.push_back(ClientEvent::Closed(reason));
             }
+        }
+    }
+
+    fn decode(&mut self, frame: RawFrame) {
+        match Message::decode(frame.kind, frame.body.freeze()) {
+            Ok(message) => self.handle_message(message),
+            Err(e) => {
+                self.channel
+                    .close_with(CloseReason::Protocol(ProtocolError::Decode(e)));
+                // Nothing after a bad frame is read, as if it had closed on arrival.
+                self.deferred.clear();
+            }
+        }
+    }
+
+    fn decode_deferred(&mut self) {
+        while let Some(frame) = self.deferred.pop_front() {
+            self.decode(frame);
         }
     }
 
@@ -786,6 +835,23 @@ impl ClientConnection {
             }
         }
     }
+}
+
+/// Messages whose handling, once the connection is ready, only records the sequence
+/// number and queues a [`ClientEvent::Push`]: they can wait in `deferred`.
+fn is_push_event(kind: MessageKind) -> bool {
+    matches!(
+        kind,
+        MessageKind::Subscribed
+            | MessageKind::Unsubscribed
+            | MessageKind::Published
+            | MessageKind::UserMessage
+            | MessageKind::Gap
+            | MessageKind::SessionLost
+            | MessageKind::PushRejected
+            | MessageKind::UserMessageDelivered
+            | MessageKind::GroupList
+    )
 }
 
 fn kind_name(kind: MessageKind) -> &'static str {
