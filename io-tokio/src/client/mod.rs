@@ -4,6 +4,7 @@
 
 mod event;
 
+use event::EventSender;
 pub use event::{Event, EventStream};
 
 use crate::transport::{ByteStream, Connector, TcpConnector};
@@ -20,7 +21,7 @@ use pushwire_protocol::{
     RefuseCode, Sender, Text,
 };
 use rustls::pki_types::UnixTime;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
@@ -351,7 +352,7 @@ impl ClientBuilder {
         let stream = open(connector, &context).await?;
         let engine = ClientConnection::new(config.clone(), now(), UnixTime::now())?;
         let (commands, command_rx) = mpsc::unbounded_channel();
-        let (events_tx, events_rx) = mpsc::channel(self.event_capacity);
+        let (events_tx, events_rx) = event::channel(self.event_capacity);
         let (ready_tx, ready_rx) = oneshot::channel();
         let (outstanding_tx, outstanding) = watch::channel(0usize);
         let (closed_tx, closed) = watch::channel(None);
@@ -360,7 +361,6 @@ impl ClientBuilder {
             engine,
             commands: command_rx,
             events: events_tx,
-            backlog: VecDeque::new(),
             ready: Some(ready_tx),
             server_auth: self.server_auth,
             on_subscribe: self.on_subscribe,
@@ -395,7 +395,7 @@ impl ClientBuilder {
                     closed,
                     connected,
                 },
-                EventStream::new(events_rx),
+                events_rx,
             )),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ConnectError::Closed(CloseReason::PeerClosed)),
@@ -657,10 +657,7 @@ fn sent(answer: Result<Answer, PushError>) -> Result<u64, PushError> {
 struct Task {
     engine: ClientConnection,
     commands: mpsc::UnboundedReceiver<Command>,
-    events: mpsc::Sender<Event>,
-    /// Events that found the stream full, oldest first: the task sends them, waiting
-    /// for room, before it reads again.
-    backlog: VecDeque<Event>,
+    events: EventSender,
     ready: Option<oneshot::Sender<Result<(), ConnectError>>>,
     server_auth: Option<ServerAuthCallback>,
     on_subscribe: Option<GroupsCallback>,
@@ -703,7 +700,8 @@ impl Task {
                 Ended::Final(reason) => reason,
                 Ended::Dropped(reason) => match reconnect.context.reconnect {
                     Some(policy) if !self.user_closed && self.ready.is_none() => {
-                        let _ = self.events.send(Event::Disconnected(reason.clone())).await;
+                        self.events.push(Event::Disconnected(reason.clone()));
+                        self.events.flush().await;
                         match self.reconnect(&reconnect, policy, &mut rng).await {
                             Some(next) => {
                                 stream = Some(next);
@@ -743,7 +741,8 @@ impl Task {
             let _ = reply.send(Err(PushError::ConnectionLost));
         }
         self.connected.send_replace(false);
-        let _ = self.events.send(Event::Closed(reason.clone())).await;
+        self.events.push(Event::Closed(reason.clone()));
+        self.events.flush().await;
         self.closed.send_replace(Some(reason));
     }
 
@@ -842,18 +841,19 @@ impl Task {
                     }
                 }
             }
+            // Backpressure: a full stream stops this task, hence reading, hence the
+            // server's writes; the server then applies its slow-consumer policy.
             while let Some(event) = self.engine.poll_event() {
                 if let ClientEvent::Closed(reason) = event {
                     end = Some(reason);
                 } else {
                     self.handle_event(event);
+                    if self.events.is_full() {
+                        self.events.flush().await;
+                    }
                 }
             }
-            // Backpressure: a full stream stops this task, hence reading, hence the
-            // server's writes; the server then applies its slow-consumer policy.
-            while let Some(event) = self.backlog.pop_front() {
-                let _ = self.events.send(event).await;
-            }
+            self.events.flush().await;
             // A peer that keeps the socket readable would starve the timer branch of
             // the biased select below: deadlines are checked here too.
             if self.engine.poll_timeout().is_some_and(|t| t <= now()) {
@@ -980,7 +980,7 @@ impl Task {
                 if let Some(ready) = self.ready.take() {
                     let _ = ready.send(Ok(()));
                 } else {
-                    self.deliver(Event::Reconnected {
+                    self.events.push(Event::Reconnected {
                         resumed: welcome.resumed,
                     });
                 }
@@ -1085,20 +1085,7 @@ impl Task {
             return;
         }
         if let Some(event) = Event::from_message(message) {
-            self.deliver(event);
-        }
-    }
-
-    /// Hands an event to the stream without waiting; what does not fit waits in the
-    /// backlog, in order, for the drive loop to send.
-    fn deliver(&mut self, event: Event) {
-        if !self.backlog.is_empty() {
-            self.backlog.push_back(event);
-            return;
-        }
-        match self.events.try_send(event) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-            Err(mpsc::error::TrySendError::Full(event)) => self.backlog.push_back(event),
+            self.events.push(event);
         }
     }
 }
