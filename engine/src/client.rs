@@ -9,10 +9,10 @@ use crate::tls::{
 };
 use bytes::{Bytes, BytesMut};
 use pushwire_protocol::{
-    BatchBegin, BatchCommit, ClientOptions, CloseCode, ErrorCode, FrameLimits, GroupId,
-    GroupSelection, Hello, ListGroups, Message, MessageKind, Pong, Publish, RawFrame, Request,
-    ResumeRequest, SendUserMessage, Subscribe, Text, Unsubscribe, Welcome, PROTOCOL_VERSION,
-    SUPPORTED_VERSIONS,
+    BatchBegin, BatchCommit, ClientOptions, CloseCode, DecodeError, ErrorCode, FrameLimits,
+    GroupId, GroupSelection, Hello, ListGroups, Message, MessageKind, Pong, Publish, RawFrame,
+    Request, ResumeRequest, SendUserMessage, Subscribe, Text, Unsubscribe, Welcome,
+    PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::UnbufferedClientConnection;
@@ -461,14 +461,22 @@ impl ClientConnection {
 
     /// The next event for the application.
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
-        loop {
-            if let Some(event) = self.events.pop_front() {
-                return Some(event);
+        if let Some(event) = self.events.pop_front() {
+            return Some(event);
+        }
+        // Frames wait only while the connection is ready and not closing, so each is
+        // a push event as handle_message would queue it: returned directly, without
+        // a trip through the event queue (two copies of a large enum).
+        if let Some(frame) = self.deferred.pop_front() {
+            match Message::decode(frame.kind, frame.body.freeze()) {
+                Ok(message) => {
+                    debug_assert_eq!(self.state, ClientState::Ready);
+                    self.record_seq(&message);
+                    return Some(ClientEvent::Push(message));
+                }
+                Err(e) => self.fail_decode(e),
             }
-            let Some(frame) = self.deferred.pop_front() else {
-                break;
-            };
-            self.decode(frame);
+            return self.events.pop_front();
         }
         // Everything received so far is handed out: one Ack covers it.
         self.acknowledge(ACK_EVERY);
@@ -664,13 +672,15 @@ impl ClientConnection {
     fn decode(&mut self, frame: RawFrame) {
         match Message::decode(frame.kind, frame.body.freeze()) {
             Ok(message) => self.handle_message(message),
-            Err(e) => {
-                self.channel
-                    .close_with(CloseReason::Protocol(ProtocolError::Decode(e)));
-                // Nothing after a bad frame is read, as if it had closed on arrival.
-                self.deferred.clear();
-            }
+            Err(e) => self.fail_decode(e),
         }
+    }
+
+    fn fail_decode(&mut self, e: DecodeError) {
+        self.channel
+            .close_with(CloseReason::Protocol(ProtocolError::Decode(e)));
+        // Nothing after a bad frame is read, as if it had closed on arrival.
+        self.deferred.clear();
     }
 
     fn decode_deferred(&mut self) {
@@ -803,14 +813,7 @@ impl ClientConnection {
                 | Message::UserMessageDelivered(_)
                 | Message::GroupList(_)),
             ) => {
-                match &m {
-                    Message::Subscribed(e) => self.last_seq = self.last_seq.max(e.seq),
-                    Message::Unsubscribed(e) => self.last_seq = self.last_seq.max(e.seq),
-                    Message::Published(e) => self.last_seq = self.last_seq.max(e.seq),
-                    Message::UserMessage(e) => self.last_seq = self.last_seq.max(e.seq),
-                    Message::Gap(g) => self.last_seq = self.last_seq.max(g.last),
-                    _ => {}
-                }
+                self.record_seq(&m);
                 self.events.push_back(ClientEvent::Push(m));
             }
             (state, _) => {
@@ -824,6 +827,19 @@ impl ClientConnection {
                     }))
             }
         }
+    }
+
+    /// Notes the sequence number a push event carries (or a Gap covers).
+    fn record_seq(&mut self, m: &Message) {
+        let seq = match m {
+            Message::Subscribed(e) => e.seq,
+            Message::Unsubscribed(e) => e.seq,
+            Message::Published(e) => e.seq,
+            Message::UserMessage(e) => e.seq,
+            Message::Gap(g) => g.last,
+            _ => return,
+        };
+        self.last_seq = self.last_seq.max(seq);
     }
 
     fn complete(&mut self, request_id: u64) -> bool {
