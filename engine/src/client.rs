@@ -309,7 +309,13 @@ pub struct ClientConnection {
     /// events (and their group lists) at a time, which took the allocator off its
     /// fast path and the events out of cache.
     deferred: VecDeque<RawFrame>,
+    /// Storage for the next decoded group list (see
+    /// [`recycle_groups`](ClientConnection::recycle_groups)).
+    spare_groups: Vec<GroupId>,
 }
+
+/// Largest group list kept for reuse: a rare long list is not held forever.
+const MAX_SPARE_GROUPS: usize = 64;
 
 /// Acknowledge once this many push events are unacknowledged, so the server can trim
 /// its replay buffer while the connection is up. Checked once per input, not per
@@ -360,6 +366,7 @@ impl ClientConnection {
             acked: 0,
             welcome: None,
             deferred: VecDeque::new(),
+            spare_groups: Vec::new(),
         };
         if let Some(resume) = &client.config.resume {
             client.last_seq = resume.last_seq;
@@ -468,7 +475,7 @@ impl ClientConnection {
         // a push event as handle_message would queue it: returned directly, without
         // a trip through the event queue (two copies of a large enum).
         if let Some(frame) = self.deferred.pop_front() {
-            match Message::decode(frame.kind, frame.body.freeze()) {
+            match Message::decode_reusing(frame.kind, frame.body.freeze(), &mut self.spare_groups) {
                 Ok(message) => {
                     debug_assert_eq!(self.state, ClientState::Ready);
                     self.record_seq(&message);
@@ -481,6 +488,15 @@ impl ClientConnection {
         // Everything received so far is handed out: one Ack covers it.
         self.acknowledge(ACK_EVERY);
         None
+    }
+
+    /// Hands back the group list of a push event the application is done with: the
+    /// next event's list reuses its allocation instead of making a new one.
+    pub fn recycle_groups(&mut self, groups: Vec<GroupId>) {
+        if groups.capacity() <= MAX_SPARE_GROUPS && groups.capacity() > self.spare_groups.capacity()
+        {
+            self.spare_groups = groups;
+        }
     }
 
     /// Whether the connection is over and all its bytes were handed out.

@@ -188,3 +188,22 @@ fn nothing_after_a_malformed_push_event_is_delivered() {
     );
     assert_eq!(client.engine.last_seq(), 1);
 }
+
+#[test]
+fn a_recycled_group_list_holds_the_next_event_s_groups() {
+    let mut client = Client::ready();
+    client
+        .engine
+        .handle_input(client.now, &encode(&[published(1), published(2)]));
+    let Some(ClientEvent::Push(Message::Published(first))) = client.engine.poll_event() else {
+        panic!("no publication");
+    };
+    let storage = first.groups.as_ptr();
+    client.engine.recycle_groups(first.groups);
+    let Some(ClientEvent::Push(Message::Published(second))) = client.engine.poll_event() else {
+        panic!("no publication");
+    };
+    assert_eq!(second.seq, 2);
+    assert_eq!(second.groups, vec![GroupId(1)]);
+    assert_eq!(second.groups.as_ptr(), storage);
+}

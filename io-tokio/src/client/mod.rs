@@ -1080,8 +1080,12 @@ impl Task {
             }
             _ => {}
         }
-        // A dropped stream (callbacks only) discards: skip building the event.
+        // A dropped stream (callbacks only) discards: skip building the event, and
+        // let the next publication reuse this one's group list.
         if self.events.is_closed() {
+            if let Message::Published(p) = message {
+                self.engine.recycle_groups(p.groups);
+            }
             return;
         }
         if let Some(event) = Event::from_message(message) {
