@@ -844,13 +844,15 @@ impl Task {
             // Backpressure: a full stream stops this task, hence reading, hence the
             // server's writes; the server then applies its slow-consumer policy.
             while let Some(event) = self.engine.poll_event() {
-                if let ClientEvent::Closed(reason) = event {
-                    end = Some(reason);
-                } else {
-                    self.handle_event(event);
-                    if self.events.is_full() {
-                        self.events.flush().await;
-                    }
+                match event {
+                    ClientEvent::Closed(reason) => end = Some(reason),
+                    // Matched here, not in handle_event: passing the whole event on
+                    // cost a copy of it per push event.
+                    ClientEvent::Push(message) => self.handle_push(message),
+                    other => self.handle_event(other),
+                }
+                if self.events.is_full() {
+                    self.events.flush().await;
                 }
             }
             self.events.flush().await;
@@ -1018,6 +1020,7 @@ impl Task {
         }
     }
 
+    #[inline]
     fn handle_push(&mut self, message: Message) {
         match &message {
             Message::Subscribed(m) => {
