@@ -537,6 +537,22 @@ fn decoded_payloads_and_texts_share_the_input_buffer() {
 }
 
 #[test]
+fn publish_prefix_plus_payload_equals_the_full_encoding() {
+    let message = Publish {
+        command_id: 12,
+        groups: vec![GroupId(2), GroupId(3)],
+        payload: Bytes::from_static(b"payload"),
+    };
+    let mut full = BytesMut::new();
+    Message::Publish(message.clone()).encode(&mut full);
+    let mut split = BytesMut::new();
+    let n = encode_publish_prefix(&mut split, 12, &message.groups, 7);
+    assert_eq!(n, split.len());
+    split.extend_from_slice(b"payload");
+    assert_eq!(split, full);
+}
+
+#[test]
 fn published_prefix_plus_payload_equals_the_full_encoding() {
     let sender = Sender::Peer(PeerSender {
         user_id: Text::from("alice"),
