@@ -9,10 +9,10 @@ use crate::tls::{
 };
 use bytes::{Bytes, BytesMut};
 use pushwire_protocol::{
-    BatchBegin, BatchCommit, ClientOptions, CloseCode, DecodeError, ErrorCode, FrameLimits,
-    GroupId, GroupSelection, Hello, ListGroups, Message, MessageKind, Pong, Publish, RawFrame,
-    Request, ResumeRequest, SendUserMessage, Subscribe, Text, Unsubscribe, Welcome,
-    PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+    encode_publish_prefix, BatchBegin, BatchCommit, ClientOptions, CloseCode, DecodeError,
+    ErrorCode, FrameLimits, GroupId, GroupSelection, Hello, ListGroups, Message, MessageKind, Pong,
+    Publish, RawFrame, Request, ResumeRequest, SendUserMessage, Subscribe, Text, Unsubscribe,
+    Welcome, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::UnbufferedClientConnection;
@@ -312,6 +312,8 @@ pub struct ClientConnection {
     /// Storage for the next decoded group list (see
     /// [`recycle_groups`](ClientConnection::recycle_groups)).
     spare_groups: Vec<GroupId>,
+    /// Where [`publish`](ClientConnection::publish) encodes a frame's header.
+    scratch: BytesMut,
 }
 
 /// Largest group list kept for reuse: a rare long list is not held forever.
@@ -367,6 +369,7 @@ impl ClientConnection {
             welcome: None,
             deferred: VecDeque::new(),
             spare_groups: Vec::new(),
+            scratch: BytesMut::new(),
         };
         if let Some(resume) = &client.config.resume {
             client.last_seq = resume.last_seq;
@@ -562,6 +565,37 @@ impl ClientConnection {
             None => self.channel.send(&message),
         }
         Ok(self.next_command_id)
+    }
+
+    /// Publishes `payload` to `groups`: what [`push`](Self::push) does with a
+    /// [`PushCommand::Publish`], from borrowed parts (no command to build, no group
+    /// list to allocate). Returns the command id.
+    pub fn publish(&mut self, groups: &[GroupId], payload: &[u8]) -> Result<u64, ClientError> {
+        self.check_ready()?;
+        self.next_command_id += 1;
+        let command_id = self.next_command_id;
+        // The header and fields are encoded aside and checked; then they and the
+        // payload are queued as they are (the payload is not copied twice).
+        self.scratch.clear();
+        let prefix = encode_publish_prefix(&mut self.scratch, command_id, groups, payload.len());
+        let size = prefix + payload.len() - 4;
+        if size > self.server_max_frame as usize {
+            return Err(ClientError::TooLarge {
+                size,
+                max: self.server_max_frame,
+            });
+        }
+        match &mut self.batch {
+            Some(batch) => {
+                batch.frames.extend_from_slice(&self.scratch);
+                batch.frames.extend_from_slice(payload);
+            }
+            None => {
+                self.channel.send_encoded(&self.scratch);
+                self.channel.send_encoded(payload);
+            }
+        }
+        Ok(command_id)
     }
 
     /// Holds requests and push commands until [`commit_batch`](Self::commit_batch).

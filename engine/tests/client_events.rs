@@ -1,14 +1,18 @@
-//! The client engine's push events as the application sees them: in order, each
-//! before the end of the connection, acknowledged once per input, and none after a
-//! frame that broke the connection. The client is fed scripted server bytes
-//! (plaintext), so each test controls exactly what arrives in one input.
+//! The client engine's push traffic. Events as the application sees them: in order,
+//! each before the end of the connection, acknowledged once per input, and none
+//! after a frame that broke the connection. Publications as the server sees them:
+//! the same frames from `publish` as from `push`. The client is fed scripted server
+//! bytes (plaintext), so each test controls exactly what arrives in one input.
 
 use bytes::{Bytes, BytesMut};
-use pushwire_engine::client::{ClientConfig, ClientConnection, ClientEvent, ClientTransport};
+use pushwire_engine::client::{
+    ClientConfig, ClientConnection, ClientError, ClientEvent, ClientTransport, PushCommand,
+};
 use pushwire_engine::{CloseReason, ProtocolError};
 use pushwire_protocol::{
     Close, CloseCode, FrameDecoder, FrameLimits, GroupId, Message, MessageKind, PeerSender,
-    Published, ResumeToken, Sender, Text, Welcome, DEFAULT_MAX_FRAME_SIZE, PROTOCOL_VERSION,
+    Publish, Published, ResumeToken, Sender, Text, Welcome, DEFAULT_MAX_FRAME_SIZE,
+    PROTOCOL_VERSION,
 };
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
@@ -206,4 +210,63 @@ fn a_recycled_group_list_holds_the_next_event_s_groups() {
     assert_eq!(second.seq, 2);
     assert_eq!(second.groups, vec![GroupId(1)]);
     assert_eq!(second.groups.as_ptr(), storage);
+}
+
+#[test]
+fn publish_sends_what_push_sends() {
+    let mut client = Client::ready();
+    let groups = [GroupId(1), GroupId(5)];
+    let first = client
+        .engine
+        .push(PushCommand::Publish {
+            groups: groups.to_vec(),
+            payload: Bytes::from_static(b"one"),
+        })
+        .unwrap();
+    let second = client.engine.publish(&groups, b"two").unwrap();
+    assert_eq!(second, first + 1);
+    assert_eq!(
+        client.transmit(),
+        vec![
+            Message::Publish(Publish {
+                command_id: first,
+                groups: groups.to_vec(),
+                payload: Bytes::from_static(b"one"),
+            }),
+            Message::Publish(Publish {
+                command_id: second,
+                groups: groups.to_vec(),
+                payload: Bytes::from_static(b"two"),
+            }),
+        ]
+    );
+
+    // In a batch, it waits for the commit like any push command.
+    client.engine.start_batch().unwrap();
+    let third = client.engine.publish(&groups, b"three").unwrap();
+    assert_eq!(client.transmit(), Vec::<Message>::new());
+    client.engine.commit_batch(false).unwrap();
+    let sent = client.transmit();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert!(matches!(sent[0], Message::BatchBegin(_)));
+    assert_eq!(
+        sent[1],
+        Message::Publish(Publish {
+            command_id: third,
+            groups: groups.to_vec(),
+            payload: Bytes::from_static(b"three"),
+        })
+    );
+    assert!(matches!(sent[2], Message::BatchCommit(_)));
+
+    // Over the server's frame limit: refused, and nothing is sent.
+    let payload = vec![0u8; DEFAULT_MAX_FRAME_SIZE as usize];
+    assert_eq!(
+        client.engine.publish(&groups, &payload),
+        Err(ClientError::TooLarge {
+            size: 1 + 8 + 2 + 8 + payload.len(),
+            max: DEFAULT_MAX_FRAME_SIZE,
+        })
+    );
+    assert_eq!(client.transmit(), Vec::<Message>::new());
 }

@@ -442,10 +442,46 @@ enum Command {
         command: PushCommand,
         reply: oneshot::Sender<Result<Answer, PushError>>,
     },
+    /// A publication, apart from the other push commands: the engine encodes it from
+    /// borrowed parts, and a single target group needs no list.
+    Publish {
+        groups: Targets,
+        payload: Bytes,
+        reply: oneshot::Sender<Result<Answer, PushError>>,
+    },
     StartBatch(oneshot::Sender<Result<(), ClientError>>),
     CommitBatch(bool, oneshot::Sender<Result<(), ClientError>>),
     AbortBatch(oneshot::Sender<Result<(), ClientError>>),
     Close,
+}
+
+/// The target groups of a publication.
+enum Targets {
+    One(GroupId),
+    Many(Vec<GroupId>),
+}
+
+impl Targets {
+    fn new(groups: &[u32]) -> Self {
+        match groups {
+            [group] => Targets::One(GroupId(*group)),
+            _ => Targets::Many(groups.iter().copied().map(GroupId).collect()),
+        }
+    }
+
+    fn as_slice(&self) -> &[GroupId] {
+        match self {
+            Targets::One(group) => std::slice::from_ref(group),
+            Targets::Many(groups) => groups,
+        }
+    }
+
+    fn into_vec(self) -> Vec<GroupId> {
+        match self {
+            Targets::One(group) => vec![group],
+            Targets::Many(groups) => groups,
+        }
+    }
 }
 
 /// The answer to a push command.
@@ -581,10 +617,16 @@ impl Client {
         groups: &[u32],
         message: impl Into<Bytes>,
     ) -> impl Future<Output = Result<u64, PushError>> {
-        let reply = self.push(PushCommand::Publish {
-            groups: groups.iter().copied().map(GroupId).collect(),
-            payload: message.into(),
-        });
+        let groups = Targets::new(groups);
+        let payload = message.into();
+        let reply = self.send(
+            |reply| Command::Publish {
+                groups,
+                payload,
+                reply,
+            },
+            || Err(PushError::ConnectionLost),
+        );
         async move { sent(reply.await) }
     }
 
@@ -807,12 +849,17 @@ impl Task {
             Command::Request { reply, .. } => {
                 let _ = reply.send(Err(RequestError::ConnectionLost(lost())));
             }
-            Command::Push { command, reply } => {
-                if self.queued.len() < queue_limit {
-                    self.queued.push((command, reply));
-                } else {
-                    let _ = reply.send(Err(PushError::Client(ClientError::NotReady)));
-                }
+            Command::Push { command, reply } => self.queue_push(command, reply, queue_limit),
+            Command::Publish {
+                groups,
+                payload,
+                reply,
+            } => {
+                let command = PushCommand::Publish {
+                    groups: groups.into_vec(),
+                    payload,
+                };
+                self.queue_push(command, reply, queue_limit);
             }
             Command::StartBatch(reply)
             | Command::CommitBatch(_, reply)
@@ -820,6 +867,19 @@ impl Task {
                 let _ = reply.send(Err(ClientError::NotReady));
             }
             Command::Close => self.user_closed = true,
+        }
+    }
+
+    fn queue_push(
+        &mut self,
+        command: PushCommand,
+        reply: oneshot::Sender<Result<Answer, PushError>>,
+        queue_limit: usize,
+    ) {
+        if self.queued.len() < queue_limit {
+            self.queued.push((command, reply));
+        } else {
+            let _ = reply.send(Err(PushError::Client(ClientError::NotReady)));
         }
     }
 
@@ -927,6 +987,16 @@ impl Task {
                 }
             },
             Command::Push { command, reply } => self.push(command, reply),
+            Command::Publish {
+                groups,
+                payload,
+                reply,
+            } => {
+                let _ = reply.send(match self.engine.publish(groups.as_slice(), &payload) {
+                    Ok(id) => Ok(Answer::Sent(id)),
+                    Err(e) => Err(PushError::Client(e)),
+                });
+            }
             Command::StartBatch(reply) => {
                 let _ = reply.send(self.engine.start_batch());
             }
