@@ -9,9 +9,10 @@ use crate::tls::{
 };
 use bytes::{Bytes, BytesMut};
 use pushwire_protocol::{
-    BatchBegin, BatchCommit, ClientOptions, CloseCode, ErrorCode, FrameLimits, GroupId,
-    GroupSelection, Hello, ListGroups, Message, MessageKind, Pong, Publish, Request, ResumeRequest,
-    SendUserMessage, Subscribe, Text, Unsubscribe, Welcome, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+    encode_publish_prefix, BatchBegin, BatchCommit, ClientOptions, CloseCode, DecodeError,
+    ErrorCode, FrameLimits, GroupId, GroupSelection, Hello, ListGroups, Message, MessageKind, Pong,
+    Publish, RawFrame, Request, ResumeRequest, SendUserMessage, Subscribe, Text, Unsubscribe,
+    Welcome, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::UnbufferedClientConnection;
@@ -302,10 +303,25 @@ pub struct ClientConnection {
     acked: u64,
     /// The session the Welcome granted.
     welcome: Option<Welcome>,
+    /// Push-event frames received and not decoded yet, oldest first: decoded one at a
+    /// time by [`ClientConnection::poll_event`], so each event is built just before
+    /// the application takes it. Decoding a whole input at once held hundreds of
+    /// events (and their group lists) at a time, which took the allocator off its
+    /// fast path and the events out of cache.
+    deferred: VecDeque<RawFrame>,
+    /// Storage for the next decoded group list (see
+    /// [`recycle_groups`](ClientConnection::recycle_groups)).
+    spare_groups: Vec<GroupId>,
+    /// Where [`publish`](ClientConnection::publish) encodes a frame's header.
+    scratch: BytesMut,
 }
 
-/// Acknowledge at least every this many push events, so the server can trim its
-/// replay buffer while the connection is up.
+/// Largest group list kept for reuse: a rare long list is not held forever.
+const MAX_SPARE_GROUPS: usize = 64;
+
+/// Acknowledge once this many push events are unacknowledged, so the server can trim
+/// its replay buffer while the connection is up. Checked once per input, not per
+/// event: a busy input carries hundreds of events, and one Ack covers them all.
 const ACK_EVERY: u64 = 32;
 
 impl ClientConnection {
@@ -351,6 +367,9 @@ impl ClientConnection {
             last_seq: 0,
             acked: 0,
             welcome: None,
+            deferred: VecDeque::new(),
+            spare_groups: Vec::new(),
+            scratch: BytesMut::new(),
         };
         if let Some(resume) = &client.config.resume {
             client.last_seq = resume.last_seq;
@@ -368,7 +387,9 @@ impl ClientConnection {
     }
 
     /// The highest push-event sequence number received (or covered by a Gap): what
-    /// to present, with the Welcome's resume token, when reconnecting.
+    /// to present, with the Welcome's resume token, when reconnecting. Events that
+    /// [`poll_event`](Self::poll_event) has not reached yet may not be counted; once
+    /// the connection is finished, all are.
     pub fn last_seq(&self) -> u64 {
         self.last_seq
     }
@@ -454,7 +475,35 @@ impl ClientConnection {
 
     /// The next event for the application.
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
-        self.events.pop_front()
+        if let Some(event) = self.events.pop_front() {
+            return Some(event);
+        }
+        // Frames wait only while the connection is ready and not closing, so each is
+        // a push event as handle_message would queue it: returned directly, without
+        // a trip through the event queue (two copies of a large enum).
+        if let Some(frame) = self.deferred.pop_front() {
+            match Message::decode_reusing(frame.kind, frame.body.freeze(), &mut self.spare_groups) {
+                Ok(message) => {
+                    debug_assert_eq!(self.state, ClientState::Ready);
+                    self.record_seq(&message);
+                    return Some(ClientEvent::Push(message));
+                }
+                Err(e) => self.fail_decode(e),
+            }
+            return self.events.pop_front();
+        }
+        // Everything received so far is handed out: one Ack covers it.
+        self.acknowledge(ACK_EVERY);
+        None
+    }
+
+    /// Hands back the group list of a push event the application is done with: the
+    /// next event's list reuses its allocation instead of making a new one.
+    pub fn recycle_groups(&mut self, groups: Vec<GroupId>) {
+        if groups.capacity() <= MAX_SPARE_GROUPS && groups.capacity() > self.spare_groups.capacity()
+        {
+            self.spare_groups = groups;
+        }
     }
 
     /// Whether the connection is over and all its bytes were handed out.
@@ -522,6 +571,37 @@ impl ClientConnection {
         Ok(self.next_command_id)
     }
 
+    /// Publishes `payload` to `groups`: what [`push`](Self::push) does with a
+    /// [`PushCommand::Publish`], from borrowed parts (no command to build, no group
+    /// list to allocate). Returns the command id.
+    pub fn publish(&mut self, groups: &[GroupId], payload: &[u8]) -> Result<u64, ClientError> {
+        self.check_ready()?;
+        self.next_command_id += 1;
+        let command_id = self.next_command_id;
+        // The header and fields are encoded aside and checked; then they and the
+        // payload are queued as they are (the payload is not copied twice).
+        self.scratch.clear();
+        let prefix = encode_publish_prefix(&mut self.scratch, command_id, groups, payload.len());
+        let size = prefix + payload.len() - 4;
+        if size > self.server_max_frame as usize {
+            return Err(ClientError::TooLarge {
+                size,
+                max: self.server_max_frame,
+            });
+        }
+        match &mut self.batch {
+            Some(batch) => {
+                batch.frames.extend_from_slice(&self.scratch);
+                batch.frames.extend_from_slice(payload);
+            }
+            None => {
+                self.channel.send_encoded(&self.scratch);
+                self.channel.send_encoded(payload);
+            }
+        }
+        Ok(command_id)
+    }
+
     /// Holds requests and push commands until [`commit_batch`](Self::commit_batch).
     pub fn start_batch(&mut self) -> Result<(), ClientError> {
         self.check_ready()?;
@@ -553,6 +633,8 @@ impl ClientConnection {
     /// Drops the batch; each of its requests ends as aborted.
     pub fn abort_batch(&mut self) -> Result<(), ClientError> {
         let batch = self.batch.take().ok_or(ClientError::NoBatch)?;
+        // Events keep their order: what was received before comes out first.
+        self.decode_deferred();
         for request_id in batch.request_ids {
             self.events.push_back(ClientEvent::RequestAborted {
                 request_id,
@@ -609,12 +691,21 @@ impl ClientConnection {
             self.authenticate_server();
         }
         while let Some(frame) = self.channel.next_frame() {
-            match Message::decode(frame.kind, frame.body.freeze()) {
-                Ok(message) => self.handle_message(message),
-                Err(e) => self
-                    .channel
-                    .close_with(CloseReason::Protocol(ProtocolError::Decode(e))),
+            if self.state == ClientState::Ready && is_push_event(frame.kind) {
+                self.deferred.push_back(frame);
+            } else {
+                // Anything else may change the state: handled in order, after the
+                // events received before it.
+                self.decode_deferred();
+                self.decode(frame);
             }
+        }
+        let link = self.channel.link.status();
+        if self.channel.is_closing() || link.closed || link.peer_closed {
+            // The end is near: what arrived before it is decoded now, as it would
+            // have been on arrival (a bad frame still closes with a protocol error,
+            // and the Closed event comes after every event).
+            self.decode_deferred();
         }
         self.channel.check_peer_closed();
         if self.state != ClientState::Closed {
@@ -629,6 +720,26 @@ impl ClientConnection {
                 }
                 self.events.push_back(ClientEvent::Closed(reason));
             }
+        }
+    }
+
+    fn decode(&mut self, frame: RawFrame) {
+        match Message::decode(frame.kind, frame.body.freeze()) {
+            Ok(message) => self.handle_message(message),
+            Err(e) => self.fail_decode(e),
+        }
+    }
+
+    fn fail_decode(&mut self, e: DecodeError) {
+        self.channel
+            .close_with(CloseReason::Protocol(ProtocolError::Decode(e)));
+        // Nothing after a bad frame is read, as if it had closed on arrival.
+        self.deferred.clear();
+    }
+
+    fn decode_deferred(&mut self) {
+        while let Some(frame) = self.deferred.pop_front() {
+            self.decode(frame);
         }
     }
 
@@ -759,16 +870,8 @@ impl ClientConnection {
                 | Message::UserMessageDelivered(_)
                 | Message::GroupList(_)),
             ) => {
-                match &m {
-                    Message::Subscribed(e) => self.last_seq = self.last_seq.max(e.seq),
-                    Message::Unsubscribed(e) => self.last_seq = self.last_seq.max(e.seq),
-                    Message::Published(e) => self.last_seq = self.last_seq.max(e.seq),
-                    Message::UserMessage(e) => self.last_seq = self.last_seq.max(e.seq),
-                    Message::Gap(g) => self.last_seq = self.last_seq.max(g.last),
-                    _ => {}
-                }
+                self.record_seq(&m);
                 self.events.push_back(ClientEvent::Push(m));
-                self.acknowledge(ACK_EVERY);
             }
             (state, _) => {
                 self.channel
@@ -783,6 +886,19 @@ impl ClientConnection {
         }
     }
 
+    /// Notes the sequence number a push event carries (or a Gap covers).
+    fn record_seq(&mut self, m: &Message) {
+        let seq = match m {
+            Message::Subscribed(e) => e.seq,
+            Message::Unsubscribed(e) => e.seq,
+            Message::Published(e) => e.seq,
+            Message::UserMessage(e) => e.seq,
+            Message::Gap(g) => g.last,
+            _ => return,
+        };
+        self.last_seq = self.last_seq.max(seq);
+    }
+
     fn complete(&mut self, request_id: u64) -> bool {
         match self.outstanding.complete(request_id) {
             Ok(()) => true,
@@ -792,6 +908,23 @@ impl ClientConnection {
             }
         }
     }
+}
+
+/// Messages whose handling, once the connection is ready, only records the sequence
+/// number and queues a [`ClientEvent::Push`]: they can wait in `deferred`.
+fn is_push_event(kind: MessageKind) -> bool {
+    matches!(
+        kind,
+        MessageKind::Subscribed
+            | MessageKind::Unsubscribed
+            | MessageKind::Published
+            | MessageKind::UserMessage
+            | MessageKind::Gap
+            | MessageKind::SessionLost
+            | MessageKind::PushRejected
+            | MessageKind::UserMessageDelivered
+            | MessageKind::GroupList
+    )
 }
 
 fn kind_name(kind: MessageKind) -> &'static str {

@@ -5,6 +5,9 @@ use crate::frame::{Message, MessageKind, FRAME_HEADER_LEN};
 use crate::limits::FrameLimits;
 use bytes::{Buf, BytesMut};
 
+/// Most capacity [`FrameDecoder::feed`] reserves ahead of a frame's needs.
+const MAX_CHUNK_RESERVE: usize = 64 * 1024;
+
 /// Turns a byte stream, cut anywhere, into [`Message`]s.
 ///
 /// Calling contract:
@@ -58,6 +61,26 @@ impl FrameDecoder {
     pub fn feed(&mut self, data: &[u8]) -> usize {
         if self.failed.is_some() {
             return 0;
+        }
+        // Room for the whole chunk at once: it is usually many small frames, which
+        // the caller feeds one by one. Growing per frame instead cost an allocation
+        // (and a copy) every few frames, since split-off frames pin the old buffer.
+        let wanted = data.len().min(MAX_CHUNK_RESERVE);
+        if self.buf.capacity() - self.buf.len() < wanted {
+            self.buf.reserve(wanted);
+        }
+        // The common case, a frame starting at a frame boundary: one copy, sized from
+        // the length prefix in `data` (the same bytes `room` would allow, in one go).
+        if self.buf.is_empty() && data.len() >= 4 {
+            let declared = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+            let frame = if declared == 0 || declared > self.limits.max_frame_size() {
+                FRAME_HEADER_LEN
+            } else {
+                4 + declared as usize
+            };
+            let take = frame.min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            return take;
         }
         let mut taken = 0;
         // Two rounds at most: the rest of the header, then the rest of the frame it

@@ -8,8 +8,9 @@ use crate::control::{Ack, Close, Ping, Pong};
 use crate::error::DecodeError;
 use crate::handshake::{Hello, Refused, Welcome};
 use crate::push::{
-    Gap, GroupList, ListGroups, Publish, Published, PushRejected, SendUserMessage, SessionLost,
-    Subscribe, Subscribed, Unsubscribe, Unsubscribed, UserMessage, UserMessageDelivered,
+    Gap, GroupId, GroupList, ListGroups, Publish, Published, PushRejected, SendUserMessage,
+    SessionLost, Subscribe, Subscribed, Unsubscribe, Unsubscribed, UserMessage,
+    UserMessageDelivered,
 };
 use crate::rpc::{BatchBegin, BatchCommit, Request, Response, ServerError};
 use crate::wire::Reader;
@@ -130,10 +131,24 @@ macro_rules! messages {
 
             /// Decodes a message from a frame's type byte and body.
             pub fn decode(kind: MessageKind, body: Bytes) -> Result<Message, DecodeError> {
-                let mut r = Reader::new(kind, body);
+                Self::decode_reusing(kind, body, &mut Vec::new())
+            }
+
+            /// Like [`Message::decode`], but a group list in the message takes its
+            /// storage from `spare`, which is then left empty without capacity (as it
+            /// may be after an error); a message without a group list leaves `spare`
+            /// as it was. A receiver that hands each list back as the next `spare`
+            /// decodes group lists without allocating.
+            pub fn decode_reusing(
+                kind: MessageKind,
+                body: Bytes,
+                spare: &mut Vec<GroupId>,
+            ) -> Result<Message, DecodeError> {
+                let mut r = Reader::with_spare(kind, body, std::mem::take(spare));
                 let message = match kind {
                     $( MessageKind::$name => Message::$name($name::decode_body(&mut r)?), )+
                 };
+                *spare = r.take_spare();
                 r.finish()?;
                 Ok(message)
             }

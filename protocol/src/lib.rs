@@ -63,9 +63,10 @@ pub use limits::{
     MAX_PASSWORD_BYTES, MAX_TEXT_BYTES, MAX_USER_ID_BYTES, MAX_USER_ID_CHARS, MIN_MAX_FRAME_SIZE,
 };
 pub use push::{
-    encode_published_prefix, patch_seq, Gap, GroupDescription, GroupId, GroupList, GroupSelection,
-    ListGroups, PeerSender, Publish, Published, PushRejected, SendUserMessage, Sender, SessionLost,
-    Subscribe, Subscribed, Unsubscribe, Unsubscribed, UserMessage, UserMessageDelivered,
+    encode_publish_prefix, encode_published_prefix, patch_seq, Gap, GroupDescription, GroupId,
+    GroupList, GroupSelection, ListGroups, PeerSender, Publish, Published, PushRejected,
+    SendUserMessage, Sender, SessionLost, Subscribe, Subscribed, Unsubscribe, Unsubscribed,
+    UserMessage, UserMessageDelivered,
 };
 pub use rpc::{BatchBegin, BatchCommit, Request, Response, ServerError};
 pub use text::{Text, TextError};

@@ -106,14 +106,18 @@ impl Sender {
             return Err(r.invalid("sender flags", flags.into()));
         }
         let user_id = r.text("sender user_id", MAX_USER_ID_BYTES)?;
-        let chars = user_id.as_str().chars().count();
-        if chars > MAX_USER_ID_CHARS {
-            return Err(DecodeError::TooLong {
-                kind: r.kind(),
-                field: "sender user_id",
-                actual: chars,
-                max: MAX_USER_ID_CHARS,
-            });
+        // A text has no more characters than bytes: only long ids need counting (every
+        // push event carries a sender, so this runs per message).
+        if user_id.len() > MAX_USER_ID_CHARS {
+            let chars = user_id.as_str().chars().count();
+            if chars > MAX_USER_ID_CHARS {
+                return Err(DecodeError::TooLong {
+                    kind: r.kind(),
+                    field: "sender user_id",
+                    actual: chars,
+                    max: MAX_USER_ID_CHARS,
+                });
+            }
         }
         let addr = if tag == Self::TAG_PEER_V4 {
             IpAddr::from(r.array::<4>("sender address")?)
@@ -223,8 +227,7 @@ impl Body for Publish {
     }
 
     fn encode_body(&self, out: &mut BytesMut) {
-        out.put_u64(self.command_id);
-        put_groups(out, &self.groups);
+        write_publish_fields(out, self.command_id, &self.groups);
         out.put_slice(&self.payload);
     }
 
@@ -235,6 +238,29 @@ impl Body for Publish {
             payload: r.rest(),
         })
     }
+}
+
+fn write_publish_fields(out: &mut BytesMut, command_id: u64, groups: &[GroupId]) {
+    out.put_u64(command_id);
+    put_groups(out, groups);
+}
+
+/// Writes a Publish frame up to, not including, its payload of `payload_len` bytes;
+/// the caller appends the payload. Returns the number of bytes written.
+///
+/// With the payload appended, the bytes are those of encoding a [`Publish`] with the
+/// same fields, without building one (a client publishing from a borrowed group list).
+pub fn encode_publish_prefix(
+    out: &mut BytesMut,
+    command_id: u64,
+    groups: &[GroupId],
+    payload_len: usize,
+) -> usize {
+    let fields = 8 + groups_len(groups);
+    out.reserve(crate::frame::FRAME_HEADER_LEN + fields);
+    put_header(out, MessageKind::Publish, fields + payload_len);
+    write_publish_fields(out, command_id, groups);
+    crate::frame::FRAME_HEADER_LEN + fields
 }
 
 /// Send a payload to every connection of one user. The payload is the rest of the

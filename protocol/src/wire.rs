@@ -15,11 +15,23 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 pub(crate) struct Reader {
     buf: Bytes,
     kind: MessageKind,
+    /// Storage for the group list, if the message has one.
+    spare: Vec<GroupId>,
 }
 
 impl Reader {
-    pub(crate) fn new(kind: MessageKind, body: Bytes) -> Self {
-        Self { buf: body, kind }
+    /// A reader whose group list, if any, reuses `spare`'s allocation.
+    pub(crate) fn with_spare(kind: MessageKind, body: Bytes, spare: Vec<GroupId>) -> Self {
+        Self {
+            buf: body,
+            kind,
+            spare,
+        }
+    }
+
+    /// The spare storage, unless a group list took it.
+    pub(crate) fn take_spare(&mut self) -> Vec<GroupId> {
+        std::mem::take(&mut self.spare)
     }
 
     pub(crate) fn kind(&self) -> MessageKind {
@@ -114,7 +126,9 @@ impl Reader {
         let count = usize::from(self.u16(field)?);
         // Check before allocating: the count must be backed by bytes in this frame.
         self.need(count * 4, field)?;
-        let mut groups = Vec::with_capacity(count);
+        let mut groups = std::mem::take(&mut self.spare);
+        groups.clear();
+        groups.reserve_exact(count);
         for _ in 0..count {
             groups.push(GroupId(self.buf.get_u32()));
         }
@@ -222,9 +236,10 @@ mod tests {
     #[test]
     fn group_count_is_checked_before_allocation() {
         // Claims 65,535 groups but carries one.
-        let mut r = Reader::new(
+        let mut r = Reader::with_spare(
             MessageKind::Subscribe,
             Bytes::from_static(&[0xff, 0xff, 0, 0, 0, 1]),
+            Vec::new(),
         );
         assert!(matches!(
             r.groups("groups"),

@@ -357,6 +357,21 @@ proptest! {
     }
 
     #[test]
+    fn decoding_with_a_spare_group_list_changes_nothing_but_the_storage(
+        m in message(),
+        spare in proptest::collection::vec(any::<u32>().prop_map(GroupId), 0..8),
+    ) {
+        let mut wire = BytesMut::new();
+        m.encode(&mut wire);
+        let body = Bytes::copy_from_slice(&wire[FRAME_HEADER_LEN..]);
+        let mut reused = spare.clone();
+        let decoded = Message::decode_reusing(m.kind(), body, &mut reused).unwrap();
+        prop_assert_eq!(decoded, m);
+        // Either a group list took the storage, or it was left alone.
+        prop_assert!(reused == spare || (reused.is_empty() && reused.capacity() == 0));
+    }
+
+    #[test]
     fn body_truncation_is_reported_not_panicked(m in message(), cut in any::<prop::sample::Index>()) {
         // Re-frame a shortened body with a consistent length prefix: the message
         // decoder itself must notice.
@@ -522,6 +537,22 @@ fn decoded_payloads_and_texts_share_the_input_buffer() {
 }
 
 #[test]
+fn publish_prefix_plus_payload_equals_the_full_encoding() {
+    let message = Publish {
+        command_id: 12,
+        groups: vec![GroupId(2), GroupId(3)],
+        payload: Bytes::from_static(b"payload"),
+    };
+    let mut full = BytesMut::new();
+    Message::Publish(message.clone()).encode(&mut full);
+    let mut split = BytesMut::new();
+    let n = encode_publish_prefix(&mut split, 12, &message.groups, 7);
+    assert_eq!(n, split.len());
+    split.extend_from_slice(b"payload");
+    assert_eq!(split, full);
+}
+
+#[test]
 fn published_prefix_plus_payload_equals_the_full_encoding() {
     let sender = Sender::Peer(PeerSender {
         user_id: Text::from("alice"),
@@ -543,4 +574,28 @@ fn published_prefix_plus_payload_equals_the_full_encoding() {
     assert_eq!(n, split.len());
     split.extend_from_slice(b"payload");
     assert_eq!(split, full);
+}
+
+#[test]
+fn a_spare_group_list_is_reused_without_allocating() {
+    let message = Message::Published(Published {
+        seq: 1,
+        sender: Sender::Server,
+        groups: vec![GroupId(7)],
+        payload: Bytes::from_static(b"x"),
+    });
+    let mut wire = BytesMut::new();
+    message.encode(&mut wire);
+    let body = wire.split_off(FRAME_HEADER_LEN).freeze();
+    let mut spare = Vec::with_capacity(4);
+    spare.push(GroupId(99));
+    let storage = spare.as_ptr();
+    match Message::decode_reusing(MessageKind::Published, body, &mut spare).unwrap() {
+        Message::Published(p) => {
+            assert_eq!(p.groups, vec![GroupId(7)]);
+            assert_eq!(p.groups.as_ptr(), storage);
+        }
+        other => panic!("decoded {other:?}"),
+    }
+    assert_eq!(spare.capacity(), 0);
 }

@@ -4,6 +4,7 @@
 
 mod event;
 
+use event::EventSender;
 pub use event::{Event, EventStream};
 
 use crate::read::{read_with, Input};
@@ -228,7 +229,11 @@ pub enum PushError {
 }
 
 type ServerAuthCallback = Arc<dyn Fn(&ServerAuthentication) -> bool + Send + Sync>;
-type Callback<A> = Box<dyn FnMut(A) + Send>;
+// The callbacks borrow from the decoded message: handing them owned values cost a
+// copy of the group list and two reference counts per event.
+type GroupsCallback = Box<dyn FnMut(&Sender, &[GroupId]) + Send>;
+type PublishCallback = Box<dyn FnMut(&Sender, &[GroupId], &Bytes) + Send>;
+type UserMessageCallback = Box<dyn FnMut(&Sender, &Bytes) + Send>;
 
 /// Configures the server-authentication decision and the event callbacks (mirroring
 /// SocketPro's `OnSubscribe`, `OnUnsubscribe`, `OnPublish` and `OnSendUserMessage`,
@@ -236,10 +241,10 @@ type Callback<A> = Box<dyn FnMut(A) + Send>;
 pub struct ClientBuilder {
     context: ConnectionContext,
     server_auth: Option<ServerAuthCallback>,
-    on_subscribe: Option<Callback<(Sender, Vec<GroupId>)>>,
-    on_unsubscribe: Option<Callback<(Sender, Vec<GroupId>)>>,
-    on_publish: Option<Callback<(Sender, Vec<GroupId>, Bytes)>>,
-    on_user_message: Option<Callback<(Sender, Bytes)>>,
+    on_subscribe: Option<GroupsCallback>,
+    on_unsubscribe: Option<GroupsCallback>,
+    on_publish: Option<PublishCallback>,
+    on_user_message: Option<UserMessageCallback>,
     event_capacity: usize,
 }
 
@@ -270,15 +275,13 @@ impl ClientBuilder {
 
     /// Called for every Subscribed event (sender, groups).
     pub fn on_subscribe(mut self, f: impl FnMut(&Sender, &[GroupId]) + Send + 'static) -> Self {
-        let mut f = f;
-        self.on_subscribe = Some(Box::new(move |(s, g): (Sender, Vec<GroupId>)| f(&s, &g)));
+        self.on_subscribe = Some(Box::new(f));
         self
     }
 
     /// Called for every Unsubscribed event (sender, groups).
     pub fn on_unsubscribe(mut self, f: impl FnMut(&Sender, &[GroupId]) + Send + 'static) -> Self {
-        let mut f = f;
-        self.on_unsubscribe = Some(Box::new(move |(s, g): (Sender, Vec<GroupId>)| f(&s, &g)));
+        self.on_unsubscribe = Some(Box::new(f));
         self
     }
 
@@ -287,17 +290,13 @@ impl ClientBuilder {
         mut self,
         f: impl FnMut(&Sender, &[GroupId], &Bytes) + Send + 'static,
     ) -> Self {
-        let mut f = f;
-        self.on_publish = Some(Box::new(move |(s, g, m): (Sender, Vec<GroupId>, Bytes)| {
-            f(&s, &g, &m)
-        }));
+        self.on_publish = Some(Box::new(f));
         self
     }
 
     /// Called for every user message (sender, message).
     pub fn on_user_message(mut self, f: impl FnMut(&Sender, &Bytes) + Send + 'static) -> Self {
-        let mut f = f;
-        self.on_user_message = Some(Box::new(move |(s, m): (Sender, Bytes)| f(&s, &m)));
+        self.on_user_message = Some(Box::new(f));
         self
     }
 
@@ -354,7 +353,7 @@ impl ClientBuilder {
         let stream = open(connector, &context).await?;
         let engine = ClientConnection::new(config.clone(), now(), UnixTime::now())?;
         let (commands, command_rx) = mpsc::unbounded_channel();
-        let (events_tx, events_rx) = mpsc::channel(self.event_capacity);
+        let (events_tx, events_rx) = event::channel(self.event_capacity);
         let (ready_tx, ready_rx) = oneshot::channel();
         let (outstanding_tx, outstanding) = watch::channel(0usize);
         let (closed_tx, closed) = watch::channel(None);
@@ -397,7 +396,7 @@ impl ClientBuilder {
                     closed,
                     connected,
                 },
-                EventStream::new(events_rx),
+                events_rx,
             )),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ConnectError::Closed(CloseReason::PeerClosed)),
@@ -444,10 +443,46 @@ enum Command {
         command: PushCommand,
         reply: oneshot::Sender<Result<Answer, PushError>>,
     },
+    /// A publication, apart from the other push commands: the engine encodes it from
+    /// borrowed parts, and a single target group needs no list.
+    Publish {
+        groups: Targets,
+        payload: Bytes,
+        reply: oneshot::Sender<Result<Answer, PushError>>,
+    },
     StartBatch(oneshot::Sender<Result<(), ClientError>>),
     CommitBatch(bool, oneshot::Sender<Result<(), ClientError>>),
     AbortBatch(oneshot::Sender<Result<(), ClientError>>),
     Close,
+}
+
+/// The target groups of a publication.
+enum Targets {
+    One(GroupId),
+    Many(Vec<GroupId>),
+}
+
+impl Targets {
+    fn new(groups: &[u32]) -> Self {
+        match groups {
+            [group] => Targets::One(GroupId(*group)),
+            _ => Targets::Many(groups.iter().copied().map(GroupId).collect()),
+        }
+    }
+
+    fn as_slice(&self) -> &[GroupId] {
+        match self {
+            Targets::One(group) => std::slice::from_ref(group),
+            Targets::Many(groups) => groups,
+        }
+    }
+
+    fn into_vec(self) -> Vec<GroupId> {
+        match self {
+            Targets::One(group) => vec![group],
+            Targets::Many(groups) => groups,
+        }
+    }
 }
 
 /// The answer to a push command.
@@ -583,10 +618,16 @@ impl Client {
         groups: &[u32],
         message: impl Into<Bytes>,
     ) -> impl Future<Output = Result<u64, PushError>> {
-        let reply = self.push(PushCommand::Publish {
-            groups: groups.iter().copied().map(GroupId).collect(),
-            payload: message.into(),
-        });
+        let groups = Targets::new(groups);
+        let payload = message.into();
+        let reply = self.send(
+            |reply| Command::Publish {
+                groups,
+                payload,
+                reply,
+            },
+            || Err(PushError::ConnectionLost),
+        );
         async move { sent(reply.await) }
     }
 
@@ -659,13 +700,13 @@ fn sent(answer: Result<Answer, PushError>) -> Result<u64, PushError> {
 struct Task {
     engine: ClientConnection,
     commands: mpsc::UnboundedReceiver<Command>,
-    events: mpsc::Sender<Event>,
+    events: EventSender,
     ready: Option<oneshot::Sender<Result<(), ConnectError>>>,
     server_auth: Option<ServerAuthCallback>,
-    on_subscribe: Option<Callback<(Sender, Vec<GroupId>)>>,
-    on_unsubscribe: Option<Callback<(Sender, Vec<GroupId>)>>,
-    on_publish: Option<Callback<(Sender, Vec<GroupId>, Bytes)>>,
-    on_user_message: Option<Callback<(Sender, Bytes)>>,
+    on_subscribe: Option<GroupsCallback>,
+    on_unsubscribe: Option<GroupsCallback>,
+    on_publish: Option<PublishCallback>,
+    on_user_message: Option<UserMessageCallback>,
     requests: BTreeMap<u64, oneshot::Sender<Result<Bytes, RequestError>>>,
     /// Push commands awaiting an answer from the server, by command id.
     answers: BTreeMap<u64, oneshot::Sender<Result<Answer, PushError>>>,
@@ -702,7 +743,8 @@ impl Task {
                 Ended::Final(reason) => reason,
                 Ended::Dropped(reason) => match reconnect.context.reconnect {
                     Some(policy) if !self.user_closed && self.ready.is_none() => {
-                        let _ = self.events.send(Event::Disconnected(reason.clone())).await;
+                        self.events.push(Event::Disconnected(reason.clone()));
+                        self.events.flush().await;
                         match self.reconnect(&reconnect, policy, &mut rng).await {
                             Some(next) => {
                                 stream = Some(next);
@@ -742,7 +784,8 @@ impl Task {
             let _ = reply.send(Err(PushError::ConnectionLost));
         }
         self.connected.send_replace(false);
-        let _ = self.events.send(Event::Closed(reason.clone())).await;
+        self.events.push(Event::Closed(reason.clone()));
+        self.events.flush().await;
         self.closed.send_replace(Some(reason));
     }
 
@@ -807,12 +850,17 @@ impl Task {
             Command::Request { reply, .. } => {
                 let _ = reply.send(Err(RequestError::ConnectionLost(lost())));
             }
-            Command::Push { command, reply } => {
-                if self.queued.len() < queue_limit {
-                    self.queued.push((command, reply));
-                } else {
-                    let _ = reply.send(Err(PushError::Client(ClientError::NotReady)));
-                }
+            Command::Push { command, reply } => self.queue_push(command, reply, queue_limit),
+            Command::Publish {
+                groups,
+                payload,
+                reply,
+            } => {
+                let command = PushCommand::Publish {
+                    groups: groups.into_vec(),
+                    payload,
+                };
+                self.queue_push(command, reply, queue_limit);
             }
             Command::StartBatch(reply)
             | Command::CommitBatch(_, reply)
@@ -820,6 +868,19 @@ impl Task {
                 let _ = reply.send(Err(ClientError::NotReady));
             }
             Command::Close => self.user_closed = true,
+        }
+    }
+
+    fn queue_push(
+        &mut self,
+        command: PushCommand,
+        reply: oneshot::Sender<Result<Answer, PushError>>,
+        queue_limit: usize,
+    ) {
+        if self.queued.len() < queue_limit {
+            self.queued.push((command, reply));
+        } else {
+            let _ = reply.send(Err(PushError::Client(ClientError::NotReady)));
         }
     }
 
@@ -840,13 +901,21 @@ impl Task {
                     }
                 }
             }
+            // Backpressure: a full stream stops this task, hence reading, hence the
+            // server's writes; the server then applies its slow-consumer policy.
             while let Some(event) = self.engine.poll_event() {
-                if let ClientEvent::Closed(reason) = event {
-                    end = Some(reason);
-                } else {
-                    self.handle_event(event).await;
+                match event {
+                    ClientEvent::Closed(reason) => end = Some(reason),
+                    // Matched here, not in handle_event: passing the whole event on
+                    // cost a copy of it per push event.
+                    ClientEvent::Push(message) => self.handle_push(message),
+                    other => self.handle_event(other),
+                }
+                if self.events.is_full() {
+                    self.events.flush().await;
                 }
             }
+            self.events.flush().await;
             // A peer that keeps the socket readable would starve the timer branch of
             // the biased select below: deadlines are checked here too.
             if self.engine.poll_timeout().is_some_and(|t| t <= now()) {
@@ -914,6 +983,16 @@ impl Task {
                 }
             },
             Command::Push { command, reply } => self.push(command, reply),
+            Command::Publish {
+                groups,
+                payload,
+                reply,
+            } => {
+                let _ = reply.send(match self.engine.publish(groups.as_slice(), &payload) {
+                    Ok(id) => Ok(Answer::Sent(id)),
+                    Err(e) => Err(PushError::Client(e)),
+                });
+            }
             Command::StartBatch(reply) => {
                 let _ = reply.send(self.engine.start_batch());
             }
@@ -948,7 +1027,7 @@ impl Task {
         }
     }
 
-    async fn handle_event(&mut self, event: ClientEvent) {
+    fn handle_event(&mut self, event: ClientEvent) {
         match event {
             ClientEvent::ServerAuthenticated(info) => {
                 if let Some(decide) = &self.server_auth {
@@ -969,12 +1048,9 @@ impl Task {
                 if let Some(ready) = self.ready.take() {
                     let _ = ready.send(Ok(()));
                 } else {
-                    let _ = self
-                        .events
-                        .send(Event::Reconnected {
-                            resumed: welcome.resumed,
-                        })
-                        .await;
+                    self.events.push(Event::Reconnected {
+                        resumed: welcome.resumed,
+                    });
                 }
                 for (command, reply) in std::mem::take(&mut self.queued) {
                     self.push(command, reply);
@@ -1005,19 +1081,20 @@ impl Task {
                     }));
                 }
             }
-            ClientEvent::Push(message) => self.handle_push(message).await,
+            ClientEvent::Push(message) => self.handle_push(message),
             ClientEvent::Closed(_) => {}
         }
     }
 
-    async fn handle_push(&mut self, message: Message) {
+    #[inline]
+    fn handle_push(&mut self, message: Message) {
         match &message {
             Message::Subscribed(m) => {
                 if m.sender.is_self() {
                     self.groups.extend(m.groups.iter().copied());
                 }
                 if let Some(f) = &mut self.on_subscribe {
-                    f((m.sender.clone(), m.groups.clone()));
+                    f(&m.sender, &m.groups);
                 }
             }
             Message::Unsubscribed(m) => {
@@ -1027,17 +1104,17 @@ impl Task {
                     }
                 }
                 if let Some(f) = &mut self.on_unsubscribe {
-                    f((m.sender.clone(), m.groups.clone()));
+                    f(&m.sender, &m.groups);
                 }
             }
             Message::Published(m) => {
                 if let Some(f) = &mut self.on_publish {
-                    f((m.sender.clone(), m.groups.clone(), m.payload.clone()));
+                    f(&m.sender, &m.groups, &m.payload);
                 }
             }
             Message::UserMessage(m) => {
                 if let Some(f) = &mut self.on_user_message {
-                    f((m.sender.clone(), m.payload.clone()));
+                    f(&m.sender, &m.payload);
                 }
             }
             Message::SessionLost(_) => {
@@ -1072,11 +1149,16 @@ impl Task {
             }
             _ => {}
         }
+        // A dropped stream (callbacks only) discards: skip building the event, and
+        // let the next publication reuse this one's group list.
+        if self.events.is_closed() {
+            if let Message::Published(p) = message {
+                self.engine.recycle_groups(p.groups);
+            }
+            return;
+        }
         if let Some(event) = Event::from_message(message) {
-            // Backpressure: a full stream stops this task, hence reading, hence the
-            // server's writes; the server then applies its slow-consumer policy.
-            // A dropped stream just discards.
-            let _ = self.events.send(event).await;
+            self.events.push(event);
         }
     }
 }
