@@ -120,6 +120,7 @@ impl Channel {
         if self.frames.is_empty() {
             self.frames = VecDeque::new();
         }
+        self.decoder.release_if_empty();
         self.link.release_idle_capacity();
     }
 
@@ -129,6 +130,7 @@ impl Channel {
         self.transmit.capacity()
             + self.outbound.capacity()
             + self.frames.capacity() * std::mem::size_of::<RawFrame>()
+            + self.decoder.buffer_capacity()
             + self.link.buffer_capacity()
     }
 

@@ -55,6 +55,20 @@ impl FrameDecoder {
         4 + self.limits.max_frame_size() as usize
     }
 
+    /// Gives back the buffer's memory when no partial frame is held (a burst may
+    /// have grown it to 64 KiB). For connections found idle; a busy one would
+    /// only allocate it again.
+    pub fn release_if_empty(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// Bytes of buffer capacity held, however much of it is in use.
+    pub fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Buffers `data` up to the end of the current frame; returns how many bytes it
     /// took. It takes nothing while a complete frame is waiting to be drained, after a
     /// header over the limit, or after an error.
