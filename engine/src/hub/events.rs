@@ -326,23 +326,45 @@ impl From<PushEvent> for Message {
     }
 }
 
-/// What every receiver of one publication shares, built once per publication.
+/// Which event a [`SharedEvent`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SharedKind {
+    Subscribed,
+    Unsubscribed,
+    Published,
+}
+
+/// What every receiver of one fan-out (a publication, or the presence events of a
+/// membership change) shares, built once per operation.
 #[derive(Debug)]
-pub(crate) struct SharedPublication {
-    pub(crate) sender: Sender,
-    pub(crate) targets: Arc<[GroupId]>,
-    pub(crate) payload: Bytes,
+pub(crate) struct SharedEvent {
+    kind: SharedKind,
+    sender: Sender,
+    targets: Arc<[GroupId]>,
+    /// The publication's payload (empty for presence events).
+    payload: Bytes,
     /// The frame a receiver of every target gets, with sequence number 0: such a
     /// receiver's frame is this copy with its own number patched in. Encoded with
-    /// the second such frame: a publication with one receiver is encoded directly.
+    /// the second such frame: an event with one receiver is encoded directly.
     frame: std::sync::OnceLock<Box<[u8]>>,
     /// A receiver's frame was encoded without the shared copy.
     encoded_once: std::sync::atomic::AtomicBool,
 }
 
-impl SharedPublication {
-    pub(crate) fn new(sender: Sender, targets: Arc<[GroupId]>, payload: Bytes) -> Self {
+impl SharedEvent {
+    /// A publication of `payload` to `targets`.
+    pub(crate) fn publication(sender: Sender, targets: Arc<[GroupId]>, payload: Bytes) -> Self {
+        Self::new(SharedKind::Published, sender, targets, payload)
+    }
+
+    /// `sender` joined or left `groups`.
+    pub(crate) fn presence(kind: SharedKind, sender: Sender, groups: Arc<[GroupId]>) -> Self {
+        Self::new(kind, sender, groups, Bytes::new())
+    }
+
+    fn new(kind: SharedKind, sender: Sender, targets: Arc<[GroupId]>, payload: Bytes) -> Self {
         Self {
+            kind,
             sender,
             targets,
             payload,
@@ -351,10 +373,43 @@ impl SharedPublication {
         }
     }
 
+    /// The event for one receiver.
+    fn event(&self, seq: u64, groups: EventGroups) -> PushEvent {
+        let sender = self.sender.clone();
+        match self.kind {
+            SharedKind::Subscribed => PushEvent::Subscribed {
+                seq,
+                sender,
+                groups,
+            },
+            SharedKind::Unsubscribed => PushEvent::Unsubscribed {
+                seq,
+                sender,
+                groups,
+            },
+            SharedKind::Published => PushEvent::Published {
+                seq,
+                sender,
+                groups,
+                payload: self.payload.clone(),
+            },
+        }
+    }
+
     /// Appends the frame of a receiver of every target.
     fn encode_whole(&self, seq: u64, out: &mut bytes::BytesMut) {
         use std::sync::atomic::Ordering::Relaxed;
         if self.frame.get().is_none() && !self.encoded_once.swap(true, Relaxed) {
+            self.encode_direct(seq, out);
+            return;
+        }
+        let start = out.len();
+        out.extend_from_slice(self.frame());
+        pushwire_protocol::patch_seq(&mut out[start..], seq);
+    }
+
+    fn encode_direct(&self, seq: u64, out: &mut bytes::BytesMut) {
+        if self.kind == SharedKind::Published {
             pushwire_protocol::encode_published_prefix(
                 out,
                 seq,
@@ -363,48 +418,41 @@ impl SharedPublication {
                 self.payload.len(),
             );
             out.extend_from_slice(&self.payload);
-            return;
+        } else {
+            self.event(seq, EventGroups::whole(self.targets.clone()))
+                .encode(out);
         }
-        let start = out.len();
-        out.extend_from_slice(self.frame());
-        pushwire_protocol::patch_seq(&mut out[start..], seq);
     }
 
     fn frame(&self) -> &[u8] {
         self.frame.get_or_init(|| {
             let mut frame = bytes::BytesMut::new();
-            pushwire_protocol::encode_published_prefix(
-                &mut frame,
-                0,
-                &self.sender,
-                &self.targets,
-                self.payload.len(),
-            );
-            frame.extend_from_slice(&self.payload);
+            self.encode_direct(0, &mut frame);
             Vec::from(frame).into_boxed_slice()
         })
     }
 }
 
-impl PartialEq for SharedPublication {
+impl PartialEq for SharedEvent {
     fn eq(&self, other: &Self) -> bool {
-        (&self.sender, &self.targets, &self.payload)
-            == (&other.sender, &other.targets, &other.payload)
+        (self.kind, &self.sender, &self.targets, &self.payload)
+            == (other.kind, &other.sender, &other.targets, &other.payload)
     }
 }
 
-impl Eq for SharedPublication {}
+impl Eq for SharedEvent {}
 
-/// A push event as the hub keeps and hands it out. A publication to a receiver (the
-/// fan-out fast path) is its sequence number, the shared part and the receiver's
-/// subset of the targets: 32 bytes and one reference count, whatever the sender and
-/// payload, so queuing, replay and delivery move little. Other events are rarer and
-/// shared behind a reference count.
+/// A push event as the hub keeps and hands it out. An event of a fan-out (a
+/// publication or a presence event, the paths that reach many receivers) is the
+/// receiver's sequence number, the shared part and the receiver's subset of the
+/// targets: 32 bytes and one reference count, whatever the sender and payload, so
+/// queuing, replay and delivery move little. Other events are rarer and shared
+/// behind a reference count.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum StoredEvent {
-    Published {
+    Shared {
         seq: u64,
-        shared: Arc<SharedPublication>,
+        shared: Arc<SharedEvent>,
         /// Bit `i` set: the receiver gets `targets[i]`; [`StoredEvent::WHOLE`]: all of
         /// them (the only value used with more than 64 targets).
         mask: u64,
@@ -416,38 +464,30 @@ impl StoredEvent {
     /// The mask of a receiver that belongs to every target.
     pub(crate) const WHOLE: u64 = u64::MAX;
 
-    /// A publication to a receiver of `targets[i]` for every `i` in `positions`.
-    pub(crate) fn published(
-        seq: u64,
-        shared: &Arc<SharedPublication>,
-        positions: &[usize],
-    ) -> Self {
+    /// The shared event for a receiver of `targets[i]` for every `i` in `positions`.
+    pub(crate) fn shared(seq: u64, shared: &Arc<SharedEvent>, positions: &[usize]) -> Self {
         if positions.len() == shared.targets.len() {
-            return StoredEvent::Published {
+            return StoredEvent::Shared {
                 seq,
                 shared: shared.clone(),
                 mask: Self::WHOLE,
             };
         }
         if shared.targets.len() <= MASK_BITS {
-            return StoredEvent::Published {
+            return StoredEvent::Shared {
                 seq,
                 shared: shared.clone(),
                 mask: positions.iter().fold(0u64, |mask, &i| mask | 1 << i),
             };
         }
-        StoredEvent::Other(Arc::new(PushEvent::Published {
-            seq,
-            sender: shared.sender.clone(),
-            groups: EventGroups::subset(&shared.targets, positions),
-            payload: shared.payload.clone(),
-        }))
+        let groups = EventGroups::subset(&shared.targets, positions);
+        StoredEvent::Other(Arc::new(shared.event(seq, groups)))
     }
 
     /// The sequence number, for push events.
     pub(crate) fn seq(&self) -> Option<u64> {
         match self {
-            StoredEvent::Published { seq, .. } => Some(*seq),
+            StoredEvent::Shared { seq, .. } => Some(*seq),
             StoredEvent::Other(event) => event.seq(),
         }
     }
@@ -455,15 +495,13 @@ impl StoredEvent {
     /// The event as the public type.
     pub(crate) fn to_event(&self) -> PushEvent {
         match self {
-            StoredEvent::Published { seq, shared, mask } => PushEvent::Published {
-                seq: *seq,
-                sender: shared.sender.clone(),
-                groups: EventGroups {
+            StoredEvent::Shared { seq, shared, mask } => shared.event(
+                *seq,
+                EventGroups {
                     list: shared.targets.clone(),
                     mask: (*mask != Self::WHOLE).then_some(*mask),
                 },
-                payload: shared.payload.clone(),
-            },
+            ),
             StoredEvent::Other(event) => PushEvent::clone(event),
         }
     }
@@ -471,12 +509,12 @@ impl StoredEvent {
     /// Appends the encoded frame to `out`.
     pub(crate) fn encode(&self, out: &mut bytes::BytesMut) {
         match self {
-            StoredEvent::Published {
+            StoredEvent::Shared {
                 seq,
                 shared,
                 mask: Self::WHOLE,
             } => shared.encode_whole(*seq, out),
-            StoredEvent::Published { .. } => self.to_event().encode(out),
+            StoredEvent::Shared { .. } => self.to_event().encode(out),
             StoredEvent::Other(event) => event.encode(out),
         }
     }

@@ -73,7 +73,7 @@ pub use outbound::{OutboundQueue, Queued, SlowConsumerPolicy};
 pub use session::{ResumeError, Resumed};
 
 use connections::{user_key, Connection, Connections, Slot};
-use events::{frame_len, SharedPublication, StoredEvent, GROUP_ID_WIRE_LEN};
+use events::{frame_len, SharedEvent, SharedKind, StoredEvent, GROUP_ID_WIRE_LEN};
 use groups::{for_each_member_of_any, Group, Groups};
 
 /// Limits of a [`Hub`].
@@ -280,6 +280,13 @@ enum Presence {
 }
 
 impl Presence {
+    fn kind(self) -> SharedKind {
+        match self {
+            Presence::Joined => SharedKind::Subscribed,
+            Presence::Left => SharedKind::Unsubscribed,
+        }
+    }
+
     fn event(self, seq: u64, sender: Sender, groups: EventGroups) -> PushEvent {
         match self {
             Presence::Joined => PushEvent::Subscribed {
@@ -900,14 +907,14 @@ impl<H: PushHooks> Hub<H> {
             Actor::Server => None,
         };
         // Encoded once; every receiver's copy shares it.
-        let shared = Arc::new(SharedPublication::new(sender, targets.clone(), payload));
+        let shared = Arc::new(SharedEvent::publication(sender, targets.clone(), payload));
         let connections = &mut self.connections;
         let outbox = &mut self.outbox;
         let mut reached = 0;
         for_each_member_of_any(&self.groups, &targets, skip, |_, slot, positions| {
             let receiver = connections.at_mut(slot);
             let len = base_len + GROUP_ID_WIRE_LEN * positions.len();
-            let event = StoredEvent::published(receiver.take_seq(), &shared, positions);
+            let event = StoredEvent::shared(receiver.take_seq(), &shared, positions);
             outbox.deliver(receiver, event, len);
             reached += 1;
         });
@@ -1012,6 +1019,12 @@ impl<H: PushHooks> Hub<H> {
         groups: &Arc<[GroupId]>,
     ) -> u32 {
         let base_len = frame_len::presence_base(sender);
+        // Encoded once; every receiver's copy shares it.
+        let shared = Arc::new(SharedEvent::presence(
+            presence.kind(),
+            sender.clone(),
+            groups.clone(),
+        ));
         let connections = &mut self.connections;
         let outbox = &mut self.outbox;
         let mut reached = 0;
@@ -1023,9 +1036,8 @@ impl<H: PushHooks> Hub<H> {
                 return;
             }
             let receiver = connections.at_mut(slot);
-            let shared = EventGroups::subset(groups, positions);
-            let len = base_len + GROUP_ID_WIRE_LEN * shared.len();
-            let event = presence.event(receiver.take_seq(), sender.clone(), shared);
+            let len = base_len + GROUP_ID_WIRE_LEN * positions.len();
+            let event = StoredEvent::shared(receiver.take_seq(), &shared, positions);
             outbox.deliver(receiver, event, len);
             reached += 1;
         });
