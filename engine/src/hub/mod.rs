@@ -1063,6 +1063,10 @@ impl<H: PushHooks> Hub<H> {
         let mut groups = requested.to_vec();
         groups.sort_unstable();
         groups.dedup();
+        // The usual case, on every publication: no second list.
+        if groups.iter().all(|group| self.groups.contains_key(group)) {
+            return groups;
+        }
         let (known, unknown): (Vec<GroupId>, Vec<GroupId>) = groups
             .into_iter()
             .partition(|group| self.groups.contains_key(group));
