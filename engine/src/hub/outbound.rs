@@ -242,7 +242,9 @@ impl OutboundQueue {
     /// drops this is the queue's own buffer, handed over without a copy.
     pub fn take_frames(&mut self) -> BytesMut {
         let out = if self.placeholder.is_none() {
-            self.buf.split()
+            // The buffer itself, not a split of it: unshared, it can become the
+            // transmit buffer without a copy (plaintext mode).
+            std::mem::take(&mut self.buf)
         } else {
             let live = self.collect();
             let p = live.placeholder.expect("a placeholder was set");

@@ -235,8 +235,14 @@ impl TlsLink {
         plaintext: &mut dyn FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         if matches!(self.session, Session::Plaintext) {
-            transmit.extend_from_slice(pending);
-            pending.clear();
+            if transmit.is_empty() && !pending.is_empty() {
+                // Hand the buffer over: without a copy when it is not shared (an
+                // outbox's frames, say), which is the bulk of a busy server's bytes.
+                *transmit = Vec::from(std::mem::take(pending));
+            } else {
+                transmit.extend_from_slice(pending);
+                pending.clear();
+            }
             if self.close_requested {
                 self.close_notify_sent = true;
                 self.status.closed = true;
