@@ -453,3 +453,42 @@ async fn a_connection_works_on_after_idle_periods_gave_back_its_buffers() {
     }
     alice.close();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_never_overtakes_the_events_received_before_it() {
+    // The server answers ListGroups after the publications sent before it; the
+    // client must not resolve the answer before those publications' refusals are in
+    // the event stream (the CLI's `pub` relies on it to report refused groups). Here
+    // the refusal, the answer and an echo arrive together, and the echo's callback
+    // holds the connection's task for a while after the answer was handled: an
+    // answer released at once would be seen with the refusal not yet in the stream.
+    let (server, _) = start().await;
+    let (client, mut events) = ClientBuilder::new(context(&server, "alice", "MyPassword"))
+        .on_publish(|_, _, _| std::thread::sleep(Duration::from_millis(200)))
+        .connect()
+        .await
+        .unwrap();
+    client.subscribe(&[1]).await.unwrap();
+    // Whether the three answers arrive in one read is up to the network stack;
+    // several rounds make it likely that one of them does.
+    for round in 0..5 {
+        // One client batch: the three commands leave in one write, so the server
+        // answers them together.
+        client.start_batching().await.unwrap();
+        let to_nobody = client.publish(&[99], "to nobody");
+        let answer = client.list_groups();
+        let echoed = client.publish(&[1], "echoed");
+        client.commit_batching(false).await.unwrap();
+        to_nobody.await.unwrap();
+        echoed.await.unwrap();
+        answer.await.unwrap();
+        let mut refused = false;
+        while let Ok(Some(event)) = tokio::time::timeout(Duration::ZERO, events.recv()).await {
+            refused |= matches!(event, Event::Rejected { .. });
+        }
+        assert!(
+            refused,
+            "round {round}: the answer came before the refusal was in the stream"
+        );
+    }
+}

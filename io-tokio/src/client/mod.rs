@@ -378,6 +378,7 @@ impl ClientBuilder {
             groups: BTreeSet::new(),
             queued: Vec::new(),
             restore_after_loss: false,
+            held_replies: Vec::new(),
         };
         let reconnect = Reconnector {
             connector: connector.clone(),
@@ -723,6 +724,23 @@ struct Task {
     queued: Vec<(PushCommand, oneshot::Sender<Result<Answer, PushError>>)>,
     /// The server lost the session: re-subscribe once it is ready.
     restore_after_loss: bool,
+    /// Replies held back until the events received before them are in the stream.
+    held_replies: Vec<HeldReply>,
+}
+
+/// A reply to the application, released by [`Task::flush_events`]: whoever sees a
+/// reply (a command's answer, a request's result) then finds in the event stream
+/// every event received before it — a refusal of a publication before the answer to
+/// a later ListGroups, say.
+enum HeldReply {
+    Push(
+        oneshot::Sender<Result<Answer, PushError>>,
+        Result<Answer, PushError>,
+    ),
+    Request(
+        oneshot::Sender<Result<Bytes, RequestError>>,
+        Result<Bytes, RequestError>,
+    ),
 }
 
 /// How one connection ended.
@@ -744,7 +762,7 @@ impl Task {
                 Ended::Dropped(reason) => match reconnect.context.reconnect {
                     Some(policy) if !self.user_closed && self.ready.is_none() => {
                         self.events.push(Event::Disconnected(reason.clone()));
-                        self.events.flush().await;
+                        self.flush_events().await;
                         match self.reconnect(&reconnect, policy, &mut rng).await {
                             Some(next) => {
                                 stream = Some(next);
@@ -758,6 +776,22 @@ impl Task {
             };
             self.finish(reason).await;
             return;
+        }
+    }
+
+    /// Hands the queued events over (waiting for room: backpressure), then releases
+    /// the replies that arrived after them.
+    async fn flush_events(&mut self) {
+        self.events.flush().await;
+        for held in self.held_replies.drain(..) {
+            match held {
+                HeldReply::Push(reply, answer) => {
+                    let _ = reply.send(answer);
+                }
+                HeldReply::Request(reply, result) => {
+                    let _ = reply.send(result);
+                }
+            }
         }
     }
 
@@ -785,7 +819,7 @@ impl Task {
         }
         self.connected.send_replace(false);
         self.events.push(Event::Closed(reason.clone()));
-        self.events.flush().await;
+        self.flush_events().await;
         self.closed.send_replace(Some(reason));
     }
 
@@ -912,10 +946,10 @@ impl Task {
                     other => self.handle_event(other),
                 }
                 if self.events.is_full() {
-                    self.events.flush().await;
+                    self.flush_events().await;
                 }
             }
-            self.events.flush().await;
+            self.flush_events().await;
             // A peer that keeps the socket readable would starve the timer branch of
             // the biased select below: deadlines are checked here too.
             if self.engine.poll_timeout().is_some_and(|t| t <= now()) {
@@ -1061,7 +1095,8 @@ impl Task {
                 payload,
             } => {
                 if let Some(reply) = self.requests.remove(&request_id) {
-                    let _ = reply.send(Ok(payload));
+                    self.held_replies
+                        .push(HeldReply::Request(reply, Ok(payload)));
                 }
             }
             ClientEvent::ServerError {
@@ -1070,15 +1105,20 @@ impl Task {
                 message,
             } => {
                 if let Some(reply) = self.requests.remove(&request_id) {
-                    let _ = reply.send(Err(RequestError::Server { code, message }));
+                    self.held_replies.push(HeldReply::Request(
+                        reply,
+                        Err(RequestError::Server { code, message }),
+                    ));
                 }
             }
             ClientEvent::RequestAborted { request_id, reason } => {
                 if let Some(reply) = self.requests.remove(&request_id) {
-                    let _ = reply.send(Err(match reason {
+                    let error = match reason {
                         AbortReason::BatchAborted => RequestError::BatchAborted,
                         AbortReason::ConnectionLost(r) => RequestError::ConnectionLost(r),
-                    }));
+                    };
+                    self.held_replies
+                        .push(HeldReply::Request(reply, Err(error)));
                 }
             }
             ClientEvent::Push(message) => self.handle_push(message),
@@ -1128,23 +1168,26 @@ impl Task {
             }
             Message::UserMessageDelivered(d) => {
                 if let Some(reply) = self.answers.remove(&d.command_id) {
-                    let _ = reply.send(Ok(Answer::Delivered(d.connections)));
+                    self.held_replies
+                        .push(HeldReply::Push(reply, Ok(Answer::Delivered(d.connections))));
                 }
                 return;
             }
             Message::GroupList(g) => {
                 if let Some(reply) = self.answers.remove(&g.command_id) {
-                    let _ = reply.send(Ok(Answer::Groups(g.groups.clone())));
+                    self.held_replies
+                        .push(HeldReply::Push(reply, Ok(Answer::Groups(g.groups.clone()))));
                 }
                 return;
             }
             Message::PushRejected(r) => {
                 if let Some(reply) = self.answers.remove(&r.command_id) {
-                    let _ = reply.send(Err(PushError::Rejected {
+                    let error = PushError::Rejected {
                         code: r.code,
                         groups: r.groups.clone(),
                         reason: r.reason.clone(),
-                    }));
+                    };
+                    self.held_replies.push(HeldReply::Push(reply, Err(error)));
                 }
             }
             _ => {}
