@@ -464,14 +464,19 @@ impl StoredEvent {
     /// The mask of a receiver that belongs to every target.
     pub(crate) const WHOLE: u64 = u64::MAX;
 
+    /// The shared event for a receiver of every target.
+    pub(crate) fn whole(seq: u64, shared: Arc<SharedEvent>) -> Self {
+        StoredEvent::Shared {
+            seq,
+            shared,
+            mask: Self::WHOLE,
+        }
+    }
+
     /// The shared event for a receiver of `targets[i]` for every `i` in `positions`.
     pub(crate) fn shared(seq: u64, shared: &Arc<SharedEvent>, positions: &[usize]) -> Self {
         if positions.len() == shared.targets.len() {
-            return StoredEvent::Shared {
-                seq,
-                shared: shared.clone(),
-                mask: Self::WHOLE,
-            };
+            return Self::whole(seq, shared.clone());
         }
         if shared.targets.len() <= MASK_BITS {
             return StoredEvent::Shared {

@@ -287,19 +287,9 @@ impl Presence {
         }
     }
 
-    fn event(self, seq: u64, sender: Sender, groups: EventGroups) -> PushEvent {
-        match self {
-            Presence::Joined => PushEvent::Subscribed {
-                seq,
-                sender,
-                groups,
-            },
-            Presence::Left => PushEvent::Unsubscribed {
-                seq,
-                sender,
-                groups,
-            },
-        }
+    /// The shared record of this change's presence events.
+    fn shared(self, sender: Sender, groups: Arc<[GroupId]>) -> Arc<SharedEvent> {
+        Arc::new(SharedEvent::presence(self.kind(), sender, groups))
     }
 }
 
@@ -513,8 +503,8 @@ impl<H: PushHooks> Hub<H> {
             member.groups.remove(&group);
             let sender = member.self_sender();
             let frame_len = frame_len::presence_base(&sender) + GROUP_ID_WIRE_LEN;
-            let event =
-                Presence::Left.event(member.take_seq(), sender, EventGroups::whole(list.clone()));
+            let shared = Presence::Left.shared(sender, list.clone());
+            let event = StoredEvent::whole(member.take_seq(), shared);
             self.outbox.deliver(member, event, frame_len);
         }
         Ok(members.into_iter().map(|(id, _)| id).collect())
@@ -1001,11 +991,7 @@ impl<H: PushHooks> Hub<H> {
         let member = self.connections.at_mut(slot);
         let sender = member.self_sender();
         let len = frame_len::presence_base(&sender) + GROUP_ID_WIRE_LEN * groups.len();
-        let event = presence.event(
-            member.take_seq(),
-            sender,
-            EventGroups::whole(groups.clone()),
-        );
+        let event = StoredEvent::whole(member.take_seq(), presence.shared(sender, groups.clone()));
         self.outbox.deliver(member, event, len);
     }
 
@@ -1020,11 +1006,7 @@ impl<H: PushHooks> Hub<H> {
     ) -> u32 {
         let base_len = frame_len::presence_base(sender);
         // Encoded once; every receiver's copy shares it.
-        let shared = Arc::new(SharedEvent::presence(
-            presence.kind(),
-            sender.clone(),
-            groups.clone(),
-        ));
+        let shared = presence.shared(sender.clone(), groups.clone());
         let connections = &mut self.connections;
         let outbox = &mut self.outbox;
         let mut reached = 0;

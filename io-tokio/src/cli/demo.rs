@@ -21,9 +21,10 @@ use super::serve::TUTORIAL_GROUPS as GROUPS;
 use super::{development_file, CliError, Exit, DEVELOPMENT_KEY_PASSWORD, DEVELOPMENT_PASSWORD};
 use crate::client::{Client, ClientBuilder, ConnectionContext, Event, EventStream, Trust};
 use crate::hello::{self, hello_world_service, HELLO_WORLD_SERVICE};
+use crate::server::hooks::origin;
 use crate::server::{AuthAttempt, AuthDecision, Server, ServerBuilder};
 use bytes::Bytes;
-use pushwire_engine::hub::{HookContext, Origin, PushHooks, Verdict};
+use pushwire_engine::hub::{HookContext, PushHooks, Verdict};
 use pushwire_protocol::GroupId;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -58,15 +59,6 @@ fn actor(context: &HookContext<'_>) -> String {
     match context.info {
         Some(info) => info.user_id.to_string(),
         None => "the server".to_owned(),
-    }
-}
-
-fn origin(context: &HookContext<'_>) -> &'static str {
-    match context.origin {
-        Origin::Client => "",
-        Origin::Server => " (by the server)",
-        Origin::Disconnect => " (disconnected)",
-        Origin::GroupRemoved => " (group removed)",
     }
 }
 

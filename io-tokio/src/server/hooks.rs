@@ -19,7 +19,8 @@ fn who(context: &HookContext<'_>) -> String {
     }
 }
 
-fn origin(context: &HookContext<'_>) -> &'static str {
+/// How an operation came about, as a suffix to its log line ("" for the client's own).
+pub(crate) fn origin(context: &HookContext<'_>) -> &'static str {
     match context.origin {
         Origin::Client => "",
         Origin::Server => " (by the server)",

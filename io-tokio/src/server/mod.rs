@@ -16,7 +16,7 @@
 //! and needs no reply channel for the server API's results.
 
 mod auth;
-mod hooks;
+pub(crate) mod hooks;
 mod service;
 
 pub use auth::{AuthAttempt, AuthDecision, Authenticator, DenyAll};
