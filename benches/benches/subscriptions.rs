@@ -27,10 +27,7 @@ struct Table {
 
 impl Table {
     fn new(size: u32) -> Self {
-        let config = HubConfig {
-            max_outbound_bytes: usize::MAX,
-            ..HubConfig::default()
-        };
+        let config = HubConfig::default();
         let mut hub = Hub::new(config, AllowAll);
         let addr = IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3));
         for g in 1..=size {

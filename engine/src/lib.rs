@@ -11,6 +11,7 @@ pub mod client;
 mod close;
 pub mod credentials;
 pub mod hub;
+pub mod node;
 mod rpc;
 pub mod server;
 pub mod tls;

@@ -3,10 +3,11 @@
 //! scenario of a few simulated seconds runs in milliseconds, so thousands of seeded
 //! scenarios fit in a CI run.
 //!
-//! The server side here is a small synchronous shell around the same engine types
-//! the tokio server drives (`ServerConnection` + `Hub`), doing what its connection
-//! tasks do: authenticate, hand push commands to the hub, encode deliveries, answer
-//! requests (echo at once, sleep later).
+//! The server side is the engine's [`Node`] — the same type the tokio server
+//! drives, with every session, resume and slow-consumer decision in it. This module
+//! only moves bytes between the node's connections and the simulated network, lets
+//! every Hello in, and answers requests (echo at once, sleep later), as the tokio
+//! server's connection tasks do.
 
 use crate::history::{
     JournalEntry, MessageId, Origin, Outcome, Received, RequestRecord, RunRecord, SessionHistory,
@@ -19,13 +20,9 @@ use bytes::{Buf, Bytes};
 use pushwire_engine::client::{
     AbortReason, ClientConfig, ClientConnection, ClientEvent, ClientTransport, PushCommand,
 };
-use pushwire_engine::hub::{
-    Actor, ConnectionId, ConnectionInfo, Hub, HubConfig, OutboundQueue, Queued, ResumeError,
-    SlowConsumerPolicy,
-};
-use pushwire_engine::server::{
-    Grant, ServerConfig, ServerConnection, ServerEvent, ServerTransport,
-};
+use pushwire_engine::hub::{Actor, ConnectionId, HubConfig, SlowConsumerPolicy};
+use pushwire_engine::node::{ConnectionEvent, Node, NodeConfig, NodeConnection, NodeStats};
+use pushwire_engine::server::{ServerConfig, ServerTransport};
 use pushwire_engine::{CloseReason, KeepAlive};
 use pushwire_protocol::{
     ClientOptions, CloseCode, ErrorCode, GroupId, GroupSelection, Message, ResumeRequest,
@@ -33,7 +30,7 @@ use pushwire_protocol::{
 };
 use rustls::pki_types::UnixTime;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
 /// Method ids of the simulated service.
@@ -308,13 +305,10 @@ struct Link {
     server: Option<u64>,
 }
 
+/// A server-side connection: the node's per-connection half and its link.
 struct ServerConn {
-    engine: ServerConnection,
+    conn: NodeConnection,
     link: usize,
-    member: Option<ConnectionId>,
-    session: Option<SessionKey>,
-    queue: OutboundQueue,
-    close_reason: Option<CloseReason>,
 }
 
 /// One simulation run.
@@ -324,8 +318,10 @@ pub struct EngineSim {
     origin: Instant,
     clients: Vec<SimClient>,
     links: Vec<Link>,
-    server_config: Arc<ServerConfig>,
-    hub: Hub<RecordingHooks>,
+    node_config: NodeConfig,
+    node: Node<RecordingHooks>,
+    /// Totals of the nodes that were replaced by a server restart.
+    past_stats: Vec<NodeStats>,
     journal: Journal,
     server_conns: BTreeMap<u64, ServerConn>,
     next_server_conn: u64,
@@ -338,8 +334,6 @@ pub struct EngineSim {
     groups: u32,
     server_publications: u32,
     queue_breaches: Vec<String>,
-    hub_config: HubConfig,
-    policy: SlowConsumerPolicy,
     fault: Option<InjectedFault>,
 }
 
@@ -366,14 +360,14 @@ impl EngineSim {
         } else {
             SlowConsumerPolicy::DropOldest
         };
-        let mut hub = Hub::new(hub_config.clone(), RecordingHooks::new(journal.clone()));
-        for g in 1..=groups {
-            hub.add_group(GroupId(g), format!("group {g}"))
-                .expect("fresh hub");
-        }
         let mut server_config = ServerConfig::new(ServerTransport::Plaintext);
         server_config.keepalive = KEEPALIVE;
         server_config.hello_timeout = Duration::from_millis(1000);
+        let mut node_config = NodeConfig::new(server_config);
+        node_config.hub = hub_config;
+        node_config.max_outbound_bytes = OUTBOUND_LIMIT;
+        node_config.slow_consumer_policy = policy;
+        let node = new_node(&node_config, &journal, groups);
         let clients = (0..clients)
             .map(|_| SimClient {
                 sessions: 0,
@@ -391,8 +385,9 @@ impl EngineSim {
             origin: Instant::now(),
             clients,
             links: Vec::new(),
-            server_config: Arc::new(server_config),
-            hub,
+            node_config,
+            node,
+            past_stats: Vec::new(),
             journal,
             server_conns: BTreeMap::new(),
             next_server_conn: 0,
@@ -404,8 +399,6 @@ impl EngineSim {
             groups,
             server_publications: 0,
             queue_breaches: Vec::new(),
-            hub_config,
-            policy,
             fault: None,
         }
     }
@@ -430,7 +423,7 @@ impl EngineSim {
             _ => None,
         };
         if let Some(f) = hub_fault {
-            self.hub.inject_fault(f);
+            self.node.inject_fault(f);
         }
     }
 
@@ -486,7 +479,7 @@ impl EngineSim {
             }
         }
         for s in self.server_conns.values() {
-            if let Some(t) = s.engine.poll_timeout() {
+            if let Some(t) = s.conn.poll_timeout() {
                 next = next.min(to_ms(t));
             }
         }
@@ -495,7 +488,7 @@ impl EngineSim {
                 next = next.min(t);
             }
         }
-        if let Some(t) = self.hub.poll_timeout() {
+        if let Some(t) = self.node.poll_timeout() {
             next = next.min(to_ms(t) + 1);
         }
         if let Some(((t, _), _)) = self.responses.first_key_value() {
@@ -545,9 +538,8 @@ impl EngineSim {
                 }
                 .payload(*size);
                 let groups: Vec<GroupId> = groups.iter().copied().map(GroupId).collect();
-                let _ = self.hub.publish(Actor::Server, &groups, payload);
+                let _ = self.node.publish(Actor::Server, &groups, payload);
                 self.coverage.publications += 1;
-                self.dispatch();
             }
             Op::UserMessage {
                 client,
@@ -685,7 +677,7 @@ impl EngineSim {
                         // The process is gone: the server sees the transport end.
                         if let Some(server) = self.links[link].server.take() {
                             if let Some(s) = self.server_conns.get_mut(&server) {
-                                s.engine.handle_transport_closed();
+                                s.conn.handle_transport_closed();
                             }
                         }
                     }
@@ -693,7 +685,11 @@ impl EngineSim {
                 }
             }
             Op::ServerBounce => {
-                if self.server_conns.values().any(|s| s.member.is_some()) {
+                if self
+                    .server_conns
+                    .values()
+                    .any(|s| s.conn.member().is_some())
+                {
                     self.coverage.bounces_with_subscribers += 1;
                 }
                 self.bounce_server();
@@ -732,8 +728,11 @@ impl EngineSim {
     }
 
     fn push(&mut self, client: usize, command: PushCommand) {
+        let publication = matches!(command, PushCommand::Publish { .. });
         if let Some(conn) = self.ready_conn(client) {
-            let _ = conn.engine.push(command);
+            if conn.engine.push(command).is_ok() && publication {
+                self.coverage.publications += 1;
+            }
         }
     }
 
@@ -764,7 +763,7 @@ impl EngineSim {
         l.held_until = None;
         if let Some(server) = l.server.take() {
             if let Some(s) = self.server_conns.get_mut(&server) {
-                s.engine.handle_transport_closed();
+                s.conn.handle_transport_closed();
             }
         }
         for c in &mut self.clients {
@@ -779,10 +778,11 @@ impl EngineSim {
     fn bounce_server(&mut self) {
         // Everything the server held is gone, detached sessions included; its journal
         // ends those sessions without any notification (nobody is left to notify).
-        let members: Vec<ConnectionId> = self.hub.connections().collect();
+        let members: Vec<ConnectionId> = self.node.hub().connections().collect();
         for member in members {
             if let Some(session) = self
-                .hub
+                .node
+                .hub()
                 .connection_info(member)
                 .and_then(|info| SessionKey::parse(info.user_id.as_str()))
             {
@@ -790,6 +790,7 @@ impl EngineSim {
             }
         }
         for s in std::mem::take(&mut self.server_conns).into_values() {
+            self.coverage.dropped_by_policy += s.conn.dropped_by_policy();
             let l = &mut self.links[s.link];
             l.server = None;
             l.to_client = ChunkedPipe::new(self.rng.next_u64(), 1);
@@ -805,15 +806,11 @@ impl EngineSim {
             }
         }
         self.responses.clear();
-        self.hub = Hub::new(
-            self.hub_config.clone(),
-            RecordingHooks::new(self.journal.clone()),
+        let old = std::mem::replace(
+            &mut self.node,
+            new_node(&self.node_config, &self.journal, self.groups),
         );
-        for g in 1..=self.groups {
-            self.hub
-                .add_group(GroupId(g), format!("group {g}"))
-                .expect("fresh hub");
-        }
+        self.past_stats.push(*old.stats());
         if self.fault.is_some() {
             self.apply_fault();
         }
@@ -855,9 +852,12 @@ impl EngineSim {
         let peer = format!("10.0.0.{}:{}", index + 1, 40_000 + (server_id % 20_000))
             .parse()
             .expect("address");
+        // A synchronous driver: every connection is looked at every step.
         #[allow(unused_mut)]
-        let mut server =
-            ServerConnection::new(self.server_config.clone(), peer, now).expect("plaintext server");
+        let mut server = self
+            .node
+            .connection(peer, now, std::task::Waker::noop().clone())
+            .expect("plaintext server");
         #[cfg(debug_assertions)]
         if let Some(InjectedFault::AnswerTwice(n)) = self.fault {
             server.inject_answer_twice(n);
@@ -870,17 +870,8 @@ impl EngineSim {
             stalled_until: None,
             server: Some(server_id),
         });
-        self.server_conns.insert(
-            server_id,
-            ServerConn {
-                engine: server,
-                link,
-                member: None,
-                session: None,
-                queue: OutboundQueue::new(OUTBOUND_LIMIT, self.policy),
-                close_reason: None,
-            },
-        );
+        self.server_conns
+            .insert(server_id, ServerConn { conn: server, link });
         let history = history.unwrap_or_else(|| {
             self.histories.push(SessionHistory::new(key, client.echo));
             self.histories.len() - 1
@@ -920,12 +911,7 @@ impl EngineSim {
             }
         }
         // Detached sessions whose time is up end now; their groups are told.
-        for (_, info) in self.hub.handle_timeout(now) {
-            if let Some(session) = SessionKey::parse(info.user_id.as_str()) {
-                self.journal.push(JournalEntry::Disconnected { session });
-            }
-        }
-        self.dispatch();
+        self.node.handle_timeout(now);
         // Responses that are due.
         while let Some((&(due, order), &(conn, request))) = self.responses.first_key_value() {
             if due > self.now_ms {
@@ -933,7 +919,7 @@ impl EngineSim {
             }
             self.responses.remove(&(due, order));
             if let Some(s) = self.server_conns.get_mut(&conn) {
-                s.engine.respond(request, Ok(Bytes::new()));
+                s.conn.respond(request, Ok(Bytes::new()));
             }
         }
         for _round in 0..4 {
@@ -947,7 +933,6 @@ impl EngineSim {
                 }
             }
             // Network → server, server → network.
-            self.drain_queues();
             let ids: Vec<u64> = self.server_conns.keys().copied().collect();
             for id in ids {
                 let link = self.server_conns[&id].link;
@@ -956,20 +941,25 @@ impl EngineSim {
                         self.server_conns
                             .get_mut(&id)
                             .expect("listed")
-                            .engine
+                            .conn
                             .handle_input(now, &chunk);
                     }
                 }
                 let s = self.server_conns.get_mut(&id).expect("listed");
-                s.engine.handle_timeout(now);
+                s.conn.handle_timeout(now);
                 self.server_events(id);
-                let s = self.server_conns.get_mut(&id).expect("listed");
-                let mut out = Vec::new();
-                s.engine.poll_transmit(now, &mut out);
-                if self.links[link].server == Some(id) {
-                    self.links[link].to_client.write(&out);
+                // The transport takes more only while its window has room (a socket
+                // buffer): a client that does not read leaves its backlog in the
+                // node's bounded mailbox.
+                if self.links[link].to_client.pending() < LINK_WINDOW {
+                    let s = self.server_conns.get_mut(&id).expect("listed");
+                    let mut out = Vec::new();
+                    s.conn.poll_transmit(now, &mut out);
+                    if self.links[link].server == Some(id) {
+                        self.links[link].to_client.write(&out);
+                    }
                 }
-                if self.server_conns[&id].engine.is_finished() {
+                if self.server_conns[&id].conn.is_finished() {
                     self.server_finished(id);
                 }
             }
@@ -996,19 +986,17 @@ impl EngineSim {
     fn check_queues(&mut self) {
         const SLACK: usize = 64 * 1024;
         for s in self.server_conns.values() {
-            if s.queue.bytes() > OUTBOUND_LIMIT + SLACK {
+            if s.conn.queued_bytes() > OUTBOUND_LIMIT + SLACK {
                 self.queue_breaches.push(format!(
                     "an outbound queue held {} bytes, over the limit of {OUTBOUND_LIMIT}",
-                    s.queue.bytes()
+                    s.conn.queued_bytes()
                 ));
             }
         }
-        let members: Vec<ConnectionId> = self.hub.connections().collect();
-        for member in members {
-            if let Some((events, bytes)) = self.hub.replay_held(member) {
-                if events > self.hub_config.replay_events
-                    || bytes > self.hub_config.replay_bytes + SLACK
-                {
+        let limits = &self.node_config.hub;
+        for member in self.node.hub().connections() {
+            if let Some((events, bytes)) = self.node.hub().replay_held(member) {
+                if events > limits.replay_events || bytes > limits.replay_bytes + SLACK {
                     self.queue_breaches.push(format!(
                         "{member} held {events} events ({bytes} bytes) for replay, over its bounds"
                     ));
@@ -1018,31 +1006,12 @@ impl EngineSim {
     }
 
     fn server_finished(&mut self, id: u64) {
-        let Some(s) = self.server_conns.remove(&id) else {
+        let Some(mut s) = self.server_conns.remove(&id) else {
             return;
         };
-        self.coverage.dropped_by_policy += s.queue.dropped_total();
-        if let Some(member) = s.member {
-            // A goodbye ends the session; anything else leaves it for a resume.
-            let deliberate = matches!(
-                s.close_reason,
-                Some(CloseReason::Remote {
-                    code: CloseCode::Normal,
-                    ..
-                })
-            );
-            let ended = if deliberate {
-                self.hub.disconnect(member).is_ok()
-            } else {
-                matches!(self.hub.detach(member, self.now()), Ok(Some(_)))
-            };
-            if ended {
-                if let Some(session) = s.session {
-                    self.journal.push(JournalEntry::Disconnected { session });
-                }
-            }
-            self.dispatch();
-        }
+        self.coverage.dropped_by_policy += s.conn.dropped_by_policy();
+        // A goodbye ends the session; anything else leaves it for a resume.
+        self.node.handle_connection_closed(self.now(), &mut s.conn);
         let link = &mut self.links[s.link];
         if link.server == Some(id) {
             link.server = None;
@@ -1051,20 +1020,26 @@ impl EngineSim {
     }
 
     fn server_events(&mut self, id: u64) {
-        loop {
-            let s = self.server_conns.get_mut(&id).expect("listed");
-            let Some(event) = s.engine.poll_event() else {
-                return;
-            };
+        let now = self.now();
+        let s = self.server_conns.get_mut(&id).expect("listed");
+        while let Some(event) = s.conn.poll_event() {
             match event {
-                ServerEvent::Authenticate(request) => self.authenticate(id, request),
-                ServerEvent::Request {
+                // Every Hello is let in; the node decides between a new session and
+                // a resume.
+                ConnectionEvent::Authenticate(request) => {
+                    let mut token = [0u8; 16];
+                    token[..8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
+                    token[8..].copy_from_slice(&self.rng.next_u64().to_le_bytes());
+                    self.node
+                        .handle_hello(now, &mut s.conn, request, ResumeToken(token));
+                }
+                ConnectionEvent::Request {
                     request_id,
                     method_id,
                     payload,
                 } => match method_id {
                     ECHO => {
-                        s.engine.respond(request_id, Ok(payload));
+                        s.conn.respond(request_id, Ok(payload));
                     }
                     SLEEP => {
                         let mut p = payload.clone();
@@ -1076,145 +1051,17 @@ impl EngineSim {
                         );
                     }
                     _ => {
-                        s.engine.respond(
+                        s.conn.respond(
                             request_id,
                             Err((ErrorCode::UnknownMethod, "no such method".into())),
                         );
                     }
                 },
-                ServerEvent::Push(command) => {
-                    if let Some(member) = s.member {
-                        if matches!(command, Message::Publish(_)) {
-                            self.coverage.publications += 1;
-                        }
-                        let _ = self.hub.handle_command(member, command);
-                        self.dispatch();
-                    }
-                }
-                ServerEvent::Acknowledged(seq) => {
-                    if let Some(member) = s.member {
-                        self.hub.acknowledge(member, seq);
-                    }
-                }
-                ServerEvent::Closed(reason) => s.close_reason = Some(reason),
+                ConnectionEvent::Closed(_) => {}
             }
         }
-    }
-
-    /// What the server shell does with a Hello: resume the session it names, or
-    /// start a new one (telling the client when the one it asked for is gone).
-    fn authenticate(&mut self, id: u64, request: pushwire_engine::server::AuthRequest) {
-        let session = SessionKey::parse(request.user_id.as_str());
-        let grant = |member: ConnectionId, token: ResumeToken, resumed: bool| Grant {
-            session_id: member.0,
-            resume_token: token,
-            resumed,
-            session_timeout_ms: SESSION_TIMEOUT.as_millis() as u32,
-            replay_capacity: 0,
-        };
-        let mut lost = false;
-        if let Some(resume) = request.resume {
-            match self
-                .hub
-                .resume(&resume.token, request.user_id.as_str(), resume.last_seq)
-            {
-                Ok(resumed) => {
-                    self.coverage.resumes += 1;
-                    if resumed.replayed > 0 {
-                        self.coverage.resumes_with_replay += 1;
-                    }
-                    // A connection the server still had for this session is over.
-                    for (other, s) in self.server_conns.iter_mut() {
-                        if *other != id && s.member == Some(resumed.session) {
-                            s.member = None;
-                            s.engine
-                                .close(CloseCode::Kicked, "the session was resumed elsewhere");
-                        }
-                    }
-                    let s = self.server_conns.get_mut(&id).expect("listed");
-                    s.member = Some(resumed.session);
-                    s.session = session;
-                    s.engine.permit(grant(resumed.session, resume.token, true));
-                    self.dispatch();
-                    return;
-                }
-                Err(ResumeError::NotYours) => {
-                    let s = self.server_conns.get_mut(&id).expect("listed");
-                    s.engine.refuse(
-                        pushwire_protocol::RefuseCode::ResumeNotPermitted,
-                        "not your session",
-                    );
-                    return;
-                }
-                Err(ResumeError::Unknown) => {
-                    self.coverage.sessions_lost += 1;
-                    lost = true;
-                }
-            }
-        }
-        let info = ConnectionInfo::new(
-            request.user_id.clone(),
-            request.peer.ip(),
-            request.peer.port(),
-            request.service_id,
-        )
-        .with_echo(request.options.echo);
-        let mut token = [0u8; 16];
-        token[..8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
-        token[8..].copy_from_slice(&self.rng.next_u64().to_le_bytes());
-        let member = self.hub.connect_session(info, ResumeToken(token));
-        if let Some(session) = session {
-            self.journal.push(JournalEntry::Connected {
-                session,
-                echo: request.options.echo,
-            });
-        }
-        let s = self.server_conns.get_mut(&id).expect("listed");
-        s.member = Some(member);
-        s.session = session;
-        s.engine.permit(grant(member, ResumeToken(token), false));
-        if lost {
-            s.engine
-                .send(&Message::SessionLost(pushwire_protocol::SessionLost {
-                    reason: pushwire_protocol::SessionLostReason::Unknown,
-                    text: "gone".into(),
-                }));
-        }
-    }
-
-    /// Queues every hub delivery for its connection, under the slow-consumer policy.
-    fn dispatch(&mut self) {
-        let by_member: BTreeMap<ConnectionId, u64> = self
-            .server_conns
-            .iter()
-            .filter_map(|(id, s)| s.member.map(|m| (m, *id)))
-            .collect();
-        while let Some(delivery) = self.hub.poll_delivery() {
-            let Some(s) = by_member
-                .get(&delivery.connection())
-                .and_then(|id| self.server_conns.get_mut(id))
-            else {
-                continue;
-            };
-            if s.queue.push_delivery(&delivery) == Queued::OverLimit {
-                self.coverage.slow_consumers += 1;
-                s.queue.clear();
-                s.engine.close(
-                    CloseCode::SlowConsumer,
-                    "outbound queue over its limit; resume to catch up",
-                );
-            }
-        }
-        while self.hub.poll_slow_consumer().is_some() {}
-    }
-
-    /// Moves queued frames into server engines whose link has room.
-    fn drain_queues(&mut self) {
-        for s in self.server_conns.values_mut() {
-            let room = self.links[s.link].to_client.pending() < LINK_WINDOW;
-            if room && !s.queue.is_empty() {
-                s.engine.send_encoded_buffer(s.queue.take_frames());
-            }
+        if s.conn.wants_node() {
+            self.node.handle_connection(now, &mut s.conn);
         }
     }
 
@@ -1309,7 +1156,7 @@ impl EngineSim {
             // The transport closes: the server sees EOF.
             if let Some(server) = self.links[conn.link].server {
                 if let Some(s) = self.server_conns.get_mut(&server) {
-                    s.engine.handle_transport_closed();
+                    s.conn.handle_transport_closed();
                 }
             }
             self.clients[index].reconnect_at = Some(self.now_ms + RECONNECT_DELAY_MS);
@@ -1336,7 +1183,13 @@ impl EngineSim {
 
     fn finish(mut self, seed: u64) -> RunOutput {
         for s in self.server_conns.values() {
-            self.coverage.dropped_by_policy += s.queue.dropped_total();
+            self.coverage.dropped_by_policy += s.conn.dropped_by_policy();
+        }
+        for stats in self.past_stats.iter().chain([self.node.stats()]) {
+            self.coverage.resumes += stats.sessions_resumed;
+            self.coverage.resumes_with_replay += stats.resumes_with_replay;
+            self.coverage.sessions_lost += stats.sessions_lost;
+            self.coverage.slow_consumers += stats.slow_consumers;
         }
         // Sessions still connected at the end were never cut off: intact.
         for c in &self.clients {
@@ -1401,4 +1254,15 @@ pub fn to_received(message: Message) -> Option<Received> {
 pub fn run_seed(seed: u64, shape: crate::scenario::Shape) -> RunOutput {
     let scenario = crate::scenario::generate(seed, shape);
     EngineSim::new(seed, scenario.clients, scenario.groups).run(seed, &scenario)
+}
+
+/// A fresh server node with groups 1..=groups, recording into `journal`.
+fn new_node(config: &NodeConfig, journal: &Journal, groups: u32) -> Node<RecordingHooks> {
+    let mut node = Node::new(config.clone(), RecordingHooks::new(journal.clone()))
+        .expect("the replay buffer fits the outbound limit");
+    for g in 1..=groups {
+        node.add_group(GroupId(g), format!("group {g}"))
+            .expect("fresh node");
+    }
+    node
 }

@@ -286,8 +286,8 @@ impl SessionHistory {
     }
 }
 
-/// A push operation as the server's hub applied it (recorded from its hooks and
-/// connection observer, in hub order).
+/// A push operation as the server's hub applied it (recorded from its hooks, in hub
+/// order).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JournalEntry {
     /// A session joined the hub.

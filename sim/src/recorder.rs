@@ -1,9 +1,12 @@
 //! Records the server's journal from inside the hub: push hooks that allow every
-//! operation and write down what the hub is about to apply, in the hub's own order.
+//! operation and write down what the hub is about to apply — joins and leaves
+//! included — in the hub's own order.
 
 use crate::history::{JournalEntry, LeaveCause, Origin, SessionKey};
 use bytes::Bytes;
-use pushwire_engine::hub::{Actor, HookContext, Origin as HubOrigin, PushHooks, Verdict};
+use pushwire_engine::hub::{
+    Actor, ConnectionId, ConnectionInfo, HookContext, Origin as HubOrigin, PushHooks, Verdict,
+};
 use pushwire_protocol::GroupId;
 use std::sync::{Arc, Mutex};
 
@@ -54,6 +57,21 @@ fn ids(groups: &[GroupId]) -> Vec<u32> {
 }
 
 impl PushHooks for RecordingHooks {
+    fn on_join(&mut self, _: ConnectionId, info: &ConnectionInfo) {
+        if let Some(session) = SessionKey::parse(info.user_id.as_str()) {
+            self.journal.push(JournalEntry::Connected {
+                session,
+                echo: info.echo,
+            });
+        }
+    }
+
+    fn on_leave(&mut self, _: ConnectionId, info: &ConnectionInfo) {
+        if let Some(session) = SessionKey::parse(info.user_id.as_str()) {
+            self.journal.push(JournalEntry::Disconnected { session });
+        }
+    }
+
     fn on_subscribe(&mut self, context: &HookContext<'_>, groups: &[GroupId]) -> Verdict {
         if let Some(session) = session(context) {
             self.journal.push(JournalEntry::Subscribe {

@@ -16,7 +16,7 @@ use pushwire_engine::{CloseReason, KeepAlive};
 use pushwire_protocol::GroupId;
 use pushwire_tokio::client::{ClientBuilder, ConnectionContext, Event, Reconnect, Trust};
 use pushwire_tokio::hello::{self, hello_world_service, HELLO_WORLD_SERVICE};
-use pushwire_tokio::server::{AuthDecision, ConnectionEvent, ServerBuilder};
+use pushwire_tokio::server::{AuthDecision, ServerBuilder};
 use pushwire_tokio::transport::{Connector, Listener};
 use std::collections::BTreeMap;
 use std::io;
@@ -162,7 +162,6 @@ fn to_received(event: &Event) -> Option<Received> {
 
 async fn server_host(world: Arc<World>, scenario: Arc<Scenario>) -> turmoil::Result {
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
-    let journal = world.journal.clone();
     let mut builder = ServerBuilder::new()
         .tls_from_pem(
             &cert("server.cert.pem"),
@@ -173,22 +172,7 @@ async fn server_host(world: Arc<World>, scenario: Arc<Scenario>) -> turmoil::Res
         .authenticator(|_: &pushwire_tokio::server::AuthAttempt<'_>| AuthDecision::Permit)
         .hooks(RecordingHooks::new(world.journal.clone()))
         .keepalive(KEEPALIVE)
-        .hello_timeout(Duration::from_millis(2000))
-        .observer(move |event| match event {
-            ConnectionEvent::Joined { user_id, echo, .. } => {
-                if let Some(session) = SessionKey::parse(user_id.as_str()) {
-                    journal.push(JournalEntry::Connected {
-                        session,
-                        echo: *echo,
-                    });
-                }
-            }
-            ConnectionEvent::Left { user_id, .. } => {
-                if let Some(session) = SessionKey::parse(user_id.as_str()) {
-                    journal.push(JournalEntry::Disconnected { session });
-                }
-            }
-        });
+        .hello_timeout(Duration::from_millis(2000));
     for g in 1..=scenario.groups {
         builder = builder.group(g, format!("group {g}"));
     }

@@ -90,10 +90,6 @@ pub(crate) struct Connection {
     pub(crate) groups: BTreeSet<GroupId>,
     /// Sequence number of the next push event to this connection (the first is 1).
     pub(crate) next_seq: u64,
-    /// Frame bytes queued for this connection and not yet reported written.
-    pub(crate) queued_bytes: usize,
-    /// Reported as a slow consumer and not yet back within the limit.
-    pub(crate) slow: bool,
     /// The resume token of a resumable session.
     pub(crate) token: Option<pushwire_protocol::ResumeToken>,
     /// Whether its connection is up (a detached session only fills its replay buffer).
@@ -143,8 +139,6 @@ impl Connections {
             user_key: user_key.clone(),
             groups: BTreeSet::new(),
             next_seq: 1,
-            queued_bytes: 0,
-            slow: false,
             token: None,
             attached: true,
             expires: None,

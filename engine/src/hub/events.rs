@@ -569,8 +569,7 @@ impl Delivery {
         self.event.encode(out);
     }
 
-    /// Size of the encoded frame, header included. The hub counted it as queued for
-    /// the connection; report it to [`super::Hub::record_written`] once written.
+    /// Size of the encoded frame, header included.
     pub fn frame_len(&self) -> usize {
         self.frame_len
     }

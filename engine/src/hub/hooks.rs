@@ -108,8 +108,25 @@ impl Verdict {
 /// them apart. Disconnects and group removals call [`PushHooks::on_unsubscribe`] as a
 /// notification: its verdict is ignored.
 ///
-/// Every method defaults to [`Verdict::Allow`].
+/// [`on_join`](PushHooks::on_join) and [`on_leave`](PushHooks::on_leave) are
+/// notifications: they run in the hub's order with the others, so a recorder of hook
+/// calls sees a session's whole life in sequence.
+///
+/// Every method defaults to [`Verdict::Allow`] (or to doing nothing).
 pub trait PushHooks {
+    /// A session joined the hub (a connection was let in; a resume is not a join). It
+    /// is in no group yet.
+    fn on_join(&mut self, connection: ConnectionId, info: &ConnectionInfo) {
+        let _ = (connection, info);
+    }
+
+    /// A session left the hub: its client said goodbye, its detached session
+    /// expired, or the server ended it. Runs after its implicit unsubscribe-all (the
+    /// [`on_unsubscribe`](PushHooks::on_unsubscribe) notification).
+    fn on_leave(&mut self, connection: ConnectionId, info: &ConnectionInfo) {
+        let _ = (connection, info);
+    }
+
     /// `context.actor` is about to join `groups`.
     fn on_subscribe(&mut self, context: &HookContext<'_>, groups: &[GroupId]) -> Verdict {
         let _ = (context, groups);

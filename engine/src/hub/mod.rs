@@ -79,10 +79,6 @@ use groups::{for_each_member_of_any, Group, Groups};
 /// Limits of a [`Hub`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubConfig {
-    /// Frame bytes that may wait unwritten for one connection before it is reported
-    /// as a slow consumer. Default 8 MiB (16 publications of the default largest
-    /// payload).
-    pub max_outbound_bytes: usize,
     /// Largest payload of a publication or user message; larger ones are refused
     /// with `RejectCode::PayloadTooLarge`. Default 512 KiB, so that a Published
     /// frame with the longest sender and group list still fits the protocol's default
@@ -101,7 +97,6 @@ pub struct HubConfig {
 impl Default for HubConfig {
     fn default() -> Self {
         Self {
-            max_outbound_bytes: 8 * 1024 * 1024,
             max_payload_bytes: 512 * 1024,
             session_timeout: std::time::Duration::from_secs(30),
             replay_events: 1024,
@@ -221,12 +216,10 @@ pub enum HubError {
     NotAPushCommand(MessageKind),
 }
 
-/// Outputs waiting to be drained, and the outbound accounting that goes with them.
+/// Deliveries waiting to be drained.
 #[derive(Debug)]
 struct Outbox {
     deliveries: VecDeque<Delivery>,
-    slow_consumers: VecDeque<ConnectionId>,
-    max_outbound_bytes: usize,
     replay: session::ReplayLimits,
 }
 
@@ -248,27 +241,11 @@ impl Outbox {
         if !connection.attached {
             return;
         }
-        self.count_queued(connection, frame_len);
         self.deliveries.push_back(Delivery {
             connection: connection.id,
             event,
             frame_len,
         });
-    }
-
-    fn count_queued(&mut self, connection: &mut Connection, bytes: usize) {
-        connection.queued_bytes = connection.queued_bytes.saturating_add(bytes);
-        if !connection.slow && connection.queued_bytes > self.max_outbound_bytes {
-            connection.slow = true;
-            self.slow_consumers.push_back(connection.id);
-        }
-    }
-
-    fn count_written(&mut self, connection: &mut Connection, bytes: usize) {
-        connection.queued_bytes = connection.queued_bytes.saturating_sub(bytes);
-        if connection.slow && connection.queued_bytes <= self.max_outbound_bytes {
-            connection.slow = false;
-        }
     }
 }
 
@@ -298,18 +275,15 @@ impl Presence {
 /// # Calling contract
 ///
 /// Feed it with [`connect`](Hub::connect), [`disconnect`](Hub::disconnect),
-/// [`handle_command`](Hub::handle_command), the server API and
-/// [`record_written`](Hub::record_written). After any call, drain
+/// [`handle_command`](Hub::handle_command) and the server API. After any call, drain
 /// [`poll_delivery`](Hub::poll_delivery) until it returns `None` and send each
-/// delivery to its connection, then drain
-/// [`poll_slow_consumer`](Hub::poll_slow_consumer) until `None` and apply the
-/// slow-consumer policy to each connection named. Deliveries and reports queued for a
-/// connection that has left since may still come out; discard them.
+/// delivery to its connection. Deliveries queued for a connection that has left since
+/// may still come out; discard them.
 ///
-/// The hub counts every delivery's [`frame_len`](Delivery::frame_len) as queued for
-/// its connection; report other bytes queued on the same connection with
-/// [`record_queued`](Hub::record_queued), and bytes actually written with
-/// [`record_written`](Hub::record_written), all in unencrypted frame bytes.
+/// The hub does not bound what a connection has not written yet: that is the
+/// [server node](crate::node::Node)'s job (each connection's
+/// [`OutboundQueue`] and the slow-consumer policy). A server normally drives the hub
+/// through the node rather than directly.
 ///
 /// # Determinism and cost
 ///
@@ -339,8 +313,6 @@ impl<H: PushHooks> Hub<H> {
     pub fn new(config: HubConfig, hooks: H) -> Self {
         let outbox = Outbox {
             deliveries: VecDeque::new(),
-            slow_consumers: VecDeque::new(),
-            max_outbound_bytes: config.max_outbound_bytes,
             replay: session::ReplayLimits {
                 events: config.replay_events,
                 bytes: config.replay_bytes,
@@ -378,7 +350,9 @@ impl<H: PushHooks> Hub<H> {
 
     /// A connection joins (after its Hello was accepted). It is in no group yet.
     pub fn connect(&mut self, info: ConnectionInfo) -> ConnectionId {
-        self.connections.insert(info).0
+        let (id, slot) = self.connections.insert(info);
+        self.hooks.on_join(id, &self.connections.at(slot).info);
+        id
     }
 
     /// A connection leaves: an implicit unsubscribe-all. The unsubscribe hook is
@@ -415,6 +389,7 @@ impl<H: PushHooks> Hub<H> {
             outcome.reached = self.tell_members(Presence::Left, &leaving.sender, connection, &left);
             outcome.groups = left.to_vec();
         }
+        self.hooks.on_leave(connection, &leaving.info);
         Ok(outcome)
     }
 
@@ -680,34 +655,7 @@ impl<H: PushHooks> Hub<H> {
         self.send_user_message_as(Origin::Server, actor, receiver, payload)
     }
 
-    // --- Outbound accounting and outputs -------------------------------------------
-
-    /// The shell queued `bytes` more for `connection` outside the hub (RPC responses,
-    /// for example). Unknown connections are ignored.
-    pub fn record_queued(&mut self, connection: ConnectionId, bytes: usize) {
-        if let Some(c) = self.connections.get_mut(connection) {
-            self.outbox.count_queued(c, bytes);
-        }
-    }
-
-    /// The shell wrote `bytes` of what was queued for `connection`. Once back within
-    /// the limit, a slow consumer may be reported again if it falls behind again.
-    /// Unknown connections (already gone) are ignored.
-    pub fn record_written(&mut self, connection: ConnectionId, bytes: usize) {
-        if let Some(c) = self.connections.get_mut(connection) {
-            self.outbox.count_written(c, bytes);
-        }
-    }
-
-    /// Frame bytes queued for `connection` and not yet written.
-    pub fn queued_bytes(&self, connection: ConnectionId) -> Option<usize> {
-        self.connections.get(connection).map(|c| c.queued_bytes)
-    }
-
-    /// Whether `connection` is over its outbound limit.
-    pub fn is_slow_consumer(&self, connection: ConnectionId) -> bool {
-        self.connections.get(connection).is_some_and(|c| c.slow)
-    }
+    // --- Outputs -------------------------------------------------------------------
 
     /// The next event to send, if any.
     pub fn poll_delivery(&mut self) -> Option<Delivery> {
@@ -720,15 +668,6 @@ impl<H: PushHooks> Hub<H> {
     /// Number of deliveries waiting to be drained.
     pub fn pending_deliveries(&self) -> usize {
         self.outbox.deliveries.len()
-    }
-
-    /// The next connection that went over
-    /// [`max_outbound_bytes`](HubConfig::max_outbound_bytes), if any. A connection is
-    /// reported once each time it crosses the limit upwards. The hub keeps delivering
-    /// to it (dropping events without a gap notice would be silent loss): the shell
-    /// decides, typically closing it with `CloseCode::SlowConsumer`.
-    pub fn poll_slow_consumer(&mut self) -> Option<ConnectionId> {
-        self.outbox.slow_consumers.pop_front()
     }
 
     // --- Operations ------------------------------------------------------------------

@@ -3,11 +3,11 @@
 //! The model keeps plain vectors and answers every question with a linear scan, in
 //! the most literal reading of the contract. Random sequences of every operation
 //! (connect, disconnect, group registration and removal, subscribe, unsubscribe,
-//! unsubscribe-all, publish, user message, list groups, write progress), each as a
+//! unsubscribe-all, publish, user message, list groups), each as a
 //! client command and through the server API on the server's own account or on
 //! behalf of a connection, run against both; after every step the deliveries (the
 //! exact wire messages, receivers and order), the server API outcomes, the hook
-//! calls, the slow-consumer reports and the visible state must be equal.
+//! calls and the visible state must be equal.
 //!
 //! The case count comes from `PUSHWIRE_PROPTEST_CASES` (default 256).
 
@@ -43,7 +43,6 @@ const RECEIVERS: &[&str] = &["ALICE", "bob", "Carol", "émile", "nobody", ""];
 const INITIAL_GROUPS: &[u32] = &[0, 1, 2, 3, 5, 6, 7];
 
 const CONFIG: HubConfig = HubConfig {
-    max_outbound_bytes: 300,
     max_payload_bytes: 6,
     session_timeout: std::time::Duration::from_secs(30),
     replay_events: 1024,
@@ -178,8 +177,6 @@ struct ModelConnection {
     /// In the order joined.
     groups: Vec<GroupId>,
     next_seq: u64,
-    queued: usize,
-    slow: bool,
 }
 
 #[derive(Debug)]
@@ -190,7 +187,6 @@ struct Model {
     /// In the order added.
     groups: Vec<(GroupId, Text)>,
     deliveries: Vec<(ConnectionId, Message)>,
-    slow_consumers: Vec<ConnectionId>,
     calls: Vec<HookCall>,
 }
 
@@ -204,7 +200,6 @@ impl Model {
                 .map(|&g| (GroupId(g), Text::from(format!("group {g}"))))
                 .collect(),
             deliveries: Vec::new(),
-            slow_consumers: Vec::new(),
             calls: Vec::new(),
         }
     }
@@ -252,18 +247,7 @@ impl Model {
     }
 
     fn deliver(&mut self, index: usize, message: Message) {
-        let len = message.encoded_len();
-        self.count_queued(index, len);
         self.deliveries.push((self.connections[index].id, message));
-    }
-
-    fn count_queued(&mut self, index: usize, bytes: usize) {
-        let c = &mut self.connections[index];
-        c.queued += bytes;
-        if !c.slow && c.queued > CONFIG.max_outbound_bytes {
-            c.slow = true;
-            self.slow_consumers.push(c.id);
-        }
     }
 
     fn call(
@@ -334,8 +318,6 @@ impl Model {
             info,
             groups: vec![],
             next_seq: 1,
-            queued: 0,
-            slow: false,
         });
         id
     }
@@ -776,22 +758,6 @@ impl Model {
         }
         Ok(())
     }
-
-    fn record_written(&mut self, id: ConnectionId, bytes: usize) {
-        if let Ok(i) = self.index(id) {
-            let c = &mut self.connections[i];
-            c.queued = c.queued.saturating_sub(bytes);
-            if c.slow && c.queued <= CONFIG.max_outbound_bytes {
-                c.slow = false;
-            }
-        }
-    }
-
-    fn record_queued(&mut self, id: ConnectionId, bytes: usize) {
-        if let Ok(i) = self.index(id) {
-            self.count_queued(i, bytes);
-        }
-    }
 }
 
 // --- Operations ----------------------------------------------------------------------------
@@ -853,14 +819,6 @@ enum Op {
     ListGroups {
         who: u8,
     },
-    Written {
-        who: u8,
-        bytes: u16,
-    },
-    Queued {
-        who: u8,
-        bytes: u16,
-    },
 }
 
 fn via() -> impl Strategy<Value = Via> {
@@ -898,8 +856,6 @@ fn op() -> impl Strategy<Value = Op> {
                 payload,
             }),
         1 => any::<u8>().prop_map(|who| Op::ListGroups { who }),
-        1 => (any::<u8>(), 0u16..400).prop_map(|(who, bytes)| Op::Written { who, bytes }),
-        1 => (any::<u8>(), 0u16..200).prop_map(|(who, bytes)| Op::Queued { who, bytes }),
     ]
 }
 
@@ -1130,16 +1086,6 @@ impl Run {
                 let expected = self.model.handle_command(who, command.clone());
                 assert_eq!(self.hub.handle_command(who, command), expected);
             }
-            Op::Written { who, bytes } => {
-                let who = self.pick(who);
-                self.model.record_written(who, bytes.into());
-                self.hub.record_written(who, bytes.into());
-            }
-            Op::Queued { who, bytes } => {
-                let who = self.pick(who);
-                self.model.record_queued(who, bytes.into());
-                self.hub.record_queued(who, bytes.into());
-            }
         }
     }
 
@@ -1159,17 +1105,6 @@ impl Run {
         let expected = std::mem::take(&mut self.model.deliveries);
         assert_eq!(delivered, expected, "deliveries");
 
-        let slow: Vec<ConnectionId> =
-            std::iter::from_fn(|| self.hub.poll_slow_consumer()).collect();
-        if !slow.is_empty() {
-            self.seen.insert("slow consumer".to_string());
-        }
-        assert_eq!(
-            slow,
-            std::mem::take(&mut self.model.slow_consumers),
-            "slow consumers"
-        );
-
         let calls: Vec<HookCall> = self.hub.hooks_mut().calls.drain(..).collect();
         assert_eq!(calls, std::mem::take(&mut self.model.calls), "hook calls");
 
@@ -1185,8 +1120,6 @@ impl Run {
                 self.hub.subscriptions(c.id).unwrap().collect::<Vec<_>>(),
                 groups
             );
-            assert_eq!(self.hub.queued_bytes(c.id), Some(c.queued));
-            assert_eq!(self.hub.is_slow_consumer(c.id), c.slow);
         }
         let mut groups: Vec<(GroupId, Text)> = model.groups.clone();
         groups.sort_by_key(|(g, _)| *g);
@@ -1288,7 +1221,6 @@ fn the_operation_generator_reaches_every_outcome() {
         "PushRejected NotAuthorized",
         "PushRejected PayloadTooLarge",
         "PushRejected InvalidReceiver",
-        "slow consumer",
     ];
     for kind in expected {
         assert!(seen.contains(kind), "never produced: {kind}; saw {seen:?}");

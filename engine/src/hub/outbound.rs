@@ -99,6 +99,11 @@ impl OutboundQueue {
         self.bytes
     }
 
+    /// Bytes of buffer capacity held, in use or not (memory accounting).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity() + self.entries.capacity() * std::mem::size_of::<Entry>()
+    }
+
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.bytes == 0 && self.placeholder.is_none()

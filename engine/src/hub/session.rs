@@ -145,8 +145,6 @@ impl<H: PushHooks> Hub<H> {
             return self.disconnect(session).map(Some);
         }
         connection.attached = false;
-        connection.queued_bytes = 0;
-        connection.slow = false;
         let expires = now + timeout;
         connection.expires = Some(expires);
         self.expiries.insert((expires, session));
@@ -178,8 +176,6 @@ impl<H: PushHooks> Hub<H> {
             self.expiries.remove(&(expires, session));
         }
         connection.attached = true;
-        connection.queued_bytes = 0;
-        connection.slow = false;
         // A client cannot have seen more than was sent.
         let last_seq = last_seq.min(connection.next_seq - 1);
         let first_available = connection.first_available();

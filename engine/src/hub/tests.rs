@@ -264,9 +264,6 @@ fn unknown_connections_are_errors() {
         hub.handle_command(gone, subscribe_cmd(1, &[1])),
         Err(HubError::UnknownConnection(gone))
     );
-    hub.record_written(gone, 10);
-    hub.record_queued(gone, 10);
-    assert_eq!(hub.queued_bytes(gone), None);
     assert!(drain(&mut hub).is_empty());
 }
 
@@ -1363,58 +1360,10 @@ fn every_push_event_takes_the_receivers_next_sequence_number() {
     let _ = c;
 }
 
-// --- Outbound accounting ---------------------------------------------------------------
-
-#[test]
-fn slow_consumers_are_reported_once_per_crossing() {
-    let mut hub = Hub::new(
-        HubConfig {
-            max_outbound_bytes: 100,
-            ..HubConfig::default()
-        },
-        AllowAll,
-    );
-    let a = hub.connect(info("a", 1));
-    let b = hub.connect(info("b", 2));
-    let send = |hub: &mut Hub, to: &str| {
-        hub.send_user_message(Actor::Server, to, Bytes::from(vec![0u8; 30]))
-            .unwrap();
-        hub.poll_delivery().unwrap().frame_len()
-    };
-    let len = send(&mut hub, "a");
-    assert_eq!(hub.queued_bytes(a), Some(len));
-    assert!(
-        2 * len <= 100 && 3 * len > 100,
-        "test assumes two fit: {len}"
-    );
-    send(&mut hub, "a");
-    assert_eq!(hub.poll_slow_consumer(), None);
-    send(&mut hub, "a");
-    assert_eq!(hub.poll_slow_consumer(), Some(a));
-    assert!(hub.is_slow_consumer(a));
-    send(&mut hub, "a");
-    assert_eq!(hub.poll_slow_consumer(), None, "reported once");
-
-    // Back within the limit, then over it again: reported again.
-    hub.record_written(a, 2 * len);
-    assert!(!hub.is_slow_consumer(a));
-    assert_eq!(hub.queued_bytes(a), Some(2 * len));
-    send(&mut hub, "a");
-    assert_eq!(hub.poll_slow_consumer(), Some(a));
-
-    // Bytes queued outside the hub count too.
-    hub.record_queued(b, 101);
-    assert_eq!(hub.poll_slow_consumer(), Some(b));
-    hub.record_written(b, 1_000);
-    assert_eq!(hub.queued_bytes(b), Some(0));
-    assert!(!hub.is_slow_consumer(b));
-}
-
 #[test]
 fn default_limits_are_sane() {
     let config = HubConfig::default();
     assert!(config.max_payload_bytes < pushwire_protocol::DEFAULT_MAX_FRAME_SIZE as usize);
-    assert!(config.max_outbound_bytes >= 2 * config.max_payload_bytes);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The application's push hooks, logged like the seed's Figure 7.
 
+use super::{ConnectionEvent, Observer};
 use bytes::Bytes;
-use pushwire_engine::hub::{HookContext, Origin, PushHooks, Verdict};
+use pushwire_engine::hub::{ConnectionId, ConnectionInfo, HookContext, Origin, PushHooks, Verdict};
 use pushwire_protocol::GroupId;
 
 /// Wraps the application's hooks: logs every push operation (the seed's
@@ -9,8 +10,19 @@ use pushwire_protocol::GroupId;
 /// application. Membership changes are logged at info level; messages at debug
 /// level (`RUST_LOG=pushwire_tokio::server::hooks=debug`), because a line per
 /// message costs a busy server most of its throughput and writes payloads to the
-/// log.
-pub(crate) struct LoggedHooks(pub Box<dyn PushHooks + Send>);
+/// log. Joins and leaves also go to the builder's observer.
+pub(crate) struct LoggedHooks {
+    pub app: Box<dyn PushHooks + Send>,
+    pub observer: Option<Observer>,
+}
+
+impl LoggedHooks {
+    fn observe(&self, event: ConnectionEvent) {
+        if let Some(observer) = &self.observer {
+            observer(&event);
+        }
+    }
+}
 
 fn who(context: &HookContext<'_>) -> String {
     match context.info {
@@ -30,6 +42,23 @@ pub(crate) fn origin(context: &HookContext<'_>) -> &'static str {
 }
 
 impl PushHooks for LoggedHooks {
+    fn on_join(&mut self, connection: ConnectionId, info: &ConnectionInfo) {
+        self.app.on_join(connection, info);
+        self.observe(ConnectionEvent::Joined {
+            connection,
+            user_id: info.user_id.clone(),
+            echo: info.echo,
+        });
+    }
+
+    fn on_leave(&mut self, connection: ConnectionId, info: &ConnectionInfo) {
+        self.app.on_leave(connection, info);
+        self.observe(ConnectionEvent::Left {
+            connection,
+            user_id: info.user_id.clone(),
+        });
+    }
+
     fn on_subscribe(&mut self, context: &HookContext<'_>, groups: &[GroupId]) -> Verdict {
         tracing::info!(
             "{} subscribes for groups {:?}{}",
@@ -37,7 +66,7 @@ impl PushHooks for LoggedHooks {
             ids(groups),
             origin(context)
         );
-        self.0.on_subscribe(context, groups)
+        self.app.on_subscribe(context, groups)
     }
 
     fn on_unsubscribe(&mut self, context: &HookContext<'_>, groups: &[GroupId]) -> Verdict {
@@ -47,7 +76,7 @@ impl PushHooks for LoggedHooks {
             ids(groups),
             origin(context)
         );
-        self.0.on_unsubscribe(context, groups)
+        self.app.on_unsubscribe(context, groups)
     }
 
     fn on_publish(
@@ -63,7 +92,7 @@ impl PushHooks for LoggedHooks {
             ids(groups),
             origin(context)
         );
-        self.0.on_publish(context, groups, payload)
+        self.app.on_publish(context, groups, payload)
     }
 
     fn on_user_message(
@@ -79,7 +108,7 @@ impl PushHooks for LoggedHooks {
             receiver,
             origin(context)
         );
-        self.0.on_user_message(context, receiver, payload)
+        self.app.on_user_message(context, receiver, payload)
     }
 }
 

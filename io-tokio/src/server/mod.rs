@@ -1,19 +1,21 @@
-//! The production server: accepts connections, drives one engine per connection on
-//! its own task, and shares one push hub among them.
+//! The production server: accepts connections and moves their bytes. Every decision
+//! about sessions, resumes, slow consumers and push operations is the engine's
+//! [`Node`]; this module is its tokio driver.
 //!
-//! # How connections share the hub
+//! # What is shared and what is per connection
 //!
-//! One `std::sync::Mutex` around the [`Hub`] and the connections' outboxes. A push
-//! operation locks it, runs the pure hub, and encodes each delivery straight into the
-//! receiving connection's outbox (a byte buffer plus a `Notify`); the receiving task
-//! later takes the whole outbox at once, so many events leave in one TLS flush. The
-//! critical section never awaits and never does I/O: it is hub work plus one encode
-//! per delivery. An actor task owning the hub adds a channel hop and a task wake-up
-//! per operation. Measured with `cargo bench -p pushwire-benches --bench hub_sharing`
-//! (2-core machine, tokio multi-thread runtime with 2 workers, one publication of
-//! 128 B to 100 subscribers, encoded into their outboxes): 18.9 µs per publication
-//! under the lock against 22.0 µs through an actor — the lock is about 15 % faster
-//! and needs no reply channel for the server API's results.
+//! One `std::sync::Mutex` around the [`Node`] (the push hub and the sessions). Each
+//! connection runs on its own task with its [`NodeConnection`]: TLS, framing, RPC
+//! and the socket, outside that lock. A push command locks the node, runs the hub,
+//! and copies each delivery's frame (encoded once per publication) into its
+//! receiver's mailbox, waking the receiver's task; that task takes its whole
+//! mailbox at once, so many events leave in one TLS flush. The critical section
+//! never awaits and never does I/O. An actor task owning the hub adds a channel hop
+//! and a task wake-up per operation. Measured with `cargo bench -p pushwire-benches
+//! --bench hub_sharing` (2-core machine, tokio multi-thread runtime with 2 workers,
+//! one publication of 128 B to 100 subscribers, encoded into their outboxes): 18.9 µs
+//! per publication under the lock against 22.0 µs through an actor — the lock is
+//! about 15 % faster and needs no reply channel for the server API's results.
 
 mod auth;
 pub(crate) mod hooks;
@@ -28,12 +30,13 @@ use bytes::Bytes;
 use hooks::LoggedHooks;
 use pushwire_engine::credentials::{load_root_store, ServerCredentials};
 use pushwire_engine::hub::{
-    Actor, AllowAll, ConnectionId, ConnectionInfo, Hub, HubConfig, HubError, OutboundQueue,
-    PushHooks, PushOutcome, Queued, ResumeError, SlowConsumerPolicy,
+    Actor, AllowAll, ConnectionId, HubConfig, HubError, PushHooks, PushOutcome, SlowConsumerPolicy,
 };
-use pushwire_engine::server::{
-    AuthRequest, Grant, ServerConfig, ServerConnection, ServerEvent, ServerTransport,
+use pushwire_engine::node::{
+    ConnectionEvent as NodeConnectionEvent, Node, NodeConfig, NodeConfigError, NodeConnection,
+    NodeEvent, NodeStats, SessionEnd,
 };
+use pushwire_engine::server::{AuthRequest, ServerConfig, ServerTransport};
 use pushwire_engine::tls::{server_tls_config, ClientAuth};
 use pushwire_engine::{CloseReason, KeepAlive};
 use pushwire_protocol::{
@@ -43,8 +46,9 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Wake, Waker};
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
@@ -77,17 +81,9 @@ pub enum ServerError {
     /// A group registered twice.
     #[error(transparent)]
     Hub(#[from] HubError),
-    /// The replay buffer could not be replayed through the outbound queue.
-    #[error(
-        "the replay buffer ({replay} bytes) must not exceed the outbound queue limit \
-         ({outbound} bytes): a resume would be cut off as a slow consumer"
-    )]
-    ReplayOverOutbound {
-        /// Replay bytes configured.
-        replay: usize,
-        /// Outbound limit configured.
-        outbound: usize,
-    },
+    /// Limits that do not fit together (the replay buffer over the outbound limit).
+    #[error(transparent)]
+    Node(#[from] NodeConfigError),
 }
 
 /// Builds a [`Server`].
@@ -102,6 +98,7 @@ pub struct ServerBuilder {
     hooks: Box<dyn PushHooks + Send>,
     limits: FrameLimits,
     hub: HubConfig,
+    max_outbound_bytes: usize,
     hello_timeout: Duration,
     keepalive: KeepAlive,
     max_connections: usize,
@@ -111,7 +108,7 @@ pub struct ServerBuilder {
 }
 
 /// The callback told when connections join and leave the hub.
-type Observer = Arc<dyn Fn(&ConnectionEvent) + Send + Sync>;
+pub(crate) type Observer = Arc<dyn Fn(&ConnectionEvent) + Send + Sync>;
 
 /// A connection joining or leaving the hub, reported to the
 /// [observer](ServerBuilder::observer) in the hub's order.
@@ -156,6 +153,7 @@ impl ServerBuilder {
             hooks: Box::new(AllowAll),
             limits: FrameLimits::default(),
             hub: HubConfig::default(),
+            max_outbound_bytes: 8 * 1024 * 1024,
             hello_timeout: Duration::from_secs(10),
             keepalive: KeepAlive::default(),
             max_connections: 10_000,
@@ -264,7 +262,7 @@ impl ServerBuilder {
     /// Unwritten bytes per connection before it counts as a slow consumer and is
     /// closed (default 8 MiB).
     pub fn max_outbound_bytes(mut self, bytes: usize) -> Self {
-        self.hub.max_outbound_bytes = bytes;
+        self.max_outbound_bytes = bytes;
         self
     }
 
@@ -310,42 +308,37 @@ impl ServerBuilder {
             (Some(t), None) => t,
             (None, None) => return Err(ServerError::NoTransport),
         };
-        let mut config = ServerConfig::new(transport);
-        config.limits = self.limits;
-        config.hello_timeout = self.hello_timeout;
-        config.keepalive = self.keepalive;
-        let outbound_limit = self.hub.max_outbound_bytes;
-        if self.hub.replay_bytes > outbound_limit {
-            return Err(ServerError::ReplayOverOutbound {
-                replay: self.hub.replay_bytes,
-                outbound: outbound_limit,
-            });
-        }
-        let mut hub = Hub::new(self.hub, LoggedHooks(self.hooks));
+        let mut server = ServerConfig::new(transport);
+        server.limits = self.limits;
+        server.hello_timeout = self.hello_timeout;
+        server.keepalive = self.keepalive;
+        let mut config = NodeConfig::new(server);
+        config.hub = self.hub;
+        config.max_outbound_bytes = self.max_outbound_bytes;
+        config.slow_consumer_policy = self.slow_consumer_policy;
+        config.auto_subscribe = self.auto_subscribe;
+        config.services = self.services.keys().copied().collect();
+        let hooks = LoggedHooks {
+            app: self.hooks,
+            observer: self.observer,
+        };
+        let mut node = Node::new(config, hooks)?;
         for (id, description) in self.groups {
-            hub.add_group(id, description)?;
+            node.add_group(id, description)?;
         }
         let local_addr = listener.local_addr().ok();
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
-            hub: Mutex::new(HubCore {
-                hub,
-                outboxes: BTreeMap::new(),
-                to_wake: Vec::new(),
-            }),
-            config: Arc::new(config),
+            node_config: node.config().clone(),
+            node: Mutex::new(node),
             authenticator: self.authenticator,
             services: self.services,
-            auto_subscribe: self.auto_subscribe,
             shutdown,
             live: AtomicUsize::new(0),
             all_closed: Notify::new(),
             max_connections: self.max_connections,
             next_connection: AtomicU64::new(1),
-            observer: self.observer,
-            outbound_limit,
-            slow_consumer_policy: self.slow_consumer_policy,
-            hub_timer: Notify::new(),
+            node_timer: Notify::new(),
         });
         let handle = ServerHandle { shared };
         let accept = tokio::spawn(accept_loop(handle.clone(), listener));
@@ -402,116 +395,25 @@ impl Server {
     }
 }
 
-/// One connection's share of the hub's output: encoded frames waiting for its task.
-struct Outbox {
-    queue: Mutex<OutboundQueue>,
-    /// Frames are waiting.
-    ready: Notify,
-    /// `slow` or `superseded` was set: heard even while a write is pending.
-    alert: Notify,
-    /// Over the limit under the disconnect policy: the task closes the connection.
-    slow: AtomicBool,
-    /// Another connection resumed this session: the task closes this one.
-    superseded: AtomicBool,
-}
-
-impl Outbox {
-    fn new(limit: usize, policy: SlowConsumerPolicy) -> Arc<Self> {
-        Arc::new(Self {
-            queue: Mutex::new(OutboundQueue::new(limit, policy)),
-            ready: Notify::new(),
-            alert: Notify::new(),
-            slow: AtomicBool::new(false),
-            superseded: AtomicBool::new(false),
-        })
-    }
-}
-
-struct HubCore {
-    hub: Hub<LoggedHooks>,
-    outboxes: BTreeMap<ConnectionId, Arc<Outbox>>,
-    /// Connections with frames queued since the last [`HubCore::wake`].
-    to_wake: Vec<ConnectionId>,
-}
-
-impl HubCore {
-    /// Encodes every pending delivery into its connection's outbox and flags slow
-    /// consumers. Called after every hub operation, under the lock.
-    fn dispatch(&mut self) {
-        self.queue_deliveries();
-        self.wake();
-    }
-
-    /// Encodes every pending delivery into its connection's outbox and flags slow
-    /// consumers; the receiving tasks are woken by [`HubCore::wake`]. A connection
-    /// task handling several commands from one read queues them all, then wakes
-    /// each receiver once.
-    fn queue_deliveries(&mut self) {
-        let mut last: Option<ConnectionId> = None;
-        while let Some(delivery) = self.hub.poll_delivery() {
-            let connection = delivery.connection();
-            let Some(outbox) = self.outboxes.get(&connection) else {
-                continue;
-            };
-            if lock(&outbox.queue).push_delivery(&delivery) == Queued::OverLimit {
-                outbox.slow.store(true, Ordering::Release);
-                outbox.alert.notify_one();
-            }
-            // Deliveries of one operation to one connection come together.
-            if last != Some(connection) {
-                last = Some(connection);
-                self.to_wake.push(connection);
-            }
-        }
-        // The outbound queues enforce the limit themselves (above); the hub's own
-        // accounting is not used by this shell.
-        while self.hub.poll_slow_consumer().is_some() {}
-    }
-
-    /// Wakes every task whose outbox got frames since the last wake, once each.
-    fn wake(&mut self) {
-        self.to_wake.sort_unstable();
-        self.to_wake.dedup();
-        for connection in self.to_wake.drain(..) {
-            if let Some(outbox) = self.outboxes.get(&connection) {
-                outbox.ready.notify_one();
-            }
-        }
-    }
-}
-
+/// What the server keeps for all connections: the node behind one lock, and what the
+/// connection tasks need without it.
 struct Shared {
-    hub: Mutex<HubCore>,
-    config: Arc<ServerConfig>,
+    node: Mutex<Node<LoggedHooks>>,
+    /// The node's settings, for making connections without the node's lock.
+    node_config: Arc<NodeConfig>,
     authenticator: Arc<dyn Authenticator>,
     services: BTreeMap<u32, Arc<dyn Service>>,
-    auto_subscribe: Vec<GroupId>,
     shutdown: watch::Sender<bool>,
     live: AtomicUsize,
     all_closed: Notify,
     max_connections: usize,
     next_connection: AtomicU64,
-    observer: Option<Observer>,
-    outbound_limit: usize,
-    slow_consumer_policy: SlowConsumerPolicy,
     /// Woken when a session is detached, so the expiry task looks at its deadline.
-    hub_timer: Notify,
-}
-
-impl Shared {
-    fn outbox(&self) -> Arc<Outbox> {
-        Outbox::new(self.outbound_limit, self.slow_consumer_policy)
-    }
-
-    fn observe(&self, event: ConnectionEvent) {
-        if let Some(observer) = &self.observer {
-            observer(&event);
-        }
-    }
+    node_timer: Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock leaves the hub as it was at the panic; keep
+    // A panic while holding the lock leaves the node as it was at the panic; keep
     // serving the other connections rather than poisoning them all.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -523,10 +425,16 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
-    fn with_hub<R>(&self, f: impl FnOnce(&mut Hub<LoggedHooks>) -> R) -> R {
-        let mut core = lock(&self.shared.hub);
-        let r = f(&mut core.hub);
-        core.dispatch();
+    /// Runs `f` on the node under its lock, then logs what the node reports.
+    fn with_node<R>(&self, f: impl FnOnce(&mut Node<LoggedHooks>) -> R) -> R {
+        let mut node = lock(&self.shared.node);
+        let r = f(&mut node);
+        while let Some(event) = node.poll_event() {
+            if matches!(event, NodeEvent::Detached { .. }) {
+                self.shared.node_timer.notify_one();
+            }
+            log_node_event(&event);
+        }
         r
     }
 
@@ -538,7 +446,7 @@ impl ServerHandle {
     ) -> Result<PushOutcome, HubError> {
         let groups: Vec<GroupId> = groups.iter().copied().map(GroupId).collect();
         let payload = payload.into();
-        self.with_hub(|hub| hub.publish(Actor::Server, &groups, payload))
+        self.with_node(|node| node.publish(Actor::Server, &groups, payload))
     }
 
     /// Publishes on behalf of a connection (it is the sender and gets its echo).
@@ -550,7 +458,7 @@ impl ServerHandle {
     ) -> Result<PushOutcome, HubError> {
         let groups: Vec<GroupId> = groups.iter().copied().map(GroupId).collect();
         let payload = payload.into();
-        self.with_hub(|hub| hub.publish(Actor::Connection(connection), &groups, payload))
+        self.with_node(|node| node.publish(Actor::Connection(connection), &groups, payload))
     }
 
     /// Sends a message to every connection of `receiver` as the server; returns how
@@ -561,7 +469,7 @@ impl ServerHandle {
         payload: impl Into<Bytes>,
     ) -> Result<u32, HubError> {
         let payload = payload.into();
-        self.with_hub(|hub| hub.send_user_message(Actor::Server, receiver, payload))
+        self.with_node(|node| node.send_user_message(Actor::Server, receiver, payload))
             .map(|o| o.reached)
     }
 
@@ -573,8 +481,10 @@ impl ServerHandle {
         payload: impl Into<Bytes>,
     ) -> Result<u32, HubError> {
         let payload = payload.into();
-        self.with_hub(|hub| hub.send_user_message(Actor::Connection(connection), receiver, payload))
-            .map(|o| o.reached)
+        self.with_node(|node| {
+            node.send_user_message(Actor::Connection(connection), receiver, payload)
+        })
+        .map(|o| o.reached)
     }
 
     /// Subscribes a connection to groups.
@@ -584,7 +494,7 @@ impl ServerHandle {
         groups: &[u32],
     ) -> Result<PushOutcome, HubError> {
         let groups: Vec<GroupId> = groups.iter().copied().map(GroupId).collect();
-        self.with_hub(|hub| hub.subscribe(connection, &groups))
+        self.with_node(|node| node.subscribe(connection, &groups))
     }
 
     /// Unsubscribes a connection from groups.
@@ -594,33 +504,89 @@ impl ServerHandle {
         groups: &[u32],
     ) -> Result<PushOutcome, HubError> {
         let groups: Vec<GroupId> = groups.iter().copied().map(GroupId).collect();
-        self.with_hub(|hub| hub.unsubscribe(connection, &groups))
+        self.with_node(|node| node.unsubscribe(connection, &groups))
     }
 
     /// Registers a group at run time.
     pub fn add_group(&self, id: u32, description: impl Into<Text>) -> Result<(), HubError> {
         let description = description.into();
-        self.with_hub(|hub| hub.add_group(GroupId(id), description))
+        self.with_node(|node| node.add_group(GroupId(id), description))
     }
 
     /// Removes a group at run time; its members are unsubscribed, with notifications.
     pub fn remove_group(&self, id: u32) -> Result<Vec<ConnectionId>, HubError> {
-        self.with_hub(|hub| hub.remove_group(GroupId(id)))
+        self.with_node(|node| node.remove_group(GroupId(id)))
     }
 
     /// The registered groups.
     pub fn groups(&self) -> Vec<GroupDescription> {
-        lock(&self.shared.hub).hub.group_list()
+        lock(&self.shared.node).hub().group_list()
     }
 
     /// Whether any connection of `user_id` is online.
     pub fn is_online(&self, user_id: &str) -> bool {
-        lock(&self.shared.hub).hub.is_user_online(user_id)
+        lock(&self.shared.node).hub().is_user_online(user_id)
     }
 
-    /// Authenticated connections.
+    /// Authenticated connections (sessions, detached ones included).
     pub fn connection_count(&self) -> usize {
-        lock(&self.shared.hub).hub.connection_count()
+        lock(&self.shared.node).hub().connection_count()
+    }
+
+    /// Running totals of sessions started, resumed, lost and expired, slow
+    /// consumers and superseded connections.
+    pub fn stats(&self) -> NodeStats {
+        *lock(&self.shared.node).stats()
+    }
+}
+
+fn log_node_event(event: &NodeEvent) {
+    match event {
+        NodeEvent::SessionStarted {
+            session,
+            user_id,
+            lost,
+        } => {
+            let lost = if *lost {
+                " (the session it asked to resume is gone)"
+            } else {
+                ""
+            };
+            info!(user = %user_id, "{session} authenticated{lost}")
+        }
+        NodeEvent::Resumed {
+            session,
+            user_id,
+            replayed,
+            gap,
+            superseded,
+        } => info!(
+            user = %user_id,
+            "{session} resumed: {replayed} events replayed{}{}",
+            gap.map_or(String::new(), |(f, l)| format!(", gap {f}..={l}")),
+            if *superseded { "; its old connection is closed" } else { "" }
+        ),
+        NodeEvent::ResumeRefused { user_id } => {
+            info!(user = %user_id, "refused: the resume token belongs to another user")
+        }
+        NodeEvent::UnknownService {
+            user_id,
+            service_id,
+        } => info!(user = %user_id, "refused: no service {service_id} on this server"),
+        NodeEvent::Detached { session, user_id } => {
+            debug!(user = %user_id, "{session} detached; kept for a resume")
+        }
+        NodeEvent::Ended {
+            session,
+            user_id,
+            end: SessionEnd::Expired,
+        } => info!(user = %user_id, "{session}: session expired"),
+        NodeEvent::Ended {
+            session, user_id, ..
+        } => debug!(user = %user_id, "{session} ended"),
+        NodeEvent::SlowConsumer { session } => {
+            warn!("slow consumer: outbound queue over its limit; closing {session}, session kept")
+        }
     }
 }
 
@@ -661,9 +627,6 @@ fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// How long a connection being closed for not reading gets to take its Close.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
 /// The channel on which spawned service calls return their results to the
 /// connection's task.
 struct Results {
@@ -671,18 +634,29 @@ struct Results {
     rx: mpsc::UnboundedReceiver<(u64, pushwire_engine::RequestResult)>,
 }
 
-/// What a connection holds in the hub once authenticated.
-struct Member {
-    id: ConnectionId,
-    outbox: Arc<Outbox>,
-    user_id: Text,
-    service_id: u32,
+/// The connection's waker: the node wakes it when it queued frames for the
+/// connection or closed its mailbox.
+struct TaskWake(Notify);
+
+impl Wake for TaskWake {
+    fn wake(self: Arc<Self>) {
+        self.0.notify_one();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.notify_one();
+    }
 }
 
+/// Moves one connection's bytes: socket ↔ [`NodeConnection`], the node's lock for
+/// push commands, the application's authenticator and services. Every decision is
+/// the node's.
 async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: SocketAddr) {
     let shared = &handle.shared;
-    let mut engine = match ServerConnection::new(shared.config.clone(), peer, now()) {
-        Ok(engine) => engine,
+    let wake = Arc::new(TaskWake(Notify::new()));
+    let waker = Waker::from(wake.clone());
+    let mut conn = match NodeConnection::new(shared.node_config.clone(), peer, now(), waker) {
+        Ok(conn) => conn,
         Err(e) => {
             warn!("cannot start TLS: {e}");
             return;
@@ -691,154 +665,107 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
     debug!("accepted");
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut transmit = Vec::new();
-    let mut member: Option<Member> = None;
     // Results of service calls, made at the first request: most connections of a
     // push server never call a service, and the channel costs 2 KiB.
     let mut results: Option<Results> = None;
     let mut shutdown = shared.shutdown.subscribe();
     let mut closing = false;
-    let mut close_reason: Option<CloseReason> = None;
     // Bytes of `transmit` already written.
     let mut written = 0usize;
-    // When closing a connection whose peer may not read: the deadline after which
-    // the transport is dropped even if the Close could not be written.
-    let mut give_up: Option<tokio::time::Instant> = None;
-    // The connection looks idle (its handshake just ended, or a timer fired: with
-    // keep-alive that is nothing sent for a ping interval): once everything is
-    // written and nothing more is due, this task's buffers and the outbox give back
-    // their memory. Never per message, so a busy connection keeps what it grew.
-    let mut release_buffers = false;
 
     loop {
-        {
-            // Push commands from one read are handled under one hold of the hub lock,
-            // and each receiver is woken once for all of them.
-            let mut hub_held: Option<MutexGuard<'_, HubCore>> = None;
-            while let Some(event) = engine.poll_event() {
-                if !matches!(event, ServerEvent::Push(_) | ServerEvent::Acknowledged(_)) {
-                    if let Some(mut core) = hub_held.take() {
-                        core.wake();
-                    }
+        while let Some(event) = conn.poll_event() {
+            match event {
+                NodeConnectionEvent::Authenticate(request) => {
+                    authenticate(handle, &mut conn, request)
                 }
-                match event {
-                    ServerEvent::Authenticate(request) => {
-                        member = authenticate(handle, &mut engine, request);
-                        // After the Welcome: the TLS flight grew `transmit`.
-                        release_buffers = true;
-                    }
-                    ServerEvent::Request {
-                        request_id,
-                        method_id,
-                        payload,
-                    } => {
-                        let Some(m) = &member else { continue };
-                        let Some(service) = shared.services.get(&m.service_id).cloned() else {
-                            engine.respond(
-                                request_id,
-                                Err((ErrorCode::NoService, Text::from("no service with this id"))),
-                            );
-                            continue;
-                        };
-                        let call = Call {
-                            method: method_id,
-                            payload,
-                            user_id: m.user_id.clone(),
-                            connection: m.id,
-                            server: handle.clone(),
-                        };
-                        let results_tx = results
-                            .get_or_insert_with(|| {
-                                let (tx, rx) = mpsc::unbounded_channel();
-                                Results { tx, rx }
-                            })
-                            .tx
-                            .clone();
-                        tokio::spawn(
-                            async move {
-                                let result = service.call(call).await;
-                                let _ = results_tx.send((request_id, result));
-                            }
-                            .in_current_span(),
+                NodeConnectionEvent::Request {
+                    request_id,
+                    method_id,
+                    payload,
+                } => {
+                    let Some(member) = conn.member() else {
+                        continue;
+                    };
+                    let Some(service) = shared.services.get(&member.service_id).cloned() else {
+                        conn.respond(
+                            request_id,
+                            Err((ErrorCode::NoService, Text::from("no service with this id"))),
                         );
-                    }
-                    ServerEvent::Push(command) => {
-                        if let Some(m) = &member {
-                            let core = hub_held.get_or_insert_with(|| lock(&shared.hub));
-                            if let Err(e) = core.hub.handle_command(m.id, command) {
-                                debug!("push command refused: {e}");
-                            }
-                            core.queue_deliveries();
+                        continue;
+                    };
+                    let call = Call {
+                        method: method_id,
+                        payload,
+                        user_id: member.user_id.clone(),
+                        connection: member.session,
+                        server: handle.clone(),
+                    };
+                    let results_tx = results
+                        .get_or_insert_with(|| {
+                            let (tx, rx) = mpsc::unbounded_channel();
+                            Results { tx, rx }
+                        })
+                        .tx
+                        .clone();
+                    tokio::spawn(
+                        async move {
+                            let result = service.call(call).await;
+                            let _ = results_tx.send((request_id, result));
                         }
-                    }
-                    ServerEvent::Acknowledged(seq) => {
-                        if let Some(m) = &member {
-                            let core = hub_held.get_or_insert_with(|| lock(&shared.hub));
-                            core.hub.acknowledge(m.id, seq);
-                        }
-                    }
-                    ServerEvent::Closed(reason) => {
-                        log_close(&reason);
-                        close_reason = Some(reason);
-                    }
+                        .in_current_span(),
+                    );
                 }
-            }
-            if let Some(mut core) = hub_held.take() {
-                core.wake();
+                NodeConnectionEvent::Closed(reason) => log_close(&reason),
             }
         }
-
+        // Push commands from one read go to the node under one hold of its lock, and
+        // each receiver is woken once for all of them.
+        if conn.wants_node() {
+            handle.with_node(|node| node.handle_connection(now(), &mut conn));
+        }
         // A peer that keeps the socket readable would starve the timer branch of the
-        // biased select below: deadlines (Hello, keep-alive) are checked here too.
-        if engine.poll_timeout().is_some_and(|t| t <= now()) {
-            engine.handle_timeout(now());
-            release_buffers = true;
+        // biased select below: deadlines are checked here too.
+        if conn.poll_timeout().is_some_and(|t| t <= now()) {
+            conn.handle_timeout(now());
         }
         // Writes are part of the select below, not awaited on their own: a client
-        // that stops reading must not stop this task from noticing that its
-        // outbound queue went over the limit.
+        // that stops reading must not stop this task from noticing that the node
+        // closed its mailbox.
         if written == transmit.len() {
             transmit.clear();
             written = 0;
-            engine.poll_transmit(now(), &mut transmit);
-            // Everything is written and nothing more is due: the connection is
-            // about to wait.
-            if transmit.is_empty() && std::mem::take(&mut release_buffers) {
+            conn.poll_transmit(now(), &mut transmit);
+            if transmit.is_empty() && conn.poll_idle() {
                 transmit = Vec::new();
-                if let Some(m) = &member {
-                    lock(&m.outbox.queue).release_idle_capacity();
-                }
                 // Every call has answered (the engine counts a request until its
                 // result was received here and released): no sender will send again.
-                if engine.pending_requests() == 0 {
+                if conn.pending_requests() == 0 {
                     results = None;
                 }
             }
         }
-        if engine.is_finished() && transmit.is_empty() {
+        if conn.is_abandoned() {
+            debug!("the peer does not read; dropping the connection");
+            break;
+        }
+        if conn.is_finished() && transmit.is_empty() {
             let _ = writer.shutdown().await;
             break;
         }
 
-        let timeout = engine.poll_timeout().map(tokio::time::Instant::from_std);
-        let outbox = member.as_ref().map(|m| &m.outbox);
-        // Take more frames from the hub only once the last batch is on its way: the
-        // backlog of a slow reader stays in its bounded outbound queue.
-        let take_frames = outbox.is_some() && written == transmit.len();
+        let timeout = conn.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
             biased;
             changed = shutdown.changed(), if !closing => {
                 closing = true;
                 if changed.is_ok() {
-                    engine.close(CloseCode::GoingAway, "server shutting down");
+                    conn.close(CloseCode::GoingAway, "server shutting down");
                 }
-            }
-            () = sleep_until(give_up), if give_up.is_some() => {
-                debug!("the peer does not read; dropping the connection");
-                break;
             }
             result = writer.write(&transmit[written..]), if written < transmit.len() => match result {
                 Ok(0) | Err(_) => {
-                    engine.handle_transport_closed();
+                    conn.handle_transport_closed();
                     transmit.clear();
                     written = 0;
                 }
@@ -847,94 +774,26 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
             // The bytes go to the engine inside the read's poll: no read buffer per
             // connection (see `crate::read`).
             () = read_with(&mut reader, |input| match input {
-                Input::Bytes(bytes) => engine.handle_input(now(), bytes),
-                Input::Closed => engine.handle_transport_closed(),
+                Input::Bytes(bytes) => conn.handle_input(now(), bytes),
+                Input::Closed => conn.handle_transport_closed(),
             }) => {}
             // The task keeps a sender, so `recv` never ends with `None`.
             Some((request_id, result)) = async { results.as_mut().expect("guarded").rx.recv().await }, if results.is_some() => {
-                engine.respond(request_id, result);
+                conn.respond(request_id, result);
             }
-            () = async { outbox.as_ref().expect("guarded").alert.notified().await }, if outbox.is_some() => {
-                let outbox = outbox.as_ref().expect("guarded");
-                if outbox.superseded.load(Ordering::Acquire) {
-                    info!("session resumed on another connection; closing this one");
-                    engine.close(CloseCode::Kicked, "the session was resumed on another connection");
-                    give_up.get_or_insert(tokio::time::Instant::now() + CLOSE_GRACE);
-                } else if outbox.slow.swap(false, Ordering::AcqRel) {
-                    warn!("slow consumer: outbound queue over its limit; closing, session kept");
-                    lock(&outbox.queue).clear();
-                    engine.close(CloseCode::SlowConsumer, "outbound queue over its limit; resume to catch up");
-                    give_up.get_or_insert(tokio::time::Instant::now() + CLOSE_GRACE);
-                }
-            }
-            () = async { outbox.as_ref().expect("guarded").ready.notified().await }, if take_frames => {
-                let outbox = outbox.as_ref().expect("guarded");
-                let frames = lock(&outbox.queue).take_frames();
-                engine.send_encoded_buffer(frames);
-            }
-            () = sleep_until(timeout) => {
-                engine.handle_timeout(now());
-                release_buffers = true;
-            }
+            () = wake.0.notified() => conn.handle_mailbox(now()),
+            () = sleep_until(timeout) => conn.handle_timeout(now()),
         }
     }
 
     // The Closed event can come with the last transmit, after the loop's last look.
-    while let Some(event) = engine.poll_event() {
-        if let ServerEvent::Closed(reason) = event {
+    while let Some(event) = conn.poll_event() {
+        if let NodeConnectionEvent::Closed(reason) = event {
             log_close(&reason);
-            close_reason = Some(reason);
         }
     }
-    if let Some(m) = member {
-        leave(shared, &m, close_reason.as_ref());
-    }
+    handle.with_node(|node| node.handle_connection_closed(now(), &mut conn));
     debug!("finished");
-}
-
-/// A connection ended: its session ends with it when the client said goodbye (or the
-/// server is shutting down), and is detached for a resume otherwise.
-fn leave(shared: &Shared, member: &Member, reason: Option<&CloseReason>) {
-    let mut core = lock(&shared.hub);
-    let still_ours = core
-        .outboxes
-        .get(&member.id)
-        .is_some_and(|o| Arc::ptr_eq(o, &member.outbox));
-    if !still_ours {
-        // Resumed on another connection, which owns the session now.
-        return;
-    }
-    core.outboxes.remove(&member.id);
-    let deliberate = matches!(
-        reason,
-        Some(CloseReason::Remote {
-            code: CloseCode::Normal,
-            ..
-        }) | Some(CloseReason::Local {
-            code: CloseCode::GoingAway,
-            ..
-        })
-    );
-    let ended = if deliberate {
-        core.hub.disconnect(member.id).is_ok()
-    } else {
-        match core.hub.detach(member.id, now()) {
-            Ok(Some(_)) => true,
-            Ok(None) => {
-                debug!("{} detached; kept for a resume", member.id);
-                shared.hub_timer.notify_one();
-                false
-            }
-            Err(_) => false,
-        }
-    };
-    if ended {
-        shared.observe(ConnectionEvent::Left {
-            connection: member.id,
-            user_id: member.user_id.clone(),
-        });
-    }
-    core.dispatch();
 }
 
 /// Ends detached sessions whose timeout has passed (their groups' other members are
@@ -942,8 +801,8 @@ fn leave(shared: &Shared, member: &Member, reason: Option<&CloseReason>) {
 async fn expire_sessions(handle: ServerHandle) {
     let shared = &handle.shared;
     loop {
-        let next = lock(&shared.hub).hub.poll_timeout();
-        let woken = shared.hub_timer.notified();
+        let next = lock(&shared.node).poll_timeout();
+        let woken = shared.node_timer.notified();
         match next {
             Some(deadline) => {
                 tokio::select! {
@@ -956,15 +815,7 @@ async fn expire_sessions(handle: ServerHandle) {
                 continue;
             }
         }
-        let mut core = lock(&shared.hub);
-        for (session, info) in core.hub.handle_timeout(now()) {
-            info!(user = %info.user_id, "{session}: session expired");
-            shared.observe(ConnectionEvent::Left {
-                connection: session,
-                user_id: info.user_id,
-            });
-        }
-        core.dispatch();
+        handle.with_node(|node| node.handle_timeout(now()));
     }
 }
 
@@ -984,13 +835,9 @@ fn log_close(reason: &CloseReason) {
     }
 }
 
-fn authenticate(
-    handle: &ServerHandle,
-    engine: &mut ServerConnection,
-    request: AuthRequest,
-) -> Option<Member> {
-    let shared = &handle.shared;
-    let decision = shared.authenticator.authenticate(&AuthAttempt {
+/// Asks the application's authenticator; the node admits what it permits.
+fn authenticate(handle: &ServerHandle, conn: &mut NodeConnection, request: Box<AuthRequest>) {
+    let decision = handle.shared.authenticator.authenticate(&AuthAttempt {
         user_id: request.user_id.as_str(),
         password: &request.password,
         service_id: request.service_id,
@@ -999,105 +846,11 @@ fn authenticate(
     });
     if let AuthDecision::Refuse { code, reason } = decision {
         info!(user = %request.user_id, "refused: {reason}");
-        engine.refuse(code, reason);
-        return None;
-    }
-    if !shared.services.is_empty() && !shared.services.contains_key(&request.service_id) {
-        engine.refuse(
-            pushwire_protocol::RefuseCode::UnknownService,
-            format!("no service {} on this server", request.service_id),
-        );
-        return None;
-    }
-    let outbox = shared.outbox();
-    let mut core = lock(&shared.hub);
-    let config = core.hub.config().clone();
-    let grant = |session: ConnectionId, token: ResumeToken, resumed: bool| Grant {
-        session_id: session.0,
-        resume_token: token,
-        resumed,
-        session_timeout_ms: config.session_timeout.as_millis().min(u128::from(u32::MAX)) as u32,
-        replay_capacity: config.replay_events.min(u32::MAX as usize) as u32,
-    };
-    let mut lost = None;
-    if let Some(resume) = request.resume {
-        match core
-            .hub
-            .resume(&resume.token, request.user_id.as_str(), resume.last_seq)
-        {
-            Ok(resumed) => {
-                if let Some(old) = core.outboxes.insert(resumed.session, outbox.clone()) {
-                    old.superseded.store(true, Ordering::Release);
-                    old.alert.notify_one();
-                }
-                engine.permit(grant(resumed.session, resume.token, true));
-                info!(
-                    user = %request.user_id,
-                    "{} resumed: {} events replayed{}",
-                    resumed.session,
-                    resumed.replayed,
-                    resumed.gap.map_or(String::new(), |(f, l)| format!(", gap {f}..={l}"))
-                );
-                core.dispatch();
-                return Some(Member {
-                    id: resumed.session,
-                    outbox,
-                    user_id: request.user_id,
-                    service_id: request.service_id,
-                });
-            }
-            Err(ResumeError::NotYours) => {
-                drop(core);
-                engine.refuse(
-                    pushwire_protocol::RefuseCode::ResumeNotPermitted,
-                    "the resume token belongs to another user",
-                );
-                return None;
-            }
-            Err(ResumeError::Unknown) => {
-                lost = Some(pushwire_protocol::SessionLost {
-                    reason: pushwire_protocol::SessionLostReason::Unknown,
-                    text: Text::from(
-                        "the session expired or the server restarted; this is a new session",
-                    ),
-                });
-            }
-        }
+        conn.refuse(code, reason);
+        return;
     }
     let token = random_token();
-    let id = core.hub.connect_session(
-        ConnectionInfo::new(
-            request.user_id.clone(),
-            request.peer.ip(),
-            request.peer.port(),
-            request.service_id,
-        )
-        .with_echo(request.options.echo),
-        token,
-    );
-    core.outboxes.insert(id, outbox.clone());
-    shared.observe(ConnectionEvent::Joined {
-        connection: id,
-        user_id: request.user_id.clone(),
-        echo: request.options.echo,
-    });
-    engine.permit(grant(id, token, false));
-    if let Some(lost) = lost {
-        // Before any event of the new session: the client restores its subscriptions.
-        engine.send(&pushwire_protocol::Message::SessionLost(lost));
-    }
-    info!(user = %request.user_id, "{id} authenticated");
-    if !shared.auto_subscribe.is_empty() {
-        // The seed's Figure 6: the server subscribes the newcomer on arrival.
-        let _ = core.hub.subscribe(id, &shared.auto_subscribe);
-    }
-    core.dispatch();
-    Some(Member {
-        id,
-        outbox,
-        user_id: request.user_id,
-        service_id: request.service_id,
-    })
+    handle.with_node(|node| node.handle_hello(now(), conn, request, token));
 }
 
 /// A resume token from the crypto provider's CSPRNG.
@@ -1106,7 +859,7 @@ fn random_token() -> ResumeToken {
     let random = rustls::crypto::ring::default_provider().secure_random;
     if random.fill(&mut token).is_err() {
         // ring's system RNG does not fail on supported platforms; an all-zero token
-        // would only weaken resume, which is not offered yet (session_timeout 0).
+        // would only weaken resume.
         warn!("system random number generator failed");
     }
     ResumeToken(token)

@@ -1,0 +1,355 @@
+//! The per-connection half of the server node: one value per accepted transport,
+//! owned by that connection's driver (its task), never by the node.
+
+use super::mailbox::{Alert, Mailbox};
+use super::NodeConfig;
+use crate::close::CloseReason;
+use crate::hub::ConnectionId;
+use crate::rpc::RequestResult;
+use crate::server::{AuthRequest, ServerConnection, ServerEvent, ServerState};
+use crate::tls::TlsError;
+use bytes::Bytes;
+use pushwire_protocol::{CloseCode, Message, RefuseCode, Text};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Instant;
+
+/// What an authenticated connection is in the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its session (the hub's id for it; kept across resumes).
+    pub session: ConnectionId,
+    /// The authenticated user id.
+    pub user_id: Text,
+    /// The service it connected to.
+    pub service_id: u32,
+}
+
+/// What a connection asks of its driver: the application's part.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConnectionEvent {
+    /// A complete Hello. Ask the application's authenticator; then either
+    /// [`NodeConnection::refuse`], or hand the request to
+    /// [`Node::handle_hello`](super::Node::handle_hello) with a fresh resume token.
+    Authenticate(Box<AuthRequest>),
+    /// An RPC call: run the member's service and answer with
+    /// [`NodeConnection::respond`], in any order.
+    Request {
+        /// Its id.
+        request_id: u64,
+        /// The method.
+        method_id: u32,
+        /// Arguments.
+        payload: Bytes,
+    },
+    /// The connection is over (for the log). Keep transmitting until
+    /// [`NodeConnection::is_finished`], then tell the node with
+    /// [`Node::handle_connection_closed`](super::Node::handle_connection_closed).
+    Closed(CloseReason),
+}
+
+/// Input for the node, waiting until the driver takes the node's lock.
+#[derive(Debug)]
+pub(super) enum ToNode {
+    Push(Message),
+    Acknowledged(u64),
+}
+
+/// One connection of a [`Node`](super::Node): its protocol engine
+/// ([`ServerConnection`]: TLS, framing, the Hello, RPC ordering, keep-alive), its
+/// mailbox of push frames from the node, and what it is in the node.
+///
+/// # Calling contract
+///
+/// The connection's driver owns this value; nothing else touches it except the node,
+/// to which the driver lends it in [`Node::handle_hello`](super::Node::handle_hello),
+/// [`Node::handle_connection`](super::Node::handle_connection) and
+/// [`Node::handle_connection_closed`](super::Node::handle_connection_closed).
+///
+/// - Feed it bytes with [`handle_input`](Self::handle_input), EOF with
+///   [`handle_transport_closed`](Self::handle_transport_closed), the time with
+///   [`handle_timeout`](Self::handle_timeout) when [`poll_timeout`](Self::poll_timeout)
+///   is due, and call [`handle_mailbox`](Self::handle_mailbox) when the waker given
+///   to [`new`](Self::new) fires (the node wakes it when it queued frames or closed
+///   the mailbox).
+/// - After any of these, drain [`poll_event`](Self::poll_event); then, if
+///   [`wants_node`](Self::wants_node), lend it to
+///   [`Node::handle_connection`](super::Node::handle_connection) (push commands and
+///   acknowledgements go to the hub there).
+/// - Whenever the transport can take more, call
+///   [`poll_transmit`](Self::poll_transmit) and write what it appends; it takes the
+///   mailbox's frames then. Call it only when the transport has room: a client that
+///   does not read leaves its backlog in the bounded mailbox, where the
+///   slow-consumer policy sees it.
+/// - When [`is_finished`](Self::is_finished) and everything was written, or at once
+///   when [`is_abandoned`](Self::is_abandoned), close the transport and lend it to
+///   [`Node::handle_connection_closed`](super::Node::handle_connection_closed) once.
+pub struct NodeConnection {
+    pub(super) engine: ServerConnection,
+    pub(super) config: Arc<NodeConfig>,
+    pub(super) mailbox: Arc<Mailbox>,
+    pub(super) member: Option<Member>,
+    pub(super) to_node: VecDeque<ToNode>,
+    pub(super) close_reason: Option<CloseReason>,
+    /// Whether the node was told this connection is over.
+    pub(super) left: bool,
+    /// The mailbox's alert was acted on.
+    alert_handled: bool,
+    /// After the node closed this connection: when its transport is dropped even if
+    /// the Close could not be written (a peer that does not read).
+    give_up: Option<Instant>,
+    abandoned: bool,
+    /// A timer fired or the handshake ended: once nothing is left to write, buffers
+    /// go back (never per message, so a busy connection keeps what it grew).
+    idle_pending: bool,
+}
+
+impl NodeConnection {
+    /// A connection accepted at `now` from `peer`. `waker` is woken whenever the node
+    /// queued frames for it or closed its mailbox.
+    pub fn new(
+        config: Arc<NodeConfig>,
+        peer: SocketAddr,
+        now: Instant,
+        waker: Waker,
+    ) -> Result<Self, TlsError> {
+        let engine = ServerConnection::new(config.server.clone(), peer, now)?;
+        let mailbox = Arc::new(Mailbox::new(
+            config.max_outbound_bytes,
+            config.slow_consumer_policy,
+            waker,
+        ));
+        Ok(Self {
+            engine,
+            config,
+            mailbox,
+            member: None,
+            to_node: VecDeque::new(),
+            close_reason: None,
+            left: false,
+            alert_handled: false,
+            give_up: None,
+            abandoned: false,
+            idle_pending: false,
+        })
+    }
+
+    /// The protocol engine (state, counters).
+    pub fn server_connection(&self) -> &ServerConnection {
+        &self.engine
+    }
+
+    /// Where the protocol engine is.
+    pub fn state(&self) -> ServerState {
+        self.engine.state()
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.engine.peer()
+    }
+
+    /// What it is in the node, once authenticated.
+    pub fn member(&self) -> Option<&Member> {
+        self.member.as_ref()
+    }
+
+    /// Feeds bytes received from the transport.
+    pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
+        self.engine.handle_input(now, data);
+    }
+
+    /// The transport ended or failed.
+    pub fn handle_transport_closed(&mut self) {
+        self.engine.handle_transport_closed();
+    }
+
+    /// Fires the timers that are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.handle_mailbox(now);
+        if self.give_up.is_some_and(|t| t <= now) {
+            self.abandoned = true;
+        }
+        if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+            self.engine.handle_timeout(now);
+            // With keep-alive a timer is nothing sent for a ping interval: idle.
+            self.idle_pending = true;
+        }
+    }
+
+    /// The next time [`handle_timeout`](Self::handle_timeout) must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.abandoned {
+            return None;
+        }
+        match (self.engine.poll_timeout(), self.give_up) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Acts on what the node put in the mailbox besides frames: a connection whose
+    /// session was resumed elsewhere closes with `Kicked`; a slow consumer (under the
+    /// disconnect policy) closes with `SlowConsumer`, its session kept for a resume.
+    /// Either way the peer gets the node's close grace to take the Close.
+    pub fn handle_mailbox(&mut self, now: Instant) {
+        if self.alert_handled {
+            return;
+        }
+        let Some(alert) = self.mailbox.lock().alert() else {
+            return;
+        };
+        self.alert_handled = true;
+        match alert {
+            Alert::Superseded => self.engine.close(
+                CloseCode::Kicked,
+                "the session was resumed on another connection",
+            ),
+            Alert::SlowConsumer => self.engine.close(
+                CloseCode::SlowConsumer,
+                "outbound queue over its limit; resume to catch up",
+            ),
+        }
+        self.give_up = Some(now + self.config.close_grace);
+    }
+
+    /// The next event for the driver. Push commands and acknowledgements do not come
+    /// out here: they wait for [`Node::handle_connection`](super::Node::handle_connection).
+    pub fn poll_event(&mut self) -> Option<ConnectionEvent> {
+        while let Some(event) = self.engine.poll_event() {
+            match event {
+                ServerEvent::Authenticate(request) => {
+                    return Some(ConnectionEvent::Authenticate(Box::new(request)))
+                }
+                ServerEvent::Request {
+                    request_id,
+                    method_id,
+                    payload,
+                } => {
+                    return Some(ConnectionEvent::Request {
+                        request_id,
+                        method_id,
+                        payload,
+                    })
+                }
+                ServerEvent::Push(command) => {
+                    if self.member.is_some() {
+                        self.to_node.push_back(ToNode::Push(command));
+                    }
+                }
+                ServerEvent::Acknowledged(seq) => {
+                    if self.member.is_some() {
+                        self.to_node.push_back(ToNode::Acknowledged(seq));
+                    }
+                }
+                ServerEvent::Closed(reason) => {
+                    self.close_reason = Some(reason.clone());
+                    return Some(ConnectionEvent::Closed(reason));
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether push commands or acknowledgements wait for
+    /// [`Node::handle_connection`](super::Node::handle_connection).
+    pub fn wants_node(&self) -> bool {
+        !self.to_node.is_empty()
+    }
+
+    /// The application refused the Hello: Refused, then close.
+    pub fn refuse(&mut self, code: RefuseCode, reason: impl Into<Text>) {
+        self.engine.refuse(code, reason);
+    }
+
+    /// Answers a request; see [`ServerConnection::respond`].
+    pub fn respond(&mut self, request_id: u64, result: RequestResult) -> bool {
+        self.engine.respond(request_id, result)
+    }
+
+    /// Closes with a Close message, then close_notify (a server shutting down uses
+    /// `GoingAway`, which ends the session rather than keeping it for a resume).
+    pub fn close(&mut self, code: CloseCode, reason: impl Into<Text>) {
+        self.engine.close(code, reason);
+    }
+
+    /// Appends bytes to send to `out` (taking the mailbox's frames first); returns
+    /// how many.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> usize {
+        self.handle_mailbox(now);
+        if self.member.is_some() {
+            let frames = self.mailbox.lock().take_frames();
+            if let Some(frames) = frames {
+                self.engine.send_encoded_buffer(frames);
+            }
+        }
+        self.engine.poll_transmit(now, out)
+    }
+
+    /// Called after a [`poll_transmit`](Self::poll_transmit) that appended nothing:
+    /// whether the connection just went idle (its handshake ended, or a timer fired,
+    /// and nothing is left to send). The mailbox gives back its capacity then; the
+    /// driver should give back its own buffers too.
+    pub fn poll_idle(&mut self) -> bool {
+        if !std::mem::take(&mut self.idle_pending) {
+            return false;
+        }
+        self.mailbox.lock().release_idle_capacity();
+        if self.to_node.is_empty() {
+            self.to_node = VecDeque::new();
+        }
+        true
+    }
+
+    /// The handshake just ended (the node permitted the Hello).
+    pub(super) fn mark_idle(&mut self) {
+        self.idle_pending = true;
+    }
+
+    /// Whether the connection is over: everything it had to send was handed out, or
+    /// it was [abandoned](Self::is_abandoned).
+    pub fn is_finished(&self) -> bool {
+        self.abandoned || self.engine.is_finished()
+    }
+
+    /// Whether the peer did not take its Close within the node's close grace: drop
+    /// the transport now, written or not.
+    pub fn is_abandoned(&self) -> bool {
+        self.abandoned
+    }
+
+    /// Requests received and not yet answered and released.
+    pub fn pending_requests(&self) -> usize {
+        self.engine.pending_requests()
+    }
+
+    /// Bytes of buffer capacity held for this connection by its engine and mailbox
+    /// (memory accounting).
+    pub fn buffer_capacity(&self) -> usize {
+        self.engine.buffer_capacity() + self.mailbox.lock().queue().capacity()
+    }
+
+    /// Frame bytes waiting in the mailbox.
+    pub fn queued_bytes(&self) -> usize {
+        self.mailbox.lock().queue().bytes()
+    }
+
+    /// Push events the drop-oldest policy dropped from this connection's mailbox.
+    pub fn dropped_by_policy(&self) -> u64 {
+        self.mailbox.lock().queue().dropped_total()
+    }
+
+    /// Injected fault: the n-th released result goes out twice.
+    #[cfg(all(feature = "fault-injection", debug_assertions))]
+    pub fn inject_answer_twice(&mut self, n: u64) {
+        self.engine.inject_answer_twice(n);
+    }
+
+    /// Drains what is left of the engine's events when the connection is over: push
+    /// input still goes to the node, the close reason is kept, the rest is moot.
+    pub(super) fn drain_for_close(&mut self) {
+        while self.poll_event().is_some() {}
+    }
+}

@@ -1,0 +1,118 @@
+//! A connection's mailbox: the encoded push frames the node has queued for it, shared
+//! between the node (which fills it under its own lock) and the connection's half
+//! (which empties it into its engine), with the wake-up that tells the connection's
+//! driver to look.
+
+use crate::hub::{Delivery, OutboundQueue, Queued, SlowConsumerPolicy};
+use bytes::BytesMut;
+use std::sync::{Mutex, MutexGuard};
+use std::task::Waker;
+
+/// Why the node closed a connection's mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Alert {
+    /// Its unwritten frames went over the limit under
+    /// [`SlowConsumerPolicy::Disconnect`].
+    SlowConsumer,
+    /// Its session was resumed on another connection.
+    Superseded,
+}
+
+/// The mailbox's contents, locked.
+pub(crate) type MailboxGuard<'a> = MutexGuard<'a, MailboxState>;
+
+#[derive(Debug)]
+pub(crate) struct MailboxState {
+    queue: OutboundQueue,
+    /// Set once by the node; from then on the mailbox takes nothing (the session's
+    /// events are in its replay buffer for the resume) and the connection closes.
+    alert: Option<Alert>,
+}
+
+/// One connection's share of the node's output.
+///
+/// Why a lock of its own rather than the node's: the connection's driver empties its
+/// mailbox whenever its transport can take more, and must never wait for a
+/// publisher's fan-out to other connections to do so (on a multi-threaded runtime
+/// that would stall a worker thread). The node holds this lock only to append one
+/// operation's frames; the connection holds it only to swap the buffer out.
+#[derive(Debug)]
+pub(crate) struct Mailbox {
+    state: Mutex<MailboxState>,
+    waker: Waker,
+}
+
+impl Mailbox {
+    pub(crate) fn new(limit: usize, policy: SlowConsumerPolicy, waker: Waker) -> Self {
+        Self {
+            state: Mutex::new(MailboxState {
+                queue: OutboundQueue::new(limit, policy),
+                alert: None,
+            }),
+            waker,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MailboxGuard<'_> {
+        // A panic while holding the lock leaves the queue as it was at the panic; keep
+        // serving rather than poisoning the node.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells the connection's driver to look at its mailbox.
+    pub(crate) fn wake(&self) {
+        self.waker.wake_by_ref();
+    }
+
+    /// Closes the mailbox for `alert` (unless it already was) and wakes the driver.
+    /// Returns whether this call closed it.
+    pub(crate) fn close(&self, alert: Alert) -> bool {
+        let closed = self.lock().close(alert);
+        self.wake();
+        closed
+    }
+}
+
+impl MailboxState {
+    /// Queues a delivery. Returns whether that took the queue over its limit under
+    /// the disconnect policy, which closes the mailbox as a slow consumer. A closed
+    /// mailbox takes nothing.
+    pub(crate) fn push_delivery(&mut self, delivery: &Delivery) -> bool {
+        if self.alert.is_some() {
+            return false;
+        }
+        self.queue.push_delivery(delivery) == Queued::OverLimit && self.close(Alert::SlowConsumer)
+    }
+
+    fn close(&mut self, alert: Alert) -> bool {
+        if self.alert.is_some() {
+            return false;
+        }
+        self.alert = Some(alert);
+        // What it held is in the session's replay buffer (or will be reported as a
+        // gap on the resume); holding it here too would only grow memory while the
+        // connection closes.
+        self.queue.clear();
+        true
+    }
+
+    pub(crate) fn alert(&self) -> Option<Alert> {
+        self.alert
+    }
+
+    /// Everything queued, when there is something and the mailbox is open.
+    pub(crate) fn take_frames(&mut self) -> Option<BytesMut> {
+        if self.alert.is_some() || self.queue.is_empty() {
+            return None;
+        }
+        Some(self.queue.take_frames())
+    }
+
+    pub(crate) fn queue(&self) -> &OutboundQueue {
+        &self.queue
+    }
+
+    pub(crate) fn release_idle_capacity(&mut self) {
+        self.queue.release_idle_capacity();
+    }
+}

@@ -1,0 +1,655 @@
+//! The server node: every decision a pushwire server makes about its connections and
+//! sessions, written once, for the tokio server and the simulator alike.
+//!
+//! # Shared and per connection
+//!
+//! The split follows quinn-proto's `Endpoint` / `Connection`:
+//!
+//! - [`Node`] is the shared half, one per server: the push [`Hub`] (groups,
+//!   membership, sessions, replay buffers, sequence numbers), which connection holds
+//!   which session, and the policies that join them — admission (new session, resume,
+//!   a resumed session superseding its old connection, the SessionLost notice,
+//!   auto-subscription), push commands and acknowledgements into the hub, each
+//!   delivery into its receiver's mailbox under the slow-consumer policy, a goodbye
+//!   ending the session and a dropped connection detaching it for a resume, session
+//!   expiry. A multi-threaded driver keeps it behind one lock.
+//! - [`NodeConnection`] is the per-connection half, owned by that connection's
+//!   driver: TLS, framing, the Hello deadline, RPC ordering and keep-alive (its
+//!   [`ServerConnection`]), and a mailbox of push frames the node filled. Decrypting,
+//!   decoding, answering requests, encrypting and writing all happen there, outside
+//!   any lock that all connections share, so a server uses every core it has. The
+//!   node's lock is held for hub work and for copying each delivery's frame (encoded
+//!   once per publication) into its receiver's mailbox.
+//!
+//! # How a publication travels
+//!
+//! socket read → [`NodeConnection::handle_input`] (decrypt, decode: a Publish) →
+//! [`Node::handle_connection`] (under the node's lock: hooks, fan-out in the hub,
+//! each receiver's frame appended to its mailbox, its driver woken) → the receiver's
+//! [`NodeConnection::poll_transmit`] (on its own task: takes the mailbox's frames,
+//! coalesces and encrypts them into TLS records) → socket write.
+//!
+//! # Determinism
+//!
+//! No clock, no randomness, no I/O: time comes in as `now`, resume tokens as
+//! arguments, and the same calls give the same outputs. Wakers are the only way out
+//! besides return values and `poll_*`; a synchronous driver passes
+//! [`Waker::noop`](std::task::Waker::noop) and looks at every connection each step.
+
+mod connection;
+mod mailbox;
+#[cfg(test)]
+mod tests;
+
+pub use connection::{ConnectionEvent, Member, NodeConnection};
+
+use crate::close::CloseReason;
+use crate::hub::{
+    Actor, ConnectionId, ConnectionInfo, Hub, HubConfig, HubError, PushHooks, PushOutcome,
+    ResumeError, SlowConsumerPolicy,
+};
+use crate::server::{AuthRequest, Grant, ServerConfig};
+use bytes::Bytes;
+use connection::ToNode;
+use mailbox::{Alert, Mailbox};
+use pushwire_protocol::{
+    CloseCode, GroupId, Message, RefuseCode, ResumeToken, SessionLost, SessionLostReason, Text,
+};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Settings of a [`Node`].
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Every connection's protocol settings: TLS or plaintext, frame limits, the
+    /// Hello deadline, keep-alive.
+    pub server: Arc<ServerConfig>,
+    /// The hub's limits: payload size, session timeout, replay buffer.
+    pub hub: HubConfig,
+    /// Unwritten push frame bytes per connection before the slow-consumer policy
+    /// acts. Default 8 MiB (16 publications of the default largest payload).
+    pub max_outbound_bytes: usize,
+    /// What happens to a connection over `max_outbound_bytes`.
+    pub slow_consumer_policy: SlowConsumerPolicy,
+    /// Groups every new session joins on arrival (the seed's Figure 6).
+    pub auto_subscribe: Vec<GroupId>,
+    /// The service ids this server hosts: a Hello for another is refused with
+    /// `UnknownService`. Empty: every service id is accepted.
+    pub services: BTreeSet<u32>,
+    /// How long a connection the node closes (slow consumer, superseded) has to take
+    /// its Close before its transport is dropped anyway. Default 2 s.
+    pub close_grace: Duration,
+}
+
+impl NodeConfig {
+    /// Defaults for everything but the connections' protocol settings.
+    pub fn new(server: ServerConfig) -> Self {
+        Self {
+            server: Arc::new(server),
+            hub: HubConfig::default(),
+            max_outbound_bytes: 8 * 1024 * 1024,
+            slow_consumer_policy: SlowConsumerPolicy::default(),
+            auto_subscribe: Vec::new(),
+            services: BTreeSet::new(),
+            close_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A [`NodeConfig`] that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeConfigError {
+    /// A resume replays up to the replay buffer through the mailbox at once.
+    #[error(
+        "the replay buffer ({replay} bytes) must not exceed the outbound queue limit \
+         ({outbound} bytes): a resume would be cut off as a slow consumer"
+    )]
+    ReplayOverOutbound {
+        /// Replay bytes configured.
+        replay: usize,
+        /// Outbound limit configured.
+        outbound: usize,
+    },
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The client said goodbye, or the server shut down.
+    Goodbye,
+    /// Its connection dropped and the session was not resumable (zero session
+    /// timeout, resume disabled).
+    Dropped,
+    /// Detached for longer than the session timeout.
+    Expired,
+}
+
+/// What the node did, for the application's log and metrics. Drained with
+/// [`Node::poll_event`]; the hooks see the same joins and leaves in the hub's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A Hello was let in as a new session.
+    SessionStarted {
+        /// The session.
+        session: ConnectionId,
+        /// Its user id.
+        user_id: Text,
+        /// The client had asked to resume a session the node no longer has (it got a
+        /// SessionLost notice first).
+        lost: bool,
+    },
+    /// A session was resumed on a new connection.
+    Resumed {
+        /// The session.
+        session: ConnectionId,
+        /// Its user id.
+        user_id: Text,
+        /// Events re-sent from its replay buffer.
+        replayed: usize,
+        /// The range announced as lost, when the buffer did not reach back far enough.
+        gap: Option<(u64, u64)>,
+        /// Its previous connection was still open and is being closed (`Kicked`).
+        superseded: bool,
+    },
+    /// A resume was refused: the token belongs to another user.
+    ResumeRefused {
+        /// Who asked.
+        user_id: Text,
+    },
+    /// A Hello asked for a service this server does not host.
+    UnknownService {
+        /// Who asked.
+        user_id: Text,
+        /// The service asked for.
+        service_id: u32,
+    },
+    /// A session's connection dropped; the session is kept for a resume.
+    Detached {
+        /// The session.
+        session: ConnectionId,
+        /// Its user id.
+        user_id: Text,
+    },
+    /// A session ended; the other members of its groups were told.
+    Ended {
+        /// The session.
+        session: ConnectionId,
+        /// Its user id.
+        user_id: Text,
+        /// Why.
+        end: SessionEnd,
+    },
+    /// A connection went over its outbound limit under
+    /// [`SlowConsumerPolicy::Disconnect`] and is being closed, its session kept.
+    SlowConsumer {
+        /// The session.
+        session: ConnectionId,
+    },
+}
+
+/// Running totals of what the node did (for metrics and the simulator's coverage).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Sessions started.
+    pub sessions_started: u64,
+    /// Sessions resumed.
+    pub sessions_resumed: u64,
+    /// Resumes that replayed at least one event.
+    pub resumes_with_replay: u64,
+    /// Resumes that began with a Gap.
+    pub resumes_with_gap: u64,
+    /// Resumes asked for a session the node no longer has (answered SessionLost).
+    pub sessions_lost: u64,
+    /// Detached sessions that expired.
+    pub sessions_expired: u64,
+    /// Connections closed as slow consumers.
+    pub slow_consumers: u64,
+    /// Connections closed because their session was resumed elsewhere.
+    pub superseded: u64,
+}
+
+/// The server node: the push hub and the policy that joins it to connections.
+///
+/// # Calling contract
+///
+/// Create one per server. For every accepted transport make a [`NodeConnection`]
+/// ([`Node::connection`]) and follow its contract; lend it to the node:
+///
+/// - with [`handle_hello`](Self::handle_hello) once the application's authenticator
+///   permitted its Hello, with a fresh resume token from a CSPRNG;
+/// - with [`handle_connection`](Self::handle_connection) whenever it
+///   [wants the node](NodeConnection::wants_node);
+/// - with [`handle_connection_closed`](Self::handle_connection_closed) once, when it
+///   is finished.
+///
+/// Call [`handle_timeout`](Self::handle_timeout) when
+/// [`poll_timeout`](Self::poll_timeout) is due (it changes after every call), and use
+/// the server API ([`publish`](Self::publish) and the rest) for the server's own push
+/// operations. After any call, drain [`poll_event`](Self::poll_event) if you log or
+/// count. Connections whose mailbox got frames or an alert are woken through their
+/// wakers during the call.
+pub struct Node<H = crate::hub::AllowAll> {
+    config: Arc<NodeConfig>,
+    hub: Hub<H>,
+    /// Each attached session's current connection.
+    mailboxes: BTreeMap<ConnectionId, Arc<Mailbox>>,
+    /// Sessions whose mailbox got frames in this call.
+    to_wake: Vec<ConnectionId>,
+    events: VecDeque<NodeEvent>,
+    stats: NodeStats,
+}
+
+impl<H: PushHooks> Node<H> {
+    /// A node with no connections and no groups.
+    pub fn new(config: NodeConfig, hooks: H) -> Result<Self, NodeConfigError> {
+        if config.hub.replay_bytes > config.max_outbound_bytes {
+            return Err(NodeConfigError::ReplayOverOutbound {
+                replay: config.hub.replay_bytes,
+                outbound: config.max_outbound_bytes,
+            });
+        }
+        Ok(Self {
+            hub: Hub::new(config.hub.clone(), hooks),
+            config: Arc::new(config),
+            mailboxes: BTreeMap::new(),
+            to_wake: Vec::new(),
+            events: VecDeque::new(),
+            stats: NodeStats::default(),
+        })
+    }
+
+    /// The settings in force (shared with every connection).
+    pub fn config(&self) -> &Arc<NodeConfig> {
+        &self.config
+    }
+
+    /// The hub, to read (groups, members, sessions).
+    pub fn hub(&self) -> &Hub<H> {
+        &self.hub
+    }
+
+    /// The application's hooks.
+    pub fn hooks_mut(&mut self) -> &mut H {
+        self.hub.hooks_mut()
+    }
+
+    /// Running totals.
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    /// The per-connection half for a transport accepted at `now` from `peer`; see
+    /// [`NodeConnection::new`]. Needs only the settings, so a driver may as well call
+    /// `NodeConnection::new(node.config().clone(), …)` without the node's lock.
+    pub fn connection(
+        &self,
+        peer: std::net::SocketAddr,
+        now: Instant,
+        waker: std::task::Waker,
+    ) -> Result<NodeConnection, crate::tls::TlsError> {
+        NodeConnection::new(self.config.clone(), peer, now, waker)
+    }
+
+    /// The next event for the application's log.
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called: the
+    /// earliest expiry of a detached session.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.hub.poll_timeout()
+    }
+
+    /// Ends every detached session whose timeout has passed; the other members of
+    /// its groups are told now.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for (session, info) in self.hub.handle_timeout(now) {
+            self.mailboxes.remove(&session);
+            self.stats.sessions_expired += 1;
+            self.events.push_back(NodeEvent::Ended {
+                session,
+                user_id: info.user_id,
+                end: SessionEnd::Expired,
+            });
+        }
+        self.dispatch();
+    }
+
+    /// The application's authenticator permitted `request` (which `conn` reported):
+    /// the connection resumes the session it names, or starts a new one identified by
+    /// `token`. A Hello for a service this server does not host, or a resume of
+    /// another user's session, is refused. A resume of a session the node no longer
+    /// has starts a new session whose first message is a SessionLost notice, so the
+    /// client restores its subscriptions.
+    pub fn handle_hello(
+        &mut self,
+        now: Instant,
+        conn: &mut NodeConnection,
+        request: Box<AuthRequest>,
+        token: ResumeToken,
+    ) {
+        let _ = now;
+        let request = *request;
+        if !self.config.services.is_empty() && !self.config.services.contains(&request.service_id) {
+            conn.refuse(
+                RefuseCode::UnknownService,
+                format!("no service {} on this server", request.service_id),
+            );
+            self.events.push_back(NodeEvent::UnknownService {
+                user_id: request.user_id,
+                service_id: request.service_id,
+            });
+            return;
+        }
+        let mut lost = false;
+        if let Some(resume) = request.resume {
+            match self
+                .hub
+                .resume(&resume.token, request.user_id.as_str(), resume.last_seq)
+            {
+                Ok(resumed) => {
+                    let session = resumed.session;
+                    let superseded = match self.mailboxes.insert(session, conn.mailbox.clone()) {
+                        Some(old) => old.close(Alert::Superseded),
+                        None => false,
+                    };
+                    if superseded {
+                        self.stats.superseded += 1;
+                    }
+                    self.stats.sessions_resumed += 1;
+                    if resumed.replayed > 0 {
+                        self.stats.resumes_with_replay += 1;
+                    }
+                    if resumed.gap.is_some() {
+                        self.stats.resumes_with_gap += 1;
+                    }
+                    conn.engine.permit(self.grant(session, resume.token, true));
+                    conn.mark_idle();
+                    conn.member = Some(Member {
+                        session,
+                        user_id: request.user_id.clone(),
+                        service_id: request.service_id,
+                    });
+                    self.events.push_back(NodeEvent::Resumed {
+                        session,
+                        user_id: request.user_id,
+                        replayed: resumed.replayed,
+                        gap: resumed.gap,
+                        superseded,
+                    });
+                    self.dispatch();
+                    return;
+                }
+                Err(ResumeError::NotYours) => {
+                    conn.refuse(
+                        RefuseCode::ResumeNotPermitted,
+                        "the resume token belongs to another user",
+                    );
+                    self.events.push_back(NodeEvent::ResumeRefused {
+                        user_id: request.user_id,
+                    });
+                    return;
+                }
+                Err(ResumeError::Unknown) => {
+                    lost = true;
+                    self.stats.sessions_lost += 1;
+                }
+            }
+        }
+        let info = ConnectionInfo::new(
+            request.user_id.clone(),
+            request.peer.ip(),
+            request.peer.port(),
+            request.service_id,
+        )
+        .with_echo(request.options.echo);
+        let session = self.hub.connect_session(info, token);
+        self.mailboxes.insert(session, conn.mailbox.clone());
+        self.stats.sessions_started += 1;
+        conn.engine.permit(self.grant(session, token, false));
+        conn.mark_idle();
+        if lost {
+            // Before any event of the new session.
+            conn.engine.send(&Message::SessionLost(SessionLost {
+                reason: SessionLostReason::Unknown,
+                text: Text::from_static(
+                    "the session expired or the server restarted; this is a new session",
+                ),
+            }));
+        }
+        conn.member = Some(Member {
+            session,
+            user_id: request.user_id.clone(),
+            service_id: request.service_id,
+        });
+        self.events.push_back(NodeEvent::SessionStarted {
+            session,
+            user_id: request.user_id,
+            lost,
+        });
+        if !self.config.auto_subscribe.is_empty() {
+            // The seed's Figure 6: the server subscribes the newcomer on arrival.
+            let groups = self.config.auto_subscribe.clone();
+            let _ = self.hub.subscribe(session, &groups);
+        }
+        self.dispatch();
+    }
+
+    /// Runs the push commands and acknowledgements `conn` received since the last
+    /// call. A connection whose session was resumed elsewhere is being closed; what
+    /// it still sends is ignored.
+    pub fn handle_connection(&mut self, now: Instant, conn: &mut NodeConnection) {
+        let _ = now;
+        let session = match &conn.member {
+            Some(member) if self.holds(member.session, conn) => member.session,
+            _ => {
+                conn.to_node.clear();
+                return;
+            }
+        };
+        while let Some(input) = conn.to_node.pop_front() {
+            match input {
+                // Refusals are answered to the client inside the hub; an error here
+                // means a message that is not a push command, which the engine does
+                // not pass on.
+                ToNode::Push(command) => {
+                    let _ = self.hub.handle_command(session, command);
+                }
+                ToNode::Acknowledged(seq) => self.hub.acknowledge(session, seq),
+            }
+        }
+        self.dispatch();
+    }
+
+    /// `conn` is finished and its transport closed: its session ends when the client
+    /// said goodbye (or the server is shutting down), and is detached for a resume
+    /// otherwise. Push commands it received before the end still run first. Calling
+    /// it again does nothing.
+    pub fn handle_connection_closed(&mut self, now: Instant, conn: &mut NodeConnection) {
+        if conn.left {
+            return;
+        }
+        conn.drain_for_close();
+        self.handle_connection(now, conn);
+        conn.left = true;
+        let Some(member) = conn.member.clone() else {
+            return;
+        };
+        if !self.holds(member.session, conn) {
+            // Resumed on another connection, which owns the session now.
+            return;
+        }
+        self.mailboxes.remove(&member.session);
+        let goodbye = matches!(
+            conn.close_reason,
+            Some(CloseReason::Remote {
+                code: CloseCode::Normal,
+                ..
+            }) | Some(CloseReason::Local {
+                code: CloseCode::GoingAway,
+                ..
+            })
+        );
+        let end = if goodbye {
+            self.hub
+                .disconnect(member.session)
+                .ok()
+                .map(|_| SessionEnd::Goodbye)
+        } else {
+            match self.hub.detach(member.session, now) {
+                Ok(Some(_)) => Some(SessionEnd::Dropped),
+                Ok(None) => {
+                    self.events.push_back(NodeEvent::Detached {
+                        session: member.session,
+                        user_id: member.user_id.clone(),
+                    });
+                    None
+                }
+                Err(_) => None,
+            }
+        };
+        if let Some(end) = end {
+            self.events.push_back(NodeEvent::Ended {
+                session: member.session,
+                user_id: member.user_id,
+                end,
+            });
+        }
+        self.dispatch();
+    }
+
+    // --- The server API ------------------------------------------------------------
+
+    /// Publishes `payload` to `groups`, as the server ([`Actor::Server`]) or on
+    /// behalf of a connection; see [`Hub::publish`].
+    pub fn publish(
+        &mut self,
+        actor: Actor,
+        groups: &[GroupId],
+        payload: Bytes,
+    ) -> Result<PushOutcome, HubError> {
+        let outcome = self.hub.publish(actor, groups, payload);
+        self.dispatch();
+        outcome
+    }
+
+    /// Sends `payload` to every connection of `receiver`; see
+    /// [`Hub::send_user_message`].
+    pub fn send_user_message(
+        &mut self,
+        actor: Actor,
+        receiver: &str,
+        payload: Bytes,
+    ) -> Result<PushOutcome, HubError> {
+        let outcome = self.hub.send_user_message(actor, receiver, payload);
+        self.dispatch();
+        outcome
+    }
+
+    /// Subscribes a session to groups; see [`Hub::subscribe`].
+    pub fn subscribe(
+        &mut self,
+        session: ConnectionId,
+        groups: &[GroupId],
+    ) -> Result<PushOutcome, HubError> {
+        let outcome = self.hub.subscribe(session, groups);
+        self.dispatch();
+        outcome
+    }
+
+    /// Unsubscribes a session from groups; see [`Hub::unsubscribe`].
+    pub fn unsubscribe(
+        &mut self,
+        session: ConnectionId,
+        groups: &[GroupId],
+    ) -> Result<PushOutcome, HubError> {
+        let outcome = self.hub.unsubscribe(session, groups);
+        self.dispatch();
+        outcome
+    }
+
+    /// Registers a chat group, at start or at run time.
+    pub fn add_group(
+        &mut self,
+        group: GroupId,
+        description: impl Into<Text>,
+    ) -> Result<(), HubError> {
+        self.hub.add_group(group, description)
+    }
+
+    /// Removes a chat group; its members are unsubscribed, with notifications.
+    pub fn remove_group(&mut self, group: GroupId) -> Result<Vec<ConnectionId>, HubError> {
+        let outcome = self.hub.remove_group(group);
+        self.dispatch();
+        outcome
+    }
+
+    /// Injects a fault into the hub (the simulator's oracle tests).
+    #[cfg(all(feature = "fault-injection", debug_assertions))]
+    pub fn inject_fault(&mut self, fault: crate::hub::HubFault) {
+        self.hub.inject_fault(fault);
+    }
+
+    // --- Internals -----------------------------------------------------------------
+
+    /// Whether `conn` is the connection that holds `session` now.
+    fn holds(&self, session: ConnectionId, conn: &NodeConnection) -> bool {
+        self.mailboxes
+            .get(&session)
+            .is_some_and(|mailbox| Arc::ptr_eq(mailbox, &conn.mailbox))
+    }
+
+    fn grant(&self, session: ConnectionId, token: ResumeToken, resumed: bool) -> Grant {
+        let hub = &self.config.hub;
+        Grant {
+            session_id: session.0,
+            resume_token: token,
+            resumed,
+            session_timeout_ms: hub.session_timeout.as_millis().min(u128::from(u32::MAX)) as u32,
+            replay_capacity: hub.replay_events.min(u32::MAX as usize) as u32,
+        }
+    }
+
+    /// Appends every delivery the hub produced to its receiver's mailbox (one lock of
+    /// each mailbox per run of deliveries to it), closes mailboxes that went over
+    /// their limit, then wakes each receiver once.
+    fn dispatch(&mut self) {
+        let Self {
+            hub,
+            mailboxes,
+            to_wake,
+            events,
+            stats,
+            ..
+        } = self;
+        let mut held: Option<(ConnectionId, mailbox::MailboxGuard<'_>)> = None;
+        while let Some(delivery) = hub.poll_delivery() {
+            let connection = delivery.connection();
+            if held.as_ref().map(|(id, _)| *id) != Some(connection) {
+                held = None;
+                let Some(mailbox) = mailboxes.get(&connection) else {
+                    continue;
+                };
+                held = Some((connection, mailbox.lock()));
+                to_wake.push(connection);
+            }
+            let (_, state) = held.as_mut().expect("set above");
+            if state.push_delivery(&delivery) {
+                stats.slow_consumers += 1;
+                events.push_back(NodeEvent::SlowConsumer {
+                    session: connection,
+                });
+            }
+        }
+        drop(held);
+        to_wake.sort_unstable();
+        to_wake.dedup();
+        for connection in to_wake.drain(..) {
+            if let Some(mailbox) = mailboxes.get(&connection) {
+                mailbox.wake();
+            }
+        }
+    }
+}
