@@ -38,8 +38,6 @@
 
 mod connection;
 mod mailbox;
-#[cfg(test)]
-mod tests;
 
 pub use connection::{ConnectionEvent, Member, NodeConnection};
 
