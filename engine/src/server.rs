@@ -251,10 +251,16 @@ impl ServerConnection {
         self.channel.is_finished()
     }
 
-    /// Injected fault: the n-th released result goes out twice.
-    #[cfg(all(feature = "fault-injection", debug_assertions))]
+    /// Injected fault: the n-th released result goes out twice. Works only in debug
+    /// builds; panics in others.
+    #[cfg(feature = "fault-injection")]
     pub fn inject_answer_twice(&mut self, n: u64) {
-        self.results.answer_twice = Some((n, 0));
+        #[cfg(debug_assertions)]
+        {
+            self.results.answer_twice = Some((n, 0));
+        }
+        #[cfg(not(debug_assertions))]
+        panic!("fault injection (answer {n} twice) works only in debug builds");
     }
 
     /// Requests received and not yet answered and released.

@@ -1,28 +1,11 @@
 //! Deliberate misbehaviour, for the simulator's proof that its oracle catches each
 //! kind of delivery bug. Compiled only with the `fault-injection` feature in debug
-//! builds; a hub without an injected fault behaves exactly as without the feature.
+//! builds (the feature alone only declares [`HubFault`] and the arming call, which
+//! panics in other builds); a hub without an injected fault behaves exactly as
+//! without the feature.
 
 use super::events::{Delivery, PushEvent};
-use super::{ConnectionId, Hub, PushHooks};
-
-/// One misbehaviour, triggered on the n-th sequenced delivery (counting from 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HubFault {
-    /// Lose the n-th delivery after it took its sequence number.
-    DropDelivery(u64),
-    /// Hand out the n-th delivery twice.
-    DuplicateDelivery(u64),
-    /// Hand out the n-th delivery after the next one to the same connection.
-    SwapDeliveries(u64),
-    /// Hand the n-th delivery to a connection that is not one of its receivers.
-    Misdeliver(u64),
-    /// Do not tell another member about the n-th membership change it should hear of.
-    SkipPresence(u64),
-    /// On the n-th resume that replays anything, replay one event twice.
-    ReplayTwice(u64),
-    /// On the n-th resume that replays anything, leave one event out, without a gap.
-    ReplaySkip(u64),
-}
+use super::{ConnectionId, Hub, HubFault, PushHooks};
 
 #[derive(Debug, Default)]
 pub(super) struct FaultState {
@@ -80,7 +63,7 @@ impl<H: PushHooks> Hub<H> {
     }
 
     /// Arms a fault.
-    pub fn inject_fault(&mut self, fault: HubFault) {
+    pub(super) fn arm_fault(&mut self, fault: HubFault) {
         self.fault = FaultState {
             fault: Some(fault),
             ..FaultState::default()

@@ -66,8 +66,6 @@ use pushwire_protocol::{
 
 pub use connections::{ConnectionId, ConnectionInfo};
 pub use events::{Delivery, EventGroups, PushEvent};
-#[cfg(all(feature = "fault-injection", debug_assertions))]
-pub use fault::HubFault;
 pub use hooks::{Actor, AllowAll, HookContext, Origin, PushHooks, Verdict};
 pub use outbound::{OutboundQueue, Queued, SlowConsumerPolicy};
 pub use session::{ResumeError, Resumed};
@@ -216,6 +214,26 @@ pub enum HubError {
     NotAPushCommand(MessageKind),
 }
 
+#[cfg(feature = "fault-injection")]
+/// One misbehaviour, triggered on the n-th sequenced delivery (counting from 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubFault {
+    /// Lose the n-th delivery after it took its sequence number.
+    DropDelivery(u64),
+    /// Hand out the n-th delivery twice.
+    DuplicateDelivery(u64),
+    /// Hand out the n-th delivery after the next one to the same connection.
+    SwapDeliveries(u64),
+    /// Hand the n-th delivery to a connection that is not one of its receivers.
+    Misdeliver(u64),
+    /// Do not tell another member about the n-th membership change it should hear of.
+    SkipPresence(u64),
+    /// On the n-th resume that replays anything, replay one event twice.
+    ReplayTwice(u64),
+    /// On the n-th resume that replays anything, leave one event out, without a gap.
+    ReplaySkip(u64),
+}
+
 /// Deliveries waiting to be drained.
 #[derive(Debug)]
 struct Outbox {
@@ -344,6 +362,16 @@ impl<H: PushHooks> Hub<H> {
     /// The application's hooks, mutably.
     pub fn hooks_mut(&mut self) -> &mut H {
         &mut self.hooks
+    }
+
+    /// Arms a deliberate misbehaviour (the simulator's oracle tests). Works only in
+    /// debug builds; panics in others, where the engine compiles no fault code.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fault(&mut self, fault: HubFault) {
+        #[cfg(debug_assertions)]
+        self.arm_fault(fault);
+        #[cfg(not(debug_assertions))]
+        panic!("fault injection ({fault:?}) works only in debug builds");
     }
 
     // --- Connections ------------------------------------------------------------

@@ -342,7 +342,7 @@ impl NodeConnection {
     }
 
     /// Injected fault: the n-th released result goes out twice.
-    #[cfg(all(feature = "fault-injection", debug_assertions))]
+    #[cfg(feature = "fault-injection")]
     pub fn inject_answer_twice(&mut self, n: u64) {
         self.engine.inject_answer_twice(n);
     }

@@ -585,7 +585,7 @@ impl<H: PushHooks> Node<H> {
     }
 
     /// Injects a fault into the hub (the simulator's oracle tests).
-    #[cfg(all(feature = "fault-injection", debug_assertions))]
+    #[cfg(feature = "fault-injection")]
     pub fn inject_fault(&mut self, fault: crate::hub::HubFault) {
         self.hub.inject_fault(fault);
     }
