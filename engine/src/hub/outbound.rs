@@ -22,7 +22,8 @@ pub enum SlowConsumerPolicy {
 pub enum Queued {
     /// Within the limit (possibly after dropping old events, by policy).
     Ok,
-    /// Over the limit with [`SlowConsumerPolicy::Disconnect`]: close the connection.
+    /// The backlog was already at the limit with [`SlowConsumerPolicy::Disconnect`]:
+    /// close the connection.
     OverLimit,
 }
 
@@ -79,7 +80,9 @@ pub struct OutboundQueue {
 }
 
 impl OutboundQueue {
-    /// An empty queue holding at most `limit` bytes.
+    /// An empty queue whose backlog is bounded by `limit` bytes: under the disconnect
+    /// policy a frame is refused (`OverLimit`) when the queue already holds `limit`
+    /// bytes, so it holds at most `limit` plus one frame.
     pub fn new(limit: usize, policy: SlowConsumerPolicy) -> Self {
         Self {
             buf: BytesMut::new(),
@@ -154,6 +157,7 @@ impl OutboundQueue {
         if self.buf.capacity() - self.buf.len() < len_hint {
             self.buf.reserve(len_hint.max(16 * 1024));
         }
+        let backlog = self.bytes;
         let before = self.buf.len();
         write(&mut self.buf);
         let len = self.buf.len() - before;
@@ -169,6 +173,11 @@ impl OutboundQueue {
             return Queued::Ok;
         }
         match self.policy {
+            // The limit bounds the backlog: a frame that finds room is taken whole
+            // even if it ends past the limit (one publication larger than the limit,
+            // or a resume's Gap on top of a full replay buffer, must not cut off a
+            // client that reads); the next one is not.
+            SlowConsumerPolicy::Disconnect if backlog < self.limit => Queued::Ok,
             SlowConsumerPolicy::Disconnect => Queued::OverLimit,
             SlowConsumerPolicy::DropOldest => {
                 self.drop_oldest();
@@ -339,11 +348,20 @@ mod tests {
     }
 
     #[test]
-    fn the_disconnect_policy_reports_going_over_the_limit() {
-        let mut q = OutboundQueue::new(300, SlowConsumerPolicy::Disconnect);
+    fn the_disconnect_policy_reports_a_frame_that_finds_the_backlog_full() {
+        let len = event(1).encoded_len();
+        // Room for one and a half frames: the second frame still finds room and is
+        // taken whole, past the limit; the third finds the backlog full.
+        let mut q = OutboundQueue::new(len + len / 2, SlowConsumerPolicy::Disconnect);
         assert_eq!(q.push_message(&event(1)), Queued::Ok);
         assert_eq!(q.push_message(&event(2)), Queued::Ok);
+        assert_eq!(q.bytes(), 2 * len);
         assert_eq!(q.push_message(&event(3)), Queued::OverLimit);
+
+        // A frame larger than the whole limit is taken by an empty queue.
+        let mut q = OutboundQueue::new(len / 2, SlowConsumerPolicy::Disconnect);
+        assert_eq!(q.push_message(&event(1)), Queued::Ok);
+        assert_eq!(q.push_message(&event(2)), Queued::OverLimit);
     }
 
     #[test]
@@ -432,13 +450,18 @@ mod tests {
             limit: usize,
             policy: SlowConsumerPolicy,
         ) -> Queued {
+            let backlog = self.bytes;
             self.bytes += frame.len();
             self.frames.push((seq, frame, None));
             if self.bytes <= limit {
                 return Queued::Ok;
             }
             if policy == SlowConsumerPolicy::Disconnect {
-                return Queued::OverLimit;
+                return if backlog < limit {
+                    Queued::Ok
+                } else {
+                    Queued::OverLimit
+                };
             }
             while self.bytes > limit {
                 let Some(i) = self.frames.iter().position(|f| f.0.is_some()) else {

@@ -66,7 +66,9 @@ pub struct NodeConfig {
     /// The hub's limits: payload size, session timeout, replay buffer.
     pub hub: HubConfig,
     /// Unwritten push frame bytes per connection before the slow-consumer policy
-    /// acts. Default 8 MiB (16 publications of the default largest payload).
+    /// acts: a frame that finds this much already waiting triggers it (so a mailbox
+    /// holds at most this plus one frame). Default 8 MiB (16 publications of the
+    /// default largest payload).
     pub max_outbound_bytes: usize,
     /// What happens to a connection over `max_outbound_bytes`.
     pub slow_consumer_policy: SlowConsumerPolicy,
@@ -528,9 +530,7 @@ impl<H: PushHooks> Node<H> {
         groups: &[GroupId],
         payload: Bytes,
     ) -> Result<PushOutcome, HubError> {
-        let outcome = self.hub.publish(actor, groups, payload);
-        self.dispatch();
-        outcome
+        self.with_hub(|hub| hub.publish(actor, groups, payload))
     }
 
     /// Sends `payload` to every connection of `receiver`; see
@@ -541,9 +541,7 @@ impl<H: PushHooks> Node<H> {
         receiver: &str,
         payload: Bytes,
     ) -> Result<PushOutcome, HubError> {
-        let outcome = self.hub.send_user_message(actor, receiver, payload);
-        self.dispatch();
-        outcome
+        self.with_hub(|hub| hub.send_user_message(actor, receiver, payload))
     }
 
     /// Subscribes a session to groups; see [`Hub::subscribe`].
@@ -552,9 +550,7 @@ impl<H: PushHooks> Node<H> {
         session: ConnectionId,
         groups: &[GroupId],
     ) -> Result<PushOutcome, HubError> {
-        let outcome = self.hub.subscribe(session, groups);
-        self.dispatch();
-        outcome
+        self.with_hub(|hub| hub.subscribe(session, groups))
     }
 
     /// Unsubscribes a session from groups; see [`Hub::unsubscribe`].
@@ -563,9 +559,7 @@ impl<H: PushHooks> Node<H> {
         session: ConnectionId,
         groups: &[GroupId],
     ) -> Result<PushOutcome, HubError> {
-        let outcome = self.hub.unsubscribe(session, groups);
-        self.dispatch();
-        outcome
+        self.with_hub(|hub| hub.unsubscribe(session, groups))
     }
 
     /// Registers a chat group, at start or at run time.
@@ -579,9 +573,7 @@ impl<H: PushHooks> Node<H> {
 
     /// Removes a chat group; its members are unsubscribed, with notifications.
     pub fn remove_group(&mut self, group: GroupId) -> Result<Vec<ConnectionId>, HubError> {
-        let outcome = self.hub.remove_group(group);
-        self.dispatch();
-        outcome
+        self.with_hub(|hub| hub.remove_group(group))
     }
 
     /// Injects a fault into the hub (the simulator's oracle tests).
@@ -591,6 +583,13 @@ impl<H: PushHooks> Node<H> {
     }
 
     // --- Internals -----------------------------------------------------------------
+
+    /// Runs a server-API call on the hub and dispatches what it delivered.
+    fn with_hub<R>(&mut self, call: impl FnOnce(&mut Hub<H>) -> R) -> R {
+        let result = call(&mut self.hub);
+        self.dispatch();
+        result
+    }
 
     /// Whether `conn` is the connection that holds `session` now.
     fn holds(&self, session: ConnectionId, conn: &NodeConnection) -> bool {

@@ -259,8 +259,8 @@ impl ServerBuilder {
         self
     }
 
-    /// Unwritten bytes per connection before it counts as a slow consumer and is
-    /// closed (default 8 MiB).
+    /// Unwritten push bytes per connection before it counts as a slow consumer (default
+    /// 8 MiB): a frame that finds this much waiting triggers the slow-consumer policy.
     pub fn max_outbound_bytes(mut self, bytes: usize) -> Self {
         self.max_outbound_bytes = bytes;
         self

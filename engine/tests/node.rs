@@ -1,0 +1,964 @@
+//! The server node (`pushwire_engine::node`) driven end to end in memory: client
+//! engines wired to [`NodeConnection`]s through byte buffers, time advanced by hand,
+//! no threads, runtime or sockets.
+//!
+//! Covered: admission (Welcome contents, unknown service, auto-subscription), fan-out
+//! through the mailboxes and the waker, detach and resume with replay, goodbye,
+//! session expiry, a resume superseding a connection that is still open, resume
+//! refusals and lost sessions, both slow-consumer policies (including a peer that
+//! never reads), the configuration check, and one run over TLS. The last two tests
+//! pin down how the outbound limit meets frames near its size (both failed before the
+//! limit bounded the backlog rather than every frame).
+
+mod common;
+
+use bytes::Bytes;
+use pushwire_engine::client::{
+    ClientConfig, ClientConnection, ClientEvent, ClientState, ClientTransport,
+};
+use pushwire_engine::hub::{AllowAll, ConnectionId, HubConfig, SlowConsumerPolicy};
+use pushwire_engine::node::{
+    ConnectionEvent, Node, NodeConfig, NodeConfigError, NodeConnection, NodeEvent, SessionEnd,
+};
+use pushwire_engine::server::{ServerConfig, ServerTransport};
+use pushwire_engine::tls::{server_tls_config, ClientAuth};
+use pushwire_engine::CloseReason;
+use pushwire_protocol::{
+    CloseCode, GroupId, Message, RefuseCode, ResumeRequest, ResumeToken, Sender, Welcome,
+};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Wake, Waker};
+use std::time::{Duration, Instant};
+
+// --- Harness ---------------------------------------------------------------------
+
+/// A waker that counts how often the node woke its connection.
+#[derive(Default)]
+struct CountingWaker(AtomicUsize);
+
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// What the simulated transport between a client and its server connection does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Bytes flow both ways.
+    Up,
+    /// The client stops reading: the server side's transport has no room, so its
+    /// `poll_transmit` is not called. Client → server still flows.
+    Stalled,
+    /// Nothing runs for this pair at all (its driver is not scheduled).
+    Held,
+    /// The transport is gone; whatever either end transmits is lost.
+    Cut,
+}
+
+/// A client engine and its server connection.
+struct Pair {
+    client: ClientConnection,
+    conn: NodeConnection,
+    /// `None` for pairs built with `Waker::noop()`.
+    wakes: Option<Arc<CountingWaker>>,
+    link: Link,
+    events: Vec<ClientEvent>,
+    eof_to_client: bool,
+    eof_to_server: bool,
+    /// `handle_connection_closed` was called.
+    told_node: bool,
+}
+
+impl Pair {
+    fn wakes(&self) -> usize {
+        self.wakes
+            .as_ref()
+            .expect("counting")
+            .0
+            .load(Ordering::SeqCst)
+    }
+
+    fn welcome(&self) -> &Welcome {
+        self.client.welcome().expect("the client got a Welcome")
+    }
+
+    fn pushes(&self) -> Vec<&Message> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::Push(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// (seq, payload) of every Published received.
+    fn published(&self) -> Vec<(u64, Bytes)> {
+        self.pushes()
+            .into_iter()
+            .filter_map(|m| match m {
+                Message::Published(p) => Some((p.seq, p.payload.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// User ids of the peers whose Unsubscribed this client received.
+    fn unsubscribed_peers(&self) -> Vec<String> {
+        self.pushes()
+            .into_iter()
+            .filter_map(|m| match m {
+                Message::Unsubscribed(u) => match &u.sender {
+                    Sender::Peer(p) => Some(p.user_id.as_str().to_owned()),
+                    Sender::Server => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn closed(&self) -> Option<&CloseReason> {
+        self.events.iter().find_map(|e| match e {
+            ClientEvent::Closed(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    /// The code of the server's Refused, if that is how the connection ended.
+    fn refused(&self) -> Option<RefuseCode> {
+        match self.closed()? {
+            CloseReason::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The code of the server's Close, if that is how the connection ended.
+    fn closed_by_server(&self) -> Option<CloseCode> {
+        match self.closed()? {
+            CloseReason::Remote { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    fn session(&self) -> ConnectionId {
+        self.conn.member().expect("authenticated").session
+    }
+
+    /// What this client would present to resume its session.
+    fn resume(&self) -> ResumeRequest {
+        ResumeRequest {
+            token: self.welcome().resume_token,
+            last_seq: self.client.last_seq(),
+        }
+    }
+}
+
+/// A node, its connections and the clock.
+struct World {
+    now: Instant,
+    config: NodeConfig,
+    node: Node<AllowAll>,
+    pairs: Vec<Pair>,
+    /// Everything `node.poll_event()` returned, in order.
+    events: Vec<NodeEvent>,
+    /// Resume tokens handed out so far (the next one is `[tokens + 1; 16]`).
+    tokens: u8,
+    tls: bool,
+}
+
+fn plaintext_config() -> NodeConfig {
+    NodeConfig::new(ServerConfig::new(ServerTransport::Plaintext))
+}
+
+fn tls_config() -> NodeConfig {
+    let tls = server_tls_config(common::credentials(), ClientAuth::None).unwrap();
+    NodeConfig::new(ServerConfig::new(ServerTransport::Tls(tls)))
+}
+
+/// A node with groups 1, 2 and 3.
+fn fresh_node(config: &NodeConfig) -> Node<AllowAll> {
+    let mut node = Node::new(config.clone(), AllowAll).expect("a valid node config");
+    for g in 1..=3 {
+        node.add_group(GroupId(g), format!("group {g}")).unwrap();
+    }
+    node
+}
+
+impl World {
+    fn new(config: NodeConfig) -> Self {
+        let tls = matches!(config.server.transport, ServerTransport::Tls(_));
+        Self {
+            now: Instant::now(),
+            node: fresh_node(&config),
+            config,
+            pairs: Vec::new(),
+            events: Vec::new(),
+            tokens: 0,
+            tls,
+        }
+    }
+
+    fn client(&self, user: &str) -> ClientConfig {
+        let transport = if self.tls {
+            ClientTransport::Tls(common::client_tls())
+        } else {
+            ClientTransport::Plaintext
+        };
+        ClientConfig::new(transport, user, b"pw")
+    }
+
+    /// `user`'s client config, asking to resume.
+    fn resuming(&self, user: &str, resume: ResumeRequest) -> ClientConfig {
+        ClientConfig {
+            resume: Some(resume),
+            ..self.client(user)
+        }
+    }
+
+    /// Opens a connection (counting waker) and drives it until quiet.
+    fn connect(&mut self, config: ClientConfig) -> usize {
+        let wakes = Arc::new(CountingWaker::default());
+        self.connect_with(config, Waker::from(wakes.clone()), Some(wakes))
+    }
+
+    /// Opens a connection whose waker is `Waker::noop()`.
+    fn connect_unwoken(&mut self, config: ClientConfig) -> usize {
+        self.connect_with(config, Waker::noop().clone(), None)
+    }
+
+    fn connect_with(
+        &mut self,
+        config: ClientConfig,
+        waker: Waker,
+        wakes: Option<Arc<CountingWaker>>,
+    ) -> usize {
+        let peer = format!("127.0.0.1:{}", 40_000 + self.pairs.len())
+            .parse()
+            .unwrap();
+        let conn = self.node.connection(peer, self.now, waker).unwrap();
+        let client = ClientConnection::new(config, self.now, common::wall_clock()).unwrap();
+        self.pairs.push(Pair {
+            client,
+            conn,
+            wakes,
+            link: Link::Up,
+            events: Vec::new(),
+            eof_to_client: false,
+            eof_to_server: false,
+            told_node: false,
+        });
+        self.step();
+        self.pairs.len() - 1
+    }
+
+    /// Connects `user` and subscribes it to `groups`.
+    fn join(&mut self, user: &str, groups: &[u32]) -> usize {
+        let i = self.connect(self.client(user));
+        assert_eq!(self.pairs[i].client.state(), ClientState::Ready, "{user}");
+        if !groups.is_empty() {
+            let groups = groups.iter().copied().map(GroupId).collect();
+            self.pairs[i]
+                .client
+                .push(pushwire_engine::client::PushCommand::Subscribe(groups))
+                .unwrap();
+            self.step();
+        }
+        i
+    }
+
+    fn publish(&mut self, i: usize, group: u32, payload: &[u8]) {
+        self.pairs[i]
+            .client
+            .publish(&[GroupId(group)], payload)
+            .unwrap();
+    }
+
+    /// Moves bytes and events until nothing changes.
+    fn step(&mut self) {
+        for _ in 0..1000 {
+            let mut progress = false;
+            for i in 0..self.pairs.len() {
+                progress |= self.step_pair(i);
+            }
+            while let Some(event) = self.node.poll_event() {
+                self.events.push(event);
+                progress = true;
+            }
+            if !progress {
+                return;
+            }
+        }
+        panic!("the world did not settle");
+    }
+
+    fn step_pair(&mut self, i: usize) -> bool {
+        let now = self.now;
+        if self.pairs[i].link == Link::Held {
+            return false;
+        }
+        let mut progress = self.pump_commands(i);
+        let p = &mut self.pairs[i];
+        // A synchronous driver looks at every connection each step, woken or not.
+        p.conn.handle_mailbox(now);
+        if p.link != Link::Stalled {
+            let mut buf = Vec::new();
+            if p.conn.poll_transmit(now, &mut buf) > 0 {
+                progress = true;
+                if p.link != Link::Cut {
+                    p.client.handle_input(now, &buf);
+                }
+            }
+        }
+        while let Some(event) = p.client.poll_event() {
+            p.events.push(event);
+            progress = true;
+        }
+        // A finished end closes its transport: the other end sees EOF.
+        if p.link == Link::Up {
+            if p.client.is_finished() && !p.eof_to_server {
+                p.eof_to_server = true;
+                p.conn.handle_transport_closed();
+                progress = true;
+            }
+            if p.conn.is_finished() && !p.eof_to_client {
+                p.eof_to_client = true;
+                p.client.handle_transport_closed();
+                progress = true;
+            }
+        }
+        if p.conn.is_finished() && !p.told_node {
+            p.told_node = true;
+            self.node.handle_connection_closed(now, &mut p.conn);
+            progress = true;
+        }
+        progress
+    }
+
+    /// Client → server bytes, the server connection's events, then its push
+    /// commands to the node.
+    fn pump_commands(&mut self, i: usize) -> bool {
+        let progress = self.deliver_to_server(i);
+        let p = &mut self.pairs[i];
+        if p.conn.wants_node() {
+            self.node.handle_connection(self.now, &mut p.conn);
+            return true;
+        }
+        progress
+    }
+
+    /// Client → server bytes and the server connection's events, without lending
+    /// the connection to `handle_connection`.
+    fn deliver_to_server(&mut self, i: usize) -> bool {
+        let now = self.now;
+        let (node, tokens, p) = (&mut self.node, &mut self.tokens, &mut self.pairs[i]);
+        let mut progress = false;
+        let mut buf = Vec::new();
+        if p.client.poll_transmit(now, &mut buf) > 0 {
+            progress = true;
+            if p.link != Link::Cut {
+                p.conn.handle_input(now, &buf);
+            }
+        }
+        while let Some(event) = p.conn.poll_event() {
+            progress = true;
+            match event {
+                // Every Hello is permitted; the node decides the rest.
+                ConnectionEvent::Authenticate(request) => {
+                    *tokens += 1;
+                    node.handle_hello(now, &mut p.conn, request, ResumeToken([*tokens; 16]));
+                }
+                ConnectionEvent::Request {
+                    request_id,
+                    payload,
+                    ..
+                } => {
+                    p.conn.respond(request_id, Ok(payload));
+                }
+                ConnectionEvent::Closed(_) => {}
+            }
+        }
+        progress
+    }
+
+    /// Drops the transport under both ends, without a Close.
+    fn cut(&mut self, i: usize) {
+        let p = &mut self.pairs[i];
+        p.link = Link::Cut;
+        p.conn.handle_transport_closed();
+        p.client.handle_transport_closed();
+        self.step();
+    }
+
+    /// Advances the clock in steps of at most a second, firing every timer.
+    fn advance(&mut self, by: Duration) {
+        let end = self.now + by;
+        while self.now < end {
+            self.now = end.min(self.now + Duration::from_secs(1));
+            let now = self.now;
+            for p in self.pairs.iter_mut().filter(|p| p.link != Link::Held) {
+                p.client.handle_timeout(now);
+                p.conn.handle_timeout(now);
+            }
+            if self.node.poll_timeout().is_some_and(|t| t <= now) {
+                self.node.handle_timeout(now);
+            }
+            self.step();
+        }
+    }
+
+    fn has_event(&self, wanted: impl Fn(&NodeEvent) -> bool) -> bool {
+        self.events.iter().any(wanted)
+    }
+}
+
+/// Every sequence number from `from` to `to` is covered exactly once by the Gaps and
+/// numbered events in `pushes`, in ascending order.
+fn assert_covers_exactly(pushes: &[&Message], from: u64, to: u64) {
+    let mut next = from;
+    for m in pushes {
+        let (first, last) = match m {
+            Message::Gap(g) => (g.first, g.last),
+            Message::Published(p) => (p.seq, p.seq),
+            Message::Subscribed(p) => (p.seq, p.seq),
+            Message::Unsubscribed(p) => (p.seq, p.seq),
+            Message::UserMessage(p) => (p.seq, p.seq),
+            _ => continue,
+        };
+        assert_eq!(first, next, "no hole and no duplicate before {m:?}");
+        next = last + 1;
+    }
+    assert_eq!(next, to + 1, "everything up to {to} covered");
+}
+
+// --- Admission ---------------------------------------------------------------------
+
+/// Test 1's body, shared with the TLS run.
+fn check_a_permitted_hello_is_welcomed(mut w: World) {
+    let i = w.connect(w.client("alice"));
+    let tls_seen = w.pairs[i]
+        .events
+        .iter()
+        .any(|e| matches!(e, ClientEvent::ServerAuthenticated(_)));
+    assert_eq!(tls_seen, w.tls, "TLS exactly when configured");
+    let session = w.pairs[i].session();
+    let welcome = w.pairs[i].welcome().clone();
+    assert_eq!(welcome.session_id, session.0);
+    assert_eq!(welcome.resume_token, ResumeToken([1; 16]));
+    assert!(!welcome.resumed);
+    assert_eq!(welcome.session_timeout_ms, 7_000);
+    assert_eq!(welcome.replay_capacity, 100);
+    assert_eq!(
+        w.events,
+        [NodeEvent::SessionStarted {
+            session,
+            user_id: "alice".into(),
+            lost: false,
+        }]
+    );
+    assert_eq!(w.node.stats().sessions_started, 1);
+    assert_eq!(w.node.hub().is_attached(session), Some(true));
+    // RPC goes through the connection's own half.
+    let id = w.pairs[i].client.request(5, "ping".into()).unwrap();
+    w.step();
+    assert!(w.pairs[i].events.iter().any(|e| matches!(
+        e,
+        ClientEvent::Response { request_id, payload } if *request_id == id && payload == "ping"
+    )));
+}
+
+fn welcome_config(mut config: NodeConfig) -> NodeConfig {
+    config.hub.session_timeout = Duration::from_secs(7);
+    config.hub.replay_events = 100;
+    config
+}
+
+#[test]
+fn a_permitted_hello_gets_a_welcome_with_the_nodes_session_and_limits() {
+    check_a_permitted_hello_is_welcomed(World::new(welcome_config(plaintext_config())));
+}
+
+#[test]
+fn a_hello_for_a_service_the_node_does_not_host_is_refused() {
+    let mut config = plaintext_config();
+    config.services = [1].into();
+    let mut w = World::new(config);
+    let mut client = w.client("alice");
+    client.service_id = 2;
+    let i = w.connect_unwoken(client);
+    assert_eq!(w.pairs[i].refused(), Some(RefuseCode::UnknownService));
+    assert_eq!(w.node.hub().connection_count(), 0);
+    assert_eq!(w.node.stats().sessions_started, 0);
+    assert!(w.has_event(|e| matches!(e, NodeEvent::UnknownService { service_id: 2, .. })));
+    // The hosted service is still let in.
+    let j = w.connect_unwoken(w.client("bob"));
+    assert_eq!(w.pairs[j].client.state(), ClientState::Ready);
+}
+
+#[test]
+fn auto_subscribe_puts_a_new_session_in_its_groups_and_tells_it_first() {
+    let mut config = plaintext_config();
+    config.auto_subscribe = vec![GroupId(1), GroupId(2)];
+    let mut w = World::new(config);
+    let a = w.connect(w.client("alice"));
+    let session = w.pairs[a].session();
+    let groups: Vec<GroupId> = w.node.hub().subscriptions(session).unwrap().collect();
+    assert_eq!(groups, [GroupId(1), GroupId(2)]);
+    match w.pairs[a].pushes().first() {
+        Some(Message::Subscribed(s)) => {
+            assert!(s.sender.is_self());
+            assert_eq!((s.seq, &s.groups[..]), (1, &[GroupId(1), GroupId(2)][..]));
+        }
+        other => panic!("first push event: {other:?}"),
+    }
+    // The next arrival is announced to alice.
+    w.connect(w.client("bob"));
+    assert!(matches!(
+        w.pairs[a].pushes().last(),
+        Some(Message::Subscribed(s)) if !s.sender.is_self() && s.groups.len() == 2
+    ));
+}
+
+// --- Fan-out -------------------------------------------------------------------------
+
+/// Test 4's body, shared with the TLS run.
+fn check_a_publication_reaches_the_group(mut w: World) {
+    let a = w.join("alice", &[]);
+    let b = w.join("bob", &[1]);
+    let seen = w.pairs[b].client.last_seq();
+    w.publish(a, 1, b"hello group");
+    w.deliver_to_server(a);
+    assert!(w.pairs[a].conn.wants_node());
+    let wakes = w.pairs[b].wakes();
+    w.node.handle_connection(w.now, &mut w.pairs[a].conn);
+    assert!(
+        w.pairs[b].wakes() > wakes,
+        "the node woke the receiver during handle_connection"
+    );
+    assert!(
+        w.pairs[b].conn.queued_bytes() > 0,
+        "the frame is in bob's mailbox"
+    );
+    w.step();
+    assert_eq!(w.pairs[b].published(), [(seen + 1, "hello group".into())]);
+    assert_eq!(w.pairs[b].conn.queued_bytes(), 0);
+    // alice is not subscribed: she gets only her echo.
+    let echo = w.pairs[a].pushes();
+    assert!(matches!(echo[..], [Message::Published(p)] if p.sender.is_self()));
+}
+
+#[test]
+fn a_publication_reaches_the_members_of_its_group_and_wakes_them() {
+    check_a_publication_reaches_the_group(World::new(plaintext_config()));
+}
+
+// --- Sessions: detach, resume, goodbye, expiry -------------------------------------
+
+#[test]
+fn a_dropped_transport_detaches_the_session_and_a_resume_replays_what_was_missed() {
+    let mut w = World::new(plaintext_config());
+    let a = w.join("alice", &[1]);
+    let b = w.join("bob", &[1]);
+    let session = w.pairs[b].session();
+    w.cut(b);
+    assert!(w.has_event(|e| *e
+        == NodeEvent::Detached {
+            session,
+            user_id: "bob".into()
+        }));
+    assert!(!w.has_event(|e| matches!(e, NodeEvent::Ended { .. })));
+    assert_eq!(w.node.hub().is_attached(session), Some(false));
+    assert!(
+        w.pairs[a].unsubscribed_peers().is_empty(),
+        "a detach is silent"
+    );
+
+    let resume = w.pairs[b].resume();
+    for m in ["m1", "m2", "m3"] {
+        w.publish(a, 1, m.as_bytes());
+        w.step();
+    }
+    let b2 = w.connect(w.resuming("bob", resume));
+    let welcome = w.pairs[b2].welcome();
+    assert!(welcome.resumed);
+    assert_eq!(welcome.session_id, session.0);
+    assert!(w.has_event(|e| *e
+        == NodeEvent::Resumed {
+            session,
+            user_id: "bob".into(),
+            replayed: 3,
+            gap: None,
+            superseded: false,
+        }));
+    assert_eq!(w.node.hub().is_attached(session), Some(true));
+    w.publish(a, 1, b"m4");
+    w.step();
+    let s = resume.last_seq;
+    let expected: Vec<(u64, Bytes)> = (1..=4).map(|k| (s + k, format!("m{k}").into())).collect();
+    assert_eq!(w.pairs[b2].published(), expected, "in order, nothing twice");
+    assert_covers_exactly(&w.pairs[b2].pushes(), s + 1, s + 4);
+    assert_eq!(w.node.stats().sessions_resumed, 1);
+    assert_eq!(w.node.stats().resumes_with_replay, 1);
+}
+
+#[test]
+fn a_goodbye_ends_the_session_and_the_other_members_are_told() {
+    let mut w = World::new(plaintext_config());
+    let a = w.join("alice", &[1]);
+    let b = w.join("bob", &[1]);
+    let session = w.pairs[b].session();
+    w.pairs[b].client.close(CloseCode::Normal, "bye");
+    w.step();
+    assert!(w.pairs[b].told_node);
+    assert!(w.has_event(|e| *e
+        == NodeEvent::Ended {
+            session,
+            user_id: "bob".into(),
+            end: SessionEnd::Goodbye,
+        }));
+    assert!(!w.has_event(|e| matches!(e, NodeEvent::Detached { .. })));
+    assert_eq!(w.node.hub().is_attached(session), None);
+    assert_eq!(w.pairs[a].unsubscribed_peers(), ["bob"]);
+}
+
+#[test]
+fn a_detached_session_expires_after_the_session_timeout() {
+    let mut config = plaintext_config();
+    config.hub.session_timeout = Duration::from_secs(5);
+    let mut w = World::new(config);
+    let a = w.join("alice", &[1]);
+    let b = w.join("bob", &[1]);
+    let session = w.pairs[b].session();
+    w.cut(b);
+    let deadline = w.now + Duration::from_secs(5);
+    assert_eq!(w.node.poll_timeout(), Some(deadline));
+
+    w.now = deadline - Duration::from_millis(1);
+    w.node.handle_timeout(w.now);
+    w.step();
+    assert!(!w.has_event(|e| matches!(e, NodeEvent::Ended { .. })));
+    assert_eq!(w.node.hub().is_attached(session), Some(false));
+
+    w.now = deadline;
+    w.node.handle_timeout(w.now);
+    w.step();
+    assert!(w.has_event(|e| *e
+        == NodeEvent::Ended {
+            session,
+            user_id: "bob".into(),
+            end: SessionEnd::Expired,
+        }));
+    assert_eq!(w.pairs[a].unsubscribed_peers(), ["bob"]);
+    assert_eq!(w.node.stats().sessions_expired, 1);
+    assert_eq!(w.node.hub().is_attached(session), None);
+    assert_eq!(w.node.poll_timeout(), None);
+}
+
+#[test]
+fn a_resume_while_the_old_connection_is_open_kicks_it_and_ignores_what_it_sends() {
+    let mut w = World::new(plaintext_config());
+    let a = w.join("alice", &[1]);
+    let b1 = w.join("bob", &[1]);
+    let session = w.pairs[b1].session();
+    let alice_before = w.pairs[a].published().len();
+
+    // The old connection has decoded a publication but not yet taken the node's
+    // lock when the resume comes in; then its driver stalls.
+    w.publish(b1, 1, b"stale-1");
+    w.deliver_to_server(b1);
+    assert!(w.pairs[b1].conn.wants_node());
+    w.pairs[b1].link = Link::Held;
+    let wakes = w.pairs[b1].wakes();
+
+    let b2 = w.connect(w.resuming("bob", w.pairs[b1].resume()));
+    assert!(w.pairs[b2].welcome().resumed);
+    assert!(w.has_event(|e| matches!(
+        e,
+        NodeEvent::Resumed { session: s, superseded: true, .. } if *s == session
+    )));
+    assert_eq!(w.node.stats().superseded, 1);
+    assert!(w.pairs[b1].wakes() > wakes, "the old connection was woken");
+
+    // What the old connection still brings is ignored.
+    w.node.handle_connection(w.now, &mut w.pairs[b1].conn);
+    assert!(!w.pairs[b1].conn.wants_node());
+    w.publish(b1, 1, b"stale-2");
+    w.pairs[b1].link = Link::Up;
+    w.step();
+    assert_eq!(w.pairs[b1].closed_by_server(), Some(CloseCode::Kicked));
+    assert!(w.pairs[b1].told_node, "the old connection finished");
+    let stale = |p: &Pair| p.published().iter().any(|(_, m)| m.starts_with(b"stale"));
+    assert!(
+        !w.pairs.iter().any(stale),
+        "a superseded connection's publication ran"
+    );
+    assert_eq!(w.pairs[a].published().len(), alice_before);
+    // Its end neither ended nor detached the session, which the new one owns.
+    assert!(!w.has_event(|e| matches!(e, NodeEvent::Detached { .. } | NodeEvent::Ended { .. })));
+    assert_eq!(w.node.hub().is_attached(session), Some(true));
+    assert!(w.pairs[a].unsubscribed_peers().is_empty());
+    w.publish(a, 1, b"live");
+    w.step();
+    assert_eq!(w.pairs[b2].published().last().unwrap().1, "live");
+}
+
+#[test]
+fn a_resume_with_another_users_token_is_refused() {
+    let mut w = World::new(plaintext_config());
+    let alice = w.join("alice", &[1]);
+    let session = w.pairs[alice].session();
+    let m = w.connect_unwoken(w.resuming("mallory", w.pairs[alice].resume()));
+    assert_eq!(w.pairs[m].refused(), Some(RefuseCode::ResumeNotPermitted));
+    assert!(w.has_event(|e| *e
+        == NodeEvent::ResumeRefused {
+            user_id: "mallory".into()
+        }));
+    assert_eq!(w.node.hub().connection_count(), 1);
+    assert_eq!(w.node.hub().is_attached(session), Some(true));
+    assert_eq!(w.pairs[alice].client.state(), ClientState::Ready);
+}
+
+#[test]
+fn a_resume_the_node_does_not_know_starts_a_new_session_that_begins_with_session_lost() {
+    let config = plaintext_config();
+    let mut w = World::new(config.clone());
+    let b = w.join("bob", &[1]);
+    w.pairs[b].client.publish(&[GroupId(1)], b"x").unwrap();
+    w.step();
+    w.cut(b);
+    let resume = w.pairs[b].resume();
+    assert!(resume.last_seq >= 2);
+    // The server restarts: everything it held is gone.
+    w.node = fresh_node(&config);
+    let b2 = w.connect(w.resuming("bob", resume));
+    let welcome = w.pairs[b2].welcome().clone();
+    assert!(!welcome.resumed);
+    assert!(matches!(
+        w.pairs[b2].pushes().first(),
+        Some(Message::SessionLost(_))
+    ));
+    assert!(w.has_event(|e| matches!(
+        e,
+        NodeEvent::SessionStarted { lost: true, session, .. } if session.0 == welcome.session_id
+    )));
+    assert_eq!(w.node.stats().sessions_lost, 1);
+    assert_eq!(w.node.stats().sessions_started, 1);
+    assert_eq!(
+        w.pairs[b2].client.last_seq(),
+        0,
+        "the new session counts from 1"
+    );
+}
+
+// --- Slow consumers ------------------------------------------------------------------
+
+const LIMIT: usize = 4 * 1024;
+
+fn slow_consumer_config(policy: SlowConsumerPolicy) -> NodeConfig {
+    let mut config = plaintext_config();
+    config.max_outbound_bytes = LIMIT;
+    config.hub.replay_bytes = LIMIT;
+    config.slow_consumer_policy = policy;
+    config
+}
+
+/// alice publishes `count` payloads of 1,000 bytes to group 1, one per step, while
+/// bob (a member) does not read. Returns (world, alice, bob, bob's last seq before).
+fn flood_a_stalled_reader(policy: SlowConsumerPolicy, count: u8) -> (World, usize, usize, u64) {
+    let mut w = World::new(slow_consumer_config(policy));
+    let a = w.join("alice", &[]);
+    let b = w.join("bob", &[1]);
+    let seen = w.pairs[b].client.last_seq();
+    w.pairs[b].link = Link::Stalled;
+    for k in 0..count {
+        w.publish(a, 1, &[k; 1000]);
+        w.step();
+        if w.has_event(|e| matches!(e, NodeEvent::SlowConsumer { .. })) {
+            assert_eq!(
+                w.pairs[b].conn.queued_bytes(),
+                0,
+                "a closed mailbox is cleared and takes nothing more"
+            );
+        } else {
+            // The limit bounds the backlog: at most one frame past it.
+            assert!(w.pairs[b].conn.queued_bytes() < LIMIT + 1100);
+        }
+    }
+    (w, a, b, seen)
+}
+
+#[test]
+fn a_slow_consumer_is_disconnected_its_session_kept_for_a_resume() {
+    let (mut w, _, b, seen) = flood_a_stalled_reader(SlowConsumerPolicy::Disconnect, 8);
+    let session = w.pairs[b].session();
+    assert!(w.has_event(|e| *e == NodeEvent::SlowConsumer { session }));
+    assert_eq!(w.node.stats().slow_consumers, 1);
+    assert_eq!(w.pairs[b].conn.queued_bytes(), 0);
+    assert!(w.pairs[b].published().is_empty(), "bob read nothing");
+
+    w.pairs[b].link = Link::Up;
+    w.step();
+    assert_eq!(w.pairs[b].closed_by_server(), Some(CloseCode::SlowConsumer));
+    assert!(w.pairs[b].published().is_empty(), "the mailbox was cleared");
+    assert!(w.has_event(|e| matches!(e, NodeEvent::Detached { session: s, .. } if *s == session)));
+    assert!(!w.has_event(|e| matches!(e, NodeEvent::Ended { .. })));
+    assert_eq!(w.node.hub().is_attached(session), Some(false));
+
+    let resume = w.pairs[b].resume();
+    assert_eq!(resume.last_seq, seen);
+    let b2 = w.connect(w.resuming("bob", resume));
+    assert!(w.pairs[b2].welcome().resumed);
+    let resumed = w.events.iter().find_map(|e| match e {
+        NodeEvent::Resumed { replayed, gap, .. } => Some((*replayed, *gap)),
+        _ => None,
+    });
+    let (replayed, gap) = resumed.expect("a Resumed event");
+    assert!(
+        replayed > 0 && gap.is_some(),
+        "{replayed} replayed, gap {gap:?}"
+    );
+    let pushes = w.pairs[b2].pushes();
+    assert!(matches!(pushes.first(), Some(Message::Gap(g)) if g.first == seen + 1));
+    assert_covers_exactly(&pushes, seen + 1, seen + 8);
+    assert_eq!(w.pairs[b2].published().last().unwrap().1, [7u8; 1000][..]);
+}
+
+#[test]
+fn a_slow_consumer_that_never_reads_is_abandoned_after_the_close_grace() {
+    let (mut w, _, b, _) = flood_a_stalled_reader(SlowConsumerPolicy::Disconnect, 8);
+    let session = w.pairs[b].session();
+    assert!(w.has_event(|e| *e == NodeEvent::SlowConsumer { session }));
+    let read = w.pairs[b].events.len();
+    let grace = w.config.close_grace;
+    assert_eq!(w.pairs[b].conn.poll_timeout(), Some(w.now + grace));
+
+    w.advance(grace - Duration::from_millis(1));
+    assert!(!w.pairs[b].conn.is_abandoned());
+    assert!(!w.pairs[b].told_node);
+    w.advance(Duration::from_millis(1));
+    assert!(w.pairs[b].conn.is_abandoned());
+    assert!(w.pairs[b].conn.is_finished());
+    assert_eq!(w.pairs[b].conn.poll_timeout(), None);
+    assert!(w.pairs[b].told_node);
+    assert_eq!(
+        w.pairs[b].events.len(),
+        read,
+        "the transport was never read"
+    );
+    assert!(w.has_event(|e| matches!(e, NodeEvent::Detached { session: s, .. } if *s == session)));
+    assert_eq!(w.node.hub().is_attached(session), Some(false));
+}
+
+#[test]
+fn drop_oldest_keeps_a_slow_consumer_and_covers_what_it_dropped_with_a_gap() {
+    let (mut w, _, b, seen) = flood_a_stalled_reader(SlowConsumerPolicy::DropOldest, 10);
+    let dropped = w.pairs[b].conn.dropped_by_policy();
+    assert!(dropped > 0);
+    assert!(!w.has_event(|e| matches!(e, NodeEvent::SlowConsumer { .. })));
+    assert!(w.pairs[b].conn.queued_bytes() <= LIMIT);
+
+    w.pairs[b].link = Link::Up;
+    w.step();
+    assert_eq!(w.pairs[b].closed(), None);
+    assert_eq!(w.pairs[b].client.state(), ClientState::Ready);
+    let pushes = w.pairs[b].pushes();
+    let after: Vec<&Message> = pushes
+        .into_iter()
+        .skip_while(|m| !matches!(m, Message::Gap(_)))
+        .collect();
+    match after.first() {
+        Some(Message::Gap(g)) => {
+            assert_eq!(g.first, seen + 1, "the oldest were dropped");
+            assert_eq!(g.last - g.first + 1, dropped);
+        }
+        other => panic!("expected a Gap first, got {other:?}"),
+    }
+    assert_covers_exactly(&after, seen + 1, seen + 10);
+    assert_eq!(w.pairs[b].published().last().unwrap().1, [9u8; 1000][..]);
+}
+
+#[test]
+fn a_replay_buffer_larger_than_the_outbound_limit_is_refused() {
+    let mut config = plaintext_config();
+    config.max_outbound_bytes = LIMIT;
+    config.hub = HubConfig {
+        replay_bytes: LIMIT + 1,
+        ..HubConfig::default()
+    };
+    match Node::new(config.clone(), AllowAll) {
+        Err(e) => assert_eq!(
+            e,
+            NodeConfigError::ReplayOverOutbound {
+                replay: LIMIT + 1,
+                outbound: LIMIT,
+            }
+        ),
+        Ok(_) => panic!("accepted a replay buffer over the outbound limit"),
+    }
+    config.hub.replay_bytes = LIMIT;
+    assert!(Node::new(config, AllowAll).is_ok(), "equal is fine");
+}
+
+// --- TLS ---------------------------------------------------------------------------
+
+#[test]
+fn the_node_admits_and_fans_out_over_tls_too() {
+    check_a_permitted_hello_is_welcomed(World::new(welcome_config(tls_config())));
+    check_a_publication_reaches_the_group(World::new(tls_config()));
+}
+
+// --- The outbound limit against frames near its size ----------------------------------
+
+/// `Node::new` accepts `hub.replay_bytes == max_outbound_bytes`, and a resume queues
+/// the Gap notice *and* up to `replay_bytes` of replay into the fresh mailbox: the
+/// resume must not be cut off as a slow consumer (it was, every time, before the
+/// limit bounded the backlog instead of each frame).
+#[test]
+fn a_slow_consumer_can_resume_when_its_replay_buffer_is_exactly_full() {
+    // 986-byte payloads make 1,024-byte Published frames for bob: four fill the
+    // 4 KiB replay buffer exactly.
+    let mut w = World::new(slow_consumer_config(SlowConsumerPolicy::Disconnect));
+    let a = w.join("alice", &[]);
+    let b = w.join("bob", &[1]);
+    let seen = w.pairs[b].client.last_seq();
+    w.pairs[b].link = Link::Stalled;
+    for k in 0..8 {
+        w.publish(a, 1, &[k; 986]);
+        w.step();
+    }
+    let session = w.pairs[b].session();
+    assert_eq!(w.node.hub().replay_held(session), Some((4, LIMIT)));
+    w.pairs[b].link = Link::Up;
+    w.step();
+    // Three resumes in a row, each from where the previous one got to.
+    let mut resume = w.pairs[b].resume();
+    let mut closes = Vec::new();
+    for _ in 0..3 {
+        let i = w.connect(w.resuming("bob", resume));
+        assert!(w.pairs[i].welcome().resumed);
+        closes.push(w.pairs[i].closed_by_server());
+        resume = w.pairs[i].resume();
+        w.cut(i);
+    }
+    assert_eq!(closes, [None; 3], "resumes cut off; {:?}", w.node.stats());
+    assert!(resume.last_seq >= seen + 8, "the client caught up");
+}
+
+/// One accepted publication larger than the outbound limit goes to receivers that
+/// read (an empty mailbox takes it whole): before, it cut every receiver off during
+/// the fan-out, and as the replay buffer keeps the newest event, every resume too.
+#[test]
+fn one_large_publication_does_not_cut_off_receivers_that_read() {
+    let mut w = World::new(slow_consumer_config(SlowConsumerPolicy::Disconnect));
+    let a = w.join("alice", &[]);
+    let b = w.join("bob", &[1]);
+    w.publish(a, 1, &[1; 5000]);
+    w.step();
+    assert_eq!(w.node.stats().slow_consumers, 0, "events: {:?}", w.events);
+    assert_eq!(w.pairs[b].published().len(), 1);
+}
