@@ -18,7 +18,8 @@ use pushwire_engine::client::{
 };
 use pushwire_engine::hub::{AllowAll, ConnectionId, HubConfig, SlowConsumerPolicy};
 use pushwire_engine::node::{
-    ConnectionEvent, Node, NodeConfig, NodeConfigError, NodeConnection, NodeEvent, SessionEnd,
+    ConnectionEvent, FlowControl, Node, NodeConfig, NodeConfigError, NodeConnection, NodeEvent,
+    SessionEnd,
 };
 use pushwire_engine::server::{ServerConfig, ServerTransport};
 use pushwire_engine::tls::{server_tls_config, ClientAuth};
@@ -73,6 +74,8 @@ struct Pair {
     eof_to_server: bool,
     /// `handle_connection_closed` was called.
     told_node: bool,
+    /// Client bytes the server side has not read (its flow control holds it back).
+    unread: Vec<u8>,
 }
 
 impl Pair {
@@ -252,6 +255,7 @@ impl World {
             eof_to_client: false,
             eof_to_server: false,
             told_node: false,
+            unread: Vec::new(),
         });
         self.step();
         self.pairs.len() - 1
@@ -358,12 +362,13 @@ impl World {
         let now = self.now;
         let (node, tokens, p) = (&mut self.node, &mut self.tokens, &mut self.pairs[i]);
         let mut progress = false;
-        let mut buf = Vec::new();
-        if p.client.poll_transmit(now, &mut buf) > 0 {
+        p.client.poll_transmit(now, &mut p.unread);
+        if p.link == Link::Cut {
+            p.unread.clear();
+        } else if !p.unread.is_empty() && p.conn.wants_input() {
             progress = true;
-            if p.link != Link::Cut {
-                p.conn.handle_input(now, &buf);
-            }
+            p.conn.handle_input(now, &p.unread);
+            p.unread.clear();
         }
         while let Some(event) = p.conn.poll_event() {
             progress = true;
@@ -961,4 +966,148 @@ fn one_large_publication_does_not_cut_off_receivers_that_read() {
     w.step();
     assert_eq!(w.node.stats().slow_consumers, 0, "events: {:?}", w.events);
     assert_eq!(w.pairs[b].published().len(), 1);
+}
+
+// --- Flow control ----------------------------------------------------------------
+
+const HIGH_WATER: usize = 3 * 1024;
+const LOW_WATER: usize = 1024;
+const FLOW_GRACE: Duration = Duration::from_millis(1500);
+
+fn flow_config(policy: SlowConsumerPolicy) -> NodeConfig {
+    let mut config = plaintext_config();
+    config.max_outbound_bytes = 64 * 1024;
+    config.hub.replay_bytes = 32 * 1024;
+    config.slow_consumer_policy = policy;
+    config.flow_control = Some(FlowControl {
+        high_water: HIGH_WATER,
+        low_water: LOW_WATER,
+        grace: FLOW_GRACE,
+    });
+    config
+}
+
+/// alice publishes 1,000-byte payloads to group 1, where bob is, and carol to group
+/// 2, where dave is; bob stops reading. Returns the world and the four indexes.
+fn a_stalled_receiver_among_publishers(policy: SlowConsumerPolicy) -> (World, [usize; 4]) {
+    let mut w = World::new(flow_config(policy));
+    let alice = w.join("alice", &[]);
+    let bob = w.join("bob", &[1]);
+    let carol = w.join("carol", &[]);
+    let dave = w.join("dave", &[2]);
+    w.pairs[bob].link = Link::Stalled;
+    for k in 0..6 {
+        w.publish(alice, 1, &[k; 1000]);
+        w.publish(carol, 2, &[k; 1000]);
+        w.step();
+    }
+    (w, [alice, bob, carol, dave])
+}
+
+#[test]
+fn a_congested_receiver_holds_its_publisher_back_and_no_one_else() {
+    let (mut w, [alice, bob, carol, dave]) =
+        a_stalled_receiver_among_publishers(SlowConsumerPolicy::Disconnect);
+    assert!(!w.pairs[alice].conn.wants_input(), "alice is held back");
+    assert!(w.pairs[carol].conn.wants_input(), "carol's receiver reads");
+    assert_eq!(
+        w.pairs[dave].published().len(),
+        6,
+        "dave got all of carol's"
+    );
+    assert!(w.pairs[bob].conn.queued_bytes() > HIGH_WATER);
+    assert!(
+        w.pairs[bob].conn.queued_bytes() < HIGH_WATER + 2 * 1100,
+        "held before the backlog grew much: {}",
+        w.pairs[bob].conn.queued_bytes()
+    );
+    assert!(
+        !w.pairs[alice].unread.is_empty(),
+        "alice's last commands wait unread"
+    );
+    assert_eq!(w.node.stats().congestions, 1);
+    assert_eq!(w.node.stats().publishers_held, 1);
+    assert_eq!(w.node.stats().slow_consumers, 0);
+
+    // bob reads again: alice is released and everything arrives, nothing cut.
+    w.pairs[bob].link = Link::Up;
+    w.step();
+    assert!(w.pairs[alice].conn.wants_input());
+    w.step();
+    let got: Vec<u8> = w.pairs[bob].published().iter().map(|(_, p)| p[0]).collect();
+    assert_eq!(got, [0, 1, 2, 3, 4, 5]);
+    assert_eq!(w.pairs[bob].closed(), None);
+    assert!(!w.pairs[bob]
+        .pushes()
+        .iter()
+        .any(|m| matches!(m, Message::Gap(_))));
+    assert_eq!(w.node.stats().slow_consumers, 0);
+    assert_eq!(w.node.poll_timeout(), None, "no congestion left to time");
+}
+
+#[test]
+fn a_receiver_that_stays_congested_is_cut_after_the_grace_and_its_publisher_goes_on() {
+    let (mut w, [alice, bob, _, _]) =
+        a_stalled_receiver_among_publishers(SlowConsumerPolicy::Disconnect);
+    let since = w.now;
+    assert_eq!(w.node.poll_timeout(), Some(since + FLOW_GRACE));
+    w.advance(FLOW_GRACE - Duration::from_millis(1));
+    assert!(
+        !w.pairs[alice].conn.wants_input(),
+        "held for the whole grace"
+    );
+    w.advance(Duration::from_millis(1));
+    assert!(w.pairs[alice].conn.wants_input(), "released at the grace");
+    assert_eq!(w.node.stats().congestions_expired, 1);
+    assert_eq!(w.node.stats().slow_consumers, 1);
+    let session = w.pairs[bob].session();
+    assert!(w.has_event(|e| *e == NodeEvent::SlowConsumer { session }));
+    assert_eq!(w.pairs[bob].conn.queued_bytes(), 0);
+    w.step();
+    // alice's held commands went through: her echo-less publications are all taken.
+    assert!(w.pairs[alice].unread.is_empty());
+}
+
+#[test]
+fn under_drop_oldest_a_receiver_congested_past_the_grace_is_shed_to_the_low_water_mark() {
+    let (mut w, [alice, bob, _, _]) =
+        a_stalled_receiver_among_publishers(SlowConsumerPolicy::DropOldest);
+    w.advance(FLOW_GRACE);
+    // Shed, alice went on: her held publications may congest bob again at once
+    // (a new grace), but the backlog stays near the high-water mark.
+    assert_eq!(w.node.stats().congestions_expired, 1);
+    assert_eq!(w.node.stats().slow_consumers, 0);
+    assert!(
+        w.pairs[alice].unread.is_empty(),
+        "alice's held commands were read"
+    );
+    assert!(w.pairs[bob].conn.queued_bytes() < HIGH_WATER + 2 * 1100);
+    assert!(w.pairs[bob].conn.dropped_by_policy() > 0);
+    w.pairs[bob].link = Link::Up;
+    w.step();
+    assert_eq!(w.pairs[bob].closed(), None, "kept connected");
+    let pushes = w.pairs[bob].pushes();
+    assert!(pushes.iter().any(|m| matches!(m, Message::Gap(_))));
+}
+
+#[test]
+fn flow_control_marks_are_checked() {
+    let mut config = flow_config(SlowConsumerPolicy::Disconnect);
+    config.flow_control = Some(FlowControl {
+        high_water: 1024,
+        low_water: 2048,
+        grace: FLOW_GRACE,
+    });
+    assert!(matches!(
+        Node::new(config, AllowAll),
+        Err(NodeConfigError::WaterMarks { .. })
+    ));
+    let mut config = flow_config(SlowConsumerPolicy::Disconnect);
+    let mut server = (*config.server).clone();
+    server.keepalive.idle_timeout = Some(Duration::from_secs(1));
+    config.server = Arc::new(server);
+    assert!(matches!(
+        Node::new(config, AllowAll),
+        Err(NodeConfigError::GraceOverIdleTimeout { .. })
+    ));
 }

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use pushwire_engine::hub::SlowConsumerPolicy;
 use pushwire_protocol::{CloseCode, FrameDecoder, GroupId, Message};
 use pushwire_tokio::client::{Client, ConnectionContext, Event, EventStream, Reconnect, Trust};
-use pushwire_tokio::server::{AuthDecision, Server, ServerBuilder};
+use pushwire_tokio::server::{AuthDecision, FlowControl, Server, ServerBuilder};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -385,4 +385,69 @@ async fn a_client_that_says_goodbye_ends_its_session_at_once() {
     .await;
     assert!(left.is_ok(), "bob was not told at once that alice left");
     assert!(!server.handle().is_online("alice"));
+}
+
+/// Flow control over real sockets: one subscriber reads, one never does. The reader
+/// gets every publication with no gap and no disconnect; the frozen one holds the
+/// publisher back for at most the grace, then is cut as a slow consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_flow_control_a_reader_gets_everything_and_a_frozen_subscriber_is_cut_after_the_grace()
+{
+    const MESSAGES: usize = 20_000;
+    let grace = Duration::from_secs(1);
+    let server = builder()
+        .flow_control(Some(FlowControl {
+            high_water: 256 * 1024,
+            low_water: 64 * 1024,
+            grace,
+        }))
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let mut stalled = stalled_client(addr).await;
+    let (reader, mut reader_events) = Client::connect(context(addr, "reader")).await.unwrap();
+    reader.subscribe(&[1]).await.unwrap();
+    let mut cc = context(addr, "publisher");
+    cc.echo = false;
+    let (publisher, _publisher_events) = Client::connect(cc).await.unwrap();
+
+    let started = std::time::Instant::now();
+    let publishing = tokio::spawn(async move {
+        for _ in 0..MESSAGES {
+            publisher.publish(&[1], vec![b'x'; 1000]).await.unwrap();
+        }
+        publisher
+    });
+    let mut received = 0;
+    while received < MESSAGES {
+        let event = tokio::time::timeout(Duration::from_secs(20), reader_events.recv())
+            .await
+            .expect("the reader waited 20 s for a publication")
+            .expect("events ended");
+        match event {
+            Event::Published { message, .. } => {
+                assert_eq!(message.len(), 1000);
+                received += 1;
+            }
+            Event::Subscribed { .. } => {}
+            other => panic!("the reader got {other:?} after {received} publications"),
+        }
+    }
+    let _publisher = publishing.await.unwrap();
+    let stats = server.handle().stats();
+    assert!(stats.publishers_held >= 1, "{stats:?}");
+    assert!(stats.congestions_expired >= 1, "{stats:?}");
+    assert!(
+        started.elapsed() >= grace,
+        "the publisher was held for the grace"
+    );
+
+    let messages = read_all(&mut stalled).await;
+    let close = messages.iter().find_map(|m| match m {
+        Message::Close(c) => Some(c.code),
+        _ => None,
+    });
+    assert_eq!(close, Some(CloseCode::SlowConsumer));
+    assert!(server.handle().is_online("slow"), "its session is kept");
 }

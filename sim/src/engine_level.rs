@@ -931,7 +931,11 @@ impl EngineSim {
             let ids: Vec<u64> = self.server_conns.keys().copied().collect();
             for id in ids {
                 let link = self.server_conns[&id].link;
-                if self.links[link].held_until.is_none() && self.links[link].server == Some(id) {
+                let reads = self.server_conns[&id].conn.wants_input();
+                if reads
+                    && self.links[link].held_until.is_none()
+                    && self.links[link].server == Some(id)
+                {
                     while let Some(chunk) = self.links[link].to_server.read_chunk() {
                         self.server_conns
                             .get_mut(&id)

@@ -180,16 +180,26 @@ impl OutboundQueue {
             SlowConsumerPolicy::Disconnect if backlog < self.limit => Queued::Ok,
             SlowConsumerPolicy::Disconnect => Queued::OverLimit,
             SlowConsumerPolicy::DropOldest => {
-                self.drop_oldest();
+                self.drop_oldest_to(self.limit);
                 Queued::Ok
             }
         }
     }
 
-    /// Drops the oldest push events until the queue is within its limit (command
+    /// Under [`SlowConsumerPolicy::DropOldest`], drops the oldest push events until at
+    /// most `target` bytes are queued, replacing them with a Gap notice (the flow
+    /// control's way to shed a receiver that made no progress). Does nothing under
+    /// the disconnect policy, which keeps no frame index.
+    pub fn shed_to(&mut self, target: usize) {
+        if self.policy == SlowConsumerPolicy::DropOldest {
+            self.drop_oldest_to(target.min(self.limit));
+        }
+    }
+
+    /// Drops the oldest push events until at most `target` bytes are queued (command
     /// answers, small and owed to a request of the client, and notices stay).
-    fn drop_oldest(&mut self) {
-        while self.bytes > self.limit {
+    fn drop_oldest_to(&mut self, target: usize) {
+        while self.bytes > target {
             let Some(i) = (self.oldest_candidate..self.entries.len())
                 .find(|&i| !self.entries[i].dropped && self.entries[i].seq.is_some())
             else {

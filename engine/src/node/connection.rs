@@ -55,6 +55,8 @@ pub enum ConnectionEvent {
 pub(super) enum ToNode {
     Push(Message),
     Acknowledged(u64),
+    /// Flow control: the mailbox was congested and is now under its low-water mark.
+    Drained,
 }
 
 /// One connection of a [`Node`](super::Node): its protocol engine
@@ -253,6 +255,14 @@ impl NodeConnection {
         None
     }
 
+    /// Whether the driver should read from the transport. `false` while the node's
+    /// flow control holds this connection back because receivers of what it sends
+    /// are congested: not reading lets TCP slow the client down. Timers, the mailbox
+    /// and writes go on meanwhile.
+    pub fn wants_input(&self) -> bool {
+        !self.mailbox.lock().is_held()
+    }
+
     /// Whether push commands or acknowledgements wait for
     /// [`Node::handle_connection`](super::Node::handle_connection).
     pub fn wants_node(&self) -> bool {
@@ -280,9 +290,21 @@ impl NodeConnection {
     pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> usize {
         self.handle_mailbox(now);
         if self.member.is_some() {
-            let frames = self.mailbox.lock().take_frames();
+            let (frames, drained) = {
+                let mut mailbox = self.mailbox.lock();
+                let frames = mailbox.take_frames();
+                let low_water = self.config.flow_control.map_or(0, |f| f.low_water);
+                let drained = mailbox.is_congested() && mailbox.queue().bytes() <= low_water;
+                if drained {
+                    mailbox.set_congested(false);
+                }
+                (frames, drained)
+            };
             if let Some(frames) = frames {
                 self.engine.send_encoded_buffer(frames);
+            }
+            if drained {
+                self.to_node.push_back(ToNode::Drained);
             }
         }
         self.engine.poll_transmit(now, out)

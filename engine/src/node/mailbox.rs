@@ -27,6 +27,12 @@ pub(crate) struct MailboxState {
     /// Set once by the node; from then on the mailbox takes nothing (the session's
     /// events are in its replay buffer for the resume) and the connection closes.
     alert: Option<Alert>,
+    /// Flow control: the node found this mailbox over its high-water mark and holds
+    /// publishers back for it; the connection reports when it drained.
+    congested: bool,
+    /// Flow control: how many congested receivers hold this connection's push
+    /// commands back; while non-zero its driver does not read from it.
+    holds: u32,
 }
 
 /// One connection's share of the node's output.
@@ -48,6 +54,8 @@ impl Mailbox {
             state: Mutex::new(MailboxState {
                 queue: OutboundQueue::new(limit, policy),
                 alert: None,
+                congested: false,
+                holds: 0,
             }),
             waker,
         }
@@ -110,6 +118,33 @@ impl MailboxState {
 
     pub(crate) fn queue(&self) -> &OutboundQueue {
         &self.queue
+    }
+
+    pub(crate) fn queue_mut(&mut self) -> &mut OutboundQueue {
+        &mut self.queue
+    }
+
+    pub(crate) fn is_congested(&self) -> bool {
+        self.congested
+    }
+
+    pub(crate) fn set_congested(&mut self, congested: bool) {
+        self.congested = congested;
+    }
+
+    /// Whether congested receivers hold this connection back.
+    pub(crate) fn is_held(&self) -> bool {
+        self.holds > 0
+    }
+
+    pub(crate) fn hold(&mut self) {
+        self.holds += 1;
+    }
+
+    /// Returns whether that was the last hold.
+    pub(crate) fn release(&mut self) -> bool {
+        self.holds = self.holds.saturating_sub(1);
+        self.holds == 0
     }
 
     pub(crate) fn release_idle_capacity(&mut self) {

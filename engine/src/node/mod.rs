@@ -57,6 +57,27 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Flow control: a receiver that falls behind slows its publishers down before the
+/// slow-consumer policy has to act.
+///
+/// When a delivery takes a receiver's mailbox over `high_water` bytes, the receiver
+/// is *congested*: every connection whose push commands deliver to it while it is
+/// congested is held back (its driver stops reading it, so TCP pushes back on the
+/// client) until the receiver drains to `low_water`. A receiver still congested
+/// `grace` after it became so is handled by the slow-consumer policy (cut with its
+/// session kept, or its oldest events dropped down to `low_water` with a Gap), and
+/// its publishers go on. The node's `max_outbound_bytes` stays the hard limit. The
+/// server's own publications are never held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowControl {
+    /// Queued bytes that make a receiver congested.
+    pub high_water: usize,
+    /// Queued bytes at or under which a congested receiver releases its publishers.
+    pub low_water: usize,
+    /// Longest a congested receiver holds publishers back.
+    pub grace: Duration,
+}
+
 /// Settings of a [`Node`].
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -80,6 +101,9 @@ pub struct NodeConfig {
     /// How long a connection the node closes (slow consumer, superseded) has to take
     /// its Close before its transport is dropped anyway. Default 2 s.
     pub close_grace: Duration,
+    /// Backpressure to publishers; `None` (the default for now) leaves only the
+    /// slow-consumer policy at the hard limit.
+    pub flow_control: Option<FlowControl>,
 }
 
 impl NodeConfig {
@@ -93,6 +117,7 @@ impl NodeConfig {
             auto_subscribe: Vec::new(),
             services: BTreeSet::new(),
             close_grace: Duration::from_secs(2),
+            flow_control: None,
         }
     }
 }
@@ -110,6 +135,30 @@ pub enum NodeConfigError {
         replay: usize,
         /// Outbound limit configured.
         outbound: usize,
+    },
+    /// The flow control's marks must satisfy low ≤ high < the outbound limit.
+    #[error(
+        "flow control needs low water ({low}) ≤ high water ({high}) < the outbound limit \
+         ({outbound} bytes)"
+    )]
+    WaterMarks {
+        /// Low-water mark.
+        low: usize,
+        /// High-water mark.
+        high: usize,
+        /// Outbound limit.
+        outbound: usize,
+    },
+    /// A held publisher is not read; it must not be taken for dead meanwhile.
+    #[error(
+        "the flow control's grace ({grace:?}) must be shorter than the keep-alive idle \
+         timeout ({idle:?}): a publisher held back would time out"
+    )]
+    GraceOverIdleTimeout {
+        /// The grace.
+        grace: Duration,
+        /// The idle timeout.
+        idle: Duration,
     },
 }
 
@@ -207,6 +256,20 @@ pub struct NodeStats {
     pub slow_consumers: u64,
     /// Connections closed because their session was resumed elsewhere.
     pub superseded: u64,
+    /// Times a receiver became congested (flow control).
+    pub congestions: u64,
+    /// Times a connection was held back for a congested receiver (flow control).
+    pub publishers_held: u64,
+    /// Congested receivers the slow-consumer policy handled when their grace ran out.
+    pub congestions_expired: u64,
+}
+
+/// A congested receiver (flow control).
+struct Congestion {
+    since: Instant,
+    mailbox: Arc<Mailbox>,
+    /// Connections held back for it.
+    publishers: Vec<Arc<Mailbox>>,
 }
 
 /// The server node: the push hub and the policy that joins it to connections.
@@ -238,6 +301,12 @@ pub struct Node<H = crate::hub::AllowAll> {
     to_wake: Vec<ConnectionId>,
     events: VecDeque<NodeEvent>,
     stats: NodeStats,
+    /// Congested receivers by session (flow control).
+    congestion: BTreeMap<ConnectionId, Congestion>,
+    /// The connection whose push commands are running (flow control holds it).
+    actor: Option<Arc<Mailbox>>,
+    /// The latest `now` the node was given.
+    clock: Option<Instant>,
 }
 
 impl<H: PushHooks> Node<H> {
@@ -249,7 +318,27 @@ impl<H: PushHooks> Node<H> {
                 outbound: config.max_outbound_bytes,
             });
         }
+        if let Some(flow) = config.flow_control {
+            if flow.low_water > flow.high_water || flow.high_water >= config.max_outbound_bytes {
+                return Err(NodeConfigError::WaterMarks {
+                    low: flow.low_water,
+                    high: flow.high_water,
+                    outbound: config.max_outbound_bytes,
+                });
+            }
+            if let Some(idle) = config.server.keepalive.idle_timeout {
+                if flow.grace >= idle {
+                    return Err(NodeConfigError::GraceOverIdleTimeout {
+                        grace: flow.grace,
+                        idle,
+                    });
+                }
+            }
+        }
         Ok(Self {
+            congestion: BTreeMap::new(),
+            actor: None,
+            clock: None,
             hub: Hub::new(config.hub.clone(), hooks),
             config: Arc::new(config),
             mailboxes: BTreeMap::new(),
@@ -299,12 +388,25 @@ impl<H: PushHooks> Node<H> {
     /// When [`handle_timeout`](Self::handle_timeout) must next be called: the
     /// earliest expiry of a detached session.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.hub.poll_timeout()
+        let grace = self.config.flow_control.map(|f| f.grace);
+        let congestion = self
+            .congestion
+            .values()
+            .map(|c| c.since)
+            .min()
+            .zip(grace)
+            .map(|(since, grace)| since + grace);
+        match (self.hub.poll_timeout(), congestion) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Ends every detached session whose timeout has passed; the other members of
     /// its groups are told now.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock = Some(now);
+        self.expire_congestion(now);
         for (session, info) in self.hub.handle_timeout(now) {
             self.mailboxes.remove(&session);
             self.stats.sessions_expired += 1;
@@ -330,7 +432,7 @@ impl<H: PushHooks> Node<H> {
         request: Box<AuthRequest>,
         token: ResumeToken,
     ) {
-        let _ = now;
+        self.clock = Some(now);
         let request = *request;
         if !self.config.services.is_empty() && !self.config.services.contains(&request.service_id) {
             conn.refuse(
@@ -352,7 +454,10 @@ impl<H: PushHooks> Node<H> {
                 Ok(resumed) => {
                     let session = resumed.session;
                     let superseded = match self.mailboxes.insert(session, conn.mailbox.clone()) {
-                        Some(old) => old.close(Alert::Superseded),
+                        Some(old) => {
+                            self.release(session, &old);
+                            old.close(Alert::Superseded)
+                        }
                         None => false,
                     };
                     if superseded {
@@ -441,7 +546,7 @@ impl<H: PushHooks> Node<H> {
     /// call. A connection whose session was resumed elsewhere is being closed; what
     /// it still sends is ignored.
     pub fn handle_connection(&mut self, now: Instant, conn: &mut NodeConnection) {
-        let _ = now;
+        self.clock = Some(now);
         let session = match &conn.member {
             Some(member) if self.holds(member.session, conn) => member.session,
             _ => {
@@ -449,6 +554,9 @@ impl<H: PushHooks> Node<H> {
                 return;
             }
         };
+        if self.config.flow_control.is_some() {
+            self.actor = Some(conn.mailbox.clone());
+        }
         while let Some(input) = conn.to_node.pop_front() {
             match input {
                 // Refusals are answered to the client inside the hub; an error here
@@ -458,9 +566,11 @@ impl<H: PushHooks> Node<H> {
                     let _ = self.hub.handle_command(session, command);
                 }
                 ToNode::Acknowledged(seq) => self.hub.acknowledge(session, seq),
+                ToNode::Drained => self.release(session, &conn.mailbox),
             }
         }
         self.dispatch();
+        self.actor = None;
     }
 
     /// `conn` is finished and its transport closed: its session ends when the client
@@ -481,6 +591,7 @@ impl<H: PushHooks> Node<H> {
             // Resumed on another connection, which owns the session now.
             return;
         }
+        self.release(member.session, &conn.mailbox);
         self.mailboxes.remove(&member.session);
         let goodbye = matches!(
             conn.close_reason,
@@ -611,16 +722,23 @@ impl<H: PushHooks> Node<H> {
 
     /// Appends every delivery the hub produced to its receiver's mailbox (one lock of
     /// each mailbox per run of deliveries to it), closes mailboxes that went over
-    /// their limit, then wakes each receiver once.
+    /// their limit, notes receivers that went over the flow control's high-water mark
+    /// (holding the acting connection back for them), then wakes each receiver once.
     fn dispatch(&mut self) {
+        let high_water = self.config.flow_control.map(|f| f.high_water);
         let Self {
             hub,
             mailboxes,
             to_wake,
             events,
             stats,
+            congestion,
+            actor,
+            clock,
             ..
         } = self;
+        let mut cut = Vec::new();
+        let mut congested = Vec::new();
         let mut held: Option<(ConnectionId, mailbox::MailboxGuard<'_>)> = None;
         while let Some(delivery) = hub.poll_delivery() {
             let connection = delivery.connection();
@@ -638,15 +756,104 @@ impl<H: PushHooks> Node<H> {
                 events.push_back(NodeEvent::SlowConsumer {
                     session: connection,
                 });
+                cut.push(connection);
+            } else if let Some(high_water) = high_water {
+                if state.alert().is_none() && state.queue().bytes() > high_water {
+                    if !state.is_congested() {
+                        state.set_congested(true);
+                        stats.congestions += 1;
+                    }
+                    if congested.last() != Some(&connection) {
+                        congested.push(connection);
+                    }
+                }
             }
         }
         drop(held);
+        for session in congested {
+            let Some(mailbox) = mailboxes.get(&session) else {
+                continue;
+            };
+            // Receivers exist only after a `handle_hello`, which gave the time.
+            let Some(since) = *clock else { continue };
+            let entry = congestion.entry(session).or_insert_with(|| Congestion {
+                since,
+                mailbox: mailbox.clone(),
+                publishers: Vec::new(),
+            });
+            // The server's own publications (no actor) are never held; nor is a
+            // connection held for its own echo.
+            if let Some(actor) = actor.as_ref() {
+                if !Arc::ptr_eq(actor, mailbox)
+                    && !entry.publishers.iter().any(|p| Arc::ptr_eq(p, actor))
+                {
+                    actor.lock().hold();
+                    entry.publishers.push(actor.clone());
+                    stats.publishers_held += 1;
+                }
+            }
+        }
         to_wake.sort_unstable();
         to_wake.dedup();
         for connection in to_wake.drain(..) {
             if let Some(mailbox) = mailboxes.get(&connection) {
                 mailbox.wake();
             }
+        }
+        for session in cut {
+            if let Some(mailbox) = self.mailboxes.get(&session).cloned() {
+                self.release(session, &mailbox);
+            }
+        }
+    }
+
+    /// Flow control: `session`'s mailbox is no longer congested (drained, cut,
+    /// closed or superseded): the connections held back for it go on.
+    fn release(&mut self, session: ConnectionId, mailbox: &Arc<Mailbox>) {
+        let ours = self
+            .congestion
+            .get(&session)
+            .is_some_and(|c| Arc::ptr_eq(&c.mailbox, mailbox));
+        if !ours {
+            return;
+        }
+        let congestion = self.congestion.remove(&session).expect("looked up");
+        congestion.mailbox.lock().set_congested(false);
+        for publisher in congestion.publishers {
+            if publisher.lock().release() {
+                publisher.wake();
+            }
+        }
+    }
+
+    /// Flow control: receivers congested for longer than the grace get the
+    /// slow-consumer policy, and release their publishers.
+    fn expire_congestion(&mut self, now: Instant) {
+        let Some(flow) = self.config.flow_control else {
+            return;
+        };
+        let expired: Vec<ConnectionId> = self
+            .congestion
+            .iter()
+            .filter(|(_, c)| c.since + flow.grace <= now)
+            .map(|(session, _)| *session)
+            .collect();
+        for session in expired {
+            let mailbox = self.congestion[&session].mailbox.clone();
+            self.stats.congestions_expired += 1;
+            match self.config.slow_consumer_policy {
+                SlowConsumerPolicy::Disconnect => {
+                    if mailbox.close(Alert::SlowConsumer) {
+                        self.stats.slow_consumers += 1;
+                        self.events.push_back(NodeEvent::SlowConsumer { session });
+                    }
+                }
+                SlowConsumerPolicy::DropOldest => {
+                    mailbox.lock().queue_mut().shed_to(flow.low_water);
+                    mailbox.wake();
+                }
+            }
+            self.release(session, &mailbox);
         }
     }
 }

@@ -32,6 +32,7 @@ use pushwire_engine::credentials::{load_root_store, ServerCredentials};
 use pushwire_engine::hub::{
     Actor, AllowAll, ConnectionId, HubConfig, HubError, PushHooks, PushOutcome, SlowConsumerPolicy,
 };
+pub use pushwire_engine::node::FlowControl;
 use pushwire_engine::node::{
     ConnectionEvent as NodeConnectionEvent, Node, NodeConfig, NodeConfigError, NodeConnection,
     NodeEvent, NodeStats, SessionEnd,
@@ -105,6 +106,7 @@ pub struct ServerBuilder {
     shutdown_grace: Duration,
     observer: Option<Observer>,
     slow_consumer_policy: SlowConsumerPolicy,
+    flow_control: Option<FlowControl>,
 }
 
 /// The callback told when connections join and leave the hub.
@@ -160,6 +162,7 @@ impl ServerBuilder {
             shutdown_grace: Duration::from_secs(5),
             observer: None,
             slow_consumer_policy: SlowConsumerPolicy::default(),
+            flow_control: None,
         }
     }
 
@@ -183,6 +186,15 @@ impl ServerBuilder {
     /// `SlowConsumer`, keeping its session for a resume).
     pub fn slow_consumer_policy(mut self, policy: SlowConsumerPolicy) -> Self {
         self.slow_consumer_policy = policy;
+        self
+    }
+
+    /// Backpressure to publishers (off by default for now): a receiver over the
+    /// high-water mark holds back the connections publishing to it until it drains
+    /// to the low-water mark, for at most the grace; then the slow-consumer policy
+    /// handles it. See [`FlowControl`].
+    pub fn flow_control(mut self, flow_control: Option<FlowControl>) -> Self {
+        self.flow_control = flow_control;
         self
     }
 
@@ -316,6 +328,7 @@ impl ServerBuilder {
         config.hub = self.hub;
         config.max_outbound_bytes = self.max_outbound_bytes;
         config.slow_consumer_policy = self.slow_consumer_policy;
+        config.flow_control = self.flow_control;
         config.auto_subscribe = self.auto_subscribe;
         config.services = self.services.keys().copied().collect();
         let hooks = LoggedHooks {
@@ -408,7 +421,7 @@ struct Shared {
     all_closed: Notify,
     max_connections: usize,
     next_connection: AtomicU64,
-    /// Woken when a session is detached, so the expiry task looks at its deadline.
+    /// Woken when the node's deadline changed, so the timer task looks at it.
     node_timer: Notify,
 }
 
@@ -428,11 +441,13 @@ impl ServerHandle {
     /// Runs `f` on the node under its lock, then logs what the node reports.
     fn with_node<R>(&self, f: impl FnOnce(&mut Node<LoggedHooks>) -> R) -> R {
         let mut node = lock(&self.shared.node);
+        let deadline = node.poll_timeout();
         let r = f(&mut node);
+        if node.poll_timeout() != deadline {
+            // A session detached or a receiver congested: the timer task re-arms.
+            self.shared.node_timer.notify_one();
+        }
         while let Some(event) = node.poll_event() {
-            if matches!(event, NodeEvent::Detached { .. }) {
-                self.shared.node_timer.notify_one();
-            }
             log_node_event(&event);
         }
         r
@@ -736,6 +751,11 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
             transmit.clear();
             written = 0;
             conn.poll_transmit(now(), &mut transmit);
+            // Taking the mailbox may have drained a congested receiver: its
+            // publishers are released now, not at the next wake.
+            if conn.wants_node() {
+                handle.with_node(|node| node.handle_connection(now(), &mut conn));
+            }
             if transmit.is_empty() && conn.poll_idle() {
                 transmit = Vec::new();
                 // Every call has answered (the engine counts a request until its
@@ -773,10 +793,12 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
             },
             // The bytes go to the engine inside the read's poll: no read buffer per
             // connection (see `crate::read`).
+            // Not while the node's flow control holds this publisher back: TCP then
+            // slows the client down.
             () = read_with(&mut reader, |input| match input {
                 Input::Bytes(bytes) => conn.handle_input(now(), bytes),
                 Input::Closed => conn.handle_transport_closed(),
-            }) => {}
+            }), if conn.wants_input() => {}
             // The task keeps a sender, so `recv` never ends with `None`.
             Some((request_id, result)) = async { results.as_mut().expect("guarded").rx.recv().await }, if results.is_some() => {
                 conn.respond(request_id, result);
@@ -796,8 +818,9 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
     debug!("finished");
 }
 
-/// Ends detached sessions whose timeout has passed (their groups' other members are
-/// told then).
+/// Fires the node's timers: detached sessions whose timeout has passed end (their
+/// groups' other members are told then), congested receivers past their grace get
+/// the slow-consumer policy.
 async fn expire_sessions(handle: ServerHandle) {
     let shared = &handle.shared;
     loop {
