@@ -21,7 +21,9 @@ use pushwire_engine::client::{
     AbortReason, ClientConfig, ClientConnection, ClientEvent, ClientTransport, PushCommand,
 };
 use pushwire_engine::hub::{Actor, ConnectionId, HubConfig, SlowConsumerPolicy};
-use pushwire_engine::node::{ConnectionEvent, Node, NodeConfig, NodeConnection, NodeStats};
+use pushwire_engine::node::{
+    ConnectionEvent, FlowControl, Node, NodeConfig, NodeConnection, NodeStats,
+};
 use pushwire_engine::server::{ServerConfig, ServerTransport};
 use pushwire_engine::{CloseReason, KeepAlive};
 use pushwire_protocol::{
@@ -199,6 +201,11 @@ pub struct Coverage {
     pub slow_consumers: u64,
     /// Events dropped by the drop-oldest policy.
     pub dropped_by_policy: u64,
+    /// Publishers held back by flow control.
+    pub publishers_held: u64,
+    /// Congested receivers handled by the slow-consumer policy at the end of their
+    /// grace.
+    pub congestions_expired: u64,
 }
 
 impl Coverage {
@@ -220,6 +227,8 @@ impl Coverage {
         self.sessions_lost += other.sessions_lost;
         self.slow_consumers += other.slow_consumers;
         self.dropped_by_policy += other.dropped_by_policy;
+        self.publishers_held += other.publishers_held;
+        self.congestions_expired += other.congestions_expired;
     }
 }
 
@@ -367,6 +376,16 @@ impl EngineSim {
         node_config.hub = hub_config;
         node_config.max_outbound_bytes = OUTBOUND_LIMIT;
         node_config.slow_consumer_policy = policy;
+        // Half the runs with backpressure to publishers: the guarantees must hold
+        // while the node holds connections back and sheds or cuts receivers at the
+        // grace (shorter than the keep-alive idle timeout, as the node requires).
+        if rng.chance(1, 2) {
+            node_config.flow_control = Some(FlowControl {
+                high_water: OUTBOUND_LIMIT / 8,
+                low_water: OUTBOUND_LIMIT / 16,
+                grace: Duration::from_millis(200),
+            });
+        }
         let node = new_node(&node_config, &journal, groups);
         let clients = (0..clients)
             .map(|_| SimClient {
@@ -1189,6 +1208,8 @@ impl EngineSim {
             self.coverage.resumes_with_replay += stats.resumes_with_replay;
             self.coverage.sessions_lost += stats.sessions_lost;
             self.coverage.slow_consumers += stats.slow_consumers;
+            self.coverage.publishers_held += stats.publishers_held;
+            self.coverage.congestions_expired += stats.congestions_expired;
         }
         // Sessions still connected at the end were never cut off: intact.
         for c in &self.clients {

@@ -43,6 +43,11 @@ fn scenarios_keep_every_guarantee() {
                 "events dropped by the drop-oldest policy",
                 c.dropped_by_policy,
             ),
+            ("publisher held back by flow control", c.publishers_held),
+            (
+                "congested receiver handled at the end of its grace",
+                c.congestions_expired,
+            ),
         ]);
     }
 }
