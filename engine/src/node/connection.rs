@@ -260,7 +260,7 @@ impl NodeConnection {
     /// are congested: not reading lets TCP slow the client down. Timers, the mailbox
     /// and writes go on meanwhile.
     pub fn wants_input(&self) -> bool {
-        !self.mailbox.lock().is_held()
+        !self.mailbox.is_held()
     }
 
     /// Whether push commands or acknowledgements wait for

@@ -5,6 +5,7 @@
 
 use crate::hub::{Delivery, OutboundQueue, Queued, SlowConsumerPolicy};
 use bytes::BytesMut;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::Waker;
 
@@ -30,9 +31,6 @@ pub(crate) struct MailboxState {
     /// Flow control: the node found this mailbox over its high-water mark and holds
     /// publishers back for it; the connection reports when it drained.
     congested: bool,
-    /// Flow control: how many congested receivers hold this connection's push
-    /// commands back; while non-zero its driver does not read from it.
-    holds: u32,
 }
 
 /// One connection's share of the node's output.
@@ -45,6 +43,10 @@ pub(crate) struct MailboxState {
 #[derive(Debug)]
 pub(crate) struct Mailbox {
     state: Mutex<MailboxState>,
+    /// Flow control: how many congested receivers hold this connection's push
+    /// commands back; while non-zero its driver does not read from it. Outside the
+    /// lock: the driver asks before every read, flow control on or off.
+    holds: AtomicU32,
     waker: Waker,
 }
 
@@ -55,8 +57,8 @@ impl Mailbox {
                 queue: OutboundQueue::new(limit, policy),
                 alert: None,
                 congested: false,
-                holds: 0,
             }),
+            holds: AtomicU32::new(0),
             waker,
         }
     }
@@ -70,6 +72,24 @@ impl Mailbox {
     /// Tells the connection's driver to look at its mailbox.
     pub(crate) fn wake(&self) {
         self.waker.wake_by_ref();
+    }
+
+    /// Whether congested receivers hold this connection back.
+    pub(crate) fn is_held(&self) -> bool {
+        self.holds.load(Ordering::Acquire) > 0
+    }
+
+    /// One more congested receiver holds this connection back (under the node's lock).
+    pub(crate) fn hold(&self) {
+        self.holds.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// One receiver fewer holds it back (under the node's lock); wakes the driver
+    /// when that was the last.
+    pub(crate) fn release(&self) {
+        if self.holds.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.wake();
+        }
     }
 
     /// Closes the mailbox for `alert` (unless it already was) and wakes the driver.
@@ -130,21 +150,6 @@ impl MailboxState {
 
     pub(crate) fn set_congested(&mut self, congested: bool) {
         self.congested = congested;
-    }
-
-    /// Whether congested receivers hold this connection back.
-    pub(crate) fn is_held(&self) -> bool {
-        self.holds > 0
-    }
-
-    pub(crate) fn hold(&mut self) {
-        self.holds += 1;
-    }
-
-    /// Returns whether that was the last hold.
-    pub(crate) fn release(&mut self) -> bool {
-        self.holds = self.holds.saturating_sub(1);
-        self.holds == 0
     }
 
     pub(crate) fn release_idle_capacity(&mut self) {

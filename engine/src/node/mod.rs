@@ -386,7 +386,7 @@ impl<H: PushHooks> Node<H> {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called: the
-    /// earliest expiry of a detached session.
+    /// earliest expiry of a detached session or end of a congested receiver's grace.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let grace = self.config.flow_control.map(|f| f.grace);
         let congestion = self
@@ -402,8 +402,9 @@ impl<H: PushHooks> Node<H> {
         }
     }
 
-    /// Ends every detached session whose timeout has passed; the other members of
-    /// its groups are told now.
+    /// Ends every detached session whose timeout has passed (the other members of
+    /// its groups are told now), and hands receivers congested past the flow
+    /// control's grace to the slow-consumer policy.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.clock = Some(now);
         self.expire_congestion(now);
@@ -470,13 +471,7 @@ impl<H: PushHooks> Node<H> {
                     if resumed.gap.is_some() {
                         self.stats.resumes_with_gap += 1;
                     }
-                    conn.engine.permit(self.grant(session, resume.token, true));
-                    conn.mark_idle();
-                    conn.member = Some(Member {
-                        session,
-                        user_id: request.user_id.clone(),
-                        service_id: request.service_id,
-                    });
+                    self.admit(conn, session, resume.token, true, &request);
                     self.events.push_back(NodeEvent::Resumed {
                         session,
                         user_id: request.user_id,
@@ -513,8 +508,7 @@ impl<H: PushHooks> Node<H> {
         let session = self.hub.connect_session(info, token);
         self.mailboxes.insert(session, conn.mailbox.clone());
         self.stats.sessions_started += 1;
-        conn.engine.permit(self.grant(session, token, false));
-        conn.mark_idle();
+        self.admit(conn, session, token, false, &request);
         if lost {
             // Before any event of the new session.
             conn.engine.send(&Message::SessionLost(SessionLost {
@@ -524,11 +518,6 @@ impl<H: PushHooks> Node<H> {
                 ),
             }));
         }
-        conn.member = Some(Member {
-            session,
-            user_id: request.user_id.clone(),
-            service_id: request.service_id,
-        });
         self.events.push_back(NodeEvent::SessionStarted {
             session,
             user_id: request.user_id,
@@ -709,15 +698,29 @@ impl<H: PushHooks> Node<H> {
             .is_some_and(|mailbox| Arc::ptr_eq(mailbox, &conn.mailbox))
     }
 
-    fn grant(&self, session: ConnectionId, token: ResumeToken, resumed: bool) -> Grant {
+    /// Lets `conn` in as `session`: the Welcome, and what it is in the node.
+    fn admit(
+        &self,
+        conn: &mut NodeConnection,
+        session: ConnectionId,
+        token: ResumeToken,
+        resumed: bool,
+        request: &AuthRequest,
+    ) {
         let hub = &self.config.hub;
-        Grant {
+        conn.engine.permit(Grant {
             session_id: session.0,
             resume_token: token,
             resumed,
             session_timeout_ms: hub.session_timeout.as_millis().min(u128::from(u32::MAX)) as u32,
             replay_capacity: hub.replay_events.min(u32::MAX as usize) as u32,
-        }
+        });
+        conn.mark_idle();
+        conn.member = Some(Member {
+            session,
+            user_id: request.user_id.clone(),
+            service_id: request.service_id,
+        });
     }
 
     /// Appends every delivery the hub produced to its receiver's mailbox (one lock of
@@ -787,7 +790,7 @@ impl<H: PushHooks> Node<H> {
                 if !Arc::ptr_eq(actor, mailbox)
                     && !entry.publishers.iter().any(|p| Arc::ptr_eq(p, actor))
                 {
-                    actor.lock().hold();
+                    actor.hold();
                     entry.publishers.push(actor.clone());
                     stats.publishers_held += 1;
                 }
@@ -820,9 +823,7 @@ impl<H: PushHooks> Node<H> {
         let congestion = self.congestion.remove(&session).expect("looked up");
         congestion.mailbox.lock().set_congested(false);
         for publisher in congestion.publishers {
-            if publisher.lock().release() {
-                publisher.wake();
-            }
+            publisher.release();
         }
     }
 
