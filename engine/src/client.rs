@@ -149,6 +149,13 @@ pub enum ClientEvent {
     /// Published, UserMessage, Gap, SessionLost, PushRejected, UserMessageDelivered,
     /// GroupList).
     Push(Message),
+    /// The server has run every push command up to and including `command_id`
+    /// (protocol version 2 and later; after any PushRejected about them). Push
+    /// commands are numbered 1, 2, 3, … on each connection.
+    Taken {
+        /// The last push command run.
+        command_id: u64,
+    },
     /// The connection is over. Always the last event.
     Closed(CloseReason),
 }
@@ -602,6 +609,17 @@ impl ClientConnection {
         Ok(command_id)
     }
 
+    /// Whether a batch is open (its commands wait for the commit).
+    pub fn in_batch(&self) -> bool {
+        self.batch.is_some()
+    }
+
+    /// Whether the server confirms the push commands it ran with
+    /// [`ClientEvent::Taken`] (protocol version 2 and later).
+    pub fn confirms_push_commands(&self) -> bool {
+        self.welcome.as_ref().is_some_and(|w| w.version >= 2)
+    }
+
     /// Holds requests and push commands until [`commit_batch`](Self::commit_batch).
     pub fn start_batch(&mut self) -> Result<(), ClientError> {
         self.check_ready()?;
@@ -872,6 +890,13 @@ impl ClientConnection {
             ) => {
                 self.record_seq(&m);
                 self.events.push_back(ClientEvent::Push(m));
+            }
+            (ClientState::Ready, Message::PushTaken(taken))
+                if self.welcome.as_ref().is_some_and(|w| w.version >= 2) =>
+            {
+                self.events.push_back(ClientEvent::Taken {
+                    command_id: taken.command_id,
+                });
             }
             (state, _) => {
                 self.channel

@@ -187,6 +187,12 @@ impl ServerConnection {
         self.peer
     }
 
+    /// The protocol version negotiated in the Hello (before it: the highest this
+    /// server speaks).
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
     /// Feeds bytes received from the transport.
     pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
         self.channel.receive(now, data);

@@ -1090,6 +1090,97 @@ fn under_drop_oldest_a_receiver_congested_past_the_grace_is_shed_to_the_low_wate
     assert!(pushes.iter().any(|m| matches!(m, Message::Gap(_))));
 }
 
+/// The last command id each PushTaken confirmed, in order.
+fn taken(pair: &Pair) -> Vec<u64> {
+    pair.events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Taken { command_id } => Some(*command_id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_held_publisher_runs_no_further_command_until_released_and_push_taken_says_how_far_it_got() {
+    let mut w = World::new(flow_config(SlowConsumerPolicy::Disconnect));
+    let alice = w.join("alice", &[]);
+    let bob = w.join("bob", &[1]);
+    w.pairs[bob].link = Link::Stalled;
+    // Six commands in one read: the third (3 × 1,000 bytes and headers) takes bob
+    // over the high-water mark.
+    for k in 0..6 {
+        w.publish(alice, 1, &[k; 1000]);
+    }
+    w.step();
+    assert!(!w.pairs[alice].conn.wants_input(), "held");
+    assert!(
+        !w.pairs[alice].conn.wants_node(),
+        "its waiting commands do not spin"
+    );
+    let queued = w.pairs[bob].conn.queued_bytes();
+    assert!(
+        queued > HIGH_WATER && queued < HIGH_WATER + 1100,
+        "one command of overshoot: {queued}"
+    );
+    assert_eq!(
+        taken(&w.pairs[alice]),
+        [3],
+        "commands 1..=3 ran, 4..=6 wait"
+    );
+
+    w.pairs[bob].link = Link::Up;
+    w.step();
+    assert_eq!(taken(&w.pairs[alice]), [3, 6]);
+    let got: Vec<u8> = w.pairs[bob].published().iter().map(|(_, p)| p[0]).collect();
+    assert_eq!(got, [0, 1, 2, 3, 4, 5]);
+    assert_eq!(w.node.stats().slow_consumers, 0);
+}
+
+#[test]
+fn push_taken_follows_the_refusal_of_the_command_it_covers() {
+    let mut w = World::new(plaintext_config());
+    let alice = w.join("alice", &[]);
+    let before = w.pairs[alice].events.len();
+    w.publish(alice, 9, b"nobody");
+    w.step();
+    let after: Vec<&ClientEvent> = w.pairs[alice].events[before..].iter().collect();
+    let rejected = after
+        .iter()
+        .position(|e| matches!(e, ClientEvent::Push(Message::PushRejected(_))))
+        .expect("group 9 is unknown");
+    let confirmed = after
+        .iter()
+        .position(|e| matches!(e, ClientEvent::Taken { .. }))
+        .expect("a PushTaken");
+    assert!(rejected < confirmed, "{after:?}");
+    assert_eq!(taken(&w.pairs[alice]), [1], "alice's first command");
+}
+
+#[test]
+fn a_server_publication_is_never_held_and_its_outcome_counts_congested_receivers() {
+    let (mut w, [alice, bob, _, dave]) =
+        a_stalled_receiver_among_publishers(SlowConsumerPolicy::Disconnect);
+    assert!(!w.pairs[alice].conn.wants_input());
+    let outcome = w
+        .node
+        .publish(
+            pushwire_engine::hub::Actor::Server,
+            &[GroupId(1), GroupId(2)],
+            Bytes::from_static(b"from the server"),
+        )
+        .unwrap();
+    assert_eq!(outcome.reached, 2);
+    assert_eq!(outcome.congested, 1, "bob");
+    assert_eq!(outcome.cut, 0);
+    w.step();
+    assert!(w.pairs[dave]
+        .published()
+        .iter()
+        .any(|(_, p)| &p[..] == b"from the server"));
+    let _ = bob;
+}
+
 #[test]
 fn flow_control_marks_are_checked() {
     let mut config = flow_config(SlowConsumerPolicy::Disconnect);

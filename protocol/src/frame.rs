@@ -8,8 +8,8 @@ use crate::control::{Ack, Close, Ping, Pong};
 use crate::error::DecodeError;
 use crate::handshake::{Hello, Refused, Welcome};
 use crate::push::{
-    Gap, GroupId, GroupList, ListGroups, Publish, Published, PushRejected, SendUserMessage,
-    SessionLost, Subscribe, Subscribed, Unsubscribe, Unsubscribed, UserMessage,
+    Gap, GroupId, GroupList, ListGroups, Publish, Published, PushRejected, PushTaken,
+    SendUserMessage, SessionLost, Subscribe, Subscribed, Unsubscribe, Unsubscribed, UserMessage,
     UserMessageDelivered,
 };
 use crate::rpc::{BatchBegin, BatchCommit, Request, Response, ServerError};
@@ -209,6 +209,8 @@ messages! {
     UserMessageDelivered = 0x37, Server;
     /// The server's chat groups.
     GroupList = 0x38, Server;
+    /// Version 2: the server ran the connection's push commands up to an id.
+    PushTaken = 0x39, Server;
     /// Keep-alive probe.
     Ping = 0x40, Either;
     /// Keep-alive answer.

@@ -12,7 +12,7 @@ use std::fmt;
 use std::ops::RangeInclusive;
 
 /// The protocol version this crate speaks best.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Every protocol version this crate can speak.
 pub const SUPPORTED_VERSIONS: RangeInclusive<u16> = 1..=PROTOCOL_VERSION;
@@ -280,7 +280,9 @@ mod tests {
     fn version_negotiation_picks_the_highest_common_version() {
         assert_eq!(negotiate_version(1, 1), Some(1));
         assert_eq!(negotiate_version(1, 9), Some(PROTOCOL_VERSION));
-        assert_eq!(negotiate_version(2, 9), None);
+        assert_eq!(negotiate_version(1, 2), Some(2));
+        assert_eq!(negotiate_version(2, 2), Some(2));
+        assert_eq!(negotiate_version(3, 9), None);
         assert_eq!(negotiate_version(0, 0), None);
     }
 

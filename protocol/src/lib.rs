@@ -64,7 +64,7 @@ pub use limits::{
 };
 pub use push::{
     encode_publish_prefix, encode_published_prefix, patch_seq, Gap, GroupDescription, GroupId,
-    GroupList, GroupSelection, ListGroups, PeerSender, Publish, Published, PushRejected,
+    GroupList, GroupSelection, ListGroups, PeerSender, Publish, Published, PushRejected, PushTaken,
     SendUserMessage, Sender, SessionLost, Subscribe, Subscribed, Unsubscribe, Unsubscribed,
     UserMessage, UserMessageDelivered,
 };

@@ -318,6 +318,32 @@ impl Body for ListGroups {
     }
 }
 
+/// Version 2 and later: the server has run every push command of this connection up
+/// to `command_id` (taken it into the hub: published, delivered or refused). Sent
+/// after each run of commands, not per command; a client that waits for it before
+/// sending more is paced by the server's flow control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushTaken {
+    /// The highest command id run so far on this connection.
+    pub command_id: u64,
+}
+
+impl Body for PushTaken {
+    fn body_len(&self) -> usize {
+        8
+    }
+
+    fn encode_body(&self, out: &mut BytesMut) {
+        out.put_u64(self.command_id);
+    }
+
+    fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(PushTaken {
+            command_id: r.u64("command_id")?,
+        })
+    }
+}
+
 /// Declares a presence event: sequence number, sender, groups.
 macro_rules! presence_event {
     ($(#[$meta:meta])* $name:ident) => {

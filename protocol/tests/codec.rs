@@ -215,6 +215,7 @@ fn push_event() -> impl Strategy<Value = Message> {
                 })
             }
         ),
+        any::<u64>().prop_map(|command_id| Message::PushTaken(PushTaken { command_id })),
         (any::<u64>(), any::<u32>()).prop_map(|(command_id, connections)| {
             Message::UserMessageDelivered(UserMessageDelivered {
                 command_id,

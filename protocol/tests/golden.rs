@@ -552,6 +552,11 @@ fn golden() -> Vec<(Message, &'static str)> {
              00 00 00 01 00 04 6e 65 77 73  # 1 \"news\"
              00 00 00 02 00 04 63 68 61 74  # 2 \"chat\"",
         ),
+        (
+            Message::PushTaken(PushTaken { command_id: 12 }),
+            "00 00 00 09 39
+             00 00 00 00 00 00 00 0c  # command_id 12 (version 2)",
+        ),
         // --- control ---------------------------------------------------------------
         (ping(), EXAMPLE_PING),
         (
@@ -652,6 +657,7 @@ fn message_type_codes_are_frozen() {
             (0x36, "PushRejected", Server),
             (0x37, "UserMessageDelivered", Server),
             (0x38, "GroupList", Server),
+            (0x39, "PushTaken", Server),
             (0x40, "Ping", Either),
             (0x41, "Pong", Either),
             (0x42, "Close", Either),
@@ -737,8 +743,8 @@ fn limits_are_frozen() {
     assert_eq!(MAX_PASSWORD_BYTES, 1024);
     assert_eq!(MAX_TEXT_BYTES, 4096);
     assert_eq!(MAX_GROUPS_PER_MESSAGE, 65_535);
-    assert_eq!(PROTOCOL_VERSION, 1);
-    assert_eq!(SUPPORTED_VERSIONS, 1..=1);
+    assert_eq!(PROTOCOL_VERSION, 2);
+    assert_eq!(SUPPORTED_VERSIONS, 1..=2);
 }
 
 // ---------------------------------------------------------------------------------
@@ -750,7 +756,7 @@ fn hello_ignores_unknown_option_bits_and_trailing_extensions() {
     let frame = hex(
         "00 00 00 1d              # length: 29 = the example's 26 + 3
          01                       # Hello
-         00 01 00 02              # versions 1..=2
+         00 01 00 05              # versions 1..=5
          00 00 01 00              # service_id 256
          ff                       # options: echo plus seven unknown bits
          00 05 61 6c 69 63 65     # \"alice\"
@@ -764,10 +770,12 @@ fn hello_ignores_unknown_option_bits_and_trailing_extensions() {
     let Message::Hello(mut expected) = hello() else {
         unreachable!()
     };
-    expected.max_version = 2;
+    expected.max_version = 5;
     assert_eq!(decoded, expected);
-    assert_eq!(negotiate_version(1, 2), Some(1));
-    assert_eq!(negotiate_version(2, 5), None);
+    // A server of versions 1..=2 meets a newer client at 2, and refuses one that
+    // speaks only later versions.
+    assert_eq!(negotiate_version(1, 5), Some(2));
+    assert_eq!(negotiate_version(3, 5), None);
 }
 
 // ---------------------------------------------------------------------------------

@@ -1096,6 +1096,8 @@ impl EngineSim {
             mix(&mut self.digest, self.now_ms);
             match event {
                 ClientEvent::ServerAuthenticated(_) => {}
+                // The simulated clients do not wait for their commands.
+                ClientEvent::Taken { command_id } => mix(&mut self.digest, command_id),
                 ClientEvent::Ready(welcome) => {
                     mix(&mut self.digest, 1 + u64::from(welcome.resumed));
                     if conn.resuming && !welcome.resumed {

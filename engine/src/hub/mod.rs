@@ -182,6 +182,14 @@ pub struct PushOutcome {
     /// invalid receiver (each refuses the whole operation), unknown groups, then the
     /// hook's refusal.
     pub rejections: Vec<Rejection>,
+    /// Flow control, filled in by the [node](crate::node::Node) (0 from the hub
+    /// alone): receivers that this operation found over the high-water mark. Their
+    /// backlog grows with every further publication to them; a server publisher
+    /// should slow down, as the node makes a client publisher do by not reading it.
+    pub congested: u32,
+    /// Receivers this operation took over the outbound limit and cut off as slow
+    /// consumers (filled in by the node).
+    pub cut: u32,
 }
 
 impl PushOutcome {

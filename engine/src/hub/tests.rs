@@ -453,6 +453,7 @@ fn presence_lists_every_shared_group_once_per_receiver() {
             groups: ids(&[1, 2, 3]),
             reached: 1,
             rejections: vec![],
+            ..PushOutcome::default()
         }
     );
     let deliveries: Vec<Delivery> = std::iter::from_fn(|| hub.poll_delivery()).collect();
@@ -888,6 +889,7 @@ fn server_publishes_on_its_own_with_the_server_sender_and_no_echo() {
             groups: ids(&[2, 3]),
             reached: 1,
             rejections: vec![],
+            ..PushOutcome::default()
         }
     );
     assert_eq!(

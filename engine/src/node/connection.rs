@@ -50,15 +50,6 @@ pub enum ConnectionEvent {
     Closed(CloseReason),
 }
 
-/// Input for the node, waiting until the driver takes the node's lock.
-#[derive(Debug)]
-pub(super) enum ToNode {
-    Push(Message),
-    Acknowledged(u64),
-    /// Flow control: the mailbox was congested and is now under its low-water mark.
-    Drained,
-}
-
 /// One connection of a [`Node`](super::Node): its protocol engine
 /// ([`ServerConnection`]: TLS, framing, the Hello, RPC ordering, keep-alive), its
 /// mailbox of push frames from the node, and what it is in the node.
@@ -93,7 +84,15 @@ pub struct NodeConnection {
     pub(super) config: Arc<NodeConfig>,
     pub(super) mailbox: Arc<Mailbox>,
     pub(super) member: Option<Member>,
-    pub(super) to_node: VecDeque<ToNode>,
+    /// Push commands waiting for the node (for its lock, or, while flow control
+    /// holds this connection, for its receivers to drain).
+    pub(super) to_node: VecDeque<Message>,
+    /// The highest push-event sequence number the client acknowledged, not yet
+    /// given to the hub (acknowledgements are cumulative: only the latest counts).
+    pub(super) acked: Option<u64>,
+    /// Flow control: the mailbox was congested and is now at or under its low-water
+    /// mark; the node releases the connections held back for it.
+    pub(super) drained: bool,
     pub(super) close_reason: Option<CloseReason>,
     /// Whether the node was told this connection is over.
     pub(super) left: bool,
@@ -129,6 +128,8 @@ impl NodeConnection {
             mailbox,
             member: None,
             to_node: VecDeque::new(),
+            acked: None,
+            drained: false,
             close_reason: None,
             left: false,
             alert_handled: false,
@@ -238,12 +239,12 @@ impl NodeConnection {
                 }
                 ServerEvent::Push(command) => {
                     if self.member.is_some() {
-                        self.to_node.push_back(ToNode::Push(command));
+                        self.to_node.push_back(command);
                     }
                 }
                 ServerEvent::Acknowledged(seq) => {
                     if self.member.is_some() {
-                        self.to_node.push_back(ToNode::Acknowledged(seq));
+                        self.acked = Some(self.acked.map_or(seq, |a| a.max(seq)));
                     }
                 }
                 ServerEvent::Closed(reason) => {
@@ -264,9 +265,13 @@ impl NodeConnection {
     }
 
     /// Whether push commands or acknowledgements wait for
-    /// [`Node::handle_connection`](super::Node::handle_connection).
+    /// [`Node::handle_connection`](super::Node::handle_connection). Push commands of
+    /// a connection that flow control holds back wait until it is released (its
+    /// waker fires then), so they do not count while it is held.
     pub fn wants_node(&self) -> bool {
-        !self.to_node.is_empty()
+        self.acked.is_some()
+            || self.drained
+            || (!self.to_node.is_empty() && !self.mailbox.is_held())
     }
 
     /// The application refused the Hello: Refused, then close.
@@ -303,9 +308,7 @@ impl NodeConnection {
             if let Some(frames) = frames {
                 self.engine.send_encoded_buffer(frames);
             }
-            if drained {
-                self.to_node.push_back(ToNode::Drained);
-            }
+            self.drained |= drained;
         }
         self.engine.poll_transmit(now, out)
     }

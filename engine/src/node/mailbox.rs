@@ -5,6 +5,7 @@
 
 use crate::hub::{Delivery, OutboundQueue, Queued, SlowConsumerPolicy};
 use bytes::BytesMut;
+use pushwire_protocol::Message;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::Waker;
@@ -110,6 +111,15 @@ impl MailboxState {
             return false;
         }
         self.queue.push_delivery(delivery) == Queued::OverLimit && self.close(Alert::SlowConsumer)
+    }
+
+    /// Queues a notice for this connection alone (not a push event: never shed);
+    /// returns what [`push_delivery`](Self::push_delivery) returns.
+    pub(crate) fn push_notice(&mut self, message: &Message) -> bool {
+        if self.alert.is_some() {
+            return false;
+        }
+        self.queue.push_message(message) == Queued::OverLimit && self.close(Alert::SlowConsumer)
     }
 
     fn close(&mut self, alert: Alert) -> bool {

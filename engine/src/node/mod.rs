@@ -48,10 +48,10 @@ use crate::hub::{
 };
 use crate::server::{AuthRequest, Grant, ServerConfig};
 use bytes::Bytes;
-use connection::ToNode;
 use mailbox::{Alert, Mailbox};
 use pushwire_protocol::{
-    CloseCode, GroupId, Message, RefuseCode, ResumeToken, SessionLost, SessionLostReason, Text,
+    CloseCode, GroupId, Message, PushTaken, RefuseCode, ResumeToken, SessionLost,
+    SessionLostReason, Text,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -262,6 +262,25 @@ pub struct NodeStats {
     pub publishers_held: u64,
     /// Congested receivers the slow-consumer policy handled when their grace ran out.
     pub congestions_expired: u64,
+}
+
+/// What one [`Node::deliver`] found, for a server publication's outcome.
+#[derive(Debug, Default, Clone, Copy)]
+struct DeliveryCounts {
+    congested: u32,
+    cut: u32,
+}
+
+/// The id a push command carries.
+fn command_id(command: &Message) -> Option<u64> {
+    match command {
+        Message::Subscribe(m) => Some(m.command_id),
+        Message::Unsubscribe(m) => Some(m.command_id),
+        Message::Publish(m) => Some(m.command_id),
+        Message::SendUserMessage(m) => Some(m.command_id),
+        Message::ListGroups(m) => Some(m.command_id),
+        _ => None,
+    }
 }
 
 /// A congested receiver (flow control).
@@ -534,29 +553,64 @@ impl<H: PushHooks> Node<H> {
     /// Runs the push commands and acknowledgements `conn` received since the last
     /// call. A connection whose session was resumed elsewhere is being closed; what
     /// it still sends is ignored.
+    ///
+    /// Under flow control the commands run one at a time, and stop as soon as one
+    /// reached a congested receiver: the rest wait in `conn` until the receiver
+    /// drains (or its grace ends), so a held publisher overshoots by one command.
+    /// A client of protocol version 2 or later is then told, with PushTaken, the
+    /// last command that ran.
     pub fn handle_connection(&mut self, now: Instant, conn: &mut NodeConnection) {
+        self.run_connection(now, conn, false);
+    }
+
+    fn run_connection(&mut self, now: Instant, conn: &mut NodeConnection, closing: bool) {
         self.clock = Some(now);
         let session = match &conn.member {
             Some(member) if self.holds(member.session, conn) => member.session,
             _ => {
                 conn.to_node.clear();
+                conn.acked = None;
+                conn.drained = false;
                 return;
             }
         };
-        if self.config.flow_control.is_some() {
+        if let Some(seq) = conn.acked.take() {
+            self.hub.acknowledge(session, seq);
+        }
+        if std::mem::take(&mut conn.drained) {
+            self.release(session, &conn.mailbox);
+        }
+        let flow = self.config.flow_control.is_some();
+        if flow {
             self.actor = Some(conn.mailbox.clone());
         }
-        while let Some(input) = conn.to_node.pop_front() {
-            match input {
-                // Refusals are answered to the client inside the hub; an error here
-                // means a message that is not a push command, which the engine does
-                // not pass on.
-                ToNode::Push(command) => {
-                    let _ = self.hub.handle_command(session, command);
-                }
-                ToNode::Acknowledged(seq) => self.hub.acknowledge(session, seq),
-                ToNode::Drained => self.release(session, &conn.mailbox),
+        let mut taken = None;
+        // A connection that is closing sends nothing more: what it sent runs, held
+        // or not (a held connection is not read, so that is one read's worth).
+        while closing || !conn.mailbox.is_held() {
+            let Some(command) = conn.to_node.pop_front() else {
+                break;
+            };
+            taken = command_id(&command).or(taken);
+            // Refusals are answered to the client inside the hub; an error here
+            // means a message that is not a push command, which the engine does
+            // not pass on.
+            let _ = self.hub.handle_command(session, command);
+            if flow {
+                // Delivered now, so a receiver this command congested holds the
+                // connection before its next command runs.
+                self.deliver();
             }
+        }
+        if let Some(command_id) = taken.filter(|_| conn.engine.version() >= 2) {
+            // Through the mailbox, after the command's own answers (a PushRejected
+            // comes before the PushTaken that covers its command).
+            self.deliver();
+            let notice = Message::PushTaken(PushTaken { command_id });
+            if conn.mailbox.lock().push_notice(&notice) {
+                self.cut_off(session);
+            }
+            self.to_wake.push(session);
         }
         self.dispatch();
         self.actor = None;
@@ -571,7 +625,7 @@ impl<H: PushHooks> Node<H> {
             return;
         }
         conn.drain_for_close();
-        self.handle_connection(now, conn);
+        self.run_connection(now, conn, true);
         conn.left = true;
         let Some(member) = conn.member.clone() else {
             return;
@@ -630,7 +684,7 @@ impl<H: PushHooks> Node<H> {
         groups: &[GroupId],
         payload: Bytes,
     ) -> Result<PushOutcome, HubError> {
-        self.with_hub(|hub| hub.publish(actor, groups, payload))
+        self.with_hub_counted(|hub| hub.publish(actor, groups, payload))
     }
 
     /// Sends `payload` to every connection of `receiver`; see
@@ -641,7 +695,7 @@ impl<H: PushHooks> Node<H> {
         receiver: &str,
         payload: Bytes,
     ) -> Result<PushOutcome, HubError> {
-        self.with_hub(|hub| hub.send_user_message(actor, receiver, payload))
+        self.with_hub_counted(|hub| hub.send_user_message(actor, receiver, payload))
     }
 
     /// Subscribes a session to groups; see [`Hub::subscribe`].
@@ -691,6 +745,22 @@ impl<H: PushHooks> Node<H> {
         result
     }
 
+    /// Runs a server-API push operation and dispatches it, telling in its outcome
+    /// which receivers it found congested or cut off.
+    fn with_hub_counted(
+        &mut self,
+        call: impl FnOnce(&mut Hub<H>) -> Result<PushOutcome, HubError>,
+    ) -> Result<PushOutcome, HubError> {
+        let mut result = call(&mut self.hub);
+        let counts = self.deliver();
+        self.dispatch();
+        if let Ok(outcome) = result.as_mut() {
+            outcome.congested = counts.congested;
+            outcome.cut = counts.cut;
+        }
+        result
+    }
+
     /// Whether `conn` is the connection that holds `session` now.
     fn holds(&self, session: ConnectionId, conn: &NodeConnection) -> bool {
         self.mailboxes
@@ -723,11 +793,18 @@ impl<H: PushHooks> Node<H> {
         });
     }
 
+    /// Delivers what the hub produced and wakes the receivers.
+    fn dispatch(&mut self) {
+        self.deliver();
+        self.wake();
+    }
+
     /// Appends every delivery the hub produced to its receiver's mailbox (one lock of
     /// each mailbox per run of deliveries to it), closes mailboxes that went over
-    /// their limit, notes receivers that went over the flow control's high-water mark
-    /// (holding the acting connection back for them), then wakes each receiver once.
-    fn dispatch(&mut self) {
+    /// their limit, and notes receivers over the flow control's high-water mark,
+    /// holding the acting connection back for them. Receivers are woken later, by
+    /// [`wake`](Self::wake), once per call of the node.
+    fn deliver(&mut self) -> DeliveryCounts {
         let high_water = self.config.flow_control.map(|f| f.high_water);
         let Self {
             hub,
@@ -740,6 +817,7 @@ impl<H: PushHooks> Node<H> {
             clock,
             ..
         } = self;
+        let mut counts = DeliveryCounts::default();
         let mut cut = Vec::new();
         let mut congested = Vec::new();
         let mut held: Option<(ConnectionId, mailbox::MailboxGuard<'_>)> = None;
@@ -773,6 +851,10 @@ impl<H: PushHooks> Node<H> {
             }
         }
         drop(held);
+        congested.sort_unstable();
+        congested.dedup();
+        counts.congested = congested.len() as u32;
+        counts.cut = cut.len() as u32;
         for session in congested {
             let Some(mailbox) = mailboxes.get(&session) else {
                 continue;
@@ -796,17 +878,28 @@ impl<H: PushHooks> Node<H> {
                 }
             }
         }
-        to_wake.sort_unstable();
-        to_wake.dedup();
-        for connection in to_wake.drain(..) {
-            if let Some(mailbox) = mailboxes.get(&connection) {
+        for session in cut {
+            self.cut_off(session);
+        }
+        counts
+    }
+
+    /// Wakes each receiver that got frames since the last call, once.
+    fn wake(&mut self) {
+        self.to_wake.sort_unstable();
+        self.to_wake.dedup();
+        for connection in self.to_wake.drain(..) {
+            if let Some(mailbox) = self.mailboxes.get(&connection) {
                 mailbox.wake();
             }
         }
-        for session in cut {
-            if let Some(mailbox) = self.mailboxes.get(&session).cloned() {
-                self.release(session, &mailbox);
-            }
+    }
+
+    /// `session`'s mailbox went over its limit and was closed: the connections held
+    /// back for it go on.
+    fn cut_off(&mut self, session: ConnectionId) {
+        if let Some(mailbox) = self.mailboxes.get(&session).cloned() {
+            self.release(session, &mailbox);
         }
     }
 

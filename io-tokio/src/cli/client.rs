@@ -368,16 +368,28 @@ pub(super) async fn sub(args: SubArgs) -> Result<(), CliError> {
     outcome
 }
 
+/// Publications `pushwire pub --repeat` keeps unconfirmed before awaiting the oldest.
+const PUBLISH_PIPELINE: usize = 1024;
+
 /// `pushwire pub`.
 pub(super) async fn publish(args: PubArgs) -> Result<(), CliError> {
     let json = args.client.json;
     let (client, mut events) = args.client.connect(None).await?;
     let work = async {
+        // Pipelined: each publication resolves when the server has taken it, and
+        // the client's send window holds the rest back, so a server that slows this
+        // publisher down (flow control) slows the loop down with it.
+        let mut in_flight = std::collections::VecDeque::new();
         for _ in 0..args.repeat {
-            client
-                .publish(&args.groups, args.message.clone())
-                .await
-                .map_err(push_failure)?;
+            in_flight.push_back(client.publish(&args.groups, args.message.clone()));
+            if in_flight.len() >= PUBLISH_PIPELINE {
+                if let Some(oldest) = in_flight.pop_front() {
+                    oldest.await.map_err(push_failure)?;
+                }
+            }
+        }
+        for publication in in_flight {
+            publication.await.map_err(push_failure)?;
         }
         // The server answers ListGroups after handling everything sent before it, so
         // once the answer is here every refusal of a publication has arrived too.

@@ -3,9 +3,11 @@
 //! commands, and events as a `Stream` and as callbacks.
 
 mod event;
+mod window;
 
 use event::EventSender;
 pub use event::{Event, EventStream};
+use window::{SendWindow, Ticket, COMMAND_OVERHEAD};
 
 use crate::read::{read_with, Input};
 use crate::transport::{ByteStream, Connector, TcpConnector};
@@ -22,7 +24,7 @@ use pushwire_protocol::{
     RefuseCode, Sender, Text,
 };
 use rustls::pki_types::UnixTime;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
@@ -246,6 +248,7 @@ pub struct ClientBuilder {
     on_publish: Option<PublishCallback>,
     on_user_message: Option<UserMessageCallback>,
     event_capacity: usize,
+    send_window: usize,
 }
 
 impl ClientBuilder {
@@ -259,6 +262,7 @@ impl ClientBuilder {
             on_publish: None,
             on_user_message: None,
             event_capacity: 1024,
+            send_window: DEFAULT_SEND_WINDOW,
         }
     }
 
@@ -304,6 +308,18 @@ impl ClientBuilder {
     /// reading from the server (backpressure; default 1,024).
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity.max(1);
+        self
+    }
+
+    /// Bytes of push commands (payloads and a little framing) the client holds
+    /// queued or sent and not yet taken by the server (default 1 MiB). A call that
+    /// finds the window full waits before its command is queued, in call order: a
+    /// server that holds this publisher back (its flow control, for receivers that
+    /// fall behind) slows the application down instead of growing a queue. A
+    /// command larger than the window goes alone. Servers of protocol version 1 do
+    /// not confirm commands; the window then only bounds what waits to be written.
+    pub fn send_window(mut self, bytes: usize) -> Self {
+        self.send_window = bytes.max(1);
         self
     }
 
@@ -353,6 +369,7 @@ impl ClientBuilder {
         let stream = open(connector, &context).await?;
         let engine = ClientConnection::new(config.clone(), now(), UnixTime::now())?;
         let (commands, command_rx) = mpsc::unbounded_channel();
+        let window = SendWindow::new(self.send_window);
         let (events_tx, events_rx) = event::channel(self.event_capacity);
         let (ready_tx, ready_rx) = oneshot::channel();
         let (outstanding_tx, outstanding) = watch::channel(0usize);
@@ -379,6 +396,8 @@ impl ClientBuilder {
             queued: Vec::new(),
             restore_after_loss: false,
             held_replies: Vec::new(),
+            window: window.clone(),
+            untaken: VecDeque::new(),
         };
         let reconnect = Reconnector {
             connector: connector.clone(),
@@ -393,6 +412,7 @@ impl ClientBuilder {
             Ok(Ok(())) => Ok((
                 Client {
                     commands,
+                    window,
                     outstanding,
                     closed,
                     connected,
@@ -442,6 +462,8 @@ enum Command {
     },
     Push {
         command: PushCommand,
+        /// Bytes taken from the send window for it.
+        cost: usize,
         reply: oneshot::Sender<Result<Answer, PushError>>,
     },
     /// A publication, apart from the other push commands: the engine encodes it from
@@ -449,6 +471,7 @@ enum Command {
     Publish {
         groups: Targets,
         payload: Bytes,
+        cost: usize,
         reply: oneshot::Sender<Result<Answer, PushError>>,
     },
     StartBatch(oneshot::Sender<Result<(), ClientError>>),
@@ -498,6 +521,7 @@ enum Answer {
 #[derive(Clone)]
 pub struct Client {
     commands: mpsc::UnboundedSender<Command>,
+    window: Arc<SendWindow>,
     outstanding: watch::Receiver<usize>,
     closed: watch::Receiver<Option<CloseReason>>,
     connected: watch::Receiver<bool>,
@@ -535,9 +559,39 @@ impl Client {
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
         lost: fn() -> T,
     ) -> Reply<T> {
-        let (tx, rx) = oneshot::channel();
-        let rx = self.commands.send(make(tx)).ok().map(|()| rx);
-        Reply { rx, lost }
+        send_command(&self.commands, make, lost)
+    }
+
+    /// Queues a push command costing `cost` bytes of the send window: at once when
+    /// it fits and no earlier call waits, otherwise when its turn comes (see
+    /// [`ClientBuilder::send_window`]).
+    fn send_windowed(
+        &self,
+        cost: usize,
+        make: impl FnOnce(oneshot::Sender<Result<Answer, PushError>>) -> Command + Send + 'static,
+    ) -> impl Future<Output = Result<Answer, PushError>> + Send + 'static {
+        let lost: fn() -> Result<Answer, PushError> = || Err(PushError::ConnectionLost);
+        let queued = match self.window.try_take(cost) {
+            Ok(()) => Queued::Now(send_command(&self.commands, make, lost)),
+            Err(ticket) => Queued::Later {
+                ticket,
+                make,
+                commands: self.commands.clone(),
+            },
+        };
+        async move {
+            match queued {
+                Queued::Now(reply) => reply.await,
+                Queued::Later {
+                    ticket,
+                    make,
+                    commands,
+                } => {
+                    ticket.take(cost).await;
+                    send_command(&commands, make, lost).await
+                }
+            }
+        }
     }
 
     /// Calls `method` (SocketPro's `SendRequest`). The request is queued at once
@@ -583,14 +637,20 @@ impl Client {
         let _ = outstanding.wait_for(|n| *n == 0).await;
     }
 
-    fn push(&self, command: PushCommand) -> Reply<Result<Answer, PushError>> {
-        self.send(
-            |reply| Command::Push { command, reply },
-            || Err(PushError::ConnectionLost),
-        )
+    fn push(
+        &self,
+        command: PushCommand,
+    ) -> impl Future<Output = Result<Answer, PushError>> + Send + 'static {
+        let cost = command_cost(&command);
+        self.send_windowed(cost, move |reply| Command::Push {
+            command,
+            cost,
+            reply,
+        })
     }
 
-    /// Joins chat groups. Resolves once sent; refusals arrive as
+    /// Joins chat groups. Resolves once the server has run the command (or, with a
+    /// server of protocol version 1, once it is queued); refusals arrive as
     /// [`Event::Rejected`] with the returned command id.
     pub fn subscribe(&self, groups: &[u32]) -> impl Future<Output = Result<u64, PushError>> {
         let reply = self.push(PushCommand::Subscribe(
@@ -613,7 +673,16 @@ impl Client {
         async move { sent(reply.await) }
     }
 
-    /// Publishes to chat groups. Resolves once sent.
+    /// Publishes to chat groups. Resolves with the command id once the server has
+    /// taken the publication (run it: delivered, or refused with an
+    /// [`Event::Rejected`] before this resolves), or with a server of protocol
+    /// version 1 once it is queued. Inside a batch it resolves once queued in the
+    /// batch. While the [send window](ClientBuilder::send_window) is full the
+    /// publication waits, in call order, before it is queued: await or drop each
+    /// future, since a waiting one that is kept but never polled holds up the calls
+    /// after it. A publication sent on a connection that dropped before the server
+    /// confirmed it fails with [`PushError::ConnectionLost`]: it may or may not have
+    /// been delivered.
     pub fn publish(
         &self,
         groups: &[u32],
@@ -621,14 +690,13 @@ impl Client {
     ) -> impl Future<Output = Result<u64, PushError>> {
         let groups = Targets::new(groups);
         let payload = message.into();
-        let reply = self.send(
-            |reply| Command::Publish {
-                groups,
-                payload,
-                reply,
-            },
-            || Err(PushError::ConnectionLost),
-        );
+        let cost = payload.len() + COMMAND_OVERHEAD + 4 * groups.as_slice().len();
+        let reply = self.send_windowed(cost, move |reply| Command::Publish {
+            groups,
+            payload,
+            cost,
+            reply,
+        });
         async move { sent(reply.await) }
     }
 
@@ -691,6 +759,43 @@ impl Client {
     }
 }
 
+/// The default [`ClientBuilder::send_window`].
+pub const DEFAULT_SEND_WINDOW: usize = 1024 * 1024;
+
+/// A windowed command: queued at the call, or waiting for its turn.
+enum Queued<F> {
+    Now(Reply<Result<Answer, PushError>>),
+    Later {
+        ticket: Ticket,
+        make: F,
+        commands: mpsc::UnboundedSender<Command>,
+    },
+}
+
+fn send_command<T>(
+    commands: &mpsc::UnboundedSender<Command>,
+    make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    lost: fn() -> T,
+) -> Reply<T> {
+    let (tx, rx) = oneshot::channel();
+    let rx = commands.send(make(tx)).ok().map(|()| rx);
+    Reply { rx, lost }
+}
+
+/// What a push command takes of the send window.
+fn command_cost(command: &PushCommand) -> usize {
+    COMMAND_OVERHEAD
+        + match command {
+            PushCommand::Subscribe(groups) => 4 * groups.len(),
+            PushCommand::Unsubscribe(GroupSelection::Groups(groups)) => 4 * groups.len(),
+            PushCommand::Publish { groups, payload } => 4 * groups.len() + payload.len(),
+            PushCommand::SendUserMessage { receiver, payload } => {
+                receiver.as_str().len() + payload.len()
+            }
+            _ => 0,
+        }
+}
+
 fn sent(answer: Result<Answer, PushError>) -> Result<u64, PushError> {
     match answer? {
         Answer::Sent(id) => Ok(id),
@@ -721,11 +826,31 @@ struct Task {
     /// presence events): restored when the server reports the session lost.
     groups: BTreeSet<GroupId>,
     /// Push commands accepted while reconnecting.
-    queued: Vec<(PushCommand, oneshot::Sender<Result<Answer, PushError>>)>,
+    queued: Vec<OfflineCommand>,
     /// The server lost the session: re-subscribe once it is ready.
     restore_after_loss: bool,
     /// Replies held back until the events received before them are in the stream.
     held_replies: Vec<HeldReply>,
+    window: Arc<SendWindow>,
+    /// Push commands sent on this connection and not yet confirmed by the server,
+    /// in command-id order: their window bytes, and the reply to send then (none
+    /// for commands whose answer is a message of its own).
+    untaken: VecDeque<Untaken>,
+}
+
+/// A push command accepted while reconnecting: the command, its window bytes and
+/// its reply.
+type OfflineCommand = (
+    PushCommand,
+    usize,
+    oneshot::Sender<Result<Answer, PushError>>,
+);
+
+/// A push command the server has not confirmed yet.
+struct Untaken {
+    command_id: u64,
+    cost: usize,
+    reply: Option<oneshot::Sender<Result<Answer, PushError>>>,
 }
 
 /// A reply to the application, released by [`Task::flush_events`]: whoever sees a
@@ -814,9 +939,11 @@ impl Task {
         for (_, reply) in std::mem::take(&mut self.answers) {
             let _ = reply.send(Err(PushError::ConnectionLost));
         }
-        for (_, reply) in std::mem::take(&mut self.queued) {
+        for (_, cost, reply) in std::mem::take(&mut self.queued) {
+            self.window.give_back(cost);
             let _ = reply.send(Err(PushError::ConnectionLost));
         }
+        self.fail_untaken();
         self.connected.send_replace(false);
         self.events.push(Event::Closed(reason.clone()));
         self.flush_events().await;
@@ -884,17 +1011,22 @@ impl Task {
             Command::Request { reply, .. } => {
                 let _ = reply.send(Err(RequestError::ConnectionLost(lost())));
             }
-            Command::Push { command, reply } => self.queue_push(command, reply, queue_limit),
+            Command::Push {
+                command,
+                cost,
+                reply,
+            } => self.queue_push(command, cost, reply, queue_limit),
             Command::Publish {
                 groups,
                 payload,
+                cost,
                 reply,
             } => {
                 let command = PushCommand::Publish {
                     groups: groups.into_vec(),
                     payload,
                 };
-                self.queue_push(command, reply, queue_limit);
+                self.queue_push(command, cost, reply, queue_limit);
             }
             Command::StartBatch(reply)
             | Command::CommitBatch(_, reply)
@@ -908,12 +1040,14 @@ impl Task {
     fn queue_push(
         &mut self,
         command: PushCommand,
+        cost: usize,
         reply: oneshot::Sender<Result<Answer, PushError>>,
         queue_limit: usize,
     ) {
         if self.queued.len() < queue_limit {
-            self.queued.push((command, reply));
+            self.queued.push((command, cost, reply));
         } else {
+            self.window.give_back(cost);
             let _ = reply.send(Err(PushError::Client(ClientError::NotReady)));
         }
     }
@@ -922,12 +1056,14 @@ impl Task {
     async fn drive<S: ByteStream>(&mut self, stream: S) -> Ended {
         let (mut reader, mut writer) = tokio::io::split(stream);
         let mut transmit = Vec::new();
+        // Bytes of `transmit` already written.
+        let mut written = 0usize;
         let mut commands_open = true;
         let mut end: Option<CloseReason> = None;
         loop {
             // Take every command already waiting before writing, so a burst of
             // publishes leaves in one write instead of one write each.
-            if commands_open {
+            if commands_open && written == transmit.len() {
                 for _ in 0..1024 {
                     match self.commands.try_recv() {
                         Ok(command) => self.handle_command(command),
@@ -959,15 +1095,17 @@ impl Task {
                 let now = self.engine.outstanding_requests();
                 std::mem::replace(n, now) != now
             });
-            transmit.clear();
-            if self.engine.poll_transmit(now(), &mut transmit) > 0 {
-                if let Err(e) = writer.write_all(&transmit).await {
-                    debug!("write failed: {e}");
-                    self.engine.handle_transport_closed();
-                }
-                continue;
+            // Writes are part of the select below, not awaited on their own: a
+            // server that holds this publisher back (flow control) stops reading it,
+            // and the client must go on reading what the server sends meanwhile, or
+            // it would become a slow consumer itself.
+            if written == transmit.len() {
+                transmit.clear();
+                written = 0;
+                self.engine.poll_transmit(now(), &mut transmit);
             }
-            if self.engine.is_finished() {
+            if self.engine.is_finished() && written == transmit.len() {
+                self.fail_untaken();
                 let _ = writer.shutdown().await;
                 self.connected.send_replace(false);
                 let reason = end.unwrap_or(CloseReason::PeerClosed);
@@ -983,12 +1121,21 @@ impl Task {
                 .map(tokio::time::Instant::from_std);
             tokio::select! {
                 biased;
+                result = writer.write(&transmit[written..]), if written < transmit.len() => match result {
+                    Ok(0) | Err(_) => {
+                        debug!("write failed: {result:?}");
+                        self.engine.handle_transport_closed();
+                        transmit.clear();
+                        written = 0;
+                    }
+                    Ok(n) => written += n,
+                },
                 // Straight into the engine: no read buffer per connection.
                 () = read_with(&mut reader, |input| match input {
                     Input::Bytes(bytes) => self.engine.handle_input(now(), bytes),
                     Input::Closed => self.engine.handle_transport_closed(),
                 }) => {}
-                command = self.commands.recv(), if commands_open => match command {
+                command = self.commands.recv(), if commands_open && written == transmit.len() => match command {
                     Some(command) => self.handle_command(command),
                     None => {
                         // Every Client handle is gone: close politely.
@@ -1016,17 +1163,23 @@ impl Task {
                     let _ = reply.send(Err(RequestError::Rejected(e)));
                 }
             },
-            Command::Push { command, reply } => self.push(command, reply),
+            Command::Push {
+                command,
+                cost,
+                reply,
+            } => self.push(command, cost, reply),
             Command::Publish {
                 groups,
                 payload,
+                cost,
                 reply,
-            } => {
-                let _ = reply.send(match self.engine.publish(groups.as_slice(), &payload) {
-                    Ok(id) => Ok(Answer::Sent(id)),
-                    Err(e) => Err(PushError::Client(e)),
-                });
-            }
+            } => match self.engine.publish(groups.as_slice(), &payload) {
+                Ok(id) => self.sent(id, cost, Some(reply)),
+                Err(e) => {
+                    self.window.give_back(cost);
+                    let _ = reply.send(Err(PushError::Client(e)));
+                }
+            },
             Command::StartBatch(reply) => {
                 let _ = reply.send(self.engine.start_batch());
             }
@@ -1043,7 +1196,12 @@ impl Task {
         }
     }
 
-    fn push(&mut self, command: PushCommand, reply: oneshot::Sender<Result<Answer, PushError>>) {
+    fn push(
+        &mut self,
+        command: PushCommand,
+        cost: usize,
+        reply: oneshot::Sender<Result<Answer, PushError>>,
+    ) {
         let waits = matches!(
             command,
             PushCommand::SendUserMessage { .. } | PushCommand::ListGroups
@@ -1051,12 +1209,67 @@ impl Task {
         match self.engine.push(command) {
             Ok(id) if waits => {
                 self.answers.insert(id, reply);
+                self.sent(id, cost, None);
             }
-            Ok(id) => {
-                let _ = reply.send(Ok(Answer::Sent(id)));
-            }
+            Ok(id) => self.sent(id, cost, Some(reply)),
             Err(e) => {
+                self.window.give_back(cost);
                 let _ = reply.send(Err(PushError::Client(e)));
+            }
+        }
+    }
+
+    /// A push command went to the engine: it waits for the server's confirmation,
+    /// unless nothing will confirm it (a batch, whose commands wait for the commit,
+    /// or a server of protocol version 1).
+    fn sent(
+        &mut self,
+        command_id: u64,
+        cost: usize,
+        reply: Option<oneshot::Sender<Result<Answer, PushError>>>,
+    ) {
+        if self.engine.confirms_push_commands() && !self.engine.in_batch() {
+            self.untaken.push_back(Untaken {
+                command_id,
+                cost,
+                reply,
+            });
+            return;
+        }
+        self.window.give_back(cost);
+        if let Some(reply) = reply {
+            let _ = reply.send(Ok(Answer::Sent(command_id)));
+        }
+    }
+
+    /// The server ran every push command up to `command_id`.
+    fn taken(&mut self, command_id: u64) {
+        while let Some(front) = self.untaken.front() {
+            if front.command_id > command_id {
+                break;
+            }
+            let Untaken {
+                command_id,
+                cost,
+                reply,
+            } = self.untaken.pop_front().expect("looked at");
+            self.window.give_back(cost);
+            if let Some(reply) = reply {
+                // After the events received before the confirmation (a refusal of
+                // this very publication, say).
+                self.held_replies
+                    .push(HeldReply::Push(reply, Ok(Answer::Sent(command_id))));
+            }
+        }
+    }
+
+    /// The connection ended: commands it carried that the server did not confirm
+    /// may or may not have run.
+    fn fail_untaken(&mut self) {
+        for untaken in std::mem::take(&mut self.untaken) {
+            self.window.give_back(untaken.cost);
+            if let Some(reply) = untaken.reply {
+                let _ = reply.send(Err(PushError::ConnectionLost));
             }
         }
     }
@@ -1086,8 +1299,8 @@ impl Task {
                         resumed: welcome.resumed,
                     });
                 }
-                for (command, reply) in std::mem::take(&mut self.queued) {
-                    self.push(command, reply);
+                for (command, cost, reply) in std::mem::take(&mut self.queued) {
+                    self.push(command, cost, reply);
                 }
             }
             ClientEvent::Response {
@@ -1122,6 +1335,7 @@ impl Task {
                 }
             }
             ClientEvent::Push(message) => self.handle_push(message),
+            ClientEvent::Taken { command_id } => self.taken(command_id),
             ClientEvent::Closed(_) => {}
         }
     }
@@ -1162,7 +1376,7 @@ impl Task {
                 let groups: Vec<GroupId> = std::mem::take(&mut self.groups).into_iter().collect();
                 if !groups.is_empty() {
                     let (reply, _) = oneshot::channel();
-                    self.push(PushCommand::Subscribe(groups), reply);
+                    self.push(PushCommand::Subscribe(groups), 0, reply);
                 }
                 self.restore_after_loss = false;
             }
