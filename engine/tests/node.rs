@@ -769,6 +769,8 @@ fn slow_consumer_config(policy: SlowConsumerPolicy) -> NodeConfig {
     config.max_outbound_bytes = LIMIT;
     config.hub.replay_bytes = LIMIT;
     config.slow_consumer_policy = policy;
+    // The hard limit alone, as with flow control off.
+    config.flow_control = None;
     config
 }
 
@@ -891,6 +893,7 @@ fn drop_oldest_keeps_a_slow_consumer_and_covers_what_it_dropped_with_a_gap() {
 fn a_replay_buffer_larger_than_the_outbound_limit_is_refused() {
     let mut config = plaintext_config();
     config.max_outbound_bytes = LIMIT;
+    config.flow_control = None;
     config.hub = HubConfig {
         replay_bytes: LIMIT + 1,
         ..HubConfig::default()
@@ -1179,6 +1182,32 @@ fn a_server_publication_is_never_held_and_its_outcome_counts_congested_receivers
         .iter()
         .any(|(_, p)| &p[..] == b"from the server"));
     let _ = bob;
+}
+
+#[test]
+fn flow_control_is_on_by_default_and_fitted_marks_suit_small_limits() {
+    let config = plaintext_config();
+    assert_eq!(config.flow_control, Some(FlowControl::default()));
+    assert!(Node::new(config, AllowAll).is_ok());
+    let fitted = FlowControl::fitted(64 * 1024, Some(Duration::from_secs(1)));
+    assert_eq!(
+        fitted,
+        FlowControl {
+            high_water: 8 * 1024,
+            low_water: 2 * 1024,
+            grace: Duration::from_millis(500),
+        }
+    );
+    let mut config = plaintext_config();
+    config.max_outbound_bytes = 64 * 1024;
+    config.hub.replay_bytes = 32 * 1024;
+    config.flow_control = Some(fitted);
+    assert!(Node::new(config, AllowAll).is_ok());
+    assert_eq!(
+        FlowControl::fitted(usize::MAX, None),
+        FlowControl::default(),
+        "never larger than the defaults"
+    );
 }
 
 #[test]

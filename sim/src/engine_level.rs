@@ -379,13 +379,15 @@ impl EngineSim {
         // Half the runs with backpressure to publishers: the guarantees must hold
         // while the node holds connections back and sheds or cuts receivers at the
         // grace (shorter than the keep-alive idle timeout, as the node requires).
-        if rng.chance(1, 2) {
-            node_config.flow_control = Some(FlowControl {
+        node_config.flow_control = if rng.chance(1, 2) {
+            Some(FlowControl {
                 high_water: OUTBOUND_LIMIT / 8,
                 low_water: OUTBOUND_LIMIT / 16,
                 grace: Duration::from_millis(200),
-            });
-        }
+            })
+        } else {
+            None
+        };
         let node = new_node(&node_config, &journal, groups);
         let clients = (0..clients)
             .map(|_| SimClient {

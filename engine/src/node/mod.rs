@@ -78,6 +78,34 @@ pub struct FlowControl {
     pub grace: Duration,
 }
 
+impl FlowControl {
+    /// The defaults, scaled down to fit a smaller outbound limit (high water at most
+    /// an eighth of it, low water a quarter of the high) and a shorter keep-alive
+    /// idle timeout (grace at most half of it): what a server uses when its settings
+    /// changed those but not the flow control.
+    pub fn fitted(max_outbound_bytes: usize, idle_timeout: Option<Duration>) -> Self {
+        let default = Self::default();
+        let high_water = default.high_water.min(max_outbound_bytes / 8);
+        Self {
+            high_water,
+            low_water: default.low_water.min(high_water / 4),
+            grace: idle_timeout.map_or(default.grace, |idle| default.grace.min(idle / 2)),
+        }
+    }
+}
+
+impl Default for FlowControl {
+    /// High water 1 MiB, low water 256 KiB, grace 2 s (see the README's "When a
+    /// receiver is slow" for the measurements behind them).
+    fn default() -> Self {
+        Self {
+            high_water: 1024 * 1024,
+            low_water: 256 * 1024,
+            grace: Duration::from_secs(2),
+        }
+    }
+}
+
 /// Settings of a [`Node`].
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -101,8 +129,9 @@ pub struct NodeConfig {
     /// How long a connection the node closes (slow consumer, superseded) has to take
     /// its Close before its transport is dropped anyway. Default 2 s.
     pub close_grace: Duration,
-    /// Backpressure to publishers; `None` (the default for now) leaves only the
-    /// slow-consumer policy at the hard limit.
+    /// Backpressure to publishers ([`FlowControl::default`] unless set); `None`
+    /// leaves only the slow-consumer policy at the hard limit, so a fast publisher
+    /// can push a receiver that reads, but more slowly for a moment, over it.
     pub flow_control: Option<FlowControl>,
 }
 
@@ -117,7 +146,7 @@ impl NodeConfig {
             auto_subscribe: Vec::new(),
             services: BTreeSet::new(),
             close_grace: Duration::from_secs(2),
-            flow_control: None,
+            flow_control: Some(FlowControl::default()),
         }
     }
 }

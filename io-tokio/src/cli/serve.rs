@@ -14,18 +14,28 @@
 //! [[groups]]
 //! id = 1
 //! description = "R&D Department"
+//!
+//! [outbound]                        # what the server does when a receiver is slow
+//! limit = "8MiB"                    # hard limit of unwritten bytes per connection
+//! slow_consumer = "disconnect"      # or "drop-oldest"
+//! flow_control = true               # hold publishers back for congested receivers
+//! high_water = "1MiB"
+//! low_water = "256KiB"
+//! grace_ms = 2000
 //! ```
 
 use super::users::{DevelopmentLogin, Users};
 use super::{development_file, CliError, Exit, DEVELOPMENT_KEY_PASSWORD, DEVELOPMENT_PASSWORD};
 use crate::hello::{hello_world_service, HELLO_WORLD_SERVICE};
-use crate::server::{ServerBuilder, ServerError};
+use crate::server::{FlowControl, ServerBuilder, ServerError};
 use clap::Args;
+use pushwire_engine::hub::SlowConsumerPolicy;
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -80,6 +90,64 @@ pub struct ServeArgs {
     /// the password MyPassword, and only on a loopback address.
     #[arg(long, value_name = "FILE")]
     pub users: Option<PathBuf>,
+    /// Hard limit of unwritten push bytes per connection (K, KiB, M, MiB suffixes);
+    /// over it the slow-consumer policy acts at once [default: 8MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_byte_size)]
+    pub max_outbound: Option<usize>,
+    /// What happens to a receiver over the limit, or congested past the grace:
+    /// disconnect (its session kept for a resume) or drop-oldest (a Gap tells it
+    /// what it lost) [default: disconnect].
+    #[arg(long, value_name = "POLICY", value_parser = parse_policy)]
+    pub slow_consumer: Option<SlowConsumerPolicy>,
+    /// No flow control: a receiver that falls behind is handled only at the hard
+    /// limit, and publishers are never held back.
+    #[arg(long)]
+    pub no_flow_control: bool,
+    /// Queued bytes that make a receiver congested: its publishers are held back
+    /// [default: 1MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_byte_size)]
+    pub high_water: Option<usize>,
+    /// Queued bytes at which a congested receiver releases its publishers
+    /// [default: 256KiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_byte_size)]
+    pub low_water: Option<usize>,
+    /// Longest a congested receiver that takes nothing holds its publishers back
+    /// before the slow-consumer policy acts, in milliseconds [default: 2000].
+    #[arg(long, value_name = "MS")]
+    pub grace_ms: Option<u64>,
+}
+
+/// Parses `1048576`, `1024K`, `1024KiB`, `1M`, `1MiB` (K and M are binary, as the
+/// rest of pushwire's sizes).
+pub(super) fn parse_byte_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (bytes, or with K, KiB, M, MiB)"))?;
+    let scale = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "KB" | "k" => 1024,
+        "M" | "MiB" | "MB" => 1024 * 1024,
+        "G" | "GiB" | "GB" => 1024 * 1024 * 1024,
+        other => {
+            return Err(format!(
+                "{other:?} is not a size unit (K, KiB, M, MiB, G, GiB)"
+            ))
+        }
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn parse_policy(s: &str) -> Result<SlowConsumerPolicy, String> {
+    match s {
+        "disconnect" => Ok(SlowConsumerPolicy::Disconnect),
+        "drop-oldest" => Ok(SlowConsumerPolicy::DropOldest),
+        _ => Err(format!("{s:?} is not a policy (disconnect or drop-oldest)")),
+    }
 }
 
 fn parse_group(s: &str) -> Result<(u32, String), String> {
@@ -115,6 +183,51 @@ pub struct ServeConfig {
     pub auto_subscribe: Option<Vec<u32>>,
     /// Users file.
     pub users: Option<PathBuf>,
+    /// Slow receivers: limits, policy, flow control.
+    pub outbound: Option<OutboundConfig>,
+}
+
+/// The `[outbound]` table of a `--config` file.
+#[derive(Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Hard limit per connection, as `"8MiB"` or a number of bytes.
+    pub limit: Option<ByteSize>,
+    /// `"disconnect"` or `"drop-oldest"`.
+    pub slow_consumer: Option<String>,
+    /// Whether publishers are held back for congested receivers.
+    pub flow_control: Option<bool>,
+    /// High-water mark.
+    pub high_water: Option<ByteSize>,
+    /// Low-water mark.
+    pub low_water: Option<ByteSize>,
+    /// Grace in milliseconds.
+    pub grace_ms: Option<u64>,
+}
+
+/// A size in a config file: a number of bytes or a string such as `"256KiB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SizeValue")]
+pub struct ByteSize(pub usize);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+impl TryFrom<SizeValue> for ByteSize {
+    type Error = String;
+
+    fn try_from(value: SizeValue) -> Result<Self, String> {
+        match value {
+            SizeValue::Bytes(n) => usize::try_from(n)
+                .map(ByteSize)
+                .map_err(|_| format!("{n} is too large")),
+            SizeValue::Text(text) => parse_byte_size(&text).map(ByteSize),
+        }
+    }
 }
 
 /// A chat group in a `--config` file.
@@ -184,7 +297,13 @@ struct Settings {
     groups: Vec<(u32, String)>,
     auto_subscribe: Vec<u32>,
     users: Option<PathBuf>,
+    max_outbound: usize,
+    slow_consumer: SlowConsumerPolicy,
+    flow_control: Option<FlowControl>,
 }
+
+/// The server's outbound limit unless configured.
+const DEFAULT_MAX_OUTBOUND: usize = 8 * 1024 * 1024;
 
 fn usage(message: impl Into<String>) -> CliError {
     CliError::new(Exit::Usage, message)
@@ -267,12 +386,52 @@ impl Settings {
                  loopback address; make a users file with `pushwire hash-password`"
             )));
         }
+        let outbound = file.outbound.unwrap_or_default();
+        let max_outbound = args
+            .max_outbound
+            .or(outbound.limit.map(|l| l.0))
+            .unwrap_or(DEFAULT_MAX_OUTBOUND);
+        let slow_consumer = match (args.slow_consumer, outbound.slow_consumer) {
+            (Some(policy), _) => policy,
+            (None, Some(text)) => parse_policy(&text).map_err(usage)?,
+            (None, None) => SlowConsumerPolicy::default(),
+        };
+        let flow_on = !args.no_flow_control && outbound.flow_control.unwrap_or(true);
+        let fitted = FlowControl::fitted(
+            max_outbound,
+            pushwire_engine::KeepAlive::default().idle_timeout,
+        );
+        let flow_control = flow_on.then(|| FlowControl {
+            high_water: args
+                .high_water
+                .or(outbound.high_water.map(|s| s.0))
+                .unwrap_or(fitted.high_water),
+            low_water: args
+                .low_water
+                .or(outbound.low_water.map(|s| s.0))
+                .unwrap_or(fitted.low_water),
+            grace: args
+                .grace_ms
+                .or(outbound.grace_ms)
+                .map_or(fitted.grace, Duration::from_millis),
+        });
+        if let Some(flow) = &flow_control {
+            if flow.low_water > flow.high_water || flow.high_water >= max_outbound {
+                return Err(usage(format!(
+                    "flow control needs low water ({}) ≤ high water ({}) < the outbound limit                      ({max_outbound} bytes)",
+                    flow.low_water, flow.high_water
+                )));
+            }
+        }
         Ok(Self {
             listen,
             transport,
             groups,
             auto_subscribe,
             users,
+            max_outbound,
+            slow_consumer,
+            flow_control,
         })
     }
 }
@@ -361,6 +520,9 @@ pub(super) async fn run(mut args: ServeArgs) -> Result<(), CliError> {
         builder = builder.group(*id, description.as_str());
     }
     let server = builder
+        .max_outbound_bytes(settings.max_outbound)
+        .slow_consumer_policy(settings.slow_consumer)
+        .flow_control(settings.flow_control)
         .auto_subscribe(settings.auto_subscribe.iter().copied())
         .service(HELLO_WORLD_SERVICE, hello_world_service())
         .bind(settings.listen)
@@ -375,6 +537,21 @@ pub(super) async fn run(mut args: ServeArgs) -> Result<(), CliError> {
         auto_subscribe = ?settings.auto_subscribe,
         "serving the hello-world service on {bound}; Ctrl-C stops"
     );
+    match &settings.flow_control {
+        Some(flow) => info!(
+            max_outbound = settings.max_outbound,
+            high_water = flow.high_water,
+            low_water = flow.low_water,
+            grace_ms = flow.grace.as_millis() as u64,
+            slow_consumer = ?settings.slow_consumer,
+            "flow control on: publishers wait for receivers over the high-water mark"
+        ),
+        None => info!(
+            max_outbound = settings.max_outbound,
+            slow_consumer = ?settings.slow_consumer,
+            "flow control off"
+        ),
+    }
 
     let interrupted = tokio::signal::ctrl_c().await;
     if let Err(e) = &interrupted {
@@ -402,6 +579,68 @@ mod tests {
         }
         let argv = std::iter::once("serve").chain(flags.iter().copied());
         Wrapper::try_parse_from(argv).unwrap().serve
+    }
+
+    #[test]
+    fn slow_receiver_settings_come_from_flags_over_the_file_with_fitted_defaults() {
+        let settings = Settings::resolve(args(&[]), ServeConfig::default()).unwrap();
+        assert_eq!(settings.max_outbound, DEFAULT_MAX_OUTBOUND);
+        assert_eq!(settings.slow_consumer, SlowConsumerPolicy::Disconnect);
+        assert_eq!(settings.flow_control, Some(FlowControl::default()));
+
+        let file = ServeConfig::parse(
+            "[outbound]\nlimit = \"1MiB\"\nslow_consumer = \"drop-oldest\"\n\
+             high_water = 65536\ngrace_ms = 500\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let settings = Settings::resolve(args(&["--low-water", "16K"]), file).unwrap();
+        assert_eq!(settings.max_outbound, 1024 * 1024);
+        assert_eq!(settings.slow_consumer, SlowConsumerPolicy::DropOldest);
+        assert_eq!(
+            settings.flow_control,
+            Some(FlowControl {
+                high_water: 64 * 1024,
+                low_water: 16 * 1024,
+                grace: Duration::from_millis(500),
+            })
+        );
+
+        // A smaller limit alone scales the marks down to fit it.
+        let settings =
+            Settings::resolve(args(&["--max-outbound", "256KiB"]), ServeConfig::default()).unwrap();
+        let flow = settings.flow_control.unwrap();
+        assert_eq!(flow.high_water, 32 * 1024);
+        assert_eq!(flow.low_water, 8 * 1024);
+
+        let settings =
+            Settings::resolve(args(&["--no-flow-control"]), ServeConfig::default()).unwrap();
+        assert_eq!(settings.flow_control, None);
+        let file =
+            ServeConfig::parse("[outbound]\nflow_control = false\n", Path::new(".")).unwrap();
+        assert_eq!(
+            Settings::resolve(args(&[]), file).unwrap().flow_control,
+            None
+        );
+    }
+
+    #[test]
+    fn slow_receiver_settings_that_cannot_work_are_refused() {
+        let error =
+            Settings::resolve(args(&["--high-water", "8MiB"]), ServeConfig::default()).unwrap_err();
+        assert!(error.to_string().contains("high water"), "{error}");
+        let error = Settings::resolve(
+            args(&["--high-water", "64K", "--low-water", "128K"]),
+            ServeConfig::default(),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("low water"), "{error}");
+        assert!(parse_byte_size("12 parsecs").is_err());
+        assert!(parse_byte_size("x").is_err());
+        assert_eq!(parse_byte_size("3M"), Ok(3 * 1024 * 1024));
+        assert!(parse_policy("sometimes").is_err());
+        assert!(ServeConfig::parse("[outbound]\nlimit = \"lots\"\n", Path::new(".")).is_err());
+        assert!(ServeConfig::parse("[outbound]\nhigh = 1\n", Path::new(".")).is_err());
     }
 
     #[test]

@@ -106,7 +106,8 @@ pub struct ServerBuilder {
     shutdown_grace: Duration,
     observer: Option<Observer>,
     slow_consumer_policy: SlowConsumerPolicy,
-    flow_control: Option<FlowControl>,
+    /// `None`: not set, [`FlowControl::fitted`] to the other settings.
+    flow_control: Option<Option<FlowControl>>,
 }
 
 /// The callback told when connections join and leave the hub.
@@ -189,12 +190,13 @@ impl ServerBuilder {
         self
     }
 
-    /// Backpressure to publishers (off by default for now): a receiver over the
+    /// Backpressure to publishers (`None` turns it off): a receiver over the
     /// high-water mark holds back the connections publishing to it until it drains
     /// to the low-water mark, for at most the grace; then the slow-consumer policy
-    /// handles it. See [`FlowControl`].
+    /// handles it. See [`FlowControl`]. Default: [`FlowControl::default`] (1 MiB,
+    /// 256 KiB, 2 s), scaled down to fit a smaller outbound limit or idle timeout.
     pub fn flow_control(mut self, flow_control: Option<FlowControl>) -> Self {
-        self.flow_control = flow_control;
+        self.flow_control = Some(flow_control);
         self
     }
 
@@ -328,7 +330,12 @@ impl ServerBuilder {
         config.hub = self.hub;
         config.max_outbound_bytes = self.max_outbound_bytes;
         config.slow_consumer_policy = self.slow_consumer_policy;
-        config.flow_control = self.flow_control;
+        config.flow_control = self.flow_control.unwrap_or_else(|| {
+            Some(FlowControl::fitted(
+                self.max_outbound_bytes,
+                self.keepalive.idle_timeout,
+            ))
+        });
         config.auto_subscribe = self.auto_subscribe;
         config.services = self.services.keys().copied().collect();
         let hooks = LoggedHooks {
