@@ -1160,6 +1160,97 @@ fn push_taken_follows_the_refusal_of_the_command_it_covers() {
     assert_eq!(taken(&w.pairs[alice]), [1], "alice's first command");
 }
 
+/// Frames a NodeConnection wrote, decoded.
+fn written_messages(conn: &mut NodeConnection, now: Instant) -> Vec<Message> {
+    let mut out = Vec::new();
+    while conn.poll_transmit(now, &mut out) > 0 {}
+    let mut decoder =
+        pushwire_protocol::FrameDecoder::new(pushwire_protocol::FrameLimits::default());
+    let mut rest = &out[..];
+    let mut messages = Vec::new();
+    loop {
+        let taken = decoder.feed(rest);
+        rest = &rest[taken..];
+        match decoder
+            .next_message()
+            .expect("the node writes valid frames")
+        {
+            Some(message) => messages.push(message),
+            None if rest.is_empty() => return messages,
+            None => {}
+        }
+    }
+}
+
+#[test]
+fn a_version_1_client_gets_no_push_taken() {
+    use pushwire_protocol::{ClientOptions, Hello, Publish, Text};
+    let config = plaintext_config();
+    let mut node = fresh_node(&config);
+    let now = Instant::now();
+    for max_version in [1u16, 2] {
+        let mut conn = node
+            .connection(
+                "127.0.0.1:4000".parse().unwrap(),
+                now,
+                Waker::noop().clone(),
+            )
+            .unwrap();
+        let mut bytes = bytes::BytesMut::new();
+        Message::Hello(Hello {
+            min_version: 1,
+            max_version,
+            service_id: 1,
+            options: ClientOptions::default(),
+            user_id: Text::from("old"),
+            password: Bytes::from_static(b"pw"),
+            resume: None,
+        })
+        .encode(&mut bytes);
+        conn.handle_input(now, &bytes);
+        let Some(ConnectionEvent::Authenticate(request)) = conn.poll_event() else {
+            panic!("a Hello to authenticate");
+        };
+        node.handle_hello(
+            now,
+            &mut conn,
+            request,
+            ResumeToken([max_version as u8; 16]),
+        );
+        let welcome = written_messages(&mut conn, now);
+        assert!(
+            matches!(&welcome[..], [Message::Welcome(w)] if w.version == max_version),
+            "{welcome:?}"
+        );
+        let mut bytes = bytes::BytesMut::new();
+        Message::Publish(Publish {
+            command_id: 1,
+            groups: vec![GroupId(1)],
+            payload: Bytes::from_static(b"hi"),
+        })
+        .encode(&mut bytes);
+        conn.handle_input(now, &bytes);
+        while conn.poll_event().is_some() {}
+        assert!(conn.wants_node());
+        node.handle_connection(now, &mut conn);
+        let after = written_messages(&mut conn, now);
+        let taken: Vec<&Message> = after
+            .iter()
+            .filter(|m| matches!(m, Message::PushTaken(_)))
+            .collect();
+        if max_version == 1 {
+            assert!(taken.is_empty(), "version 1 has no PushTaken: {after:?}");
+        } else {
+            assert_eq!(
+                taken,
+                [&Message::PushTaken(pushwire_protocol::PushTaken {
+                    command_id: 1
+                })]
+            );
+        }
+    }
+}
+
 #[test]
 fn a_server_publication_is_never_held_and_its_outcome_counts_congested_receivers() {
     let (mut w, [alice, bob, _, dave]) =

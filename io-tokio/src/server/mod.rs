@@ -461,6 +461,14 @@ impl ServerHandle {
     }
 
     /// Publishes as the server (sender: the server; no echo).
+    ///
+    /// Never waits and never queues outside the receivers' bounded mailboxes: the
+    /// outcome says how many receivers it `reached`, what was refused
+    /// (`rejections`), how many receivers are over the flow control's high-water
+    /// mark (`congested`: they fall behind, and a server publisher in a loop should
+    /// slow down, as the server makes client publishers do by not reading them) and
+    /// how many it cut off as slow consumers (`cut`). A receiver that stays
+    /// congested past the grace gets the slow-consumer policy either way.
     pub fn publish(
         &self,
         groups: &[u32],
