@@ -60,6 +60,9 @@ enum Link {
     Held,
     /// The transport is gone; whatever either end transmits is lost.
     Cut,
+    /// The client reads this many bytes per tick of the clock: the server side
+    /// writes into a transport that takes them that slowly.
+    Trickle(usize),
 }
 
 /// A client engine and its server connection.
@@ -76,6 +79,10 @@ struct Pair {
     told_node: bool,
     /// Client bytes the server side has not read (its flow control holds it back).
     unread: Vec<u8>,
+    /// Under `Link::Trickle`: server bytes transmitted, not yet taken by the
+    /// transport, and the tick they were last taken at.
+    backlog: Vec<u8>,
+    trickled_at: Option<Instant>,
 }
 
 impl Pair {
@@ -256,6 +263,8 @@ impl World {
             eof_to_server: false,
             told_node: false,
             unread: Vec::new(),
+            backlog: Vec::new(),
+            trickled_at: None,
         });
         self.step();
         self.pairs.len() - 1
@@ -310,10 +319,26 @@ impl World {
         let p = &mut self.pairs[i];
         // A synchronous driver looks at every connection each step, woken or not.
         p.conn.handle_mailbox(now);
-        if p.link != Link::Stalled {
-            let mut buf = Vec::new();
-            if p.conn.poll_transmit(now, &mut buf) > 0 {
+        if let Link::Trickle(per_tick) = p.link {
+            if p.backlog.is_empty() {
+                p.conn.poll_transmit(now, &mut p.backlog);
+            }
+            if !p.backlog.is_empty() && p.trickled_at != Some(now) {
+                p.trickled_at = Some(now);
+                let chunk: Vec<u8> = p.backlog.drain(..per_tick.min(p.backlog.len())).collect();
+                p.conn.handle_written(now, chunk.len());
+                p.client.handle_input(now, &chunk);
                 progress = true;
+            }
+        } else if p.link != Link::Stalled {
+            let mut buf = Vec::new();
+            if !p.backlog.is_empty() {
+                // Back from a trickle: the transport takes what waited first.
+                buf = std::mem::take(&mut p.backlog);
+            }
+            if p.conn.poll_transmit(now, &mut buf) > 0 || !buf.is_empty() {
+                progress = true;
+                p.conn.handle_written(now, buf.len());
                 if p.link != Link::Cut {
                     p.client.handle_input(now, &buf);
                 }
@@ -1069,6 +1094,68 @@ fn a_receiver_that_stays_congested_is_cut_after_the_grace_and_its_publisher_goes
     w.step();
     // alice's held commands went through: her echo-less publications are all taken.
     assert!(w.pairs[alice].unread.is_empty());
+}
+
+#[test]
+fn a_receiver_that_reads_slowly_holds_its_publisher_at_its_pace_and_is_never_cut() {
+    let mut w = World::new(flow_config(SlowConsumerPolicy::Disconnect));
+    let alice = w.join("alice", &[]);
+    let bob = w.join("bob", &[1]);
+    // 100 bytes per 100 ms tick: a backlog of a few KiB takes longer than the
+    // 1.5 s grace to write, but the transport takes something every tick.
+    w.pairs[bob].link = Link::Trickle(100);
+    for k in 0..20u8 {
+        w.publish(alice, 1, &[k; 1000]);
+        w.advance(Duration::from_millis(100));
+    }
+    for _ in 0..300 {
+        w.advance(Duration::from_millis(100));
+    }
+    assert!(w.node.stats().publishers_held >= 1, "{:?}", w.node.stats());
+    assert_eq!(
+        w.node.stats().congestions_expired,
+        0,
+        "{:?}",
+        w.node.stats()
+    );
+    assert_eq!(w.node.stats().slow_consumers, 0);
+    w.pairs[bob].link = Link::Up;
+    w.step();
+    assert_eq!(w.pairs[bob].closed(), None);
+    let got: Vec<u8> = w.pairs[bob].published().iter().map(|(_, p)| p[0]).collect();
+    assert_eq!(got, (0..20).collect::<Vec<u8>>());
+    assert!(!w.pairs[bob]
+        .pushes()
+        .iter()
+        .any(|m| matches!(m, Message::Gap(_))));
+}
+
+#[test]
+fn a_receiver_that_stops_after_some_progress_is_cut_a_grace_after_its_last_progress() {
+    let mut w = World::new(flow_config(SlowConsumerPolicy::Disconnect));
+    let alice = w.join("alice", &[]);
+    let bob = w.join("bob", &[1]);
+    w.pairs[bob].link = Link::Trickle(100);
+    for k in 0..8u8 {
+        w.publish(alice, 1, &[k; 1000]);
+    }
+    w.step();
+    assert!(!w.pairs[alice].conn.wants_input(), "held for bob");
+    for _ in 0..10 {
+        w.advance(Duration::from_millis(100));
+    }
+    // bob stops taking anything now: the grace runs from here, not from when he
+    // became congested a second ago.
+    w.pairs[bob].link = Link::Stalled;
+    let stopped = w.now;
+    w.advance(FLOW_GRACE - Duration::from_millis(100));
+    assert_eq!(w.node.stats().congestions_expired, 0, "not yet");
+    assert!(!w.pairs[alice].conn.wants_input());
+    w.advance(Duration::from_millis(100));
+    assert_eq!(w.now, stopped + FLOW_GRACE);
+    assert_eq!(w.node.stats().congestions_expired, 1);
+    assert_eq!(w.node.stats().slow_consumers, 1);
+    assert!(w.pairs[alice].conn.wants_input(), "released at the grace");
 }
 
 #[test]

@@ -73,7 +73,8 @@ pub enum ConnectionEvent {
 ///   acknowledgements go to the hub there).
 /// - Whenever the transport can take more, call
 ///   [`poll_transmit`](Self::poll_transmit) and write what it appends; it takes the
-///   mailbox's frames then. Call it only when the transport has room: a client that
+///   mailbox's frames then. Report each write with
+///   [`handle_written`](Self::handle_written). Call it only when the transport has room: a client that
 ///   does not read leaves its backlog in the bounded mailbox, where the
 ///   slow-consumer policy sees it.
 /// - When [`is_finished`](Self::is_finished) and everything was written, or at once
@@ -214,6 +215,10 @@ impl NodeConnection {
                 CloseCode::SlowConsumer,
                 "outbound queue over its limit; resume to catch up",
             ),
+            Alert::Stalled => self.engine.close(
+                CloseCode::SlowConsumer,
+                "took nothing from its queue for the flow control's grace; resume to catch up",
+            ),
         }
         self.give_up = Some(now + self.config.close_grace);
     }
@@ -298,10 +303,13 @@ impl NodeConnection {
             let (frames, drained) = {
                 let mut mailbox = self.mailbox.lock();
                 let frames = mailbox.take_frames();
+                if frames.is_some() {
+                    mailbox.note_progress(now);
+                }
                 let low_water = self.config.flow_control.map_or(0, |f| f.low_water);
                 let drained = mailbox.is_congested() && mailbox.queue().bytes() <= low_water;
                 if drained {
-                    mailbox.set_congested(false);
+                    self.mailbox.set_congested(&mut mailbox, false);
                 }
                 (frames, drained)
             };
@@ -311,6 +319,18 @@ impl NodeConnection {
             self.drained |= drained;
         }
         self.engine.poll_transmit(now, out)
+    }
+
+    /// The transport took `bytes` of what [`poll_transmit`](Self::poll_transmit)
+    /// appended (call it after every write that took some). Under flow control this
+    /// is the receiver's progress: a congested receiver whose transport keeps taking
+    /// bytes, however slowly, is never handed to the slow-consumer policy by the
+    /// grace, which runs from its last progress. A driver that does not report
+    /// writes makes only whole takes of the mailbox count.
+    pub fn handle_written(&mut self, now: Instant, bytes: usize) {
+        if bytes > 0 {
+            self.mailbox.note_progress(now);
+        }
     }
 
     /// Called after a [`poll_transmit`](Self::poll_transmit) that appended nothing:

@@ -6,9 +6,10 @@
 use crate::hub::{Delivery, OutboundQueue, Queued, SlowConsumerPolicy};
 use bytes::BytesMut;
 use pushwire_protocol::Message;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::Waker;
+use std::time::Instant;
 
 /// Why the node closed a connection's mailbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +17,9 @@ pub(crate) enum Alert {
     /// Its unwritten frames went over the limit under
     /// [`SlowConsumerPolicy::Disconnect`].
     SlowConsumer,
+    /// Flow control: it was congested and took nothing for the grace (under
+    /// [`SlowConsumerPolicy::Disconnect`]).
+    Stalled,
     /// Its session was resumed on another connection.
     Superseded,
 }
@@ -32,6 +36,9 @@ pub(crate) struct MailboxState {
     /// Flow control: the node found this mailbox over its high-water mark and holds
     /// publishers back for it; the connection reports when it drained.
     congested: bool,
+    /// Flow control: while congested, the last time the connection's transport took
+    /// bytes (its grace runs from then).
+    last_progress: Option<Instant>,
 }
 
 /// One connection's share of the node's output.
@@ -48,6 +55,9 @@ pub(crate) struct Mailbox {
     /// commands back; while non-zero its driver does not read from it. Outside the
     /// lock: the driver asks before every read, flow control on or off.
     holds: AtomicU32,
+    /// Mirrors `congested`, so a driver's report of every write costs a lock only
+    /// while the mailbox is congested.
+    congested_hint: AtomicBool,
     waker: Waker,
 }
 
@@ -58,8 +68,10 @@ impl Mailbox {
                 queue: OutboundQueue::new(limit, policy),
                 alert: None,
                 congested: false,
+                last_progress: None,
             }),
             holds: AtomicU32::new(0),
+            congested_hint: AtomicBool::new(false),
             waker,
         }
     }
@@ -91,6 +103,24 @@ impl Mailbox {
         if self.holds.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.wake();
         }
+    }
+
+    /// The connection's transport took bytes at `now`: a congested mailbox's grace
+    /// starts again.
+    pub(crate) fn note_progress(&self, now: Instant) {
+        if self.congested_hint.load(Ordering::Acquire) {
+            let mut state = self.lock();
+            if state.congested {
+                state.last_progress = Some(now);
+            }
+        }
+    }
+
+    /// Marks the mailbox congested or not (with its state locked by the caller).
+    pub(crate) fn set_congested(&self, state: &mut MailboxState, congested: bool) {
+        state.congested = congested;
+        state.last_progress = None;
+        self.congested_hint.store(congested, Ordering::Release);
     }
 
     /// Closes the mailbox for `alert` (unless it already was) and wakes the driver.
@@ -158,8 +188,16 @@ impl MailboxState {
         self.congested
     }
 
-    pub(crate) fn set_congested(&mut self, congested: bool) {
-        self.congested = congested;
+    /// While congested: when the transport last took bytes.
+    pub(crate) fn last_progress(&self) -> Option<Instant> {
+        self.last_progress
+    }
+
+    /// The transport took bytes at `now` (the connection's own take of frames).
+    pub(crate) fn note_progress(&mut self, now: Instant) {
+        if self.congested {
+            self.last_progress = Some(now);
+        }
     }
 
     pub(crate) fn release_idle_capacity(&mut self) {

@@ -320,6 +320,20 @@ struct Congestion {
     publishers: Vec<Arc<Mailbox>>,
 }
 
+impl Congestion {
+    /// When the grace ends: `grace` after it became congested or, later, after its
+    /// transport last took bytes. `None` once it drained: its connection reported
+    /// that and the node releases it at the connection's next call.
+    fn deadline(&self, grace: Duration) -> Option<Instant> {
+        let state = self.mailbox.lock();
+        if !state.is_congested() {
+            return None;
+        }
+        let progress = state.last_progress();
+        Some(progress.map_or(self.since, |p| p.max(self.since)) + grace)
+    }
+}
+
 /// The server node: the push hub and the policy that joins it to connections.
 ///
 /// # Calling contract
@@ -436,14 +450,12 @@ impl<H: PushHooks> Node<H> {
     /// When [`handle_timeout`](Self::handle_timeout) must next be called: the
     /// earliest expiry of a detached session or end of a congested receiver's grace.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let grace = self.config.flow_control.map(|f| f.grace);
-        let congestion = self
-            .congestion
-            .values()
-            .map(|c| c.since)
-            .min()
-            .zip(grace)
-            .map(|(since, grace)| since + grace);
+        let congestion = self.config.flow_control.and_then(|flow| {
+            self.congestion
+                .values()
+                .filter_map(|c| c.deadline(flow.grace))
+                .min()
+        });
         match (self.hub.poll_timeout(), congestion) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -849,18 +861,18 @@ impl<H: PushHooks> Node<H> {
         let mut counts = DeliveryCounts::default();
         let mut cut = Vec::new();
         let mut congested = Vec::new();
-        let mut held: Option<(ConnectionId, mailbox::MailboxGuard<'_>)> = None;
+        let mut held: Option<(ConnectionId, &Arc<Mailbox>, mailbox::MailboxGuard<'_>)> = None;
         while let Some(delivery) = hub.poll_delivery() {
             let connection = delivery.connection();
-            if held.as_ref().map(|(id, _)| *id) != Some(connection) {
+            if held.as_ref().map(|(id, _, _)| *id) != Some(connection) {
                 held = None;
                 let Some(mailbox) = mailboxes.get(&connection) else {
                     continue;
                 };
-                held = Some((connection, mailbox.lock()));
+                held = Some((connection, mailbox, mailbox.lock()));
                 to_wake.push(connection);
             }
-            let (_, state) = held.as_mut().expect("set above");
+            let (_, mailbox, state) = held.as_mut().expect("set above");
             if state.push_delivery(&delivery) {
                 stats.slow_consumers += 1;
                 events.push_back(NodeEvent::SlowConsumer {
@@ -870,7 +882,7 @@ impl<H: PushHooks> Node<H> {
             } else if let Some(high_water) = high_water {
                 if state.alert().is_none() && state.queue().bytes() > high_water {
                     if !state.is_congested() {
-                        state.set_congested(true);
+                        mailbox.set_congested(state, true);
                         stats.congestions += 1;
                     }
                     if congested.last() != Some(&connection) {
@@ -943,7 +955,10 @@ impl<H: PushHooks> Node<H> {
             return;
         }
         let congestion = self.congestion.remove(&session).expect("looked up");
-        congestion.mailbox.lock().set_congested(false);
+        {
+            let mut state = congestion.mailbox.lock();
+            congestion.mailbox.set_congested(&mut state, false);
+        }
         for publisher in congestion.publishers {
             publisher.release();
         }
@@ -958,7 +973,7 @@ impl<H: PushHooks> Node<H> {
         let expired: Vec<ConnectionId> = self
             .congestion
             .iter()
-            .filter(|(_, c)| c.since + flow.grace <= now)
+            .filter(|(_, c)| c.deadline(flow.grace).is_some_and(|d| d <= now))
             .map(|(session, _)| *session)
             .collect();
         for session in expired {
@@ -966,7 +981,7 @@ impl<H: PushHooks> Node<H> {
             self.stats.congestions_expired += 1;
             match self.config.slow_consumer_policy {
                 SlowConsumerPolicy::Disconnect => {
-                    if mailbox.close(Alert::SlowConsumer) {
+                    if mailbox.close(Alert::Stalled) {
                         self.stats.slow_consumers += 1;
                         self.events.push_back(NodeEvent::SlowConsumer { session });
                     }

@@ -7,7 +7,7 @@ mod window;
 
 use event::EventSender;
 pub use event::{Event, EventStream};
-use window::{SendWindow, Ticket, COMMAND_OVERHEAD};
+use window::{SendWindow, COMMAND_OVERHEAD};
 
 use crate::read::{read_with, Input};
 use crate::transport::{ByteStream, Connector, TcpConnector};
@@ -312,11 +312,12 @@ impl ClientBuilder {
     }
 
     /// Bytes of push commands (payloads and a little framing) the client holds
-    /// queued or sent and not yet taken by the server (default 1 MiB). A call that
-    /// finds the window full waits before its command is queued, in call order: a
-    /// server that holds this publisher back (its flow control, for receivers that
-    /// fall behind) slows the application down instead of growing a queue. A
-    /// command larger than the window goes alone. Servers of protocol version 1 do
+    /// queued or sent and not yet taken by the server (default 1 MiB). A command
+    /// that finds the window full waits in the client, in call order, and its
+    /// future resolves later: a server that holds this publisher back (its flow
+    /// control, for receivers that fall behind) slows an application that awaits
+    /// its publications down instead of growing the connection's queues. A command
+    /// larger than the window goes alone. Servers of protocol version 1 do
     /// not confirm commands; the window then only bounds what waits to be written.
     pub fn send_window(mut self, bytes: usize) -> Self {
         self.send_window = bytes.max(1);
@@ -369,7 +370,7 @@ impl ClientBuilder {
         let stream = open(connector, &context).await?;
         let engine = ClientConnection::new(config.clone(), now(), UnixTime::now())?;
         let (commands, command_rx) = mpsc::unbounded_channel();
-        let window = SendWindow::new(self.send_window);
+        let window = Arc::new(SendWindow::new(self.send_window));
         let (events_tx, events_rx) = event::channel(self.event_capacity);
         let (ready_tx, ready_rx) = oneshot::channel();
         let (outstanding_tx, outstanding) = watch::channel(0usize);
@@ -521,7 +522,7 @@ enum Answer {
 #[derive(Clone)]
 pub struct Client {
     commands: mpsc::UnboundedSender<Command>,
-    window: Arc<SendWindow>,
+    window: Arc<SendWindow<Command>>,
     outstanding: watch::Receiver<usize>,
     closed: watch::Receiver<Option<CloseReason>>,
     connected: watch::Receiver<bool>,
@@ -562,35 +563,23 @@ impl Client {
         send_command(&self.commands, make, lost)
     }
 
-    /// Queues a push command costing `cost` bytes of the send window: at once when
-    /// it fits and no earlier call waits, otherwise when its turn comes (see
+    /// Queues a push command costing `cost` bytes of the send window: into the
+    /// channel at once when it fits and nothing waits before it, otherwise into the
+    /// window, from which the task takes it when room comes back (see
     /// [`ClientBuilder::send_window`]).
     fn send_windowed(
         &self,
         cost: usize,
-        make: impl FnOnce(oneshot::Sender<Result<Answer, PushError>>) -> Command + Send + 'static,
-    ) -> impl Future<Output = Result<Answer, PushError>> + Send + 'static {
-        let lost: fn() -> Result<Answer, PushError> = || Err(PushError::ConnectionLost);
-        let queued = match self.window.try_take(cost) {
-            Ok(()) => Queued::Now(send_command(&self.commands, make, lost)),
-            Err(ticket) => Queued::Later {
-                ticket,
-                make,
-                commands: self.commands.clone(),
-            },
+        make: impl FnOnce(oneshot::Sender<Result<Answer, PushError>>) -> Command,
+    ) -> Reply<Result<Answer, PushError>> {
+        let (tx, rx) = oneshot::channel();
+        let rx = match self.window.offer(cost, make(tx)) {
+            Some(command) => self.commands.send(command).ok().map(|()| rx),
+            None => Some(rx),
         };
-        async move {
-            match queued {
-                Queued::Now(reply) => reply.await,
-                Queued::Later {
-                    ticket,
-                    make,
-                    commands,
-                } => {
-                    ticket.take(cost).await;
-                    send_command(&commands, make, lost).await
-                }
-            }
+        Reply {
+            rx,
+            lost: || Err(PushError::ConnectionLost),
         }
     }
 
@@ -637,10 +626,7 @@ impl Client {
         let _ = outstanding.wait_for(|n| *n == 0).await;
     }
 
-    fn push(
-        &self,
-        command: PushCommand,
-    ) -> impl Future<Output = Result<Answer, PushError>> + Send + 'static {
+    fn push(&self, command: PushCommand) -> Reply<Result<Answer, PushError>> {
         let cost = command_cost(&command);
         self.send_windowed(cost, move |reply| Command::Push {
             command,
@@ -678,9 +664,9 @@ impl Client {
     /// [`Event::Rejected`] before this resolves), or with a server of protocol
     /// version 1 once it is queued. Inside a batch it resolves once queued in the
     /// batch. While the [send window](ClientBuilder::send_window) is full the
-    /// publication waits, in call order, before it is queued: await or drop each
-    /// future, since a waiting one that is kept but never polled holds up the calls
-    /// after it. A publication sent on a connection that dropped before the server
+    /// publication waits in the client, in call order, and goes when the server has
+    /// taken earlier ones; requests and batch calls made meanwhile do not wait for
+    /// it. A publication sent on a connection that dropped before the server
     /// confirmed it fails with [`PushError::ConnectionLost`]: it may or may not have
     /// been delivered.
     pub fn publish(
@@ -762,16 +748,6 @@ impl Client {
 /// The default [`ClientBuilder::send_window`].
 pub const DEFAULT_SEND_WINDOW: usize = 1024 * 1024;
 
-/// A windowed command: queued at the call, or waiting for its turn.
-enum Queued<F> {
-    Now(Reply<Result<Answer, PushError>>),
-    Later {
-        ticket: Ticket,
-        make: F,
-        commands: mpsc::UnboundedSender<Command>,
-    },
-}
-
 fn send_command<T>(
     commands: &mpsc::UnboundedSender<Command>,
     make: impl FnOnce(oneshot::Sender<T>) -> Command,
@@ -831,7 +807,7 @@ struct Task {
     restore_after_loss: bool,
     /// Replies held back until the events received before them are in the stream.
     held_replies: Vec<HeldReply>,
-    window: Arc<SendWindow>,
+    window: Arc<SendWindow<Command>>,
     /// Push commands sent on this connection and not yet confirmed by the server,
     /// in command-id order: their window bytes, and the reply to send then (none
     /// for commands whose answer is a message of its own).
@@ -944,6 +920,8 @@ impl Task {
             let _ = reply.send(Err(PushError::ConnectionLost));
         }
         self.fail_untaken();
+        // Their replies are dropped with them: the callers see the connection lost.
+        drop(self.window.close());
         self.connected.send_replace(false);
         self.events.push(Event::Closed(reason.clone()));
         self.flush_events().await;
@@ -971,7 +949,13 @@ impl Task {
                             self.user_closed = true;
                             return None;
                         }
-                        Some(command) => self.handle_command_offline(command, reconnect.context.queue_while_disconnected),
+                        Some(command) => {
+                        self.handle_command_offline(command, reconnect.context.queue_while_disconnected);
+                        while self.commands.is_empty() {
+                            let Some(command) = self.window.next_ready() else { break };
+                            self.handle_command_offline(command, reconnect.context.queue_while_disconnected);
+                        }
+                    }
                     },
                     () = tokio::time::sleep_until(wake) => break,
                 }
@@ -1086,6 +1070,16 @@ impl Task {
                 }
             }
             self.flush_events().await;
+            // Commands that waited for room in the send window, once the server took
+            // earlier ones; after everything already in the channel, which is older.
+            if written == transmit.len() {
+                while self.commands.is_empty() {
+                    let Some(command) = self.window.next_ready() else {
+                        break;
+                    };
+                    self.handle_command(command);
+                }
+            }
             // A peer that keeps the socket readable would starve the timer branch of
             // the biased select below: deadlines are checked here too.
             if self.engine.poll_timeout().is_some_and(|t| t <= now()) {

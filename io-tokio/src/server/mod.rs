@@ -615,7 +615,10 @@ fn log_node_event(event: &NodeEvent) {
             session, user_id, ..
         } => debug!(user = %user_id, "{session} ended"),
         NodeEvent::SlowConsumer { session } => {
-            warn!("slow consumer: outbound queue over its limit; closing {session}, session kept")
+            warn!(
+                "slow consumer: outbound queue over its limit, or nothing taken for the flow \
+                 control's grace; closing {session}, session kept"
+            )
         }
     }
 }
@@ -804,7 +807,11 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
                     transmit.clear();
                     written = 0;
                 }
-                Ok(n) => written += n,
+                Ok(n) => {
+                    written += n;
+                    // The receiver's progress, for the flow control's grace.
+                    conn.handle_written(now(), n);
+                }
             },
             // The bytes go to the engine inside the read's poll: no read buffer per
             // connection (see `crate::read`).
