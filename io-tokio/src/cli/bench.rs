@@ -26,8 +26,10 @@
 //! delivered frame (payload plus 64 bytes), between 256 and 65,536 messages: large
 //! enough that the window never limits throughput on loopback, small enough that a
 //! subscriber's backlog stays far below the server's 8 MiB slow-consumer limit. On
-//! top of that, the pushwire publisher awaits each `publish()` future 1,024 messages
-//! later (a pipeline of queued commands, not a round trip per message).
+//! top of that, the pushwire publisher awaits each `publish()` future 16,384 messages
+//! later: a publication resolves when the server has taken it (protocol version 2),
+//! and the client's 1 MiB send window, not a round trip per message or per pipeline,
+//! bounds what is in flight.
 //!
 //! With `--batch N` the pushwire publisher wraps every N messages in a client batch
 //! (`start_batching` … `commit_batching`), so they leave in one write instead of one
@@ -904,8 +906,10 @@ fn push_failure(e: PushError) -> CliError {
     CliError::new(Exit::Failure, format!("push command failed: {e}"))
 }
 
-/// How many `publish()` futures a publisher keeps before awaiting the oldest.
-const PUBLISH_PIPELINE: usize = 1024;
+/// How many `publish()` futures a publisher keeps before awaiting the oldest: more
+/// than the send window holds of the smallest messages, so the window is the bound
+/// and the server always has the next read waiting.
+const PUBLISH_PIPELINE: usize = 16 * 1024;
 
 type Queued = Pin<Box<dyn Future<Output = Result<u64, PushError>> + Send>>;
 

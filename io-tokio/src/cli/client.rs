@@ -368,8 +368,9 @@ pub(super) async fn sub(args: SubArgs) -> Result<(), CliError> {
     outcome
 }
 
-/// Publications `pushwire pub --repeat` keeps unconfirmed before awaiting the oldest.
-const PUBLISH_PIPELINE: usize = 1024;
+/// Publications `pushwire pub --repeat` keeps unconfirmed before awaiting the oldest
+/// (more than the client's send window holds of small ones: the window is the bound).
+const PUBLISH_PIPELINE: usize = 16 * 1024;
 
 /// `pushwire pub`.
 pub(super) async fn publish(args: PubArgs) -> Result<(), CliError> {
