@@ -1159,6 +1159,43 @@ fn a_receiver_that_stops_after_some_progress_is_cut_a_grace_after_its_last_progr
 }
 
 #[test]
+fn a_receiver_congested_again_before_the_node_heard_it_drained_gets_a_new_grace() {
+    let mut w = World::new(flow_config(SlowConsumerPolicy::Disconnect));
+    let alice = w.join("alice", &[]);
+    let carol = w.join("carol", &[]);
+    let bob = w.join("bob", &[1]);
+    w.pairs[bob].link = Link::Held;
+    for k in 0..4 {
+        w.publish(alice, 1, &[k; 1000]);
+    }
+    w.step();
+    assert!(!w.pairs[alice].conn.wants_input(), "held for bob");
+    w.advance(FLOW_GRACE - Duration::from_millis(500));
+    // bob's transport takes everything, but his driver has not told the node yet
+    // (another thread holds the node's lock): carol's publications to him run first.
+    let now = w.now;
+    let mut out = Vec::new();
+    assert!(w.pairs[bob].conn.poll_transmit(now, &mut out) > 0);
+    assert!(w.pairs[bob].conn.wants_node(), "drained, to report");
+    for k in 0..4 {
+        w.publish(carol, 1, &[k; 1000]);
+    }
+    w.deliver_to_server(carol);
+    w.node.handle_connection(now, &mut w.pairs[carol].conn);
+    assert_eq!(w.node.poll_timeout(), Some(now + FLOW_GRACE), "a new grace");
+    // Now the node hears bob drained; he is congested again, so both stay held.
+    w.node.handle_connection(now, &mut w.pairs[bob].conn);
+    assert!(!w.pairs[alice].conn.wants_input());
+    assert!(!w.pairs[carol].conn.wants_input());
+    w.advance(Duration::from_millis(600));
+    assert_eq!(
+        w.node.stats().congestions_expired,
+        0,
+        "not at the old grace"
+    );
+}
+
+#[test]
 fn under_drop_oldest_a_receiver_congested_past_the_grace_is_shed_to_the_low_water_mark() {
     let (mut w, [alice, bob, _, _]) =
         a_stalled_receiver_among_publishers(SlowConsumerPolicy::DropOldest);

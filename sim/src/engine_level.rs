@@ -7,11 +7,24 @@
 //! drives, with every session, resume and slow-consumer decision in it. This module
 //! only moves bytes between the node's connections and the simulated network, lets
 //! every Hello in, and answers requests (echo at once, sleep later), as the tokio
-//! server's connection tasks do.
+//! server's connection tasks do: one read at a time, each handed to the node before
+//! the next (flow control may stop the reading after any), and the node called again
+//! right after a transmit took a congested mailbox's frames.
+//!
+//! Time moves a millisecond at a time while anything can move (bytes someone will
+//! read, frames a transport has room for, commands waiting for the node), and jumps
+//! to the next operation or timer otherwise.
+//!
+//! Flow control: in the runs that have it, the harness records every change it sees
+//! in the connections' mailboxes (over the high-water mark, drained, shed, cut) and
+//! read states (held back, released) right after each call into the node, for the
+//! oracle's flow-control rules ([`FlowRecord`]). Scripted readers
+//! ([`Scenario::readers`]) read at a fraction of their publisher's rate, or stop
+//! reading for longer than the grace.
 
 use crate::history::{
-    JournalEntry, MessageId, Origin, Outcome, Received, RequestRecord, RunRecord, SessionHistory,
-    SessionKey,
+    Behaviour, FlowObservation, FlowRecord, JournalEntry, MessageId, Observed, Origin, Outcome,
+    ReaderRecord, Received, RequestRecord, RunRecord, SessionHistory, SessionKey, ShedPolicy,
 };
 use crate::pipe::ChunkedPipe;
 use crate::recorder::{Journal, RecordingHooks};
@@ -22,7 +35,7 @@ use pushwire_engine::client::{
 };
 use pushwire_engine::hub::{Actor, ConnectionId, HubConfig, SlowConsumerPolicy};
 use pushwire_engine::node::{
-    ConnectionEvent, FlowControl, Node, NodeConfig, NodeConnection, NodeStats,
+    ConnectionEvent, FlowControl, Node, NodeConfig, NodeConnection, NodeEvent, NodeStats,
 };
 use pushwire_engine::server::{ServerConfig, ServerTransport};
 use pushwire_engine::{CloseReason, KeepAlive};
@@ -163,6 +176,37 @@ pub struct Scenario {
     pub groups: u32,
     /// Operations in time order.
     pub ops: Vec<(u64, Op)>,
+    /// Clients that read in a scripted way (the rest read whatever arrives at once).
+    pub readers: Vec<Reader>,
+}
+
+/// A scripted receiver. The scenario generator gives each one a group of its own and
+/// a publisher of its own that nothing else disturbs, so the oracle can make claims
+/// about how flow control treats it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reader {
+    /// The client (index).
+    pub client: usize,
+    /// How it reads.
+    pub kind: ReaderKind,
+    /// Its group: it subscribes to it as soon as each of its sessions is ready (a
+    /// server restart loses its first session; the next one joins again).
+    pub group: u32,
+}
+
+/// How a scripted receiver reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReaderKind {
+    /// Reads at most `bytes_per_ms` each simulated millisecond, all its life, never
+    /// pausing: a fraction of its publisher's rate, so it falls behind and is
+    /// congested now and then, but always makes progress.
+    Slow {
+        /// Read rate.
+        bytes_per_ms: usize,
+    },
+    /// Reads at once, except during its [`Op::Stall`]s, which last longer than the
+    /// flow control's grace: it must be cut or shed, not waited for.
+    Stops,
 }
 
 /// Counts of situations the run went through, to prove the scenarios exercise
@@ -206,6 +250,23 @@ pub struct Coverage {
     /// Congested receivers handled by the slow-consumer policy at the end of their
     /// grace.
     pub congestions_expired: u64,
+    /// Times a receiver became congested (flow control).
+    pub congestions: u64,
+    /// Times a slow reader (one reading at a fraction of its publisher's rate)
+    /// became congested.
+    pub slow_reader_congestions: u64,
+    /// Publishers held back for a slow reader.
+    pub held_for_slow_readers: u64,
+    /// Stopped readers closed as slow consumers while stopped.
+    pub stopped_readers_cut: u64,
+    /// Stopped readers whose mailbox the drop-oldest policy shed to the low-water
+    /// mark while they were stopped.
+    pub stopped_readers_shed: u64,
+    /// Push commands that ran while another connection was held back (and did not
+    /// hold their own connection back).
+    pub read_during_holds: u64,
+    /// Simulation steps (a cost measure, not a situation).
+    pub steps: u64,
 }
 
 impl Coverage {
@@ -229,6 +290,13 @@ impl Coverage {
         self.dropped_by_policy += other.dropped_by_policy;
         self.publishers_held += other.publishers_held;
         self.congestions_expired += other.congestions_expired;
+        self.congestions += other.congestions;
+        self.slow_reader_congestions += other.slow_reader_congestions;
+        self.held_for_slow_readers += other.held_for_slow_readers;
+        self.stopped_readers_cut += other.stopped_readers_cut;
+        self.stopped_readers_shed += other.stopped_readers_shed;
+        self.read_during_holds += other.read_during_holds;
+        self.steps += other.steps;
     }
 }
 
@@ -278,6 +346,18 @@ const OUTBOUND_LIMIT: usize = 64 * 1024;
 /// handing it more (a socket buffer).
 const LINK_WINDOW: usize = 32 * 1024;
 const SETTLE_MS: u64 = 3000;
+/// Flow control, in the runs that have it: congested over an eighth of the outbound
+/// limit, drained at a sixteenth, a grace far shorter than the keep-alive timeout.
+const FLOW_CONTROL: FlowControl = FlowControl {
+    high_water: OUTBOUND_LIMIT / 8,
+    low_water: OUTBOUND_LIMIT / 16,
+    grace: Duration::from_millis(200),
+};
+/// The simulator's step while bytes are in flight.
+const TICK_MS: u64 = 1;
+/// G8's slack over a queue's bound: one frame (a frame is queued, then the policy
+/// acts).
+const QUEUE_SLACK: usize = 64 * 1024;
 
 struct ClientConn {
     engine: ClientConnection,
@@ -303,6 +383,12 @@ struct SimClient {
     reconnect_at: Option<u64>,
     publications: u32,
     messages: u32,
+    /// Scripted reading, if any.
+    reader: Option<ReaderKind>,
+    /// A scripted reader's group, joined by each of its sessions.
+    reader_group: Option<u32>,
+    /// A slow reader's bytes left to read in this step.
+    read_budget: usize,
 }
 
 struct Link {
@@ -318,6 +404,28 @@ struct Link {
 struct ServerConn {
     conn: NodeConnection,
     link: usize,
+    /// The session it serves, once admitted (parsed once from the user id).
+    session: Option<SessionKey>,
+}
+
+impl ServerConn {
+    fn session(&mut self) -> Option<SessionKey> {
+        if self.session.is_none() {
+            self.session = member_session(&self.conn);
+        }
+        self.session
+    }
+
+    /// What flow control did to it (queue, drops, hold), once it serves a session.
+    fn state(&mut self, links: &[Link]) -> Option<ConnState> {
+        Some(ConnState {
+            session: self.session()?,
+            queued: self.conn.queued_bytes(),
+            dropped: self.conn.dropped_by_policy(),
+            held: !self.conn.wants_input(),
+            transport_full: links[self.link].to_client.pending() >= LINK_WINDOW,
+        })
+    }
 }
 
 /// One simulation run.
@@ -344,6 +452,109 @@ pub struct EngineSim {
     server_publications: u32,
     queue_breaches: Vec<String>,
     fault: Option<InjectedFault>,
+    /// What the harness sees of flow control (runs with it on).
+    flow: Option<FlowState>,
+}
+
+/// The harness's view of the node's flow control.
+struct FlowState {
+    record: FlowRecord,
+    /// The last observation of each server connection.
+    conns: BTreeMap<u64, ConnFlow>,
+    /// The node's `congestions` total at the last observation.
+    congestions: u64,
+}
+
+#[derive(Default)]
+struct ConnFlow {
+    congested: bool,
+    held: bool,
+    dropped: u64,
+}
+
+/// A server connection's flow-control state, as the harness can see it.
+struct ConnState {
+    session: SessionKey,
+    queued: usize,
+    dropped: u64,
+    held: bool,
+    /// Its link holds a full window: `poll_transmit` is not called.
+    transport_full: bool,
+}
+
+impl FlowState {
+    /// Whether connection `id` went over the high-water mark since its last
+    /// observation.
+    fn goes_over(&self, id: u64, state: &ConnState) -> bool {
+        state.queued > self.record.high_water && !self.conns.get(&id).is_some_and(|c| c.congested)
+    }
+
+    /// Records what changed in connection `id`'s mailbox since its last
+    /// observation; `counted` whether the node counted the congestions seen in this
+    /// call.
+    fn record_mailbox(&mut self, ms: u64, id: u64, state: &ConnState, counted: bool) {
+        let (high, low) = (self.record.high_water, self.record.low_water);
+        let c = self.conns.entry(id).or_default();
+        let mut seen = Vec::new();
+        if state.dropped > c.dropped {
+            c.dropped = state.dropped;
+            seen.push(Observed::Shed {
+                queued: state.queued,
+            });
+        }
+        if !c.congested && state.queued > high {
+            c.congested = true;
+            seen.push(Observed::Congested {
+                queued: state.queued,
+                transport_full: state.transport_full,
+                counted,
+            });
+        } else if c.congested && state.queued <= low {
+            c.congested = false;
+            seen.push(Observed::Drained);
+        }
+        self.push(ms, id, state.session, seen);
+    }
+
+    /// Records whether connection `id` was held back or released since its last
+    /// observation (after every mailbox's changes were recorded, so the receivers a
+    /// hold names are seen congested first). `ran` is the range of journal entries
+    /// its push commands made, when the call just made ran them; `congested` the
+    /// sessions over the high-water mark after the call.
+    fn record_hold(
+        &mut self,
+        ms: u64,
+        id: u64,
+        state: &ConnState,
+        ran: Option<(usize, usize)>,
+        congested: &[SessionKey],
+    ) {
+        let c = self.conns.entry(id).or_default();
+        let mut seen = Vec::new();
+        let ran_commands = ran.is_some_and(|(start, end)| start < end);
+        if state.held && (!c.held || ran_commands) {
+            let end = ran.map_or(0, |(_, end)| end);
+            seen.push(Observed::Held {
+                journal: ran.unwrap_or((end, end)),
+                congested: congested.to_vec(),
+            });
+        } else if !state.held && c.held {
+            seen.push(Observed::Released);
+        }
+        c.held = state.held;
+        self.push(ms, id, state.session, seen);
+    }
+
+    fn push(&mut self, ms: u64, conn: u64, session: SessionKey, seen: Vec<Observed>) {
+        for what in seen {
+            self.record.observations.push(FlowObservation {
+                ms,
+                conn,
+                session,
+                what,
+            });
+        }
+    }
 }
 
 fn mix(digest: &mut u64, value: u64) {
@@ -379,15 +590,24 @@ impl EngineSim {
         // Half the runs with backpressure to publishers: the guarantees must hold
         // while the node holds connections back and sheds or cuts receivers at the
         // grace (shorter than the keep-alive idle timeout, as the node requires).
-        node_config.flow_control = if rng.chance(1, 2) {
-            Some(FlowControl {
-                high_water: OUTBOUND_LIMIT / 8,
-                low_water: OUTBOUND_LIMIT / 16,
-                grace: Duration::from_millis(200),
-            })
-        } else {
-            None
-        };
+        node_config.flow_control = rng.chance(1, 2).then_some(FLOW_CONTROL);
+        let flow = node_config.flow_control.map(|f| FlowState {
+            record: FlowRecord {
+                high_water: f.high_water,
+                low_water: f.low_water,
+                grace_ms: f.grace.as_millis() as u64,
+                tick_ms: TICK_MS,
+                policy: match policy {
+                    SlowConsumerPolicy::Disconnect => ShedPolicy::Disconnect,
+                    SlowConsumerPolicy::DropOldest => ShedPolicy::DropOldest,
+                },
+                readers: Vec::new(),
+                observations: Vec::new(),
+                end_ms: 0,
+            },
+            conns: BTreeMap::new(),
+            congestions: 0,
+        });
         let node = new_node(&node_config, &journal, groups);
         let clients = (0..clients)
             .map(|_| SimClient {
@@ -398,6 +618,9 @@ impl EngineSim {
                 reconnect_at: Some(0),
                 publications: 0,
                 messages: 0,
+                reader: None,
+                reader_group: None,
+                read_budget: 0,
             })
             .collect();
         Self {
@@ -421,6 +644,7 @@ impl EngineSim {
             server_publications: 0,
             queue_breaches: Vec::new(),
             fault: None,
+            flow,
         }
     }
 
@@ -456,6 +680,12 @@ impl EngineSim {
 
     /// Runs `scenario` and returns its record.
     pub fn run(mut self, seed: u64, scenario: &Scenario) -> RunOutput {
+        for reader in &scenario.readers {
+            if let Some(c) = self.clients.get_mut(reader.client) {
+                c.reader = Some(reader.kind);
+                c.reader_group = Some(reader.group);
+            }
+        }
         let end = scenario.ops.last().map_or(0, |(t, _)| *t);
         let mut ops = scenario.ops.iter().peekable();
         loop {
@@ -474,10 +704,30 @@ impl EngineSim {
         self.finish(seed)
     }
 
+    /// Whether anything can move in the next millisecond: bytes towards a client
+    /// that is there and reads, or towards a server connection that is there and
+    /// read; frames in a mailbox whose transport has room; push commands waiting
+    /// for the node. What nobody will take (a stalled or partitioned link, a held
+    /// publisher, the leftovers of a connection that is gone) waits for an op or a
+    /// timer, which the run jumps to anyway: stepping through such stretches a
+    /// millisecond at a time changed nothing and was most of a run's time.
     fn bytes_in_flight(&self) -> bool {
-        self.links
+        let to_clients = self
+            .clients
             .iter()
-            .any(|l| l.to_server.pending() > 0 || l.to_client.pending() > 0)
+            .filter_map(|c| c.conn.as_ref())
+            .any(|c| {
+                let l = &self.links[c.link];
+                l.to_client.pending() > 0 && l.held_until.is_none() && l.stalled_until.is_none()
+            });
+        to_clients
+            || self.server_conns.iter().any(|(id, s)| {
+                let l = &self.links[s.link];
+                let reads = l.held_until.is_none() && l.server == Some(*id);
+                (reads && l.to_server.pending() > 0 && s.conn.wants_input())
+                    || s.conn.wants_node()
+                    || (l.to_client.pending() < LINK_WINDOW && s.conn.queued_bytes() > 0)
+            })
     }
 
     fn next_instant(&self, next_op: Option<u64>, end: u64) -> u64 {
@@ -557,6 +807,7 @@ impl EngineSim {
                 .payload(*size);
                 let groups: Vec<GroupId> = groups.iter().copied().map(GroupId).collect();
                 let _ = self.node.publish(Actor::Server, &groups, payload);
+                self.observe(None);
                 self.coverage.publications += 1;
             }
             Op::UserMessage {
@@ -680,7 +931,19 @@ impl EngineSim {
             Op::Stall { client, ms } => {
                 if let Some(conn) = self.clients.get(*client).and_then(|c| c.conn.as_ref()) {
                     let link = conn.link;
+                    let session = self.histories[conn.history].key;
                     self.links[link].stalled_until = Some(self.now_ms + ms);
+                    if self.clients[*client].reader == Some(ReaderKind::Stops) {
+                        let fair = self.fault.is_none();
+                        let (from_ms, until_ms) = (self.now_ms, self.now_ms + ms);
+                        if let Some(flow) = &mut self.flow {
+                            flow.record.readers.push(ReaderRecord {
+                                session,
+                                behaviour: Behaviour::Stopped { from_ms, until_ms },
+                                fair,
+                            });
+                        }
+                    }
                 }
             }
             Op::Crash { client, down_ms } => {
@@ -807,6 +1070,19 @@ impl EngineSim {
                 self.journal.push(JournalEntry::Disconnected { session });
             }
         }
+        // The restart ends every connection: a slow reader's session, cut off, can no
+        // longer be claimed to keep up.
+        let ids: Vec<u64> = self.server_conns.keys().copied().collect();
+        for id in ids {
+            self.observe_gone(id);
+        }
+        if let Some(flow) = &mut self.flow {
+            for reader in &mut flow.record.readers {
+                if matches!(reader.behaviour, Behaviour::Slow { .. }) {
+                    reader.fair = false;
+                }
+            }
+        }
         for s in std::mem::take(&mut self.server_conns).into_values() {
             self.coverage.dropped_by_policy += s.conn.dropped_by_policy();
             let l = &mut self.links[s.link];
@@ -829,6 +1105,11 @@ impl EngineSim {
             new_node(&self.node_config, &self.journal, self.groups),
         );
         self.past_stats.push(*old.stats());
+        if let Some(flow) = &mut self.flow {
+            // A fresh node counts from zero.
+            flow.congestions = 0;
+            flow.conns.clear();
+        }
         if self.fault.is_some() {
             self.apply_fault();
         }
@@ -886,10 +1167,25 @@ impl EngineSim {
             stalled_until: None,
             server: Some(server_id),
         });
-        self.server_conns
-            .insert(server_id, ServerConn { conn: server, link });
+        self.server_conns.insert(
+            server_id,
+            ServerConn {
+                conn: server,
+                link,
+                session: None,
+            },
+        );
         let history = history.unwrap_or_else(|| {
             self.histories.push(SessionHistory::new(key, client.echo));
+            if let (Some(ReaderKind::Slow { bytes_per_ms }), Some(flow)) =
+                (client.reader, &mut self.flow)
+            {
+                flow.record.readers.push(ReaderRecord {
+                    session: key,
+                    behaviour: Behaviour::Slow { bytes_per_ms },
+                    fair: self.fault.is_none(),
+                });
+            }
             self.histories.len() - 1
         });
         client.conn = Some(ClientConn {
@@ -926,8 +1222,18 @@ impl EngineSim {
                 link.stalled_until = None;
             }
         }
+        // A slow reader reads at most its rate in each step (steps are a millisecond
+        // apart whenever bytes are in flight).
+        for c in &mut self.clients {
+            if let Some(ReaderKind::Slow { bytes_per_ms }) = c.reader {
+                c.read_budget = bytes_per_ms;
+            }
+        }
+        self.coverage.steps += 1;
         // Detached sessions whose time is up end now; their groups are told.
+        // Receivers congested past the grace get the slow-consumer policy.
         self.node.handle_timeout(now);
+        self.observe(None);
         // Responses that are due.
         while let Some((&(due, order), &(conn, request))) = self.responses.first_key_value() {
             if due > self.now_ms {
@@ -952,17 +1258,20 @@ impl EngineSim {
             let ids: Vec<u64> = self.server_conns.keys().copied().collect();
             for id in ids {
                 let link = self.server_conns[&id].link;
-                let reads = self.server_conns[&id].conn.wants_input();
-                if reads
-                    && self.links[link].held_until.is_none()
-                    && self.links[link].server == Some(id)
-                {
-                    while let Some(chunk) = self.links[link].to_server.read_chunk() {
+                // One read at a time, each handed to the node before the next, as
+                // the tokio driver does: flow control may hold the connection back
+                // after any of them, and then it is not read on.
+                if self.links[link].held_until.is_none() && self.links[link].server == Some(id) {
+                    while self.server_conns[&id].conn.wants_input() {
+                        let Some(chunk) = self.links[link].to_server.read_chunk() else {
+                            break;
+                        };
                         self.server_conns
                             .get_mut(&id)
                             .expect("listed")
                             .conn
                             .handle_input(now, &chunk);
+                        self.server_events(id);
                     }
                 }
                 let s = self.server_conns.get_mut(&id).expect("listed");
@@ -975,9 +1284,16 @@ impl EngineSim {
                     let s = self.server_conns.get_mut(&id).expect("listed");
                     let mut out = Vec::new();
                     s.conn.poll_transmit(now, &mut out);
+                    // The window takes all of it: the receiver's progress.
+                    s.conn.handle_written(now, out.len());
                     if self.links[link].server == Some(id) {
                         self.links[link].to_client.write(&out);
                     }
+                    // Taking the mailbox may have drained a congested receiver: the
+                    // node releases its publishers now, not at the next wake (as the
+                    // tokio driver does).
+                    self.observe_one(id);
+                    self.server_events(id);
                 }
                 if self.server_conns[&id].conn.is_finished() {
                     self.server_finished(id);
@@ -985,14 +1301,27 @@ impl EngineSim {
             }
             // Network → clients.
             for i in 0..self.clients.len() {
-                let Some(conn) = &mut self.clients[i].conn else {
+                let SimClient {
+                    conn,
+                    reader,
+                    read_budget,
+                    ..
+                } = &mut self.clients[i];
+                let Some(conn) = conn else {
                     continue;
                 };
-                let link = conn.link;
-                if self.links[link].held_until.is_none() && self.links[link].stalled_until.is_none()
-                {
-                    while let Some(chunk) = self.links[link].to_client.read_chunk() {
+                let link = &mut self.links[conn.link];
+                if link.held_until.is_none() && link.stalled_until.is_none() {
+                    let slow = matches!(reader, Some(ReaderKind::Slow { .. }));
+                    let mut budget = if slow { *read_budget } else { usize::MAX };
+                    while let Some(chunk) = link.to_client.read_chunk_at_most(budget) {
+                        if slow {
+                            budget -= chunk.len();
+                        }
                         conn.engine.handle_input(now, &chunk);
+                    }
+                    if slow {
+                        *read_budget = budget;
                     }
                 }
                 self.client_events(i);
@@ -1004,9 +1333,8 @@ impl EngineSim {
     /// G8: every queue within its bound (one frame of slack: a frame is queued,
     /// then the policy acts).
     fn check_queues(&mut self) {
-        const SLACK: usize = 64 * 1024;
         for s in self.server_conns.values() {
-            if s.conn.queued_bytes() > OUTBOUND_LIMIT + SLACK {
+            if s.conn.queued_bytes() > OUTBOUND_LIMIT + QUEUE_SLACK {
                 self.queue_breaches.push(format!(
                     "an outbound queue held {} bytes, over the limit of {OUTBOUND_LIMIT}",
                     s.conn.queued_bytes()
@@ -1016,7 +1344,7 @@ impl EngineSim {
         let limits = &self.node_config.hub;
         for member in self.node.hub().connections() {
             if let Some((events, bytes)) = self.node.hub().replay_held(member) {
-                if events > limits.replay_events || bytes > limits.replay_bytes + SLACK {
+                if events > limits.replay_events || bytes > limits.replay_bytes + QUEUE_SLACK {
                     self.queue_breaches.push(format!(
                         "{member} held {events} events ({bytes} bytes) for replay, over its bounds"
                     ));
@@ -1032,6 +1360,13 @@ impl EngineSim {
         self.coverage.dropped_by_policy += s.conn.dropped_by_policy();
         // A goodbye ends the session; anything else leaves it for a resume.
         self.node.handle_connection_closed(self.now(), &mut s.conn);
+        if let Some(session) = s.session() {
+            self.flow_push(id, session, Observed::Gone);
+        }
+        if let Some(flow) = &mut self.flow {
+            flow.conns.remove(&id);
+        }
+        self.observe(None);
         let link = &mut self.links[s.link];
         if link.server == Some(id) {
             link.server = None;
@@ -1042,6 +1377,7 @@ impl EngineSim {
     fn server_events(&mut self, id: u64) {
         let now = self.now();
         let s = self.server_conns.get_mut(&id).expect("listed");
+        let mut admitted = false;
         while let Some(event) = s.conn.poll_event() {
             match event {
                 // Every Hello is let in; the node decides between a new session and
@@ -1052,6 +1388,7 @@ impl EngineSim {
                     token[8..].copy_from_slice(&self.rng.next_u64().to_le_bytes());
                     self.node
                         .handle_hello(now, &mut s.conn, request, ResumeToken(token));
+                    admitted = true;
                 }
                 ConnectionEvent::Request {
                     request_id,
@@ -1080,12 +1417,139 @@ impl EngineSim {
                 ConnectionEvent::Closed(_) => {}
             }
         }
+        if admitted {
+            // A resume's replay fills the mailbox.
+            self.observe(None);
+        }
+        let s = self.server_conns.get_mut(&id).expect("listed");
         if s.conn.wants_node() {
+            let start = self.journal.len();
             self.node.handle_connection(now, &mut s.conn);
+            self.observe(Some((id, start)));
+        }
+    }
+
+    /// Records `what` of server connection `conn` (flow-control runs).
+    fn flow_push(&mut self, conn: u64, session: SessionKey, what: Observed) {
+        if let Some(flow) = &mut self.flow {
+            flow.record.observations.push(FlowObservation {
+                ms: self.now_ms,
+                conn,
+                session,
+                what,
+            });
+        }
+    }
+
+    /// Server connection `id` is over: its observations end.
+    fn observe_gone(&mut self, id: u64) {
+        let Some(flow) = &mut self.flow else {
+            return;
+        };
+        if flow.conns.remove(&id).is_none() {
+            return;
+        }
+        if let Some(session) = self.server_conns.get_mut(&id).and_then(|s| s.session()) {
+            self.flow_push(id, session, Observed::Gone);
+        }
+    }
+
+    /// Flow-control runs: records what changed in every connection's mailbox and read
+    /// state since the last look. Called after every call into the node; `actor` is
+    /// the connection the node just ran push commands of, with the journal's length
+    /// before the call.
+    fn observe(&mut self, actor: Option<(u64, usize)>) {
+        let Some(flow) = &mut self.flow else {
+            return;
+        };
+        // The node closes a slow consumer's mailbox in the call (the connection
+        // closes at its next look, but its Close may wait long behind a full
+        // transport): its event tells when.
+        while let Some(event) = self.node.poll_event() {
+            let NodeEvent::SlowConsumer { session: cut } = event else {
+                continue;
+            };
+            let conn = self
+                .server_conns
+                .iter_mut()
+                .rfind(|(_, s)| s.conn.member().is_some_and(|m| m.session == cut));
+            if let Some((&id, s)) = conn {
+                if let Some(session) = s.session() {
+                    flow.record.observations.push(FlowObservation {
+                        ms: self.now_ms,
+                        conn: id,
+                        session,
+                        what: Observed::CutSlowConsumer,
+                    });
+                }
+            }
+        }
+        let journal_len = self.journal.len();
+        let states: Vec<(u64, ConnState)> = self
+            .server_conns
+            .iter_mut()
+            .filter_map(|(&id, s)| Some((id, s.state(&self.links)?)))
+            .collect();
+        // G8 right after each call, before anything is taken: the high point.
+        for (_, state) in &states {
+            if state.queued > OUTBOUND_LIMIT + QUEUE_SLACK {
+                self.queue_breaches.push(format!(
+                    "{}'s outbound queue held {} bytes, over the limit of {OUTBOUND_LIMIT}",
+                    state.session, state.queued
+                ));
+            }
+        }
+        let high = flow.record.high_water;
+        let congested: Vec<SessionKey> = states
+            .iter()
+            .filter(|(_, state)| state.queued > high)
+            .map(|(_, state)| state.session)
+            .collect();
+        // Whether the node agrees: its count of congestions rose by as many.
+        let total = self.node.stats().congestions;
+        let new = states
+            .iter()
+            .filter(|(id, s)| flow.goes_over(*id, s))
+            .count();
+        let counted = total.saturating_sub(flow.congestions) >= new as u64;
+        flow.congestions = total;
+        for (id, state) in &states {
+            flow.record_mailbox(self.now_ms, *id, state, counted);
+        }
+        let mut others_held = false;
+        let mut actor_held = false;
+        for (id, state) in states {
+            let ran = actor
+                .filter(|(a, _)| *a == id)
+                .map(|(_, start)| (start, journal_len));
+            flow.record_hold(self.now_ms, id, &state, ran, &congested);
+            if ran.is_some() {
+                actor_held = state.held;
+            } else {
+                others_held |= state.held;
+            }
+        }
+        if actor.is_some_and(|(_, start)| start < journal_len) && others_held && !actor_held {
+            self.coverage.read_during_holds += 1;
+        }
+    }
+
+    /// After a `poll_transmit` of a connection seen congested: whether it drained.
+    fn observe_one(&mut self, id: u64) {
+        let (Some(flow), Some(s)) = (&mut self.flow, self.server_conns.get_mut(&id)) else {
+            return;
+        };
+        if !flow.conns.get(&id).is_some_and(|c| c.congested) {
+            return;
+        }
+        if let Some(state) = s.state(&self.links) {
+            // Taking frames holds and releases no one.
+            flow.record_mailbox(self.now_ms, id, &state, true);
         }
     }
 
     fn client_events(&mut self, index: usize) {
+        let reader_group = self.clients[index].reader_group;
         loop {
             let Some(conn) = &mut self.clients[index].conn else {
                 return;
@@ -1109,6 +1573,11 @@ impl EngineSim {
                         conn.discard = true;
                         conn.engine.close(CloseCode::Normal, "session lost");
                         self.histories[history].intact = false;
+                    } else if let (false, Some(group)) = (welcome.resumed, reader_group) {
+                        // A scripted reader's new session joins its group.
+                        let _ = conn
+                            .engine
+                            .push(PushCommand::Subscribe(vec![GroupId(group)]));
                     }
                 }
                 ClientEvent::Response {
@@ -1214,6 +1683,12 @@ impl EngineSim {
             self.coverage.slow_consumers += stats.slow_consumers;
             self.coverage.publishers_held += stats.publishers_held;
             self.coverage.congestions_expired += stats.congestions_expired;
+            self.coverage.congestions += stats.congestions;
+        }
+        let end_ms = self.now_ms;
+        let flow = self.flow.take().map(|f| FlowRecord { end_ms, ..f.record });
+        if let Some(flow) = &flow {
+            self.coverage.add(&reader_coverage(flow));
         }
         // Sessions still connected at the end were never cut off: intact.
         for c in &self.clients {
@@ -1229,6 +1704,7 @@ impl EngineSim {
                 sessions: self.histories,
                 journal: self.journal.snapshot(),
                 queue_breaches: self.queue_breaches,
+                flow,
             },
             coverage: self.coverage,
             digest: self.digest,
@@ -1278,6 +1754,52 @@ pub fn to_received(message: Message) -> Option<Received> {
 pub fn run_seed(seed: u64, shape: crate::scenario::Shape) -> RunOutput {
     let scenario = crate::scenario::generate(seed, shape);
     EngineSim::new(seed, scenario.clients, scenario.groups).run(seed, &scenario)
+}
+
+/// What the scripted readers of a flow-control run went through (fair ones only: those
+/// the oracle makes claims about).
+fn reader_coverage(flow: &FlowRecord) -> Coverage {
+    let mut coverage = Coverage::default();
+    let fair = |session: SessionKey| {
+        flow.readers
+            .iter()
+            .filter(move |r| r.fair && r.session == session)
+    };
+    let slow = |session| fair(session).any(|r| matches!(r.behaviour, Behaviour::Slow { .. }));
+    let stopped_at = |session, ms| {
+        fair(session).any(|r| {
+            matches!(r.behaviour, Behaviour::Stopped { from_ms, until_ms }
+                if (from_ms..=until_ms).contains(&ms))
+        })
+    };
+    for o in &flow.observations {
+        match &o.what {
+            Observed::Congested { .. } if slow(o.session) => {
+                coverage.slow_reader_congestions += 1;
+            }
+            Observed::Held { journal, congested }
+                if journal.0 < journal.1 && congested.iter().any(|s| slow(*s)) =>
+            {
+                coverage.held_for_slow_readers += 1;
+            }
+            Observed::CutSlowConsumer if stopped_at(o.session, o.ms) => {
+                coverage.stopped_readers_cut += 1;
+            }
+            Observed::Shed { queued }
+                if *queued <= flow.low_water && stopped_at(o.session, o.ms) =>
+            {
+                coverage.stopped_readers_shed += 1;
+            }
+            _ => {}
+        }
+    }
+    coverage
+}
+
+/// The session a server connection serves, once admitted.
+fn member_session(conn: &NodeConnection) -> Option<SessionKey> {
+    conn.member()
+        .and_then(|m| SessionKey::parse(m.user_id.as_str()))
 }
 
 /// A fresh server node with groups 1..=groups, recording into `journal`.

@@ -360,6 +360,137 @@ pub struct RunRecord {
     pub journal: Vec<JournalEntry>,
     /// Queue-limit breaches observed by the harness (G8), as text.
     pub queue_breaches: Vec<String>,
+    /// What the harness saw of the node's flow control, in a run with flow control
+    /// on (`None` otherwise, and at the turmoil level).
+    pub flow: Option<FlowRecord>,
+}
+
+/// The slow-consumer policy of a run, as the oracle needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShedPolicy {
+    /// A receiver over its limit, or congested past the grace, is closed with
+    /// `CloseCode::SlowConsumer` (its session kept for a resume).
+    #[default]
+    Disconnect,
+    /// Its oldest events are dropped, replaced by a Gap.
+    DropOldest,
+}
+
+/// The node's flow control as a run saw it: its settings, the receivers the
+/// scenario made behave in a known way, and every change the harness observed in
+/// the connections' mailboxes and read states, in time order.
+///
+/// Observations are taken right after every call into the node and every
+/// `poll_transmit` (the only places a mailbox or a hold changes), so a receiver's
+/// `Congested` comes from the very call whose delivery took it over the high-water
+/// mark, before anything could take the frames.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowRecord {
+    /// Queued bytes over which a receiver is congested.
+    pub high_water: usize,
+    /// Queued bytes at or under which it is drained.
+    pub low_water: usize,
+    /// How long a congested receiver may hold publishers back.
+    pub grace_ms: u64,
+    /// The simulator's time step while bytes are in flight: the slack the rules allow
+    /// for a timer that falls between two steps.
+    pub tick_ms: u64,
+    /// What happens to a receiver at the end of its grace.
+    pub policy: ShedPolicy,
+    /// Receivers with a scripted behaviour the oracle makes claims about.
+    pub readers: Vec<ReaderRecord>,
+    /// Everything observed, in time order.
+    pub observations: Vec<FlowObservation>,
+    /// When the run ended (simulated milliseconds).
+    pub end_ms: u64,
+}
+
+/// A receiver with a scripted behaviour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaderRecord {
+    /// The session.
+    pub session: SessionKey,
+    /// What it did.
+    pub behaviour: Behaviour,
+    /// The simulator's own conditions make the claims fair: flow control on, no
+    /// injected fault, and nothing else (no cut, partition, crash or server restart)
+    /// touched this session while it behaved so.
+    pub fair: bool,
+}
+
+/// How a scripted receiver read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// For its whole life it read at most this many bytes each simulated
+    /// millisecond, never pausing: a reader at a fraction of its publisher's rate.
+    Slow {
+        /// Read rate.
+        bytes_per_ms: usize,
+    },
+    /// It read nothing from `from_ms` until `until_ms`.
+    Stopped {
+        /// Start of the stop.
+        from_ms: u64,
+        /// End of the stop.
+        until_ms: u64,
+    },
+}
+
+/// One observed change of one server-side connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowObservation {
+    /// Simulated milliseconds.
+    pub ms: u64,
+    /// The harness's id of the server-side connection.
+    pub conn: u64,
+    /// The session it serves.
+    pub session: SessionKey,
+    /// What changed.
+    pub what: Observed,
+}
+
+/// What changed in a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// Its mailbox went over the high-water mark.
+    Congested {
+        /// Bytes queued then.
+        queued: usize,
+        /// Its transport could take nothing more then (the link held a socket
+        /// buffer's worth the client had not read): only the client reading, or
+        /// the policy, can end this congestion.
+        transport_full: bool,
+        /// The node counted a congestion in the same call (its `congestions`
+        /// total rose by at least the number of mailboxes seen going over): a
+        /// delivery took it over, not a notice for the connection alone, which
+        /// the node does not count as congestion.
+        counted: bool,
+    },
+    /// Its mailbox, congested before, is at or under the low-water mark again
+    /// (the connection took its frames, the policy shed them, or it was closed).
+    Drained,
+    /// The drop-oldest policy dropped events from its mailbox.
+    Shed {
+        /// Bytes still queued after the drop.
+        queued: usize,
+    },
+    /// The node closed it as a slow consumer.
+    CutSlowConsumer,
+    /// It stopped being read (the node holds it back). `journal` is the range of
+    /// journal entries its own push commands made in the call that held it (empty
+    /// when the hold came from elsewhere); `congested` the sessions whose mailboxes
+    /// were over the high-water mark right after that call. Also recorded, with the
+    /// same fields, when a connection already held ran push commands.
+    Held {
+        /// Journal entries `[start, end)` of the call.
+        journal: (usize, usize),
+        /// Sessions over the high-water mark after the call.
+        congested: Vec<SessionKey>,
+    },
+    /// It is read again.
+    Released,
+    /// It is over (finished, or lost in a server restart).
+    Gone,
 }
 
 #[cfg(test)]

@@ -14,11 +14,16 @@
 //! - an intact session (connected at the end, never cut off) must have received all
 //!   of its expected sequence (G5, G6);
 //! - every request ends exactly once, results in request order, with the right
-//!   result (G7); the harness's queue observations must show no breach (G8).
+//!   result (G7); the harness's queue observations must show no breach (G8);
+//! - in a run with flow control, what the harness saw of congested receivers and
+//!   held publishers follows flow control's rules (G8: a receiver that falls behind
+//!   is handled by the policy within the grace, publishers are held back only for
+//!   receivers they reach, a slow but steady reader is never cut); see
+//!   [`FlowRecord`].
 
 use crate::history::{
-    JournalEntry, LeaveCause, MessageId, Origin, Outcome, Received, RunRecord, SessionHistory,
-    SessionKey,
+    Behaviour, FlowRecord, JournalEntry, LeaveCause, MessageId, Observed, Origin, Outcome,
+    Received, RunRecord, SessionHistory, SessionKey, ShedPolicy,
 };
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
@@ -82,7 +87,7 @@ impl fmt::Display for Violation {
 
 /// Checks a run; an empty result means every guarantee held.
 pub fn check(run: &RunRecord) -> Vec<Violation> {
-    let expected = expected_events(&run.journal);
+    let (expected, recipients) = replay(&run.journal);
     let published: BTreeMap<MessageId, &Bytes> = run
         .journal
         .iter()
@@ -124,6 +129,9 @@ pub fn check(run: &RunRecord) -> Vec<Violation> {
             detail: breach.clone(),
         });
     }
+    if let Some(flow) = &run.flow {
+        check_flow(run, flow, &recipients, &mut violations);
+    }
     violations
 }
 
@@ -136,14 +144,34 @@ pub fn check(run: &RunRecord) -> Vec<Violation> {
 /// its own membership does not mix with the first one's; other sessions still see it
 /// under the same key, as they would.
 pub fn expected_events(journal: &[JournalEntry]) -> BTreeMap<SessionKey, Vec<Received>> {
+    replay(journal).0
+}
+
+/// [`expected_events`], and for each journal entry the sessions it delivered to.
+fn replay(
+    journal: &[JournalEntry],
+) -> (
+    BTreeMap<SessionKey, Vec<Received>>,
+    Vec<BTreeSet<SessionKey>>,
+) {
     type Internal = (SessionKey, u32);
+    struct Out {
+        events: BTreeMap<Internal, Vec<Received>>,
+        /// Who the current entry reached.
+        reached: BTreeSet<SessionKey>,
+    }
     let mut incarnation: BTreeMap<SessionKey, u32> = BTreeMap::new();
     let mut ended: BTreeSet<SessionKey> = BTreeSet::new();
     let mut online: BTreeMap<Internal, bool> = BTreeMap::new();
     let mut members: BTreeMap<Internal, BTreeSet<u32>> = BTreeMap::new();
-    let mut out: BTreeMap<Internal, Vec<Received>> = BTreeMap::new();
-    let push = |out: &mut BTreeMap<Internal, Vec<Received>>, to: Internal, event: Received| {
-        let list = out.entry(to).or_default();
+    let mut out = Out {
+        events: BTreeMap::new(),
+        reached: BTreeSet::new(),
+    };
+    let mut recipients = Vec::with_capacity(journal.len());
+    let push = |out: &mut Out, to: Internal, event: Received| {
+        out.reached.insert(to.0);
+        let list = out.events.entry(to).or_default();
         let seq = list.len() as u64 + 1;
         list.push(event.with_seq(seq));
     };
@@ -330,12 +358,16 @@ pub fn expected_events(journal: &[JournalEntry]) -> BTreeMap<SessionKey, Vec<Rec
                 }
             }
         }
+        recipients.push(std::mem::take(&mut out.reached));
     }
     // Histories are recorded for first incarnations only.
-    out.into_iter()
+    let expected = out
+        .events
+        .into_iter()
         .filter(|((_, incarnation), _)| *incarnation == 0)
         .map(|((key, _), events)| (key, events))
-        .collect()
+        .collect();
+    (expected, recipients)
 }
 
 fn is_presence(e: &Received) -> bool {
@@ -574,6 +606,295 @@ fn check_session(
             }
         }
     }
+}
+
+/// Flow control (G8: a receiver that falls behind is handled by an explicit policy,
+/// and publishers are held back for it, and only for it, while it catches up):
+///
+/// 1. every congestion the node counted ends within the grace and one tick: the
+///    receiver drained, or the policy cut or shed it (or its connection ended). (The
+///    engine-level harness's transport takes all of a transmit or nothing, so a
+///    receiver's progress is always a take of its whole mailbox, which drains it:
+///    the grace runs from the start of the congestion);
+/// 2. a connection is held back only by a call that ran its own push commands and
+///    reached a congested receiver other than itself, and
+/// 3. it is read again within a tick once every receiver it was held for is no
+///    longer congested;
+/// 4. a fair slow reader (reading at a fraction of its publisher's rate, nothing
+///    else disturbing it) is never cut as a slow consumer, never gets a Gap and is
+///    connected at the end (so, with the checks above, it got every event);
+/// 5. a fair stopped reader whose transport was full when it became congested is
+///    cut (disconnect policy: closed as a slow consumer) or shed to the low-water
+///    mark (drop-oldest) within the grace and one tick, and a shed one that is
+///    connected at the end got a Gap.
+fn check_flow(
+    run: &RunRecord,
+    flow: &FlowRecord,
+    recipients: &[BTreeSet<SessionKey>],
+    violations: &mut Vec<Violation>,
+) {
+    let mut report = |session: SessionKey, detail: String| {
+        violations.push(Violation {
+            guarantee: Guarantee::G8,
+            session: Some(session),
+            detail: format!("flow control: {detail}"),
+        });
+    };
+    let deadline = flow.grace_ms + flow.tick_ms;
+    let tick = flow.tick_ms;
+
+    /// A connection held back.
+    struct Hold {
+        since: u64,
+        /// The receivers it is held for.
+        by: BTreeSet<SessionKey>,
+        /// Since when none of them is congested.
+        free_since: Option<u64>,
+    }
+    #[derive(Default)]
+    struct Conn {
+        /// Congested since (ms), and whether the node counted it.
+        congested: Option<(u64, bool)>,
+        held: Option<Hold>,
+    }
+    let mut conns: BTreeMap<u64, Conn> = BTreeMap::new();
+    // How many connections of each session are congested.
+    let mut congested_sessions: BTreeMap<SessionKey, u32> = BTreeMap::new();
+    let late_release = |hold: &Hold, at: u64| {
+        hold.free_since.filter(|free| at > free + tick).map(|free| {
+            format!(
+                "held back since {} ms for {}, none of them congested since {free} ms, \
+                 still held at {at} ms",
+                hold.since,
+                list(&hold.by)
+            )
+        })
+    };
+    for o in &flow.observations {
+        let conn = conns.entry(o.conn).or_default();
+        match &o.what {
+            Observed::Congested { counted, .. } => {
+                if conn.congested.is_none() {
+                    *congested_sessions.entry(o.session).or_default() += 1;
+                }
+                conn.congested = Some((o.ms, *counted));
+            }
+            Observed::Drained | Observed::Gone => {
+                if let Some((since, counted)) = conn.congested.take() {
+                    if let Some(n) = congested_sessions.get_mut(&o.session) {
+                        *n = n.saturating_sub(1);
+                    }
+                    if counted && o.ms > since + deadline {
+                        report(
+                            o.session,
+                            format!(
+                                "congested from {since} ms to {} ms, longer than the grace \
+                                 ({} ms) and a tick",
+                                o.ms, flow.grace_ms
+                            ),
+                        );
+                    }
+                }
+                if o.what == Observed::Gone {
+                    if let Some(detail) = conn.held.as_ref().and_then(|h| late_release(h, o.ms)) {
+                        report(o.session, detail);
+                    }
+                    conns.remove(&o.conn);
+                }
+            }
+            Observed::Held { journal, congested } => {
+                let (start, end) = (
+                    journal.0.min(recipients.len()),
+                    journal.1.min(recipients.len()),
+                );
+                let reached: BTreeSet<SessionKey> = recipients[start..end.max(start)]
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .filter(|s| *s != o.session)
+                    .collect();
+                let by: BTreeSet<SessionKey> = congested
+                    .iter()
+                    .copied()
+                    .filter(|s| reached.contains(s))
+                    .collect();
+                match &mut conn.held {
+                    Some(hold) => {
+                        if !by.is_empty() {
+                            hold.by.extend(by);
+                            hold.free_since = None;
+                        }
+                    }
+                    None if by.is_empty() => report(
+                        o.session,
+                        format!(
+                            "held back at {} ms though its push commands in that call \
+                             reached no congested receiver (they reached {}; congested: {})",
+                            o.ms,
+                            list(&reached),
+                            list(&congested.iter().copied().collect())
+                        ),
+                    ),
+                    None => {
+                        conn.held = Some(Hold {
+                            since: o.ms,
+                            by,
+                            free_since: None,
+                        })
+                    }
+                }
+            }
+            Observed::Released => {
+                if let Some(hold) = conn.held.take() {
+                    if let Some(detail) = late_release(&hold, o.ms) {
+                        report(o.session, detail);
+                    }
+                }
+            }
+            Observed::Shed { .. } | Observed::CutSlowConsumer => {}
+        }
+        for conn in conns.values_mut() {
+            if let Some(hold) = &mut conn.held {
+                if hold.free_since.is_none()
+                    && hold
+                        .by
+                        .iter()
+                        .all(|s| congested_sessions.get(s).is_none_or(|n| *n == 0))
+                {
+                    hold.free_since = Some(o.ms);
+                }
+            }
+        }
+    }
+    // What is still going on at the end.
+    let session_of = |id: u64| {
+        flow.observations
+            .iter()
+            .rev()
+            .find(|o| o.conn == id)
+            .map(|o| o.session)
+    };
+    for (id, conn) in &conns {
+        let Some(session) = session_of(*id) else {
+            continue;
+        };
+        if let Some((since, true)) = conn.congested {
+            if flow.end_ms > since + deadline {
+                report(
+                    session,
+                    format!(
+                        "congested from {since} ms to the end of the run ({} ms)",
+                        flow.end_ms
+                    ),
+                );
+            }
+        }
+        if let Some(detail) = conn
+            .held
+            .as_ref()
+            .and_then(|h| late_release(h, flow.end_ms))
+        {
+            report(session, detail);
+        }
+    }
+
+    for reader in flow.readers.iter().filter(|r| r.fair) {
+        let key = reader.session;
+        let history = run.sessions.iter().find(|h| h.key == key);
+        let gap = history.and_then(|h| {
+            h.received
+                .iter()
+                .find(|e| matches!(e, Received::Gap { .. }))
+        });
+        match reader.behaviour {
+            Behaviour::Slow { bytes_per_ms } => {
+                let kept = format!("a reader that kept reading ({bytes_per_ms} bytes/ms)");
+                if let Some(o) = flow
+                    .observations
+                    .iter()
+                    .find(|o| o.session == key && o.what == Observed::CutSlowConsumer)
+                {
+                    report(
+                        key,
+                        format!("{kept} was cut as a slow consumer at {} ms", o.ms),
+                    );
+                }
+                if let Some(gap) = gap {
+                    report(key, format!("{kept} got {}", describe(gap)));
+                }
+                if history.is_some_and(|h| !h.intact) {
+                    report(key, format!("{kept} was not connected at the end"));
+                }
+            }
+            Behaviour::Stopped { from_ms, until_ms } => {
+                let mut shed = false;
+                for (i, o) in flow.observations.iter().enumerate() {
+                    if o.session != key || !(from_ms..=until_ms).contains(&o.ms) {
+                        continue;
+                    }
+                    if matches!(o.what, Observed::Shed { queued } if queued <= flow.low_water) {
+                        shed = true;
+                    }
+                    let Observed::Congested {
+                        queued,
+                        transport_full: true,
+                        ..
+                    } = o.what
+                    else {
+                        continue;
+                    };
+                    let by = o.ms + deadline;
+                    if by > until_ms {
+                        continue;
+                    }
+                    let acted = flow.observations[i + 1..]
+                        .iter()
+                        .take_while(|x| x.ms <= by)
+                        .filter(|x| x.conn == o.conn)
+                        .any(|x| match x.what {
+                            Observed::CutSlowConsumer => flow.policy == ShedPolicy::Disconnect,
+                            Observed::Shed { queued } => {
+                                flow.policy == ShedPolicy::DropOldest && queued <= flow.low_water
+                            }
+                            Observed::Gone => true,
+                            _ => false,
+                        });
+                    if !acted {
+                        let action = match flow.policy {
+                            ShedPolicy::Disconnect => "closed as a slow consumer",
+                            ShedPolicy::DropOldest => "shed to the low-water mark",
+                        };
+                        report(
+                            key,
+                            format!(
+                                "a reader that stopped reading at {from_ms} ms was congested at \
+                                 {} ms ({queued} bytes queued, its transport full) and not {action} \
+                                 by {by} ms",
+                                o.ms
+                            ),
+                        );
+                    }
+                }
+                if shed && gap.is_none() && history.is_some_and(|h| h.intact) {
+                    report(
+                        key,
+                        format!(
+                            "a reader shed while it stopped reading ({from_ms} to {until_ms} ms) \
+                             never got a Gap"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn list(sessions: &BTreeSet<SessionKey>) -> String {
+    if sessions.is_empty() {
+        return "nobody".to_owned();
+    }
+    let names: Vec<String> = sessions.iter().map(|s| s.to_string()).collect();
+    names.join(", ")
 }
 
 fn check_requests(history: &SessionHistory, violations: &mut Vec<Violation>) {

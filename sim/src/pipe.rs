@@ -5,12 +5,15 @@
 //! frames at once) comes up, reproducibly from the seed.
 
 use crate::rng::SimRng;
-use std::collections::VecDeque;
 
 /// Bytes in flight from one endpoint to another.
 #[derive(Debug)]
 pub struct ChunkedPipe {
-    in_flight: VecDeque<u8>,
+    /// Bytes written; those before `read` were delivered already. Whole-slice copies
+    /// only: the simulator's own crate is not optimised in debug builds, and a
+    /// byte-by-byte queue was a good part of a run's time.
+    buf: Vec<u8>,
+    read: usize,
     rng: SimRng,
     max_chunk: usize,
 }
@@ -20,7 +23,8 @@ impl ChunkedPipe {
     pub fn new(seed: u64, max_chunk: usize) -> Self {
         assert!(max_chunk > 0, "chunks must hold at least one byte");
         Self {
-            in_flight: VecDeque::new(),
+            buf: Vec::new(),
+            read: 0,
             rng: SimRng::new(seed),
             max_chunk,
         }
@@ -28,22 +32,37 @@ impl ChunkedPipe {
 
     /// Queues bytes for delivery.
     pub fn write(&mut self, bytes: &[u8]) {
-        self.in_flight.extend(bytes);
+        if self.read == self.buf.len() {
+            self.buf.clear();
+            self.read = 0;
+        } else if self.read > self.buf.len() / 2 {
+            self.buf.drain(..self.read);
+            self.read = 0;
+        }
+        self.buf.extend_from_slice(bytes);
     }
 
     /// Bytes written and not yet read.
     pub fn pending(&self) -> usize {
-        self.in_flight.len()
+        self.buf.len() - self.read
     }
 
     /// The next chunk, or `None` when nothing is in flight.
     pub fn read_chunk(&mut self) -> Option<Vec<u8>> {
-        if self.in_flight.is_empty() {
+        self.read_chunk_at_most(usize::MAX)
+    }
+
+    /// The next chunk, of at most `limit` bytes (a reader with a budget), or `None`
+    /// when nothing is in flight or `limit` is zero.
+    pub fn read_chunk_at_most(&mut self, limit: usize) -> Option<Vec<u8>> {
+        if self.pending() == 0 || limit == 0 {
             return None;
         }
         let size = self.rng.range_inclusive(1, self.max_chunk as u64) as usize;
-        let size = size.min(self.in_flight.len());
-        Some(self.in_flight.drain(..size).collect())
+        let size = size.min(self.pending()).min(limit);
+        let chunk = self.buf[self.read..self.read + size].to_vec();
+        self.read += size;
+        Some(chunk)
     }
 }
 

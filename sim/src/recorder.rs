@@ -20,6 +20,16 @@ impl Journal {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
     }
 
+    /// How many entries were recorded so far.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether nothing was recorded yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Everything recorded so far.
     pub fn snapshot(&self) -> Vec<JournalEntry> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()

@@ -1,7 +1,7 @@
 //! Scenarios generated from a seed: one `u64` determines every operation, its time,
 //! every fault and (through the simulator) every byte boundary.
 
-use crate::engine_level::{Op, Scenario};
+use crate::engine_level::{Op, Reader, ReaderKind, Scenario};
 use crate::rng::SimRng;
 
 /// Bounds of generated scenarios.
@@ -15,6 +15,9 @@ pub struct Shape {
     pub max_ops: usize,
     /// Whether to include faults (cuts, partitions, crashes, bounces).
     pub faults: bool,
+    /// Whether to add scripted readers (engine level only): now and then a slow
+    /// reader and a stopped one, each with a group and a publisher of its own.
+    pub readers: bool,
 }
 
 impl Default for Shape {
@@ -24,6 +27,7 @@ impl Default for Shape {
             max_groups: 4,
             max_ops: 40,
             faults: true,
+            readers: true,
         }
     }
 }
@@ -46,6 +50,104 @@ fn size(rng: &mut SimRng) -> usize {
     } else {
         rng.range_inclusive(0, 120) as usize
     }
+}
+
+/// A slow reader reads at least this many bytes per millisecond: with flow control
+/// holding its publisher back one command past the high-water mark, its link's
+/// backlog over the socket window (at most the high-water mark plus a publication)
+/// then drains in well under the grace, so it is never cut for being slow.
+pub const SLOW_READER_MIN_RATE: usize = 150;
+
+/// A scripted reader's setting: its client, its publisher's and their group.
+struct Episode {
+    reader: usize,
+    publisher: usize,
+    group: u32,
+}
+
+/// Adds a scripted reader to the scenario: a client of its own (after every other
+/// client), subscribed to a group of its own (after every other group), with a
+/// publisher of its own. No random operation names them (those pick among the
+/// first clients and groups), so nothing but a server restart disturbs them.
+fn episode(scenario: &mut Scenario, kind: ReaderKind) -> Episode {
+    let reader = scenario.clients;
+    let publisher = scenario.clients + 1;
+    scenario.clients += 2;
+    scenario.groups += 1;
+    let group = scenario.groups;
+    // It subscribes to its group as soon as it is connected.
+    scenario.readers.push(Reader {
+        client: reader,
+        kind,
+        group,
+    });
+    Episode {
+        reader,
+        publisher,
+        group,
+    }
+}
+
+/// The episode's publisher publishes `count` publications of `size` bytes to its
+/// group, one every `every` milliseconds from `start`.
+fn stream(scenario: &mut Scenario, e: &Episode, start: u64, count: u64, every: u64, size: usize) {
+    for k in 0..count {
+        scenario.ops.push((
+            start + k * every,
+            Op::Publish {
+                client: e.publisher,
+                groups: vec![e.group],
+                size,
+            },
+        ));
+    }
+}
+
+/// The scripted readers: in about half the scenarios a slow reader, in about half a
+/// stopped one (from a generator of their own, so the rest of the scenario is the same
+/// with or without them).
+fn add_readers(seed: u64, scenario: &mut Scenario) {
+    let mut rng = SimRng::new(seed ^ 0x510e_4ead);
+    let last = scenario.ops.last().map_or(0, |(t, _)| *t);
+    if rng.chance(1, 2) {
+        // A stream of 60 to 210 KB at 0.5 to 3 MB/s, read at a tenth to a third of
+        // that: behind by the socket window and the high-water mark within a few
+        // dozen publications, then held back and released in turns.
+        let size = rng.range_inclusive(1_500, 3_000);
+        let every = rng.range_inclusive(1, 3);
+        let count = rng.range_inclusive(40, 70);
+        let rate = (size / every) as usize;
+        let bytes_per_ms =
+            (rate * rng.range_inclusive(10, 33) as usize / 100).max(SLOW_READER_MIN_RATE);
+        let e = episode(scenario, ReaderKind::Slow { bytes_per_ms });
+        let start = rng.range_inclusive(40, last.max(40));
+        stream(scenario, &e, start, count, every, size as usize);
+    }
+    if rng.chance(1, 2) {
+        // A stream of 40 to 180 KB that the reader stops reading just before it
+        // starts, for two to four and a half graces (now and then longer than the
+        // client's own keep-alive timeout, which then ends the connection).
+        let size = rng.range_inclusive(2_000, 4_000);
+        let every = rng.range_inclusive(1, 4);
+        let count = rng.range_inclusive(20, 45);
+        let e = episode(scenario, ReaderKind::Stops);
+        let start = rng.range_inclusive(40, last.max(40));
+        let ms = if rng.chance(1, 5) {
+            rng.range_inclusive(900, 2_500)
+        } else {
+            rng.range_inclusive(400, 900)
+        };
+        scenario.ops.push((
+            start - rng.range_inclusive(0, 30),
+            Op::Stall {
+                client: e.reader,
+                ms,
+            },
+        ));
+        stream(scenario, &e, start, count, every, size as usize);
+    }
+    // Stable: operations at the same time keep their order.
+    scenario.ops.sort_by_key(|(t, _)| *t);
 }
 
 /// The scenario for `seed`.
@@ -131,16 +233,86 @@ pub fn generate(seed: u64, shape: Shape) -> Scenario {
         };
         ops.push((t, op));
     }
-    Scenario {
+    let mut scenario = Scenario {
         clients,
         groups: group_count,
         ops,
+        readers: Vec::new(),
+    };
+    if shape.readers {
+        add_readers(seed, &mut scenario);
     }
+    scenario
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn client_of(op: &Op) -> Option<usize> {
+        match op {
+            Op::Subscribe { client, .. }
+            | Op::Unsubscribe { client, .. }
+            | Op::Publish { client, .. }
+            | Op::UserMessage { client, .. }
+            | Op::Echo { client, .. }
+            | Op::Sleep { client, .. }
+            | Op::Batch { client, .. }
+            | Op::Cut { client }
+            | Op::Partition { client, .. }
+            | Op::Crash { client, .. }
+            | Op::Flood { client, .. }
+            | Op::Stall { client, .. } => Some(*client),
+            Op::ServerPublish { .. } | Op::ServerBounce => None,
+        }
+    }
+
+    #[test]
+    fn scripted_readers_keep_to_themselves() {
+        let mut slow = 0;
+        let mut stopped = 0;
+        for seed in 0..200 {
+            let plain = generate(
+                seed,
+                Shape {
+                    readers: false,
+                    ..Shape::default()
+                },
+            );
+            let scripted = generate(seed, Shape::default());
+            // Readers and their publishers come after every other client, and their
+            // groups after every other group.
+            let own = |op: &Op| client_of(op).is_some_and(|c| c >= plain.clients);
+            let rest: Vec<_> = scripted.ops.iter().filter(|(_, op)| !own(op)).collect();
+            assert_eq!(rest, plain.ops.iter().collect::<Vec<_>>(), "seed {seed}");
+            assert_eq!(
+                scripted.clients - plain.clients,
+                2 * scripted.readers.len(),
+                "seed {seed}"
+            );
+            for (_, op) in scripted.ops.iter().filter(|(_, op)| own(op)) {
+                match op {
+                    Op::Publish { groups, .. } => {
+                        assert!(groups.iter().all(|g| *g > plain.groups), "seed {seed}")
+                    }
+                    Op::Stall { ms, .. } => assert!(*ms >= 400, "seed {seed}"),
+                    other => panic!("seed {seed}: unexpected {other:?}"),
+                }
+            }
+            for r in &scripted.readers {
+                assert!(r.group > plain.groups && r.group <= scripted.groups);
+                match r.kind {
+                    ReaderKind::Slow { bytes_per_ms } => {
+                        assert!(bytes_per_ms >= SLOW_READER_MIN_RATE);
+                        slow += 1;
+                    }
+                    ReaderKind::Stops => stopped += 1,
+                }
+            }
+            assert!(scripted.ops.windows(2).all(|w| w[0].0 <= w[1].0));
+        }
+        assert!(slow > 60 && stopped > 60, "{slow} slow, {stopped} stopped");
+    }
 
     #[test]
     fn the_seed_determines_the_scenario() {

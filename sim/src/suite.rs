@@ -87,6 +87,19 @@ pub fn require_exercised(situations: &[(&str, u64)]) {
     }
 }
 
+/// Fails when a situation a suite claims to exercise happened less often than
+/// `per_1000` times per thousand cases: a change that makes it rare, not only one
+/// that makes it vanish, is caught. Set the rates well under what the suite shows.
+pub fn require_rates(cases: u64, situations: &[(&str, u64, u64)]) {
+    for (name, count, per_1000) in situations {
+        assert!(
+            count * 1000 >= per_1000 * cases,
+            "situation exercised too rarely: {name}: {count} times in {cases} cases, \
+             fewer than {per_1000} per 1,000"
+        );
+    }
+}
+
 /// Prints a run's journal and every session's events (a debugging aid).
 pub fn dump(output: &RunOutput) {
     for entry in &output.record.journal {

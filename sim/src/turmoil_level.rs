@@ -642,6 +642,7 @@ pub fn run(seed: u64, scenario: &Scenario) -> RunOutput {
             sessions: histories,
             journal,
             queue_breaches: Vec::new(),
+            flow: None,
         },
         coverage,
         digest,

@@ -15,6 +15,8 @@ const SHAPE: Shape = Shape {
     max_groups: 3,
     max_ops: 25,
     faults: true,
+    // Scripted readers need the engine level's control of each read.
+    readers: false,
 };
 
 #[test]

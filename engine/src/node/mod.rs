@@ -618,7 +618,9 @@ impl<H: PushHooks> Node<H> {
         if let Some(seq) = conn.acked.take() {
             self.hub.acknowledge(session, seq);
         }
-        if std::mem::take(&mut conn.drained) {
+        // Drained, unless a delivery from another connection congested it again
+        // since (then its publishers stay held for the new congestion).
+        if std::mem::take(&mut conn.drained) && !conn.mailbox.lock().is_congested() {
             self.release(session, &conn.mailbox);
         }
         let flow = self.config.flow_control.is_some();
@@ -861,6 +863,8 @@ impl<H: PushHooks> Node<H> {
         let mut counts = DeliveryCounts::default();
         let mut cut = Vec::new();
         let mut congested = Vec::new();
+        // Receivers that became congested in this call (rather than were already).
+        let mut fresh = Vec::new();
         let mut held: Option<(ConnectionId, &Arc<Mailbox>, mailbox::MailboxGuard<'_>)> = None;
         while let Some(delivery) = hub.poll_delivery() {
             let connection = delivery.connection();
@@ -884,6 +888,7 @@ impl<H: PushHooks> Node<H> {
                     if !state.is_congested() {
                         mailbox.set_congested(state, true);
                         stats.congestions += 1;
+                        fresh.push(connection);
                     }
                     if congested.last() != Some(&connection) {
                         congested.push(connection);
@@ -907,6 +912,12 @@ impl<H: PushHooks> Node<H> {
                 mailbox: mailbox.clone(),
                 publishers: Vec::new(),
             });
+            if fresh.contains(&session) {
+                // Congested again after it drained and before the node heard so (a
+                // delivery from another connection in between): a new grace, not
+                // the old one's remainder.
+                entry.since = since;
+            }
             // The server's own publications (no actor) are never held; nor is a
             // connection held for its own echo.
             if let Some(actor) = actor.as_ref() {

@@ -62,6 +62,7 @@ fn run_with(b_received: Vec<Received>) -> RunRecord {
         sessions: vec![a, b],
         journal: journal(),
         queue_breaches: vec![],
+        flow: None,
     }
 }
 
@@ -217,4 +218,338 @@ fn queue_breaches_are_g8_and_violations_name_the_session() {
     b.remove(1);
     let text = check(&run_with(b))[0].to_string();
     assert!(text.contains("c1s0") && text.contains("G5"), "{text}");
+}
+
+// --- Flow control --------------------------------------------------------------------
+
+use crate::history::{Behaviour, FlowObservation, FlowRecord, Observed, ReaderRecord, ShedPolicy};
+
+/// Connection ids of a and b in the flow records below.
+const A: u64 = 0;
+const B: u64 = 1;
+
+fn observation(ms: u64, conn: u64, what: Observed) -> FlowObservation {
+    FlowObservation {
+        ms,
+        conn,
+        session: key(conn as u32),
+        what,
+    }
+}
+
+fn congested(ms: u64, conn: u64) -> FlowObservation {
+    observation(
+        ms,
+        conn,
+        Observed::Congested {
+            queued: 9_000,
+            transport_full: true,
+            counted: true,
+        },
+    )
+}
+
+/// a's second publication (journal entry 5) reached b, congested: a is held.
+fn held_for_b(ms: u64) -> FlowObservation {
+    observation(
+        ms,
+        A,
+        Observed::Held {
+            journal: (5, 6),
+            congested: vec![key(1)],
+        },
+    )
+}
+
+/// The faithful story: b falls behind at 100 ms, which holds a back; b catches up
+/// at 150 ms and a is read again at once.
+fn faithful_flow() -> Vec<FlowObservation> {
+    vec![
+        congested(100, B),
+        held_for_b(100),
+        observation(150, B, Observed::Drained),
+        observation(150, A, Observed::Released),
+    ]
+}
+
+fn with_flow(policy: ShedPolicy, observations: Vec<FlowObservation>) -> RunRecord {
+    let mut run = run_with(b_expected());
+    run.flow = Some(FlowRecord {
+        high_water: 8_192,
+        low_water: 4_096,
+        grace_ms: 200,
+        tick_ms: 1,
+        policy,
+        readers: Vec::new(),
+        observations,
+        end_ms: 1_000,
+    });
+    run
+}
+
+fn with_reader(mut run: RunRecord, behaviour: Behaviour, fair: bool) -> RunRecord {
+    run.flow
+        .as_mut()
+        .expect("a flow record")
+        .readers
+        .push(ReaderRecord {
+            session: key(1),
+            behaviour,
+            fair,
+        });
+    run
+}
+
+/// The flow-control violations' details.
+fn flow_violations(run: &RunRecord) -> Vec<String> {
+    check(run)
+        .into_iter()
+        .filter(|v| v.guarantee == Guarantee::G8 && v.detail.starts_with("flow control"))
+        .map(|v| v.detail)
+        .collect()
+}
+
+fn assert_flagged(run: &RunRecord, phrase: &str) {
+    let found = flow_violations(run);
+    assert!(
+        found.iter().any(|d| d.contains(phrase)),
+        "expected a flow-control violation mentioning {phrase:?}, got {found:?}"
+    );
+}
+
+#[test]
+fn a_faithful_flow_record_passes() {
+    for policy in [ShedPolicy::Disconnect, ShedPolicy::DropOldest] {
+        assert_eq!(check(&with_flow(policy, faithful_flow())), vec![]);
+    }
+}
+
+#[test]
+fn a_congestion_that_outlasts_the_grace_is_g8() {
+    let late = vec![congested(100, B), observation(302, B, Observed::Drained)];
+    assert_flagged(
+        &with_flow(ShedPolicy::Disconnect, late),
+        "congested from 100 ms to 302 ms",
+    );
+    // Within the grace and a tick: fine.
+    let in_time = vec![congested(100, B), observation(301, B, Observed::Drained)];
+    assert_eq!(
+        flow_violations(&with_flow(ShedPolicy::Disconnect, in_time)),
+        Vec::<String>::new()
+    );
+    // Never ending at all.
+    assert_flagged(
+        &with_flow(ShedPolicy::DropOldest, vec![congested(100, B)]),
+        "to the end of the run",
+    );
+    // A mailbox over the mark that the node did not count (a notice took it over)
+    // is not a congestion the node answers for.
+    let uncounted = vec![observation(
+        100,
+        B,
+        Observed::Congested {
+            queued: 8_200,
+            transport_full: true,
+            counted: false,
+        },
+    )];
+    assert_eq!(
+        flow_violations(&with_flow(ShedPolicy::DropOldest, uncounted)),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn a_publisher_held_without_reaching_a_congested_receiver_is_g8() {
+    let phrase = "reached no congested receiver";
+    // Its publication reached b, but b was not congested.
+    let mut flow = faithful_flow();
+    flow[1] = observation(
+        100,
+        A,
+        Observed::Held {
+            journal: (5, 6),
+            congested: vec![],
+        },
+    );
+    assert_flagged(&with_flow(ShedPolicy::Disconnect, flow), phrase);
+    // Held by a call that ran none of its commands.
+    let mut flow = faithful_flow();
+    flow[1] = observation(
+        100,
+        A,
+        Observed::Held {
+            journal: (6, 6),
+            congested: vec![key(1)],
+        },
+    );
+    assert_flagged(&with_flow(ShedPolicy::Disconnect, flow), phrase);
+    // Held for itself alone (its own echo is no reason).
+    let flow = vec![
+        congested(100, A),
+        observation(
+            100,
+            A,
+            Observed::Held {
+                journal: (4, 6),
+                congested: vec![key(0)],
+            },
+        ),
+    ];
+    assert_flagged(&with_flow(ShedPolicy::Disconnect, flow), phrase);
+    // a's subscription (entry 2) came before b's: it reached no one else.
+    let flow = vec![
+        congested(100, B),
+        observation(
+            100,
+            A,
+            Observed::Held {
+                journal: (2, 3),
+                congested: vec![key(1)],
+            },
+        ),
+    ];
+    assert_flagged(&with_flow(ShedPolicy::Disconnect, flow), phrase);
+}
+
+#[test]
+fn a_publisher_still_held_after_its_receivers_drained_is_g8() {
+    let phrase = "none of them congested since 150 ms";
+    let mut flow = faithful_flow();
+    flow[3].ms = 152;
+    assert_flagged(&with_flow(ShedPolicy::Disconnect, flow), phrase);
+    // One tick later is allowed.
+    let mut flow = faithful_flow();
+    flow[3].ms = 151;
+    assert_eq!(
+        flow_violations(&with_flow(ShedPolicy::Disconnect, flow)),
+        Vec::<String>::new()
+    );
+    // Never released, or only when its connection ended.
+    let mut flow = faithful_flow();
+    flow.pop();
+    assert_flagged(&with_flow(ShedPolicy::Disconnect, flow.clone()), phrase);
+    flow.push(observation(400, A, Observed::Gone));
+    assert_flagged(&with_flow(ShedPolicy::Disconnect, flow), phrase);
+}
+
+#[test]
+fn a_slow_reader_cut_or_given_a_gap_is_g8() {
+    let slow = Behaviour::Slow { bytes_per_ms: 150 };
+    let phrase = "a reader that kept reading (150 bytes/ms)";
+    let good = with_reader(
+        with_flow(ShedPolicy::Disconnect, faithful_flow()),
+        slow,
+        true,
+    );
+    assert_eq!(check(&good), vec![]);
+
+    let mut flow = faithful_flow();
+    flow.push(observation(300, B, Observed::CutSlowConsumer));
+    let cut = with_reader(with_flow(ShedPolicy::Disconnect, flow), slow, true);
+    assert_flagged(
+        &cut,
+        &format!("{phrase} was cut as a slow consumer at 300 ms"),
+    );
+
+    let mut gap = good.clone();
+    let b = &mut gap.sessions[1].received;
+    b[2] = Received::Gap { first: 3, last: 3 };
+    assert_flagged(&gap, &format!("{phrase} got Gap 3..=3"));
+
+    let mut gone = good.clone();
+    gone.sessions[1].intact = false;
+    assert_flagged(&gone, &format!("{phrase} was not connected at the end"));
+
+    // No claim where the simulator's conditions were not fair (say, a server
+    // restart cut it off).
+    let mut flow = faithful_flow();
+    flow.push(observation(300, B, Observed::CutSlowConsumer));
+    let unfair = with_reader(with_flow(ShedPolicy::Disconnect, flow), slow, false);
+    assert_eq!(flow_violations(&unfair), Vec::<String>::new());
+}
+
+#[test]
+fn a_stopped_reader_neither_cut_nor_shed_within_the_grace_is_g8() {
+    let stopped = Behaviour::Stopped {
+        from_ms: 50,
+        until_ms: 900,
+    };
+    let phrase = "a reader that stopped reading at 50 ms was congested at 100 ms";
+    // It becomes congested, its transport full: the policy must act by 301 ms.
+    let story = |tail: Vec<FlowObservation>| {
+        let mut flow = vec![congested(100, B), held_for_b(100)];
+        flow.extend(tail);
+        flow
+    };
+    let cut = story(vec![
+        observation(300, B, Observed::CutSlowConsumer),
+        observation(300, B, Observed::Drained),
+        observation(300, A, Observed::Released),
+    ]);
+    let run = with_reader(
+        with_flow(ShedPolicy::Disconnect, cut.clone()),
+        stopped,
+        true,
+    );
+    assert_eq!(flow_violations(&run), Vec::<String>::new());
+    // Cut one tick too late (and its congestion outlasted the grace).
+    let mut late = cut.clone();
+    for o in &mut late[2..] {
+        o.ms = 302;
+    }
+    let run = with_reader(with_flow(ShedPolicy::Disconnect, late), stopped, true);
+    assert_flagged(&run, &format!("{phrase} (9000 bytes queued, its transport full) and not closed as a slow consumer by 301 ms"));
+    // Released without the policy acting: the congestion ended in time, but a
+    // reader that takes nothing cannot have drained.
+    let drained = story(vec![
+        observation(300, B, Observed::Drained),
+        observation(300, A, Observed::Released),
+    ]);
+    let run = with_reader(
+        with_flow(ShedPolicy::Disconnect, drained.clone()),
+        stopped,
+        true,
+    );
+    assert_flagged(&run, "not closed as a slow consumer");
+    // Under drop-oldest, a shed to the low-water mark is the policy; the reader,
+    // connected at the end, must have got a Gap for it.
+    let shed = story(vec![
+        observation(300, B, Observed::Shed { queued: 3_000 }),
+        observation(300, B, Observed::Drained),
+        observation(300, A, Observed::Released),
+    ]);
+    let mut run = with_reader(
+        with_flow(ShedPolicy::DropOldest, shed.clone()),
+        stopped,
+        true,
+    );
+    assert_flagged(&run, "never got a Gap");
+    run.sessions[1].received[2] = Received::Gap { first: 3, last: 3 };
+    assert_eq!(flow_violations(&run), Vec::<String>::new());
+    // Dropping a little at the hard limit is not the shed the grace calls for.
+    let mut partial = shed.clone();
+    partial[2].what = Observed::Shed { queued: 60_000 };
+    let run = with_reader(with_flow(ShedPolicy::DropOldest, partial), stopped, true);
+    assert_flagged(&run, "not shed to the low-water mark by 301 ms");
+    // Nothing is claimed for a congestion too close to the end of the stop, nor
+    // when the transport could still take frames.
+    let short = Behaviour::Stopped {
+        from_ms: 50,
+        until_ms: 250,
+    };
+    let run = with_reader(
+        with_flow(ShedPolicy::Disconnect, drained.clone()),
+        short,
+        true,
+    );
+    assert_eq!(flow_violations(&run), Vec::<String>::new());
+    let mut open = drained;
+    open[0].what = Observed::Congested {
+        queued: 9_000,
+        transport_full: false,
+        counted: true,
+    };
+    let run = with_reader(with_flow(ShedPolicy::Disconnect, open), stopped, true);
+    assert_eq!(flow_violations(&run), Vec::<String>::new());
 }
