@@ -95,8 +95,9 @@ impl FlowControl {
 }
 
 impl Default for FlowControl {
-    /// High water 1 MiB, low water 256 KiB, grace 2 s (see the README's "When a
-    /// receiver is slow" for the measurements behind them).
+    /// High water 1 MiB, low water 256 KiB, grace 2 s (the README's "When a
+    /// receiver is slow" and `benches/RESULTS.md` section 9 give the measurements
+    /// behind them).
     fn default() -> Self {
         Self {
             high_water: 1024 * 1024,
