@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use pushwire_protocol::{
     Gap, GroupDescription, GroupId, GroupList, Message, PeerSender, Published, PushRejected,
-    RejectCode, Sender, SessionLost, SessionLostReason, Subscribed, Text, Unsubscribed,
+    PushTaken, RejectCode, Sender, SessionLost, SessionLostReason, Subscribed, Text, Unsubscribed,
     UserMessage, UserMessageDelivered,
 };
 use rustls::crypto::CryptoProvider;
@@ -95,6 +95,7 @@ pub fn sample_push_events(payload_len: usize) -> Vec<(&'static str, Message)> {
                 connections: 2,
             }),
         ),
+        ("PushTaken", Message::PushTaken(PushTaken { command_id: 9 })),
         (
             "GroupList",
             Message::GroupList(GroupList {
