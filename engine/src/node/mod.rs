@@ -79,6 +79,19 @@ pub struct FlowControl {
 }
 
 impl FlowControl {
+    /// Whether the marks fit an outbound limit: low ≤ high < `max_outbound_bytes`
+    /// (what [`Node::new`] checks; a configuration front end may check earlier).
+    pub fn check_marks(&self, max_outbound_bytes: usize) -> Result<(), NodeConfigError> {
+        if self.low_water > self.high_water || self.high_water >= max_outbound_bytes {
+            return Err(NodeConfigError::WaterMarks {
+                low: self.low_water,
+                high: self.high_water,
+                outbound: max_outbound_bytes,
+            });
+        }
+        Ok(())
+    }
+
     /// The defaults, scaled down to fit a smaller outbound limit (high water at most
     /// an eighth of it, low water a quarter of the high) and a shorter keep-alive
     /// idle timeout (grace at most half of it): what a server uses when its settings
@@ -382,13 +395,7 @@ impl<H: PushHooks> Node<H> {
             });
         }
         if let Some(flow) = config.flow_control {
-            if flow.low_water > flow.high_water || flow.high_water >= config.max_outbound_bytes {
-                return Err(NodeConfigError::WaterMarks {
-                    low: flow.low_water,
-                    high: flow.high_water,
-                    outbound: config.max_outbound_bytes,
-                });
-            }
+            flow.check_marks(config.max_outbound_bytes)?;
             if let Some(idle) = config.server.keepalive.idle_timeout {
                 if flow.grace >= idle {
                     return Err(NodeConfigError::GraceOverIdleTimeout {
@@ -797,7 +804,7 @@ impl<H: PushHooks> Node<H> {
     ) -> Result<PushOutcome, HubError> {
         let mut result = call(&mut self.hub);
         let counts = self.deliver();
-        self.dispatch();
+        self.wake();
         if let Ok(outcome) = result.as_mut() {
             outcome.congested = counts.congested;
             outcome.cut = counts.cut;

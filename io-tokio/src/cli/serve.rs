@@ -416,12 +416,8 @@ impl Settings {
                 .map_or(fitted.grace, Duration::from_millis),
         });
         if let Some(flow) = &flow_control {
-            if flow.low_water > flow.high_water || flow.high_water >= max_outbound {
-                return Err(usage(format!(
-                    "flow control needs low water ({}) ≤ high water ({}) < the outbound limit                      ({max_outbound} bytes)",
-                    flow.low_water, flow.high_water
-                )));
-            }
+            flow.check_marks(max_outbound)
+                .map_err(|e| usage(e.to_string()))?;
         }
         Ok(Self {
             listen,
