@@ -69,6 +69,9 @@ pub struct ClientConfig {
     pub server_auth: ServerAuthMode,
     /// Bound on outstanding requests.
     pub max_outstanding_requests: usize,
+    /// Highest protocol version offered in the Hello (default: the highest this
+    /// crate speaks); lower it to talk as an older client.
+    pub max_version: u16,
 }
 
 impl ClientConfig {
@@ -86,6 +89,7 @@ impl ClientConfig {
             handshake_timeout: Duration::from_secs(10),
             server_auth: ServerAuthMode::default(),
             max_outstanding_requests: DEFAULT_MAX_OUTSTANDING_REQUESTS,
+            max_version: PROTOCOL_VERSION,
         }
     }
 }
@@ -691,7 +695,10 @@ impl ClientConnection {
     fn send_hello(&mut self) {
         let hello = Hello {
             min_version: *SUPPORTED_VERSIONS.start(),
-            max_version: PROTOCOL_VERSION,
+            max_version: self
+                .config
+                .max_version
+                .clamp(*SUPPORTED_VERSIONS.start(), PROTOCOL_VERSION),
             service_id: self.config.service_id,
             options: self.config.options,
             user_id: self.config.user_id.clone(),
@@ -830,7 +837,9 @@ impl ClientConnection {
                         },
                     ));
                 };
-                if !SUPPORTED_VERSIONS.contains(&welcome.version) {
+                if !SUPPORTED_VERSIONS.contains(&welcome.version)
+                    || welcome.version > self.config.max_version
+                {
                     return self.channel.close_with(CloseReason::Protocol(
                         ProtocolError::Unexpected {
                             message: "Welcome",

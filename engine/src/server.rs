@@ -8,7 +8,8 @@ use crate::tls::{CertificateInfo, TlsError, TlsLink};
 use bytes::{Bytes, BytesMut};
 use pushwire_protocol::{
     negotiate_version, ClientOptions, CloseCode, FrameLimits, Hello, Message, Pong, RawFrame,
-    RefuseCode, Refused, ResumeRequest, ResumeToken, Text, Welcome, SUPPORTED_VERSIONS,
+    RefuseCode, Refused, ResumeRequest, ResumeToken, Text, Welcome, PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
 };
 use rustls::server::UnbufferedServerConnection;
 use std::collections::VecDeque;
@@ -39,6 +40,10 @@ pub struct ServerConfig {
     pub keepalive: KeepAlive,
     /// Bound on requests a client may have outstanding.
     pub max_outstanding_requests: usize,
+    /// Highest protocol version this server agrees to (default: the highest it
+    /// speaks); a lower value makes it behave as an older server, for mixed-version
+    /// deployments and tests.
+    pub max_version: u16,
 }
 
 impl ServerConfig {
@@ -50,6 +55,7 @@ impl ServerConfig {
             hello_timeout: Duration::from_secs(10),
             keepalive: KeepAlive::default(),
             max_outstanding_requests: DEFAULT_MAX_OUTSTANDING_REQUESTS,
+            max_version: PROTOCOL_VERSION,
         }
     }
 }
@@ -505,13 +511,14 @@ impl ServerConnection {
             password,
             resume,
         } = hello;
-        let Some(version) = negotiate_version(min_version, max_version) else {
+        let offered = max_version.min(self.config.max_version);
+        let Some(version) = negotiate_version(min_version, offered) else {
             return self.refuse_now(
                 RefuseCode::UnsupportedVersion,
                 Text::from(format!(
                     "client speaks versions {min_version}..={max_version}, server {}..={}",
                     SUPPORTED_VERSIONS.start(),
-                    SUPPORTED_VERSIONS.end()
+                    self.config.max_version.min(*SUPPORTED_VERSIONS.end())
                 )),
             );
         };

@@ -743,8 +743,8 @@ fn limits_are_frozen() {
     assert_eq!(MAX_PASSWORD_BYTES, 1024);
     assert_eq!(MAX_TEXT_BYTES, 4096);
     assert_eq!(MAX_GROUPS_PER_MESSAGE, 65_535);
-    assert_eq!(PROTOCOL_VERSION, 2);
-    assert_eq!(SUPPORTED_VERSIONS, 1..=2);
+    assert_eq!(PROTOCOL_VERSION, 3);
+    assert_eq!(SUPPORTED_VERSIONS, 1..=3);
 }
 
 // ---------------------------------------------------------------------------------
@@ -774,8 +774,8 @@ fn hello_ignores_unknown_option_bits_and_trailing_extensions() {
     assert_eq!(decoded, expected);
     // A server of versions 1..=2 meets a newer client at 2, and refuses one that
     // speaks only later versions.
-    assert_eq!(negotiate_version(1, 5), Some(2));
-    assert_eq!(negotiate_version(3, 5), None);
+    assert_eq!(negotiate_version(1, 5), Some(3));
+    assert_eq!(negotiate_version(4, 5), None);
 }
 
 // ---------------------------------------------------------------------------------
