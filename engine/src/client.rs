@@ -3,13 +3,13 @@
 
 use crate::channel::{Channel, KeepAlive};
 use crate::close::{CloseReason, ProtocolError, TimeoutKind};
-use crate::rpc::{OutstandingRequests, DEFAULT_MAX_OUTSTANDING_REQUESTS};
+use crate::rpc::{Cancelling, OutstandingRequests, DEFAULT_MAX_OUTSTANDING_REQUESTS};
 use crate::tls::{
     CertificateInfo, ClientTls, ServerAuthentication, TlsConfigError, TlsLink, Verdict,
 };
 use bytes::{Bytes, BytesMut};
 use pushwire_protocol::{
-    encode_publish_prefix, BatchBegin, BatchCommit, ClientOptions, CloseCode, DecodeError,
+    encode_publish_prefix, BatchBegin, BatchCommit, Cancel, ClientOptions, CloseCode, DecodeError,
     ErrorCode, FrameLimits, GroupId, GroupSelection, Hello, ListGroups, Message, MessageKind, Pong,
     Publish, RawFrame, Request, ResumeRequest, SendUserMessage, Subscribe, Text, Unsubscribe,
     Welcome, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
@@ -114,6 +114,8 @@ pub enum ClientState {
 pub enum AbortReason {
     /// The batch holding it was aborted before it was sent.
     BatchAborted,
+    /// The application cancelled it (see [`CancelOutcome`]).
+    Cancelled,
     /// The connection ended before the result arrived.
     ConnectionLost(CloseReason),
 }
@@ -278,7 +280,54 @@ impl PushCommand {
 
 struct Batch {
     frames: BytesMut,
-    request_ids: Vec<u64>,
+    requests: Vec<BatchedRequest>,
+}
+
+/// A request in an open batch and where its frame lies in the batch's bytes, so a
+/// cancel can take it out.
+#[derive(Debug, Clone, Copy)]
+struct BatchedRequest {
+    id: u64,
+    frame: (usize, usize),
+}
+
+impl Batch {
+    fn request_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.requests.iter().map(|r| r.id)
+    }
+
+    /// Takes request `id`'s frame out of the batch; false when it is not in it.
+    fn remove(&mut self, id: u64) -> bool {
+        let Some(index) = self.requests.iter().position(|r| r.id == id) else {
+            return false;
+        };
+        let (start, end) = self.requests.remove(index).frame;
+        let tail = self.frames.split_off(end);
+        self.frames.truncate(start);
+        self.frames.extend_from_slice(&tail);
+        for later in &mut self.requests[index..] {
+            later.frame.0 -= end - start;
+            later.frame.1 -= end - start;
+        }
+        true
+    }
+}
+
+/// What [`ClientConnection::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The request was in the open batch: it is taken out and ends now as
+    /// [`AbortReason::Cancelled`]; the server never sees it.
+    RemovedFromBatch,
+    /// A Cancel went to the server (protocol version 3): the request ends with a
+    /// ServerError `Cancelled` if it had not started or its handler stopped, or
+    /// with its result if the cancel came too late.
+    SentToServer,
+    /// The server cannot be told (protocol version 1 or 2): the request ends now as
+    /// [`AbortReason::Cancelled`] and its result, when it comes, is dropped.
+    EndedLocally,
+    /// The request had ended already (or was cancelled before): nothing changes.
+    NotOutstanding,
 }
 
 /// The client end of one pushwire connection, as a state machine.
@@ -412,7 +461,7 @@ impl ClientConnection {
 
     /// Requests sent (or batched) that have no outcome yet.
     pub fn outstanding_requests(&self) -> usize {
-        self.outstanding.len() + self.batch.as_ref().map_or(0, |b| b.request_ids.len())
+        self.outstanding.len() + self.batch.as_ref().map_or(0, |b| b.requests.len())
     }
 
     /// Feeds bytes received from the transport.
@@ -557,8 +606,12 @@ impl ClientConnection {
         self.check_size(&message)?;
         match &mut self.batch {
             Some(batch) => {
+                let start = batch.frames.len();
                 message.encode(&mut batch.frames);
-                batch.request_ids.push(request_id);
+                batch.requests.push(BatchedRequest {
+                    id: request_id,
+                    frame: (start, batch.frames.len()),
+                });
             }
             None => {
                 self.channel.send(&message);
@@ -632,7 +685,7 @@ impl ClientConnection {
         }
         self.batch = Some(Batch {
             frames: BytesMut::new(),
-            request_ids: Vec::new(),
+            requests: Vec::new(),
         });
         Ok(())
     }
@@ -646,7 +699,7 @@ impl ClientConnection {
         self.channel.send_encoded(&batch.frames);
         self.channel
             .send(&Message::BatchCommit(BatchCommit { server_batching }));
-        for id in batch.request_ids {
+        for id in batch.request_ids() {
             self.outstanding.push(id);
         }
         Ok(())
@@ -657,13 +710,48 @@ impl ClientConnection {
         let batch = self.batch.take().ok_or(ClientError::NoBatch)?;
         // Events keep their order: what was received before comes out first.
         self.decode_deferred();
-        for request_id in batch.request_ids {
+        for request_id in batch.request_ids() {
             self.events.push_back(ClientEvent::RequestAborted {
                 request_id,
                 reason: AbortReason::BatchAborted,
             });
         }
         Ok(())
+    }
+
+    /// Cancels request `request_id` (SocketPro's `Cancel`). Whatever the outcome,
+    /// the request still ends with exactly one event: see [`CancelOutcome`] for
+    /// which. Results of other requests keep their order.
+    pub fn cancel(&mut self, request_id: u64) -> CancelOutcome {
+        if self.state == ClientState::Closed {
+            return CancelOutcome::NotOutstanding;
+        }
+        if self.batch.as_mut().is_some_and(|b| b.remove(request_id)) {
+            self.decode_deferred();
+            self.events.push_back(ClientEvent::RequestAborted {
+                request_id,
+                reason: AbortReason::Cancelled,
+            });
+            return CancelOutcome::RemovedFromBatch;
+        }
+        if self.welcome.as_ref().is_some_and(|w| w.version >= 3) {
+            return match self.outstanding.cancel_on_server(request_id) {
+                Cancelling::Send => {
+                    self.channel.send(&Message::Cancel(Cancel { request_id }));
+                    CancelOutcome::SentToServer
+                }
+                Cancelling::AlreadyAsked | Cancelling::Unknown => CancelOutcome::NotOutstanding,
+            };
+        }
+        if !self.outstanding.end_locally(request_id) {
+            return CancelOutcome::NotOutstanding;
+        }
+        self.decode_deferred();
+        self.events.push_back(ClientEvent::RequestAborted {
+            request_id,
+            reason: AbortReason::Cancelled,
+        });
+        CancelOutcome::EndedLocally
     }
 
     /// Closes the connection with a Close message, then close_notify.
@@ -736,7 +824,11 @@ impl ClientConnection {
         if self.state != ClientState::Closed {
             if let Some(reason) = self.channel.take_close_reason() {
                 self.state = ClientState::Closed;
-                let batched = self.batch.take().map(|b| b.request_ids).unwrap_or_default();
+                let batched: Vec<u64> = self
+                    .batch
+                    .take()
+                    .map(|b| b.request_ids().collect())
+                    .unwrap_or_default();
                 for request_id in self.outstanding.drain().chain(batched) {
                     self.events.push_back(ClientEvent::RequestAborted {
                         request_id,
@@ -935,7 +1027,7 @@ impl ClientConnection {
 
     fn complete(&mut self, request_id: u64) -> bool {
         match self.outstanding.complete(request_id) {
-            Ok(()) => true,
+            Ok(wanted) => wanted,
             Err(e) => {
                 self.channel.close_with(CloseReason::Protocol(e));
                 false

@@ -42,4 +42,4 @@ pub mod tls;
 
 pub use channel::KeepAlive;
 pub use close::{CloseReason, ProtocolError, TimeoutKind};
-pub use rpc::{RequestResult, DEFAULT_MAX_OUTSTANDING_REQUESTS};
+pub use rpc::{RequestResult, DEFAULT_MAX_OUTSTANDING_REQUESTS, DEFAULT_MAX_RUNNING_REQUESTS};

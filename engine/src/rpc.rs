@@ -9,14 +9,39 @@ use std::collections::VecDeque;
 /// Default bound on requests a connection may have outstanding, on both ends.
 pub const DEFAULT_MAX_OUTSTANDING_REQUESTS: usize = 4096;
 
+/// Default bound on a connection's requests that run at once on the server; the
+/// others wait, in order, until a running one answers.
+pub const DEFAULT_MAX_RUNNING_REQUESTS: usize = 64;
+
 /// How a request ended, as the server answers it.
 pub type RequestResult = Result<Bytes, (ErrorCode, Text)>;
 
 /// The client's view: which requests await a result, oldest first.
 #[derive(Debug, Default)]
 pub(crate) struct OutstandingRequests {
-    ids: VecDeque<u64>,
+    ids: VecDeque<Outstanding>,
     next_id: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Outstanding {
+    id: u64,
+    /// Ended for the application already (cancelled on a connection that cannot
+    /// tell the server): its result is checked for order and dropped.
+    ended: bool,
+    /// A Cancel was sent for it.
+    cancel_sent: bool,
+}
+
+/// What cancelling an outstanding request needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cancelling {
+    /// Send a Cancel (the first time it is asked for).
+    Send,
+    /// Nothing to send: asked before, or ended already.
+    AlreadyAsked,
+    /// Not outstanding.
+    Unknown,
 }
 
 impl OutstandingRequests {
@@ -26,7 +51,11 @@ impl OutstandingRequests {
     }
 
     pub fn push(&mut self, id: u64) {
-        self.ids.push_back(id);
+        self.ids.push_back(Outstanding {
+            id,
+            ended: false,
+            cancel_sent: false,
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -34,42 +63,112 @@ impl OutstandingRequests {
     }
 
     /// Checks that a result answers the oldest outstanding request and retires it.
-    pub fn complete(&mut self, id: u64) -> Result<(), ProtocolError> {
+    /// Returns whether the application still waits for it.
+    pub fn complete(&mut self, id: u64) -> Result<bool, ProtocolError> {
         match self.ids.front() {
-            Some(&front) if front == id => {
+            Some(front) if front.id == id => {
+                let wanted = !front.ended;
                 self.ids.pop_front();
-                Ok(())
+                Ok(wanted)
             }
             other => Err(ProtocolError::ResultOutOfOrder {
                 got: id,
-                expected: other.copied(),
+                expected: other.map(|o| o.id),
             }),
         }
     }
 
-    /// Every outstanding id, oldest first, leaving none.
-    pub fn drain(&mut self) -> impl Iterator<Item = u64> + '_ {
-        self.ids.drain(..)
+    /// Marks `id` as cancelled through a Cancel to the server.
+    pub fn cancel_on_server(&mut self, id: u64) -> Cancelling {
+        match self.ids.iter_mut().find(|o| o.id == id) {
+            None => Cancelling::Unknown,
+            Some(o) if o.ended || o.cancel_sent => Cancelling::AlreadyAsked,
+            Some(o) => {
+                o.cancel_sent = true;
+                Cancelling::Send
+            }
+        }
     }
+
+    /// Ends `id` for the application now; its result will be dropped. Returns false
+    /// when it is not outstanding or ended already.
+    pub fn end_locally(&mut self, id: u64) -> bool {
+        match self.ids.iter_mut().find(|o| o.id == id) {
+            Some(o) if !o.ended => {
+                o.ended = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Every outstanding id the application still waits for, oldest first, leaving
+    /// none.
+    pub fn drain(&mut self) -> impl Iterator<Item = u64> + '_ {
+        self.ids.drain(..).filter(|o| !o.ended).map(|o| o.id)
+    }
+}
+
+/// Where a request stands on the server.
+#[derive(Debug)]
+enum CallState {
+    /// Received, not yet handed to the application: the connection already runs as
+    /// many calls as it may.
+    Waiting { method_id: u32, payload: Bytes },
+    /// Handed to the application, not answered.
+    Running {
+        /// The client asked to cancel it and the application was told.
+        cancel_signalled: bool,
+    },
+    /// Answered; waits for earlier results (or its batch) to leave.
+    Answered(RequestResult),
 }
 
 #[derive(Debug)]
 struct PendingResult {
     request_id: u64,
-    result: Option<RequestResult>,
+    state: CallState,
     /// The batch the request came in, while its results must be held together.
     held_by: Option<u64>,
 }
 
+/// A request the application is to run now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StartedCall {
+    pub request_id: u64,
+    pub method_id: u32,
+    pub payload: Bytes,
+}
+
+/// What a Cancel did to the request it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CancelEffect {
+    /// It had not started: it is answered `Cancelled` and never runs.
+    Dropped,
+    /// It runs: the application is to be told (once).
+    SignalRunning,
+    /// Nothing: it is answered already, was signalled before, or is not pending
+    /// (a cancel that crossed its result on the wire).
+    None,
+}
+
 /// The server's view: results leave strictly in request order, and a batch committed
-/// with `server_batching` leaves all at once.
+/// with `server_batching` leaves all at once. At most `max_running` calls of the
+/// connection run at once; later ones wait here, in order, where a Cancel drops them
+/// before they start.
 ///
-/// Calling contract: `begin_request` for every request in arrival order, `answer` in
-/// any order, then `release` to move every releasable result into the outbound queue.
+/// Calling contract: `begin_request` for every request in arrival order, then
+/// `next_call` until `None` to start what may run; `answer` in any order, `cancel`
+/// when the client asks, then `release` to move every releasable result into the
+/// outbound queue (and `next_call` again: an answer frees a running slot).
 #[derive(Debug)]
 pub(crate) struct ResultQueue {
     pending: VecDeque<PendingResult>,
     max_outstanding: usize,
+    max_running: usize,
+    running: usize,
+    /// Index in `pending` before which no request waits to start.
+    first_waiting: usize,
     open_batch: Option<u64>,
     next_batch: u64,
     /// Injected fault: release the n-th result twice.
@@ -78,10 +177,13 @@ pub(crate) struct ResultQueue {
 }
 
 impl ResultQueue {
-    pub fn new(max_outstanding: usize) -> Self {
+    pub fn new(max_outstanding: usize, max_running: usize) -> Self {
         Self {
             pending: VecDeque::new(),
             max_outstanding,
+            max_running: max_running.max(1),
+            running: 0,
+            first_waiting: 0,
             open_batch: None,
             next_batch: 0,
             #[cfg(all(feature = "fault-injection", debug_assertions))]
@@ -131,7 +233,12 @@ impl ResultQueue {
         Ok(())
     }
 
-    pub fn begin_request(&mut self, request_id: u64) -> Result<(), ProtocolError> {
+    pub fn begin_request(
+        &mut self,
+        request_id: u64,
+        method_id: u32,
+        payload: Bytes,
+    ) -> Result<(), ProtocolError> {
         if self.pending.len() >= self.max_outstanding {
             return Err(ProtocolError::TooManyRequests(self.max_outstanding));
         }
@@ -140,25 +247,75 @@ impl ResultQueue {
         }
         self.pending.push_back(PendingResult {
             request_id,
-            result: None,
+            state: CallState::Waiting { method_id, payload },
             held_by: self.open_batch,
         });
         Ok(())
     }
 
-    /// Records a result; returns false when no such request is pending (or it was
-    /// already answered).
+    /// The next waiting request, in arrival order, if a running slot is free; it
+    /// counts as running from now on.
+    pub fn next_call(&mut self) -> Option<StartedCall> {
+        if self.running >= self.max_running {
+            return None;
+        }
+        while let Some(p) = self.pending.get_mut(self.first_waiting) {
+            self.first_waiting += 1;
+            if matches!(p.state, CallState::Waiting { .. }) {
+                let started = CallState::Running {
+                    cancel_signalled: false,
+                };
+                let CallState::Waiting { method_id, payload } =
+                    std::mem::replace(&mut p.state, started)
+                else {
+                    unreachable!("matched above");
+                };
+                self.running += 1;
+                return Some(StartedCall {
+                    request_id: p.request_id,
+                    method_id,
+                    payload,
+                });
+            }
+        }
+        None
+    }
+
+    /// Records a result of a running request; returns false when no such request
+    /// runs (unknown, not started, or already answered).
     pub fn answer(&mut self, request_id: u64, result: RequestResult) -> bool {
         match self
             .pending
             .iter_mut()
-            .find(|p| p.request_id == request_id && p.result.is_none())
+            .find(|p| p.request_id == request_id && matches!(p.state, CallState::Running { .. }))
         {
             Some(p) => {
-                p.result = Some(result);
+                p.state = CallState::Answered(result);
+                self.running -= 1;
                 true
             }
             None => false,
+        }
+    }
+
+    /// The client cancelled `request_id`.
+    pub fn cancel(&mut self, request_id: u64) -> CancelEffect {
+        let Some(p) = self.pending.iter_mut().find(|p| p.request_id == request_id) else {
+            return CancelEffect::None;
+        };
+        match &mut p.state {
+            CallState::Waiting { .. } => {
+                p.state = CallState::Answered(Err((
+                    ErrorCode::Cancelled,
+                    Text::from("cancelled before it started"),
+                )));
+                CancelEffect::Dropped
+            }
+            CallState::Running { cancel_signalled } if !*cancel_signalled => {
+                *cancel_signalled = true;
+                CancelEffect::SignalRunning
+            }
+            CallState::Running { .. } | CallState::Answered(_) => CancelEffect::None,
         }
     }
 
@@ -168,7 +325,7 @@ impl ResultQueue {
             let Some(front) = self.pending.front() else {
                 return;
             };
-            if front.result.is_none() {
+            if !matches!(front.state, CallState::Answered(_)) {
                 return;
             }
             let count = match front.held_by {
@@ -179,7 +336,7 @@ impl ResultQueue {
                     }
                     let mut members = 0;
                     for p in self.pending.iter().take_while(|p| p.held_by == Some(batch)) {
-                        if p.result.is_none() {
+                        if !matches!(p.state, CallState::Answered(_)) {
                             return;
                         }
                         members += 1;
@@ -187,13 +344,17 @@ impl ResultQueue {
                     members
                 }
             };
+            self.first_waiting = self.first_waiting.saturating_sub(count);
             for p in self.pending.drain(..count) {
                 let request_id = p.request_id;
+                let CallState::Answered(result) = p.state else {
+                    unreachable!("checked above");
+                };
                 #[cfg(all(feature = "fault-injection", debug_assertions))]
                 if let Some((n, released)) = &mut self.answer_twice {
                     *released += 1;
                     if *released == *n {
-                        if let Some(Ok(payload)) = &p.result {
+                        if let Ok(payload) = &result {
                             emit(Message::Response(Response {
                                 request_id,
                                 payload: payload.clone(),
@@ -201,7 +362,7 @@ impl ResultQueue {
                         }
                     }
                 }
-                emit(match p.result.expect("checked above") {
+                emit(match result {
                     Ok(payload) => Message::Response(Response {
                         request_id,
                         payload,
@@ -234,10 +395,11 @@ mod tests {
 
     #[test]
     fn results_leave_in_request_order() {
-        let mut q = ResultQueue::new(10);
+        let mut q = ResultQueue::new(10, 10);
         for id in 1..=3 {
-            q.begin_request(id).unwrap();
+            q.begin_request(id, 0, Bytes::new()).unwrap();
         }
+        while q.next_call().is_some() {}
         let mut out = Vec::new();
         assert!(q.answer(3, Ok(Bytes::new())));
         assert!(q.answer(2, Err((ErrorCode::Internal, Text::from("x")))));
@@ -251,12 +413,13 @@ mod tests {
 
     #[test]
     fn server_batching_holds_results_until_the_whole_batch_is_answered() {
-        let mut q = ResultQueue::new(10);
+        let mut q = ResultQueue::new(10, 10);
         q.begin_batch().unwrap();
-        q.begin_request(1).unwrap();
-        q.begin_request(2).unwrap();
+        q.begin_request(1, 0, Bytes::new()).unwrap();
+        q.begin_request(2, 0, Bytes::new()).unwrap();
         q.commit_batch(true).unwrap();
-        q.begin_request(3).unwrap();
+        q.begin_request(3, 0, Bytes::new()).unwrap();
+        while q.next_call().is_some() {}
         let mut out = Vec::new();
         q.answer(1, Ok(Bytes::new()));
         q.answer(3, Ok(Bytes::new()));
@@ -269,12 +432,18 @@ mod tests {
 
     #[test]
     fn limits_and_duplicates_are_protocol_errors() {
-        let mut q = ResultQueue::new(1);
-        q.begin_request(5).unwrap();
-        assert_eq!(q.begin_request(6), Err(ProtocolError::TooManyRequests(1)));
-        let mut q = ResultQueue::new(5);
-        q.begin_request(5).unwrap();
-        assert_eq!(q.begin_request(5), Err(ProtocolError::DuplicateRequest(5)));
+        let mut q = ResultQueue::new(1, 1);
+        q.begin_request(5, 0, Bytes::new()).unwrap();
+        assert_eq!(
+            q.begin_request(6, 0, Bytes::new()),
+            Err(ProtocolError::TooManyRequests(1))
+        );
+        let mut q = ResultQueue::new(5, 5);
+        q.begin_request(5, 0, Bytes::new()).unwrap();
+        assert_eq!(
+            q.begin_request(5, 0, Bytes::new()),
+            Err(ProtocolError::DuplicateRequest(5))
+        );
         assert_eq!(q.begin_batch(), Ok(()));
         assert_eq!(q.begin_batch(), Err(ProtocolError::NestedBatch));
     }
@@ -292,8 +461,76 @@ mod tests {
                 expected: Some(a)
             })
         );
-        assert_eq!(o.complete(a), Ok(()));
-        assert_eq!(o.complete(b), Ok(()));
+        assert_eq!(o.complete(a), Ok(true));
+        assert_eq!(o.complete(b), Ok(true));
         assert_eq!(o.len(), 0);
+    }
+
+    #[test]
+    fn a_request_ended_locally_is_checked_for_order_and_dropped() {
+        let mut o = OutstandingRequests::default();
+        let (a, b) = (o.allocate_id(), o.allocate_id());
+        o.push(a);
+        o.push(b);
+        assert!(o.end_locally(a));
+        assert!(!o.end_locally(a), "once");
+        assert_eq!(o.cancel_on_server(a), Cancelling::AlreadyAsked);
+        assert_eq!(o.cancel_on_server(b), Cancelling::Send);
+        assert_eq!(o.cancel_on_server(b), Cancelling::AlreadyAsked);
+        assert_eq!(o.cancel_on_server(99), Cancelling::Unknown);
+        assert!(o.complete(b).is_err(), "a's result still comes first");
+        assert_eq!(o.complete(a), Ok(false));
+        assert_eq!(o.drain().collect::<Vec<_>>(), [b]);
+    }
+
+    fn started(q: &mut ResultQueue) -> Vec<u64> {
+        std::iter::from_fn(|| q.next_call())
+            .map(|c| c.request_id)
+            .collect()
+    }
+
+    #[test]
+    fn at_most_max_running_calls_run_and_the_rest_start_in_order() {
+        let mut q = ResultQueue::new(10, 2);
+        for id in 1..=5 {
+            q.begin_request(id, id as u32, Bytes::new()).unwrap();
+        }
+        assert_eq!(started(&mut q), [1, 2]);
+        assert!(!q.answer(3, Ok(Bytes::new())), "3 has not started");
+        assert!(q.answer(2, Ok(Bytes::new())));
+        assert_eq!(started(&mut q), [3]);
+        assert!(q.answer(1, Ok(Bytes::new())));
+        assert!(q.answer(3, Ok(Bytes::new())));
+        let mut out = Vec::new();
+        q.release(|m| out.push(m));
+        assert_eq!(ids(&out), [1, 2, 3]);
+        assert_eq!(started(&mut q), [4, 5]);
+    }
+
+    #[test]
+    fn a_cancel_drops_a_waiting_call_signals_a_running_one_once_and_ignores_the_rest() {
+        let mut q = ResultQueue::new(10, 1);
+        for id in 1..=3 {
+            q.begin_request(id, 0, Bytes::new()).unwrap();
+        }
+        assert_eq!(started(&mut q), [1]);
+        assert_eq!(q.cancel(2), CancelEffect::Dropped);
+        assert_eq!(q.cancel(2), CancelEffect::None);
+        assert_eq!(q.cancel(1), CancelEffect::SignalRunning);
+        assert_eq!(q.cancel(1), CancelEffect::None);
+        assert_eq!(q.cancel(42), CancelEffect::None);
+        assert_eq!(started(&mut q), [], "1 still runs");
+        assert!(q.answer(1, Ok(Bytes::from_static(b"done anyway"))));
+        assert_eq!(started(&mut q), [3], "2 never runs");
+        let mut out = Vec::new();
+        q.release(|m| out.push(m));
+        assert_eq!(ids(&out), [1, 2]);
+        assert!(matches!(&out[0], Message::Response(r) if r.payload == "done anyway"));
+        assert!(matches!(
+            &out[1],
+            Message::ServerError(e) if e.code == ErrorCode::Cancelled
+        ));
+        assert!(q.answer(3, Ok(Bytes::new())));
+        assert_eq!(q.cancel(3), CancelEffect::None, "answered already");
     }
 }

@@ -3,7 +3,10 @@
 
 use crate::channel::{Channel, KeepAlive};
 use crate::close::{CloseReason, ProtocolError, TimeoutKind};
-use crate::rpc::{RequestResult, ResultQueue, DEFAULT_MAX_OUTSTANDING_REQUESTS};
+use crate::rpc::{
+    CancelEffect, RequestResult, ResultQueue, DEFAULT_MAX_OUTSTANDING_REQUESTS,
+    DEFAULT_MAX_RUNNING_REQUESTS,
+};
 use crate::tls::{CertificateInfo, TlsError, TlsLink};
 use bytes::{Bytes, BytesMut};
 use pushwire_protocol::{
@@ -40,6 +43,9 @@ pub struct ServerConfig {
     pub keepalive: KeepAlive,
     /// Bound on requests a client may have outstanding.
     pub max_outstanding_requests: usize,
+    /// Bound on a client's requests that run at once; later ones wait, in order,
+    /// and a Cancel drops them before they start.
+    pub max_running_requests: usize,
     /// Highest protocol version this server agrees to (default: the highest it
     /// speaks); a lower value makes it behave as an older server, for mixed-version
     /// deployments and tests.
@@ -55,6 +61,7 @@ impl ServerConfig {
             hello_timeout: Duration::from_secs(10),
             keepalive: KeepAlive::default(),
             max_outstanding_requests: DEFAULT_MAX_OUTSTANDING_REQUESTS,
+            max_running_requests: DEFAULT_MAX_RUNNING_REQUESTS,
             max_version: PROTOCOL_VERSION,
         }
     }
@@ -118,7 +125,9 @@ pub enum ServerEvent {
     /// A complete Hello: answer with [`ServerConnection::permit`] or
     /// [`ServerConnection::refuse`].
     Authenticate(AuthRequest),
-    /// An RPC call: answer with [`ServerConnection::respond`], in any order.
+    /// An RPC call to run: answer with [`ServerConnection::respond`], in any order.
+    /// At most [`ServerConfig::max_running_requests`] of a connection are handed
+    /// out unanswered; the next comes after an answer.
     Request {
         /// Its id.
         request_id: u64,
@@ -126,6 +135,12 @@ pub enum ServerEvent {
         method_id: u32,
         /// Arguments.
         payload: Bytes,
+    },
+    /// Version 3: the client cancelled a running request. The application may stop
+    /// it and answer `Cancelled` (or answer as usual); it still answers it once.
+    CancelRequested {
+        /// The request concerned.
+        request_id: u64,
     },
     /// A push command for the hub (Subscribe, Unsubscribe, Publish, SendUserMessage,
     /// ListGroups).
@@ -173,7 +188,7 @@ impl ServerConnection {
         let channel = Channel::new(link, config.limits, config.keepalive, now);
         Ok(Self {
             hello_deadline: Some(now + config.hello_timeout),
-            results: ResultQueue::new(config.max_outstanding_requests),
+            results: ResultQueue::new(config.max_outstanding_requests, config.max_running_requests),
             config,
             channel,
             state: ServerState::Handshaking,
@@ -355,6 +370,7 @@ impl ServerConnection {
             return false;
         }
         self.release_results();
+        self.start_calls();
         true
     }
 
@@ -391,6 +407,17 @@ impl ServerConnection {
     fn release_results(&mut self) {
         let channel = &mut self.channel;
         self.results.release(|m| channel.send(&m));
+    }
+
+    /// Hands the application every request that may run now.
+    fn start_calls(&mut self) {
+        while let Some(call) = self.results.next_call() {
+            self.events.push_back(ServerEvent::Request {
+                request_id: call.request_id,
+                method_id: call.method_id,
+                payload: call.payload,
+            });
+        }
     }
 
     fn advance(&mut self) {
@@ -435,14 +462,21 @@ impl ServerConnection {
                 });
                 Ok(())
             }
-            (ServerState::Ready, Message::Request(r)) => {
-                self.results.begin_request(r.request_id).map(|()| {
-                    self.events.push_back(ServerEvent::Request {
-                        request_id: r.request_id,
-                        method_id: r.method_id,
-                        payload: r.payload,
-                    });
-                })
+            (ServerState::Ready, Message::Request(r)) => self
+                .results
+                .begin_request(r.request_id, r.method_id, r.payload)
+                .map(|()| self.start_calls()),
+            (ServerState::Ready, Message::Cancel(cancel)) if self.version >= 3 => {
+                match self.results.cancel(cancel.request_id) {
+                    CancelEffect::Dropped => self.release_results(),
+                    CancelEffect::SignalRunning => {
+                        self.events.push_back(ServerEvent::CancelRequested {
+                            request_id: cancel.request_id,
+                        })
+                    }
+                    CancelEffect::None => {}
+                }
+                Ok(())
             }
             (ServerState::Ready, Message::BatchBegin(_)) => self.results.begin_batch(),
             (ServerState::Ready, Message::BatchCommit(c)) => {

@@ -410,7 +410,8 @@ impl World {
                 } => {
                     p.conn.respond(request_id, Ok(payload));
                 }
-                ConnectionEvent::Closed(_) => {}
+                // Requests are answered as they come: nothing runs to cancel.
+                ConnectionEvent::CancelRequested { .. } | ConnectionEvent::Closed(_) => {}
             }
         }
         progress

@@ -1,7 +1,7 @@
 //! The tutorial's hello-world service (the seed's Figures 9 and 10): `say_hello`,
 //! a slow `sleep`, and `echo`.
 
-use crate::server::{service_fn, Call, Service};
+use crate::server::{service_fn, Call, Cancellation, Service};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use pushwire_protocol::{ErrorCode, Text};
 use std::time::Duration;
@@ -12,7 +12,8 @@ pub const HELLO_WORLD_SERVICE: u32 = 1;
 /// `say_hello(first, last)`: returns "Hello first last" and publishes
 /// "Say hello from first last" to groups 2 and 3 on the caller's behalf.
 pub const SAY_HELLO: u32 = 1;
-/// `sleep(ms)`: a slow request; returns after `ms` milliseconds (at most 60 s).
+/// `sleep(ms)`: a slow request; returns after `ms` milliseconds (at most 60 s), or
+/// earlier with `Cancelled` when the caller cancels it.
 pub const SLEEP: u32 = 2;
 /// `echo(bytes)`: returns its argument.
 pub const ECHO: u32 = 3;
@@ -73,8 +74,11 @@ pub fn hello_world_service() -> impl Service {
                     return Err(bad_request("sleep takes one u32: milliseconds"));
                 }
                 let ms = args.get_u32().min(60_000);
-                tokio::time::sleep(Duration::from_millis(ms.into())).await;
-                Ok(Bytes::new())
+                // A cancel (or the caller's connection ending) stops the sleep.
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(ms.into())) => Ok(Bytes::new()),
+                    () = call.cancellation.cancelled() => Cancellation::result(),
+                }
             }
             ECHO => Ok(call.payload),
             other => Err((

@@ -143,6 +143,9 @@ wire_code! {
         GoingAway = 4,
         /// No service is bound to this connection.
         NoService = 5,
+        /// Version 3: the client cancelled the request; it did not start, or its
+        /// handler stopped on the cancellation.
+        Cancelled = 6,
     }
 }
 

@@ -12,7 +12,7 @@ use crate::push::{
     SendUserMessage, SessionLost, Subscribe, Subscribed, Unsubscribe, Unsubscribed, UserMessage,
     UserMessageDelivered,
 };
-use crate::rpc::{BatchBegin, BatchCommit, Request, Response, ServerError};
+use crate::rpc::{BatchBegin, BatchCommit, Cancel, Request, Response, ServerError};
 use crate::wire::Reader;
 use bytes::{BufMut, Bytes, BytesMut};
 use std::fmt;
@@ -181,6 +181,8 @@ messages! {
     BatchBegin = 0x13, Client;
     /// Ends a batch.
     BatchCommit = 0x14, Client;
+    /// Version 3: drop or stop a request.
+    Cancel = 0x15, Client;
     /// Join chat groups.
     Subscribe = 0x20, Client;
     /// Leave chat groups, or all of them.

@@ -68,5 +68,5 @@ pub use push::{
     SendUserMessage, Sender, SessionLost, Subscribe, Subscribed, Unsubscribe, Unsubscribed,
     UserMessage, UserMessageDelivered,
 };
-pub use rpc::{BatchBegin, BatchCommit, Request, Response, ServerError};
+pub use rpc::{BatchBegin, BatchCommit, Cancel, Request, Response, ServerError};
 pub use text::{Text, TextError};

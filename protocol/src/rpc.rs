@@ -138,3 +138,29 @@ impl Body for BatchCommit {
         })
     }
 }
+
+/// Version 3: asks the server to drop a request that has not started, or to signal
+/// a running one that the client no longer wants its result. The request still ends
+/// exactly once: with a ServerError `Cancelled`, or with its result when the cancel
+/// came too late (or the handler did not stop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancel {
+    /// The request concerned.
+    pub request_id: u64,
+}
+
+impl Body for Cancel {
+    fn body_len(&self) -> usize {
+        8
+    }
+
+    fn encode_body(&self, out: &mut BytesMut) {
+        out.put_u64(self.request_id);
+    }
+
+    fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        Ok(Cancel {
+            request_id: r.u64("request_id")?,
+        })
+    }
+}

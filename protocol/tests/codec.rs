@@ -135,6 +135,7 @@ fn rpc() -> impl Strategy<Value = Message> {
         Just(Message::BatchBegin(BatchBegin)),
         any::<bool>()
             .prop_map(|server_batching| Message::BatchCommit(BatchCommit { server_batching })),
+        any::<u64>().prop_map(|request_id| Message::Cancel(Cancel { request_id })),
     ]
 }
 

@@ -338,6 +338,11 @@ fn golden() -> Vec<(Message, &'static str)> {
             }),
             "00 00 00 02 14 00",
         ),
+        (
+            Message::Cancel(Cancel { request_id: 3 }),
+            "00 00 00 09 15
+             00 00 00 00 00 00 00 03  # request_id 3 (version 3)",
+        ),
         // --- push commands ---------------------------------------------------------
         (
             Message::Subscribe(Subscribe {
@@ -643,6 +648,7 @@ fn message_type_codes_are_frozen() {
             (0x12, "ServerError", Server),
             (0x13, "BatchBegin", Client),
             (0x14, "BatchCommit", Client),
+            (0x15, "Cancel", Client),
             (0x20, "Subscribe", Client),
             (0x21, "Unsubscribe", Client),
             (0x22, "Publish", Client),
@@ -720,16 +726,17 @@ fn code_tables_are_frozen() {
         ErrorCode::Internal,
         ErrorCode::GoingAway,
         ErrorCode::NoService,
+        ErrorCode::Cancelled,
     ]
     .map(ErrorCode::to_wire);
-    assert_eq!(error, [1, 2, 3, 4, 5]);
+    assert_eq!(error, [1, 2, 3, 4, 5, 6]);
 
     // Values without a name are kept, not refused.
     assert_eq!(RefuseCode::from_wire(0), RefuseCode::Other(0));
     assert_eq!(RejectCode::from_wire(7), RejectCode::Other(7));
     assert_eq!(SessionLostReason::from_wire(3), SessionLostReason::Other(3));
     assert_eq!(CloseCode::from_wire(12), CloseCode::Other(12));
-    assert_eq!(ErrorCode::from_wire(6), ErrorCode::Other(6));
+    assert_eq!(ErrorCode::from_wire(7), ErrorCode::Other(7));
 }
 
 #[test]

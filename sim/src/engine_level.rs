@@ -1414,6 +1414,21 @@ impl EngineSim {
                         );
                     }
                 },
+                // The sleeping service stops at once on a cancel.
+                ConnectionEvent::CancelRequested { request_id } => {
+                    let due = self
+                        .responses
+                        .iter()
+                        .find(|(_, &call)| call == (id, request_id))
+                        .map(|(&due, _)| due);
+                    if let Some(due) = due {
+                        self.responses.remove(&due);
+                        s.conn.respond(
+                            request_id,
+                            Err((ErrorCode::Cancelled, "cancelled while it slept".into())),
+                        );
+                    }
+                }
                 ConnectionEvent::Closed(_) => {}
             }
         }

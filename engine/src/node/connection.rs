@@ -44,6 +44,13 @@ pub enum ConnectionEvent {
         /// Arguments.
         payload: Bytes,
     },
+    /// Version 3: the client cancelled a running request. Tell its handler (a
+    /// cancellation token, say); it still answers the request once, with
+    /// `ErrorCode::Cancelled` if it stopped, or its result.
+    CancelRequested {
+        /// The request concerned.
+        request_id: u64,
+    },
     /// The connection is over (for the log). Keep transmitting until
     /// [`NodeConnection::is_finished`], then tell the node with
     /// [`Node::handle_connection_closed`](super::Node::handle_connection_closed).
@@ -242,6 +249,9 @@ impl NodeConnection {
                         payload,
                     })
                 }
+                ServerEvent::CancelRequested { request_id } => {
+                    return Some(ConnectionEvent::CancelRequested { request_id })
+                }
                 ServerEvent::Push(command) => {
                     if self.member.is_some() {
                         self.to_node.push_back(command);
@@ -282,6 +292,11 @@ impl NodeConnection {
     /// The application refused the Hello: Refused, then close.
     pub fn refuse(&mut self, code: RefuseCode, reason: impl Into<Text>) {
         self.engine.refuse(code, reason);
+    }
+
+    /// The protocol version negotiated in the Hello; see [`ServerConnection::version`].
+    pub fn version(&self) -> u16 {
+        self.engine.version()
     }
 
     /// Answers a request; see [`ServerConnection::respond`].

@@ -4,7 +4,7 @@
 use super::output::{describe_event, event_json, JsonEvent};
 use super::{development_file, CliError, Exit, DEVELOPMENT_PASSWORD};
 use crate::client::{
-    Client, ConnectionContext, Event, EventStream, PushError, RequestError, Trust,
+    CancelOutcome, Client, ConnectionContext, Event, EventStream, PushError, RequestError, Trust,
 };
 use crate::hello;
 use clap::{Args, Subcommand};
@@ -207,6 +207,10 @@ pub struct CallArgs {
     /// The method.
     #[command(subcommand)]
     pub method: Method,
+    /// Cancel the call if it has not finished after MS milliseconds (`pushwire call
+    /// sleep 5000 --cancel-after 100`).
+    #[arg(long, value_name = "MS", global = true)]
+    pub cancel_after: Option<u64>,
     /// Connection flags.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -464,8 +468,53 @@ pub(super) async fn call(args: CallArgs) -> Result<(), CliError> {
     };
     let json = args.client.json;
     let (client, mut events) = args.client.connect(None).await?;
-    let (result, _) = while_draining(&mut events, client.request(method, payload)).await;
+    let call = client.request(method, payload);
+    let ticket = call.ticket();
+    let started = std::time::Instant::now();
+    let cancel_after = args.cancel_after;
+    let cancelling = async {
+        match cancel_after {
+            Some(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Some(client.cancel(ticket).await)
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let mut cancel = None;
+    let outcome = async {
+        tokio::pin!(call);
+        tokio::select! {
+            result = &mut call => result,
+            outcome = cancelling => {
+                cancel = outcome;
+                call.await
+            }
+        }
+    };
+    let (result, _) = while_draining(&mut events, outcome).await;
     close(client, events).await;
+    if let Err(RequestError::Cancelled) = result {
+        let after = started.elapsed().as_millis();
+        let how = match cancel {
+            Some(CancelOutcome::SentToServer) => "the server stopped it",
+            Some(CancelOutcome::EndedLocally) => {
+                "the server is too old to be told; its result will be dropped"
+            }
+            _ => "it had not been sent",
+        };
+        if json {
+            let line = serde_json::json!({
+                "method": name,
+                "cancelled": true,
+                "after_ms": after,
+            });
+            println!("{line}");
+        } else {
+            println!("Cancelled {name} after {after} ms: {how}");
+        }
+        return Ok(());
+    }
     let result = result.map_err(|e| match e {
         RequestError::ConnectionLost(reason) => CliError::new(
             Exit::Connection,

@@ -12,6 +12,7 @@ use window::{SendWindow, COMMAND_OVERHEAD};
 use crate::read::{read_with, Input};
 use crate::transport::{ByteStream, Connector, TcpConnector};
 use bytes::Bytes;
+pub use pushwire_engine::client::CancelOutcome;
 use pushwire_engine::client::{
     AbortReason, ClientConfig, ClientConnection, ClientError, ClientEvent, ClientTransport,
     PushCommand, ServerAuthMode,
@@ -29,6 +30,7 @@ use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -201,6 +203,10 @@ pub enum RequestError {
     /// The batch holding the request was aborted.
     #[error("the batch was aborted")]
     BatchAborted,
+    /// The request was cancelled ([`Client::cancel`]): it did not run, or its
+    /// handler stopped.
+    #[error("the request was cancelled")]
+    Cancelled,
     /// The connection ended before the result arrived.
     #[error("connection lost: {0}")]
     ConnectionLost(CloseReason),
@@ -249,6 +255,8 @@ pub struct ClientBuilder {
     on_user_message: Option<UserMessageCallback>,
     event_capacity: usize,
     send_window: usize,
+    cancel_on_drop: bool,
+    max_version: u16,
 }
 
 impl ClientBuilder {
@@ -263,6 +271,8 @@ impl ClientBuilder {
             on_user_message: None,
             event_capacity: 1024,
             send_window: DEFAULT_SEND_WINDOW,
+            cancel_on_drop: false,
+            max_version: pushwire_protocol::PROTOCOL_VERSION,
         }
     }
 
@@ -324,6 +334,21 @@ impl ClientBuilder {
         self
     }
 
+    /// Dropping a [`RequestFuture`] before it finished cancels its request
+    /// (default off: a dropped future then leaves the request running and its
+    /// result is discarded).
+    pub fn cancel_on_drop(mut self, cancel: bool) -> Self {
+        self.cancel_on_drop = cancel;
+        self
+    }
+
+    /// Offers at most this protocol version (default: the newest), as an older
+    /// client would: for mixed-version tests.
+    pub fn max_protocol_version(mut self, version: u16) -> Self {
+        self.max_version = version;
+        self
+    }
+
     /// Connects over TCP.
     pub async fn connect(self) -> Result<(Client, EventStream), ConnectError> {
         self.connect_with(&TcpConnector).await
@@ -362,6 +387,7 @@ impl ClientBuilder {
         config.options = ClientOptions { echo: context.echo };
         config.keepalive = context.keepalive;
         config.handshake_timeout = context.connect_timeout;
+        config.max_version = self.max_version;
         config.server_auth = if self.server_auth.is_some() {
             ServerAuthMode::Application
         } else {
@@ -387,6 +413,7 @@ impl ClientBuilder {
             on_publish: self.on_publish,
             on_user_message: self.on_user_message,
             requests: BTreeMap::new(),
+            tickets: BTreeMap::new(),
             answers: BTreeMap::new(),
             outstanding: outstanding_tx,
             closed: closed_tx,
@@ -417,6 +444,8 @@ impl ClientBuilder {
                     outstanding,
                     closed,
                     connected,
+                    next_ticket: Arc::new(AtomicU64::new(0)),
+                    cancel_on_drop: self.cancel_on_drop,
                 },
                 events_rx,
             )),
@@ -457,6 +486,7 @@ fn now() -> std::time::Instant {
 
 enum Command {
     Request {
+        ticket: RequestTicket,
         method: u32,
         payload: Bytes,
         reply: oneshot::Sender<Result<Bytes, RequestError>>,
@@ -478,6 +508,7 @@ enum Command {
     StartBatch(oneshot::Sender<Result<(), ClientError>>),
     CommitBatch(bool, oneshot::Sender<Result<(), ClientError>>),
     AbortBatch(oneshot::Sender<Result<(), ClientError>>),
+    Cancel(RequestTicket, Option<oneshot::Sender<CancelOutcome>>),
     Close,
 }
 
@@ -526,6 +557,52 @@ pub struct Client {
     outstanding: watch::Receiver<usize>,
     closed: watch::Receiver<Option<CloseReason>>,
     connected: watch::Receiver<bool>,
+    next_ticket: Arc<AtomicU64>,
+    cancel_on_drop: bool,
+}
+
+/// Names one request of a [`Client`], for [`Client::cancel`]. Copied out of a
+/// [`RequestFuture`] before it is awaited elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestTicket(u64);
+
+/// The outcome of a request ([`Client::request`]): its result, a server error,
+/// [`RequestError::Cancelled`] or the loss of the connection, exactly one of them.
+/// The request was queued when this was created.
+pub struct RequestFuture {
+    reply: Reply<Result<Bytes, RequestError>>,
+    ticket: RequestTicket,
+    /// Where to send the cancel when dropped unfinished
+    /// ([`ClientBuilder::cancel_on_drop`]).
+    cancel_on_drop: Option<mpsc::UnboundedSender<Command>>,
+    finished: bool,
+}
+
+impl RequestFuture {
+    /// The request's ticket, for [`Client::cancel`].
+    pub fn ticket(&self) -> RequestTicket {
+        self.ticket
+    }
+}
+
+impl Future for RequestFuture {
+    type Output = Result<Bytes, RequestError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let outcome = Pin::new(&mut self.reply).poll(cx);
+        if outcome.is_ready() {
+            self.finished = true;
+        }
+        outcome
+    }
+}
+
+impl Drop for RequestFuture {
+    fn drop(&mut self) {
+        if let Some(commands) = self.cancel_on_drop.take().filter(|_| !self.finished) {
+            let _ = commands.send(Command::Cancel(self.ticket, None));
+        }
+    }
 }
 
 /// A reply that arrives later; the command itself was already queued when the future
@@ -584,20 +661,45 @@ impl Client {
     }
 
     /// Calls `method` (SocketPro's `SendRequest`). The request is queued at once
-    /// (into the open batch, if any); the future yields its result.
-    pub fn request(
-        &self,
-        method: u32,
-        payload: impl Into<Bytes>,
-    ) -> Reply<Result<Bytes, RequestError>> {
+    /// (into the open batch, if any); the future yields its outcome, and its
+    /// [ticket](RequestFuture::ticket) lets [`Client::cancel`] cancel it.
+    pub fn request(&self, method: u32, payload: impl Into<Bytes>) -> RequestFuture {
         let payload = payload.into();
-        self.send(
+        let ticket = RequestTicket(self.next_ticket.fetch_add(1, Ordering::Relaxed));
+        let reply = self.send(
             |reply| Command::Request {
+                ticket,
                 method,
                 payload,
                 reply,
             },
             || Err(RequestError::ConnectionLost(CloseReason::PeerClosed)),
+        );
+        RequestFuture {
+            reply,
+            ticket,
+            cancel_on_drop: self.cancel_on_drop.then(|| self.commands.clone()),
+            finished: false,
+        }
+    }
+
+    /// Cancels a request (SocketPro's `Cancel`). The request still ends exactly
+    /// once; what it ends with depends on where it is, as the answer says:
+    /// - in the open batch: taken out, it ends at once with
+    ///   [`RequestError::Cancelled`] and the server never sees it;
+    /// - sent, on a server of protocol version 3: the server drops it if it has not
+    ///   started (it ends with `Cancelled`) or tells the running handler through
+    ///   [`Call::cancellation`](crate::server::Call::cancellation), which may stop
+    ///   (`Cancelled`) or finish (its result);
+    /// - sent, on an older server: it ends at once with `Cancelled`; the server
+    ///   still runs it and its result is dropped;
+    /// - finished already: nothing happens.
+    ///
+    /// Results of other requests keep their order.
+    pub fn cancel(&self, request: RequestTicket) -> Reply<CancelOutcome> {
+        self.send(
+            |reply| Command::Cancel(request, Some(reply)),
+            || CancelOutcome::NotOutstanding,
         )
     }
 
@@ -789,7 +891,10 @@ struct Task {
     on_unsubscribe: Option<GroupsCallback>,
     on_publish: Option<PublishCallback>,
     on_user_message: Option<UserMessageCallback>,
-    requests: BTreeMap<u64, oneshot::Sender<Result<Bytes, RequestError>>>,
+    /// Requests awaiting their outcome, by request id, with their tickets.
+    requests: BTreeMap<u64, (RequestTicket, oneshot::Sender<Result<Bytes, RequestError>>)>,
+    /// The request id of each outstanding ticket, for cancels.
+    tickets: BTreeMap<RequestTicket, u64>,
     /// Push commands awaiting an answer from the server, by command id.
     answers: BTreeMap<u64, oneshot::Sender<Result<Answer, PushError>>>,
     outstanding: watch::Sender<usize>,
@@ -1017,6 +1122,12 @@ impl Task {
             | Command::AbortBatch(reply) => {
                 let _ = reply.send(Err(ClientError::NotReady));
             }
+            // Every request ended when the connection was lost.
+            Command::Cancel(_, reply) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(CancelOutcome::NotOutstanding);
+                }
+            }
             Command::Close => self.user_closed = true,
         }
     }
@@ -1146,12 +1257,14 @@ impl Task {
     fn handle_command(&mut self, command: Command) {
         match command {
             Command::Request {
+                ticket,
                 method,
                 payload,
                 reply,
             } => match self.engine.request(method, payload) {
                 Ok(id) => {
-                    self.requests.insert(id, reply);
+                    self.requests.insert(id, (ticket, reply));
+                    self.tickets.insert(ticket, id);
                 }
                 Err(e) => {
                     let _ = reply.send(Err(RequestError::Rejected(e)));
@@ -1174,6 +1287,15 @@ impl Task {
                     let _ = reply.send(Err(PushError::Client(e)));
                 }
             },
+            Command::Cancel(ticket, reply) => {
+                let outcome = match self.tickets.get(&ticket) {
+                    Some(&id) => self.engine.cancel(id),
+                    None => CancelOutcome::NotOutstanding,
+                };
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+            }
             Command::StartBatch(reply) => {
                 let _ = reply.send(self.engine.start_batch());
             }
@@ -1300,37 +1422,36 @@ impl Task {
             ClientEvent::Response {
                 request_id,
                 payload,
-            } => {
-                if let Some(reply) = self.requests.remove(&request_id) {
-                    self.held_replies
-                        .push(HeldReply::Request(reply, Ok(payload)));
-                }
-            }
+            } => self.request_ended(request_id, Ok(payload)),
+            ClientEvent::ServerError {
+                request_id,
+                code: ErrorCode::Cancelled,
+                ..
+            } => self.request_ended(request_id, Err(RequestError::Cancelled)),
             ClientEvent::ServerError {
                 request_id,
                 code,
                 message,
-            } => {
-                if let Some(reply) = self.requests.remove(&request_id) {
-                    self.held_replies.push(HeldReply::Request(
-                        reply,
-                        Err(RequestError::Server { code, message }),
-                    ));
-                }
-            }
+            } => self.request_ended(request_id, Err(RequestError::Server { code, message })),
             ClientEvent::RequestAborted { request_id, reason } => {
-                if let Some(reply) = self.requests.remove(&request_id) {
-                    let error = match reason {
-                        AbortReason::BatchAborted => RequestError::BatchAborted,
-                        AbortReason::ConnectionLost(r) => RequestError::ConnectionLost(r),
-                    };
-                    self.held_replies
-                        .push(HeldReply::Request(reply, Err(error)));
-                }
+                let error = match reason {
+                    AbortReason::BatchAborted => RequestError::BatchAborted,
+                    AbortReason::Cancelled => RequestError::Cancelled,
+                    AbortReason::ConnectionLost(r) => RequestError::ConnectionLost(r),
+                };
+                self.request_ended(request_id, Err(error));
             }
             ClientEvent::Push(message) => self.handle_push(message),
             ClientEvent::Taken { command_id } => self.taken(command_id),
             ClientEvent::Closed(_) => {}
+        }
+    }
+
+    /// A request's one outcome, to its future once the events before it are out.
+    fn request_ended(&mut self, request_id: u64, outcome: Result<Bytes, RequestError>) {
+        if let Some((ticket, reply)) = self.requests.remove(&request_id) {
+            self.tickets.remove(&ticket);
+            self.held_replies.push(HeldReply::Request(reply, outcome));
         }
     }
 

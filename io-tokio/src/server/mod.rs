@@ -22,7 +22,7 @@ pub(crate) mod hooks;
 mod service;
 
 pub use auth::{AuthAttempt, AuthDecision, Authenticator, DenyAll};
-pub use service::{service_fn, Call, CallFuture, Service};
+pub use service::{service_fn, Call, CallFuture, Cancellation, Service};
 
 use crate::read::{read_with, Input};
 use crate::transport::{ByteStream, Listener};
@@ -108,6 +108,8 @@ pub struct ServerBuilder {
     slow_consumer_policy: SlowConsumerPolicy,
     /// `None`: not set, [`FlowControl::fitted`] to the other settings.
     flow_control: Option<Option<FlowControl>>,
+    max_running_requests: usize,
+    max_version: u16,
 }
 
 /// The callback told when connections join and leave the hub.
@@ -157,6 +159,8 @@ impl ServerBuilder {
             limits: FrameLimits::default(),
             hub: HubConfig::default(),
             max_outbound_bytes: 8 * 1024 * 1024,
+            max_running_requests: pushwire_engine::DEFAULT_MAX_RUNNING_REQUESTS,
+            max_version: pushwire_protocol::PROTOCOL_VERSION,
             hello_timeout: Duration::from_secs(10),
             keepalive: KeepAlive::default(),
             max_connections: 10_000,
@@ -249,6 +253,21 @@ impl ServerBuilder {
         self
     }
 
+    /// Bound on one connection's calls that run at once (default
+    /// [`DEFAULT_MAX_RUNNING_REQUESTS`](pushwire_engine::DEFAULT_MAX_RUNNING_REQUESTS));
+    /// later requests wait in order, and a cancel drops them before they start.
+    pub fn max_running_requests(mut self, calls: usize) -> Self {
+        self.max_running_requests = calls.max(1);
+        self
+    }
+
+    /// Speaks at most this protocol version (default: the newest), as an older
+    /// server would: for rolling upgrades and mixed-version tests.
+    pub fn max_protocol_version(mut self, version: u16) -> Self {
+        self.max_version = version;
+        self
+    }
+
     /// Hosts a service under `service_id`.
     pub fn service(mut self, service_id: u32, service: impl Service) -> Self {
         self.services.insert(service_id, Arc::new(service));
@@ -326,6 +345,8 @@ impl ServerBuilder {
         server.limits = self.limits;
         server.hello_timeout = self.hello_timeout;
         server.keepalive = self.keepalive;
+        server.max_running_requests = self.max_running_requests;
+        server.max_version = self.max_version;
         let mut config = NodeConfig::new(server);
         config.hub = self.hub;
         config.max_outbound_bytes = self.max_outbound_bytes;
@@ -661,10 +682,13 @@ fn now() -> std::time::Instant {
 }
 
 /// The channel on which spawned service calls return their results to the
-/// connection's task.
+/// connection's task, and the cancellations of the calls that run.
 struct Results {
     tx: mpsc::UnboundedSender<(u64, pushwire_engine::RequestResult)>,
     rx: mpsc::UnboundedReceiver<(u64, pushwire_engine::RequestResult)>,
+    /// Running calls that can be cancelled (protocol version 3): fired on the
+    /// client's Cancel, and for every call left when the connection ends.
+    cancellations: BTreeMap<u64, Cancellation>,
 }
 
 /// The connection's waker: the node wakes it when it queued frames for the
@@ -727,20 +751,32 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
                         );
                         continue;
                     };
+                    let results = results.get_or_insert_with(|| {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        Results {
+                            tx,
+                            rx,
+                            cancellations: BTreeMap::new(),
+                        }
+                    });
+                    let cancellation = if conn.version() >= 3 {
+                        let cancellation = Cancellation::new();
+                        results
+                            .cancellations
+                            .insert(request_id, cancellation.clone());
+                        cancellation
+                    } else {
+                        Cancellation::never()
+                    };
                     let call = Call {
                         method: method_id,
                         payload,
                         user_id: member.user_id.clone(),
                         connection: member.session,
                         server: handle.clone(),
+                        cancellation,
                     };
-                    let results_tx = results
-                        .get_or_insert_with(|| {
-                            let (tx, rx) = mpsc::unbounded_channel();
-                            Results { tx, rx }
-                        })
-                        .tx
-                        .clone();
+                    let results_tx = results.tx.clone();
                     tokio::spawn(
                         async move {
                             let result = service.call(call).await;
@@ -748,6 +784,15 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
                         }
                         .in_current_span(),
                     );
+                }
+                NodeConnectionEvent::CancelRequested { request_id } => {
+                    if let Some(cancellation) = results
+                        .as_ref()
+                        .and_then(|r| r.cancellations.get(&request_id))
+                    {
+                        debug!(request_id, "the client cancelled a running call");
+                        cancellation.cancel();
+                    }
                 }
                 NodeConnectionEvent::Closed(reason) => log_close(&reason),
             }
@@ -823,6 +868,9 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
             }), if conn.wants_input() => {}
             // The task keeps a sender, so `recv` never ends with `None`.
             Some((request_id, result)) = async { results.as_mut().expect("guarded").rx.recv().await }, if results.is_some() => {
+                if let Some(results) = &mut results {
+                    results.cancellations.remove(&request_id);
+                }
                 conn.respond(request_id, result);
             }
             () = wake.0.notified() => conn.handle_mailbox(now()),
@@ -830,6 +878,12 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
         }
     }
 
+    // Nobody will read the results of calls that still run: let them stop.
+    if let Some(results) = &results {
+        for cancellation in results.cancellations.values() {
+            cancellation.cancel();
+        }
+    }
     // The Closed event can come with the last transmit, after the loop's last look.
     while let Some(event) = conn.poll_event() {
         if let NodeConnectionEvent::Closed(reason) = event {
