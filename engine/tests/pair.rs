@@ -7,8 +7,8 @@ use common::{cert, grant, peer, wall_clock};
 use bytes::Bytes;
 use proptest::prelude::*;
 use pushwire_engine::client::{
-    AbortReason, ClientConfig, ClientConnection, ClientEvent, ClientState, ClientTransport,
-    PushCommand, ServerAuthMode,
+    AbortReason, CancelOutcome, ClientConfig, ClientConnection, ClientEvent, ClientState,
+    ClientTransport, PushCommand, ServerAuthMode,
 };
 use pushwire_engine::credentials::{
     load_certificate_chain, load_private_key, load_root_store, ServerCredentials,
@@ -492,6 +492,209 @@ fn an_aborted_batch_reports_each_request_and_sends_nothing() {
     assert_eq!(aborted, [a, b]);
     assert!(pair.server_requests().is_empty());
     assert_eq!(pair.client.outstanding_requests(), 0);
+}
+
+/// A plaintext pair whose server runs at most `max_running` calls at once and
+/// speaks at most `server_version`.
+fn cancel_pair(max_running: usize, server_version: u16) -> Pair {
+    let mut server = ServerConfig::new(ServerTransport::Plaintext);
+    server.max_running_requests = max_running;
+    server.max_version = server_version;
+    let mut pair = Pair::new(
+        ClientConfig::new(ClientTransport::Plaintext, "alice", b"MyPassword"),
+        server,
+    );
+    pair.drive();
+    assert!(pair.client_ready());
+    pair
+}
+
+/// How each request ended, in the order the client engine reported it.
+fn request_ends(pair: &Pair) -> Vec<(u64, String)> {
+    pair.client_events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Response {
+                request_id,
+                payload,
+            } => Some((*request_id, String::from_utf8_lossy(payload).into_owned())),
+            ClientEvent::ServerError {
+                request_id, code, ..
+            } => Some((*request_id, format!("{code:?}"))),
+            ClientEvent::RequestAborted { request_id, reason } => {
+                Some((*request_id, format!("aborted {reason:?}")))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn cancels_requested(pair: &Pair) -> Vec<u64> {
+    pair.server_events
+        .iter()
+        .filter_map(|e| match e {
+            ServerEvent::CancelRequested { request_id } => Some(*request_id),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ends(list: &[(u64, &str)]) -> Vec<(u64, String)> {
+    list.iter().map(|(id, s)| (*id, s.to_string())).collect()
+}
+
+#[test]
+fn a_cancel_drops_a_request_that_has_not_started_and_the_next_one_runs() {
+    let mut pair = cancel_pair(1, 3);
+    let [a, b, c] = [0u8, 1, 2].map(|i| pair.client.request(1, Bytes::from(vec![i])).unwrap());
+    pair.drive();
+    assert_eq!(pair.server_requests(), [a], "one call runs at a time");
+    assert_eq!(pair.client.cancel(b), CancelOutcome::SentToServer);
+    pair.drive();
+    assert!(
+        request_ends(&pair).is_empty(),
+        "b's end waits for a's result"
+    );
+    assert!(cancels_requested(&pair).is_empty(), "b never ran");
+    answer(&mut pair, a);
+    assert_eq!(pair.server_requests(), [a, c], "b is skipped");
+    answer(&mut pair, c);
+    assert_eq!(
+        request_ends(&pair),
+        ends(&[(a, "r1"), (b, "Cancelled"), (c, "r3")])
+    );
+    assert_eq!(pair.client.outstanding_requests(), 0);
+}
+
+#[test]
+fn a_cancel_tells_a_running_call_which_still_ends_exactly_once() {
+    let mut pair = cancel_pair(4, 3);
+    let a = pair.client.request(1, Bytes::new()).unwrap();
+    let b = pair.client.request(1, Bytes::new()).unwrap();
+    pair.drive();
+    assert_eq!(pair.server_requests(), [a, b]);
+    assert_eq!(pair.client.cancel(a), CancelOutcome::SentToServer);
+    assert_eq!(pair.client.cancel(b), CancelOutcome::SentToServer);
+    assert_eq!(
+        pair.client.cancel(a),
+        CancelOutcome::NotOutstanding,
+        "asked once"
+    );
+    pair.drive();
+    assert_eq!(cancels_requested(&pair), [a, b], "each handler told once");
+    // a's handler stops; b's finishes anyway.
+    assert!(pair
+        .server
+        .respond(a, Err((ErrorCode::Cancelled, Text::from("stopped")))));
+    answer(&mut pair, b);
+    assert!(
+        !pair.server.respond(a, Ok(Bytes::new())),
+        "answered already: a second answer is refused"
+    );
+    pair.drive();
+    assert_eq!(request_ends(&pair), ends(&[(a, "Cancelled"), (b, "r2")]));
+}
+
+#[test]
+fn a_cancel_after_the_result_changes_nothing_and_sends_nothing() {
+    let mut pair = cancel_pair(4, 3);
+    let a = pair.client.request(1, Bytes::new()).unwrap();
+    pair.drive();
+    answer(&mut pair, a);
+    let transmits = pair.client_transmits.len();
+    assert_eq!(pair.client.cancel(a), CancelOutcome::NotOutstanding);
+    assert_eq!(pair.client.cancel(9_999), CancelOutcome::NotOutstanding);
+    pair.drive();
+    assert_eq!(pair.client_transmits.len(), transmits, "no Cancel sent");
+    assert_eq!(request_ends(&pair), ends(&[(a, "r1")]));
+}
+
+#[test]
+fn a_cancel_that_crosses_the_result_on_the_wire_is_ignored_by_the_server() {
+    let mut pair = cancel_pair(4, 3);
+    let a = pair.client.request(1, Bytes::new()).unwrap();
+    pair.drive();
+    // The result is on its way when the client cancels.
+    assert!(pair.server.respond(a, Ok(Bytes::from_static(b"done"))));
+    assert_eq!(pair.client.cancel(a), CancelOutcome::SentToServer);
+    pair.drive();
+    assert!(cancels_requested(&pair).is_empty());
+    assert!(pair.server_closed().is_none() && pair.client_closed().is_none());
+    assert_eq!(request_ends(&pair), ends(&[(a, "done")]));
+}
+
+#[test]
+fn a_cancel_inside_an_open_batch_takes_the_request_out_of_it() {
+    let mut pair = cancel_pair(4, 3);
+    pair.client.start_batch().unwrap();
+    let a = pair.client.request(1, Bytes::from_static(b"a")).unwrap();
+    pair.client
+        .push(PushCommand::Publish {
+            groups: vec![GroupId(1)],
+            payload: Bytes::from_static(b"between the calls"),
+        })
+        .unwrap();
+    let b = pair.client.request(2, Bytes::from_static(b"b")).unwrap();
+    let c = pair.client.request(3, Bytes::from_static(b"c")).unwrap();
+    assert_eq!(pair.client.cancel(b), CancelOutcome::RemovedFromBatch);
+    assert_eq!(pair.client.cancel(b), CancelOutcome::NotOutstanding);
+    assert_eq!(pair.client.outstanding_requests(), 2);
+    pair.client.commit_batch(true).unwrap();
+    pair.drive();
+    assert_eq!(pair.server_requests(), [a, c], "b never left the client");
+    assert!(pair.server_events.iter().any(|e| matches!(
+        e,
+        ServerEvent::Push(Message::Publish(p)) if p.payload == "between the calls"
+    )));
+    answer(&mut pair, a);
+    answer(&mut pair, c);
+    assert_eq!(
+        request_ends(&pair),
+        ends(&[(b, "aborted Cancelled"), (a, "r1"), (c, "r3")])
+    );
+}
+
+#[test]
+fn an_older_server_cannot_be_told_so_the_request_ends_at_once_and_its_result_is_dropped() {
+    let mut pair = cancel_pair(4, 2);
+    let a = pair.client.request(1, Bytes::new()).unwrap();
+    let b = pair.client.request(1, Bytes::new()).unwrap();
+    pair.drive();
+    let transmits = pair.client_transmits.len();
+    assert_eq!(pair.client.cancel(a), CancelOutcome::EndedLocally);
+    assert_eq!(pair.client.cancel(a), CancelOutcome::NotOutstanding);
+    pair.drive();
+    assert_eq!(
+        pair.client_transmits.len(),
+        transmits,
+        "a v2 server gets no Cancel"
+    );
+    assert_eq!(request_ends(&pair), ends(&[(a, "aborted Cancelled")]));
+    answer(&mut pair, a);
+    answer(&mut pair, b);
+    assert_eq!(
+        request_ends(&pair),
+        ends(&[(a, "aborted Cancelled"), (b, "r2")]),
+        "a's late result is dropped, b's arrives"
+    );
+    assert!(
+        pair.client_closed().is_none(),
+        "the order check still passed"
+    );
+}
+
+#[test]
+fn a_cancel_on_a_version_2_connection_is_a_protocol_error() {
+    let mut pair = cancel_pair(4, 2);
+    let mut frame = bytes::BytesMut::new();
+    Message::Cancel(pushwire_protocol::Cancel { request_id: 1 }).encode(&mut frame);
+    pair.server.handle_input(pair.now, &frame);
+    pair.drive();
+    assert!(
+        matches!(pair.server_closed(), Some(CloseReason::Protocol(_))),
+        "{:?}",
+        pair.server_closed()
+    );
 }
 
 #[test]

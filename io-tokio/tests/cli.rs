@@ -384,6 +384,32 @@ fn send_call_and_groups_work_against_serve() {
 }
 
 #[test]
+fn call_cancel_after_stops_a_slow_call_on_the_server() {
+    let server = Serve::start(&[]);
+    let began = std::time::Instant::now();
+    let cancelled = server.run(&["call", "sleep", "5000", "--cancel-after", "100"]);
+    assert_eq!(cancelled.code, Some(0), "{cancelled:?}");
+    let after: u64 = cancelled
+        .stdout
+        .strip_prefix("Cancelled sleep after ")
+        .and_then(|rest| rest.strip_suffix(" ms: the server stopped it\n"))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("{cancelled:?}"));
+    assert!((100..4000).contains(&after), "{cancelled:?}");
+    assert!(
+        began.elapsed() < std::time::Duration::from_secs(4),
+        "the 5 s sleep was stopped"
+    );
+    let json_line = server.run(&["call", "sleep", "5000", "--cancel-after", "50", "--json"]);
+    let value = json(json_line.stdout.trim());
+    assert_eq!(value["cancelled"], true, "{json_line:?}");
+    assert_eq!(value["method"], "sleep");
+    // A call that finishes first is not affected.
+    let quick = server.run(&["call", "sleep", "10", "--cancel-after", "2000"]);
+    assert_eq!(quick.stdout, "Slept 10 ms\n", "{quick:?}");
+}
+
+#[test]
 fn a_wrong_password_exits_4_with_the_reason() {
     let server = Serve::start(&[]);
     let out = server.run(&["groups", "--user", "alice", "--password", "wrong"]);

@@ -10,6 +10,7 @@
 //! plaintext = false
 //! auto_subscribe = [1, 3]
 //! users = "users.toml"
+//! max_running_calls = 64            # calls of one connection that run at once
 //!
 //! [[groups]]
 //! id = 1
@@ -115,6 +116,10 @@ pub struct ServeArgs {
     /// before the slow-consumer policy acts, in milliseconds [default: 2000].
     #[arg(long, value_name = "MS")]
     pub grace_ms: Option<u64>,
+    /// Calls of one connection that run at once; later ones wait in order, and a
+    /// cancelled one that waits never runs [default: 64].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_running_calls: Option<u32>,
 }
 
 /// Parses `1048576`, `1024K`, `1024KiB`, `1M`, `1MiB` (K and M are binary, as the
@@ -185,6 +190,8 @@ pub struct ServeConfig {
     pub users: Option<PathBuf>,
     /// Slow receivers: limits, policy, flow control.
     pub outbound: Option<OutboundConfig>,
+    /// Calls of one connection that run at once.
+    pub max_running_calls: Option<u32>,
 }
 
 /// The `[outbound]` table of a `--config` file.
@@ -300,6 +307,7 @@ struct Settings {
     max_outbound: usize,
     slow_consumer: SlowConsumerPolicy,
     flow_control: Option<FlowControl>,
+    max_running_calls: usize,
 }
 
 /// The server's outbound limit unless configured.
@@ -419,6 +427,11 @@ impl Settings {
             flow.check_marks(max_outbound)
                 .map_err(|e| usage(e.to_string()))?;
         }
+        let max_running_calls = match args.max_running_calls.or(file.max_running_calls) {
+            Some(0) => return Err(usage("max_running_calls must be at least 1")),
+            Some(n) => n as usize,
+            None => pushwire_engine::DEFAULT_MAX_RUNNING_REQUESTS,
+        };
         Ok(Self {
             listen,
             transport,
@@ -428,6 +441,7 @@ impl Settings {
             max_outbound,
             slow_consumer,
             flow_control,
+            max_running_calls,
         })
     }
 }
@@ -519,6 +533,7 @@ pub(super) async fn run(mut args: ServeArgs) -> Result<(), CliError> {
         .max_outbound_bytes(settings.max_outbound)
         .slow_consumer_policy(settings.slow_consumer)
         .flow_control(settings.flow_control)
+        .max_running_requests(settings.max_running_calls)
         .auto_subscribe(settings.auto_subscribe.iter().copied())
         .service(HELLO_WORLD_SERVICE, hello_world_service())
         .bind(settings.listen)
@@ -567,14 +582,39 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    fn args(flags: &[&str]) -> ServeArgs {
+    fn try_args(flags: &[&str]) -> Result<ServeArgs, clap::Error> {
         #[derive(Parser)]
         struct Wrapper {
             #[command(flatten)]
             serve: ServeArgs,
         }
         let argv = std::iter::once("serve").chain(flags.iter().copied());
-        Wrapper::try_parse_from(argv).unwrap().serve
+        Wrapper::try_parse_from(argv).map(|w| w.serve)
+    }
+
+    fn args(flags: &[&str]) -> ServeArgs {
+        try_args(flags).unwrap()
+    }
+
+    #[test]
+    fn running_calls_come_from_the_flag_over_the_file_and_must_be_positive() {
+        let default = Settings::resolve(args(&[]), ServeConfig::default()).unwrap();
+        assert_eq!(
+            default.max_running_calls,
+            pushwire_engine::DEFAULT_MAX_RUNNING_REQUESTS
+        );
+        let file = || ServeConfig::parse("max_running_calls = 3\n", Path::new(".")).unwrap();
+        assert_eq!(
+            Settings::resolve(args(&[]), file())
+                .unwrap()
+                .max_running_calls,
+            3
+        );
+        let flag = Settings::resolve(args(&["--max-running-calls", "7"]), file()).unwrap();
+        assert_eq!(flag.max_running_calls, 7);
+        let zero = ServeConfig::parse("max_running_calls = 0\n", Path::new(".")).unwrap();
+        assert!(Settings::resolve(args(&[]), zero).is_err());
+        assert!(try_args(&["--max-running-calls", "0"]).is_err());
     }
 
     #[test]
