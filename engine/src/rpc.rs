@@ -508,6 +508,34 @@ mod tests {
     }
 
     #[test]
+    fn a_server_batched_batch_larger_than_the_running_bound_still_completes() {
+        let mut q = ResultQueue::new(100, 2);
+        q.begin_batch().unwrap();
+        for id in 1..=7 {
+            q.begin_request(id, 0, Bytes::new()).unwrap();
+        }
+        q.commit_batch(true).unwrap();
+        let mut out = Vec::new();
+        let mut ran = Vec::new();
+        loop {
+            let started = started(&mut q);
+            if started.is_empty() {
+                break;
+            }
+            for id in started {
+                assert!(q.answer(id, Ok(Bytes::new())));
+                ran.push(id);
+            }
+            q.release(|m| out.push(m));
+            if ran.len() < 7 {
+                assert!(out.is_empty(), "held until the whole batch is answered");
+            }
+        }
+        assert_eq!(ran, [1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(ids(&out), [1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    #[test]
     fn a_cancel_drops_a_waiting_call_signals_a_running_one_once_and_ignores_the_rest() {
         let mut q = ResultQueue::new(10, 1);
         for id in 1..=3 {
@@ -532,5 +560,146 @@ mod tests {
         ));
         assert!(q.answer(3, Ok(Bytes::new())));
         assert_eq!(q.cancel(3), CancelEffect::None, "answered already");
+    }
+
+    /// What the model knows of one request.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Model {
+        Waiting,
+        Running { signalled: bool },
+        Answered { cancelled: bool },
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Request,
+        /// Answers the i-th running request (modulo), cancelled or not.
+        Answer(usize, bool),
+        /// Cancels the i-th request ever made (modulo), or an unknown id.
+        Cancel(usize),
+        Batch(bool),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => Just(Op::Request),
+            4 => (any::<usize>(), any::<bool>()).prop_map(|(i, c)| Op::Answer(i, c)),
+            3 => any::<usize>().prop_map(Op::Cancel),
+            1 => any::<bool>().prop_map(Op::Batch),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            crate::hub::model::proptest_cases()
+        ))]
+
+        /// Against a model: at most `max_running` calls run, they start in arrival
+        /// order, a cancelled waiting request never starts and ends `Cancelled`, a
+        /// running one is signalled at most once, every request is released exactly
+        /// once and in request order, and nothing is left once every call answered.
+        #[test]
+        fn the_result_queue_behaves_like_its_model(
+            max_running in 1usize..4,
+            ops in proptest::collection::vec(op(), 0..80),
+        ) {
+            let mut q = ResultQueue::new(1_000, max_running);
+            let mut model: Vec<Model> = Vec::new();
+            let mut released: Vec<u64> = Vec::new();
+            let mut in_batch = false;
+            let drain = |q: &mut ResultQueue, model: &mut Vec<Model>, released: &mut Vec<u64>| {
+                for call in std::iter::from_fn(|| q.next_call()) {
+                    let i = call.request_id as usize - 1;
+                    assert_eq!(model[i], Model::Waiting, "only waiting calls start");
+                    assert!(
+                        model[..i].iter().all(|m| *m != Model::Waiting),
+                        "calls start in arrival order"
+                    );
+                    model[i] = Model::Running { signalled: false };
+                }
+                let running = model
+                    .iter()
+                    .filter(|m| matches!(m, Model::Running { .. }))
+                    .count();
+                assert!(running <= max_running);
+                q.release(|m| {
+                    let (id, cancelled) = match m {
+                        Message::Response(r) => (r.request_id, false),
+                        Message::ServerError(e) => (e.request_id, e.code == ErrorCode::Cancelled),
+                        other => panic!("{other:?}"),
+                    };
+                    let i = id as usize - 1;
+                    assert_eq!(model[i], Model::Answered { cancelled });
+                    assert_eq!(released.last().copied().unwrap_or(0) + 1, id, "in order");
+                    released.push(id);
+                });
+            };
+            for op in ops {
+                match op {
+                    Op::Request => {
+                        model.push(Model::Waiting);
+                        q.begin_request(model.len() as u64, 0, Bytes::new()).unwrap();
+                    }
+                    Op::Answer(i, cancelled) => {
+                        let running: Vec<usize> = (0..model.len())
+                            .filter(|&i| matches!(model[i], Model::Running { .. }))
+                            .collect();
+                        if !running.is_empty() {
+                            let i = running[i % running.len()];
+                            let result = if cancelled {
+                                Err((ErrorCode::Cancelled, Text::from("stopped")))
+                            } else {
+                                Ok(Bytes::new())
+                            };
+                            assert!(q.answer(i as u64 + 1, result));
+                            model[i] = Model::Answered { cancelled };
+                        }
+                    }
+                    Op::Cancel(i) => {
+                        let id = if model.is_empty() { 9_999 } else { (i % (model.len() + 1)) as u64 + 1 };
+                        let expected = match model.get(id as usize - 1) {
+                            Some(Model::Waiting) => CancelEffect::Dropped,
+                            Some(Model::Running { signalled: false }) => CancelEffect::SignalRunning,
+                            _ => CancelEffect::None,
+                        };
+                        let effect = q.cancel(id);
+                        assert_eq!(effect, expected);
+                        match effect {
+                            CancelEffect::Dropped => {
+                                model[id as usize - 1] = Model::Answered { cancelled: true }
+                            }
+                            CancelEffect::SignalRunning => {
+                                model[id as usize - 1] = Model::Running { signalled: true }
+                            }
+                            CancelEffect::None => {}
+                        }
+                    }
+                    Op::Batch(server_batching) => {
+                        if in_batch {
+                            q.commit_batch(server_batching).unwrap();
+                        } else {
+                            q.begin_batch().unwrap();
+                        }
+                        in_batch = !in_batch;
+                    }
+                }
+                drain(&mut q, &mut model, &mut released);
+            }
+            // Every call answers; everything leaves.
+            if in_batch {
+                q.commit_batch(false).unwrap();
+            }
+            loop {
+                drain(&mut q, &mut model, &mut released);
+                let Some(i) = model.iter().position(|m| matches!(m, Model::Running { .. })) else {
+                    break;
+                };
+                assert!(q.answer(i as u64 + 1, Ok(Bytes::new())));
+                model[i] = Model::Answered { cancelled: false };
+            }
+            assert_eq!(released.len(), model.len(), "each request released once");
+            assert_eq!(q.len(), 0);
+        }
     }
 }

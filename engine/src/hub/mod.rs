@@ -49,7 +49,7 @@ mod outbound;
 mod session;
 
 #[cfg(test)]
-mod model;
+pub(crate) mod model;
 #[cfg(test)]
 mod tests;
 
