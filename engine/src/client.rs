@@ -326,7 +326,10 @@ pub enum CancelOutcome {
     /// The server cannot be told (protocol version 1 or 2): the request ends now as
     /// [`AbortReason::Cancelled`] and its result, when it comes, is dropped.
     EndedLocally,
-    /// The request had ended already (or was cancelled before): nothing changes.
+    /// A Cancel for it went to the server already; its end still comes from the
+    /// server, as for [`CancelOutcome::SentToServer`].
+    AlreadySent,
+    /// The request had ended already: nothing changes.
     NotOutstanding,
 }
 
@@ -459,7 +462,10 @@ impl ClientConnection {
         self.welcome.as_ref()
     }
 
-    /// Requests sent (or batched) that have no outcome yet.
+    /// Requests sent (or batched) whose result has not arrived: what counts against
+    /// [`ClientConfig::max_outstanding_requests`]. A request ended locally by a
+    /// cancel on an older server counts until its result arrives, since the server
+    /// still holds it.
     pub fn outstanding_requests(&self) -> usize {
         self.outstanding.len() + self.batch.as_ref().map_or(0, |b| b.requests.len())
     }
@@ -740,7 +746,8 @@ impl ClientConnection {
                     self.channel.send(&Message::Cancel(Cancel { request_id }));
                     CancelOutcome::SentToServer
                 }
-                Cancelling::AlreadyAsked | Cancelling::Unknown => CancelOutcome::NotOutstanding,
+                Cancelling::AlreadyAsked => CancelOutcome::AlreadySent,
+                Cancelling::Unknown => CancelOutcome::NotOutstanding,
             };
         }
         if !self.outstanding.end_locally(request_id) {

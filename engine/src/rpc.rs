@@ -38,7 +38,7 @@ struct Outstanding {
 pub(crate) enum Cancelling {
     /// Send a Cancel (the first time it is asked for).
     Send,
-    /// Nothing to send: asked before, or ended already.
+    /// Nothing to send: a Cancel went before.
     AlreadyAsked,
     /// Not outstanding.
     Unknown,
@@ -82,7 +82,9 @@ impl OutstandingRequests {
     pub fn cancel_on_server(&mut self, id: u64) -> Cancelling {
         match self.ids.iter_mut().find(|o| o.id == id) {
             None => Cancelling::Unknown,
-            Some(o) if o.ended || o.cancel_sent => Cancelling::AlreadyAsked,
+            // Ended for the application: as good as gone.
+            Some(o) if o.ended => Cancelling::Unknown,
+            Some(o) if o.cancel_sent => Cancelling::AlreadyAsked,
             Some(o) => {
                 o.cancel_sent = true;
                 Cancelling::Send
@@ -474,7 +476,7 @@ mod tests {
         o.push(b);
         assert!(o.end_locally(a));
         assert!(!o.end_locally(a), "once");
-        assert_eq!(o.cancel_on_server(a), Cancelling::AlreadyAsked);
+        assert_eq!(o.cancel_on_server(a), Cancelling::Unknown, "ended already");
         assert_eq!(o.cancel_on_server(b), Cancelling::Send);
         assert_eq!(o.cancel_on_server(b), Cancelling::AlreadyAsked);
         assert_eq!(o.cancel_on_server(99), Cancelling::Unknown);

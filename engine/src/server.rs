@@ -138,6 +138,8 @@ pub enum ServerEvent {
     },
     /// Version 3: the client cancelled a running request. The application may stop
     /// it and answer `Cancelled` (or answer as usual); it still answers it once.
+    /// It can come for a request the application has just answered (the Request
+    /// and the Cancel arrived together): ignore it then.
     CancelRequested {
         /// The request concerned.
         request_id: u64,

@@ -577,7 +577,7 @@ fn a_cancel_tells_a_running_call_which_still_ends_exactly_once() {
     assert_eq!(pair.client.cancel(b), CancelOutcome::SentToServer);
     assert_eq!(
         pair.client.cancel(a),
-        CancelOutcome::NotOutstanding,
+        CancelOutcome::AlreadySent,
         "asked once"
     );
     pair.drive();

@@ -6,14 +6,23 @@
 //! The server side is the engine's [`Node`] — the same type the tokio server
 //! drives, with every session, resume and slow-consumer decision in it. This module
 //! only moves bytes between the node's connections and the simulated network, lets
-//! every Hello in, and answers requests (echo at once, sleep later), as the tokio
-//! server's connection tasks do: one read at a time, each handed to the node before
+//! every Hello in, and answers requests (echo at once, sleep later; a sleep stops at
+//! once when its cancel is signalled), as the tokio server's connection tasks do: one read at a time, each handed to the node before
 //! the next (flow control may stop the reading after any), and the node called again
 //! right after a transmit took a congested mailbox's frames.
 //!
 //! Time moves a millisecond at a time while anything can move (bytes someone will
 //! read, frames a transport has room for, commands waiting for the node), and jumps
 //! to the next operation or timer otherwise.
+//!
+//! Cancels: clients cancel their requests (outstanding ones mostly, in an open batch
+//! now and then, some already ended); in about half the runs the server runs only one
+//! to three calls of a connection at once, so later ones wait and a cancel drops them
+//! before they start; a quarter of the clients speak protocol version 2, where a
+//! cancel ends the request locally. The harness checks, from the application's
+//! side, that the server hands out at most that many calls at once, in arrival
+//! order, and signals a cancel only once, for a call it handed out
+//! ([`RunRecord::rpc_breaches`]).
 //!
 //! Flow control: in the runs that have it, the harness records every change it sees
 //! in the connections' mailboxes (over the high-water mark, drained, shed, cut) and
@@ -23,15 +32,17 @@
 //! reading for longer than the grace.
 
 use crate::history::{
-    Behaviour, FlowObservation, FlowRecord, JournalEntry, MessageId, Observed, Origin, Outcome,
-    ReaderRecord, Received, RequestRecord, RunRecord, SessionHistory, SessionKey, ShedPolicy,
+    Behaviour, CancelRecord, Ended, FlowObservation, FlowRecord, JournalEntry, MessageId, Observed,
+    Origin, Outcome, ReaderRecord, Received, RequestRecord, RunRecord, SessionHistory, SessionKey,
+    ShedPolicy,
 };
 use crate::pipe::ChunkedPipe;
 use crate::recorder::{Journal, RecordingHooks};
 use crate::rng::SimRng;
 use bytes::{Buf, Bytes};
 use pushwire_engine::client::{
-    AbortReason, ClientConfig, ClientConnection, ClientEvent, ClientTransport, PushCommand,
+    AbortReason, CancelOutcome, ClientConfig, ClientConnection, ClientEvent, ClientTransport,
+    PushCommand,
 };
 use pushwire_engine::hub::{Actor, ConnectionId, HubConfig, SlowConsumerPolicy};
 use pushwire_engine::node::{
@@ -44,7 +55,7 @@ use pushwire_protocol::{
     ResumeToken,
 };
 use rustls::pki_types::UnixTime;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use std::time::{Duration, Instant};
 
@@ -124,6 +135,16 @@ pub enum Op {
         server_batching: bool,
         /// Abort instead of committing.
         abort: bool,
+        /// Cancel this request of the batch (by position) while the batch is open.
+        cancel: Option<usize>,
+    },
+    /// A client cancels one of the requests of its current connection: the one
+    /// `back` places before the last it issued (the oldest when there are fewer).
+    Cancel {
+        /// The acting client (index).
+        client: usize,
+        /// 0 for the last request issued.
+        back: usize,
     },
     /// The client's connection is cut (both ends see it end).
     Cut {
@@ -265,6 +286,25 @@ pub struct Coverage {
     /// Push commands that ran while another connection was held back (and did not
     /// hold their own connection back).
     pub read_during_holds: u64,
+    /// Cancels the client engine sent to the server (`SentToServer`).
+    pub cancels_sent: u64,
+    /// Requests the server dropped on a cancel before they started (ServerError
+    /// Cancelled for a call never handed to the application).
+    pub cancels_dropped_before_start: u64,
+    /// Cancels of running calls signalled to the application (`CancelRequested`).
+    pub cancels_signalled_running: u64,
+    /// Running calls that stopped on their cancel (ServerError Cancelled for a call
+    /// handed to the application).
+    pub cancels_stopped_running: u64,
+    /// Requests cancelled in an open batch (`RemovedFromBatch`).
+    pub cancels_removed_from_batch: u64,
+    /// Requests cancelled on a version-2 connection (`EndedLocally`).
+    pub cancels_ended_locally: u64,
+    /// Cancels sent too late: the request ended with its result anyway.
+    pub cancels_too_late: u64,
+    /// Cancels of requests that had ended or were cancelled before
+    /// (`NotOutstanding`, `AlreadySent`).
+    pub cancels_not_outstanding: u64,
     /// Simulation steps (a cost measure, not a situation).
     pub steps: u64,
 }
@@ -296,6 +336,14 @@ impl Coverage {
         self.stopped_readers_cut += other.stopped_readers_cut;
         self.stopped_readers_shed += other.stopped_readers_shed;
         self.read_during_holds += other.read_during_holds;
+        self.cancels_sent += other.cancels_sent;
+        self.cancels_dropped_before_start += other.cancels_dropped_before_start;
+        self.cancels_signalled_running += other.cancels_signalled_running;
+        self.cancels_stopped_running += other.cancels_stopped_running;
+        self.cancels_removed_from_batch += other.cancels_removed_from_batch;
+        self.cancels_ended_locally += other.cancels_ended_locally;
+        self.cancels_too_late += other.cancels_too_late;
+        self.cancels_not_outstanding += other.cancels_not_outstanding;
         self.steps += other.steps;
     }
 }
@@ -320,6 +368,9 @@ pub enum InjectedFault {
     ReplayTwice(u64),
     /// Leave one event out, without a gap, on the n-th resume that replays anything.
     ReplaySkip(u64),
+    /// The simulated service (not the engine) answers the n-th sleep call it starts
+    /// `Cancelled` at once, though nobody cancelled it.
+    CancelledUnasked(u64),
 }
 
 /// The outcome of one run.
@@ -355,6 +406,9 @@ const FLOW_CONTROL: FlowControl = FlowControl {
 };
 /// The simulator's step while bytes are in flight.
 const TICK_MS: u64 = 1;
+/// The highest protocol version of the clients that speak an older one: a cancel
+/// cannot be sent, the client engine ends the request locally.
+const OLD_VERSION: u16 = 2;
 /// G8's slack over a queue's bound: one frame (a frame is queued, then the policy
 /// acts).
 const QUEUE_SLACK: usize = 64 * 1024;
@@ -370,8 +424,8 @@ struct ClientConn {
     discard: bool,
     /// Request id → index in the history's requests.
     requests: BTreeMap<u64, usize>,
-    /// Requests waiting in an open batch (ids assigned by the engine).
-    slow_pending: usize,
+    /// Sleep requests that have not ended (ids assigned by the engine).
+    slow_pending: BTreeSet<u64>,
 }
 
 struct SimClient {
@@ -389,6 +443,8 @@ struct SimClient {
     reader_group: Option<u32>,
     /// A slow reader's bytes left to read in this step.
     read_budget: usize,
+    /// The highest protocol version it offers.
+    max_version: u16,
 }
 
 struct Link {
@@ -406,9 +462,24 @@ struct ServerConn {
     link: usize,
     /// The session it serves, once admitted (parsed once from the user id).
     session: Option<SessionKey>,
+    /// Calls handed to the application and not answered yet.
+    running: BTreeSet<u64>,
+    /// The last call handed out (calls start in arrival order: ids increase).
+    last_started: Option<u64>,
+    /// Calls whose cancel was signalled.
+    signalled: BTreeSet<u64>,
 }
 
 impl ServerConn {
+    /// Answers a call (the application's side): it no longer runs.
+    fn answer(&mut self, request_id: u64, result: pushwire_engine::RequestResult) -> bool {
+        let answered = self.conn.respond(request_id, result);
+        if answered {
+            self.running.remove(&request_id);
+        }
+        answered
+    }
+
     fn session(&mut self) -> Option<SessionKey> {
         if self.session.is_none() {
             self.session = member_session(&self.conn);
@@ -454,6 +525,14 @@ pub struct EngineSim {
     fault: Option<InjectedFault>,
     /// What the harness sees of flow control (runs with it on).
     flow: Option<FlowState>,
+    /// Calls of a connection the server runs at once.
+    max_running: usize,
+    /// (link, request id) of every call the server handed to the application.
+    started: BTreeSet<(usize, u64)>,
+    /// Sleep calls started (for [`InjectedFault::CancelledUnasked`]).
+    sleeps_started: u64,
+    /// Breaches of the server's RPC contract seen from the application's side.
+    rpc_breaches: Vec<String>,
 }
 
 /// The harness's view of the node's flow control.
@@ -580,7 +659,15 @@ impl EngineSim {
         } else {
             SlowConsumerPolicy::DropOldest
         };
+        // Cancel settings from a generator of their own, so the rest of the run is
+        // drawn as before: in half the runs a connection's calls wait behind one to
+        // three running ones; a quarter of the clients speak version 2.
+        let mut rpc_rng = SimRng::new(seed ^ 0x0ca9_ce15);
         let mut server_config = ServerConfig::new(ServerTransport::Plaintext);
+        if rpc_rng.chance(1, 2) {
+            server_config.max_running_requests = rpc_rng.range_inclusive(1, 3) as usize;
+        }
+        let max_running = server_config.max_running_requests;
         server_config.keepalive = KEEPALIVE;
         server_config.hello_timeout = Duration::from_millis(1000);
         let mut node_config = NodeConfig::new(server_config);
@@ -621,6 +708,11 @@ impl EngineSim {
                 reader: None,
                 reader_group: None,
                 read_budget: 0,
+                max_version: if rpc_rng.chance(1, 4) {
+                    OLD_VERSION
+                } else {
+                    pushwire_protocol::PROTOCOL_VERSION
+                },
             })
             .collect();
         Self {
@@ -645,6 +737,10 @@ impl EngineSim {
             queue_breaches: Vec::new(),
             fault: None,
             flow,
+            max_running,
+            started: BTreeSet::new(),
+            sleeps_started: 0,
+            rpc_breaches: Vec::new(),
         }
     }
 
@@ -859,6 +955,7 @@ impl EngineSim {
                 publish,
                 server_batching,
                 abort,
+                cancel,
             } => {
                 let Some(conn) = self.ready_conn(*client) else {
                     return;
@@ -866,9 +963,13 @@ impl EngineSim {
                 if conn.engine.start_batch().is_err() {
                     return;
                 }
+                let mut batched = Vec::new();
                 for _ in 0..*requests {
                     let payload = Bytes::from(vec![self.rng.next_u64() as u8; 8]);
-                    self.request(*client, ECHO, payload.clone(), payload);
+                    batched.extend(self.request(*client, ECHO, payload.clone(), payload));
+                }
+                if let Some(&id) = cancel.and_then(|k| batched.get(k)) {
+                    self.cancel_request(*client, id);
                 }
                 if !publish.is_empty() {
                     if let Some(payload) = self.next_message(*client, true, 16) {
@@ -894,6 +995,7 @@ impl EngineSim {
                     }
                 }
             }
+            Op::Cancel { client, back } => self.cancel(*client, *back),
             Op::Cut { client } => {
                 if let Some(conn) = self.clients.get(*client).and_then(|c| c.conn.as_ref()) {
                     let link = conn.link;
@@ -1017,24 +1119,83 @@ impl EngineSim {
         }
     }
 
-    fn request(&mut self, client: usize, method: u32, payload: Bytes, expected_result: Bytes) {
-        let Some(history) = self.ready_conn(client).map(|c| c.history) else {
-            return;
-        };
+    /// Issues a request; returns the engine's id for it.
+    fn request(
+        &mut self,
+        client: usize,
+        method: u32,
+        payload: Bytes,
+        expected_result: Bytes,
+    ) -> Option<u64> {
+        let history = self.ready_conn(client)?.history;
         let position = self.histories[history].requests.len();
         let conn = self.ready_conn(client).expect("checked above");
-        if let Ok(id) = conn.engine.request(method, payload) {
-            conn.requests.insert(id, position);
-            if method == SLEEP {
-                conn.slow_pending += 1;
-            }
-            // Ids unique within the history, which spans resumed connections.
-            self.histories[history].requests.push(RequestRecord {
-                id: position as u64 + 1,
-                expected_result,
-                outcomes: Vec::new(),
-            });
+        let id = conn.engine.request(method, payload).ok()?;
+        conn.requests.insert(id, position);
+        if method == SLEEP {
+            conn.slow_pending.insert(id);
         }
+        // Ids unique within the history, which spans resumed connections.
+        self.histories[history]
+            .requests
+            .push(RequestRecord::new(position as u64 + 1, expected_result));
+        Some(id)
+    }
+
+    /// [`Op::Cancel`]: cancels the request `back` places before the last one the
+    /// client's current connection issued (the oldest when there are fewer), after
+    /// the application has taken every event the engine has for it (so the history
+    /// knows what ended before the cancel).
+    fn cancel(&mut self, client: usize, back: usize) {
+        if self
+            .clients
+            .get(client)
+            .and_then(|c| c.conn.as_ref())
+            .is_none_or(|c| c.discard)
+        {
+            return;
+        }
+        self.client_events(client);
+        let Some(conn) = self.clients[client].conn.as_ref().filter(|c| !c.discard) else {
+            return;
+        };
+        let target = conn
+            .requests
+            .keys()
+            .rev()
+            .nth(back)
+            .or_else(|| conn.requests.keys().next());
+        if let Some(&id) = target {
+            self.cancel_request(client, id);
+        }
+    }
+
+    /// Cancels request `id` of the client's current connection and records what the
+    /// engine answered.
+    fn cancel_request(&mut self, client: usize, id: u64) {
+        let Some(conn) = self.clients.get_mut(client).and_then(|c| c.conn.as_mut()) else {
+            return;
+        };
+        let Some(&position) = conn.requests.get(&id) else {
+            return;
+        };
+        let outcome = conn.engine.cancel(id);
+        let record = &mut self.histories[conn.history].requests[position];
+        record.cancels.push(CancelRecord {
+            ms: self.now_ms,
+            outcome,
+            ended_before: record.outcomes.len(),
+        });
+        mix(&mut self.digest, id ^ 0xca9c);
+        let counter = match outcome {
+            CancelOutcome::RemovedFromBatch => &mut self.coverage.cancels_removed_from_batch,
+            CancelOutcome::SentToServer => &mut self.coverage.cancels_sent,
+            CancelOutcome::EndedLocally => &mut self.coverage.cancels_ended_locally,
+            CancelOutcome::NotOutstanding | CancelOutcome::AlreadySent => {
+                &mut self.coverage.cancels_not_outstanding
+            }
+        };
+        *counter += 1;
     }
 
     fn cut_link(&mut self, link: usize) {
@@ -1139,6 +1300,7 @@ impl EngineSim {
         config.keepalive = KEEPALIVE;
         config.handshake_timeout = Duration::from_millis(1000);
         config.resume = resume.map(|(r, _)| r);
+        config.max_version = client.max_version;
         let engine = ClientConnection::new(
             config,
             now,
@@ -1173,6 +1335,9 @@ impl EngineSim {
                 conn: server,
                 link,
                 session: None,
+                running: BTreeSet::new(),
+                last_started: None,
+                signalled: BTreeSet::new(),
             },
         );
         let history = history.unwrap_or_else(|| {
@@ -1195,7 +1360,7 @@ impl EngineSim {
             resuming: resume.is_some(),
             discard: false,
             requests: BTreeMap::new(),
-            slow_pending: 0,
+            slow_pending: BTreeSet::new(),
         });
         client.reconnect_at = None;
     }
@@ -1241,7 +1406,7 @@ impl EngineSim {
             }
             self.responses.remove(&(due, order));
             if let Some(s) = self.server_conns.get_mut(&conn) {
-                s.conn.respond(request, Ok(Bytes::new()));
+                s.answer(request, Ok(Bytes::new()));
             }
         }
         for _round in 0..4 {
@@ -1394,28 +1559,76 @@ impl EngineSim {
                     request_id,
                     method_id,
                     payload,
-                } => match method_id {
-                    ECHO => {
-                        s.conn.respond(request_id, Ok(payload));
+                } => {
+                    // At most max_running calls at once, handed out in arrival order.
+                    let session = s.session.map_or("?".to_owned(), |k| k.to_string());
+                    if s.running.len() >= self.max_running {
+                        self.rpc_breaches.push(format!(
+                            "{session}: request {request_id} was handed to the application \
+                             while {} calls ran ({:?}), over max_running_requests = {}",
+                            s.running.len(),
+                            s.running,
+                            self.max_running
+                        ));
                     }
-                    SLEEP => {
-                        let mut p = payload.clone();
-                        let ms = if p.remaining() == 4 { p.get_u32() } else { 0 };
-                        self.response_order += 1;
-                        self.responses.insert(
-                            (self.now_ms + u64::from(ms), self.response_order),
-                            (id, request_id),
-                        );
+                    if s.last_started.is_some_and(|last| request_id <= last) {
+                        self.rpc_breaches.push(format!(
+                            "{session}: request {request_id} was handed out after request {}, \
+                             out of arrival order",
+                            s.last_started.unwrap_or(0)
+                        ));
                     }
-                    _ => {
-                        s.conn.respond(
-                            request_id,
-                            Err((ErrorCode::UnknownMethod, "no such method".into())),
-                        );
+                    s.last_started = Some(request_id);
+                    s.running.insert(request_id);
+                    self.started.insert((s.link, request_id));
+                    match method_id {
+                        ECHO => {
+                            s.answer(request_id, Ok(payload));
+                        }
+                        SLEEP => {
+                            self.sleeps_started += 1;
+                            if self.fault
+                                == Some(InjectedFault::CancelledUnasked(self.sleeps_started))
+                            {
+                                s.answer(
+                                    request_id,
+                                    Err((ErrorCode::Cancelled, "cancelled by mistake".into())),
+                                );
+                                continue;
+                            }
+                            let mut p = payload.clone();
+                            let ms = if p.remaining() == 4 { p.get_u32() } else { 0 };
+                            self.response_order += 1;
+                            self.responses.insert(
+                                (self.now_ms + u64::from(ms), self.response_order),
+                                (id, request_id),
+                            );
+                        }
+                        _ => {
+                            s.answer(
+                                request_id,
+                                Err((ErrorCode::UnknownMethod, "no such method".into())),
+                            );
+                        }
                     }
-                },
+                }
                 // The sleeping service stops at once on a cancel.
                 ConnectionEvent::CancelRequested { request_id } => {
+                    self.coverage.cancels_signalled_running += 1;
+                    // Only for a call handed out (answered since, perhaps: the
+                    // cancel may cross the answer), and once.
+                    let session = s.session.map_or("?".to_owned(), |k| k.to_string());
+                    if !self.started.contains(&(s.link, request_id)) {
+                        self.rpc_breaches.push(format!(
+                            "{session}: the cancel of request {request_id} was signalled, \
+                             but the call was never handed to the application"
+                        ));
+                    }
+                    if !s.signalled.insert(request_id) {
+                        self.rpc_breaches.push(format!(
+                            "{session}: the cancel of request {request_id} was signalled twice"
+                        ));
+                    }
                     let due = self
                         .responses
                         .iter()
@@ -1423,7 +1636,7 @@ impl EngineSim {
                         .map(|(&due, _)| due);
                     if let Some(due) = due {
                         self.responses.remove(&due);
-                        s.conn.respond(
+                        s.answer(
                             request_id,
                             Err((ErrorCode::Cancelled, "cancelled while it slept".into())),
                         );
@@ -1581,6 +1794,7 @@ impl EngineSim {
                 ClientEvent::Taken { command_id } => mix(&mut self.digest, command_id),
                 ClientEvent::Ready(welcome) => {
                     mix(&mut self.digest, 1 + u64::from(welcome.resumed));
+                    self.histories[history].version = Some(welcome.version);
                     if conn.resuming && !welcome.resumed {
                         // The session is gone: its history ends here. This connection
                         // belongs to a session the client did not ask for; close it
@@ -1602,13 +1816,20 @@ impl EngineSim {
                     mix(&mut self.digest, request_id);
                     self.record_outcome(index, request_id, Outcome::Result(payload), true);
                 }
-                ClientEvent::ServerError { request_id, .. } => {
-                    self.record_outcome(index, request_id, Outcome::ServerError, true);
+                ClientEvent::ServerError {
+                    request_id, code, ..
+                } => {
+                    self.record_outcome(index, request_id, Outcome::ServerError(code), true);
                 }
                 ClientEvent::RequestAborted { request_id, reason } => {
                     mix(&mut self.digest, request_id ^ 0xabcd);
-                    let _ = matches!(reason, AbortReason::BatchAborted);
-                    self.record_outcome(index, request_id, Outcome::Aborted, false);
+                    let outcome = match reason {
+                        AbortReason::Cancelled => Outcome::Cancelled,
+                        AbortReason::BatchAborted | AbortReason::ConnectionLost(_) => {
+                            Outcome::Aborted
+                        }
+                    };
+                    self.record_outcome(index, request_id, outcome, false);
                 }
                 ClientEvent::Push(message) => {
                     if discard {
@@ -1623,7 +1844,7 @@ impl EngineSim {
                         if self.clients[index]
                             .conn
                             .as_ref()
-                            .is_some_and(|c| c.slow_pending > 0)
+                            .is_some_and(|c| !c.slow_pending.is_empty())
                         {
                             self.coverage.pushes_during_slow_requests += 1;
                         }
@@ -1675,11 +1896,27 @@ impl EngineSim {
         };
         let history = conn.history;
         if let Some(&i) = conn.requests.get(&request_id) {
+            conn.slow_pending.remove(&request_id);
             let record = &mut self.histories[history].requests[i];
-            if record.expected_result.is_empty() && matches!(outcome, Outcome::Result(_)) {
-                conn.slow_pending = conn.slow_pending.saturating_sub(1);
+            let sent = record
+                .cancels
+                .iter()
+                .any(|c| c.outcome == CancelOutcome::SentToServer);
+            match &outcome {
+                Outcome::ServerError(ErrorCode::Cancelled) => {
+                    if self.started.contains(&(conn.link, request_id)) {
+                        self.coverage.cancels_stopped_running += 1;
+                    } else {
+                        self.coverage.cancels_dropped_before_start += 1;
+                    }
+                }
+                Outcome::Result(_) if sent => self.coverage.cancels_too_late += 1,
+                _ => {}
             }
-            record.outcomes.push(outcome);
+            record.outcomes.push(Ended {
+                ms: self.now_ms,
+                outcome,
+            });
             if result {
                 let id = record.id;
                 self.histories[history].result_order.push(id);
@@ -1720,6 +1957,7 @@ impl EngineSim {
                 journal: self.journal.snapshot(),
                 queue_breaches: self.queue_breaches,
                 flow,
+                rpc_breaches: self.rpc_breaches,
             },
             coverage: self.coverage,
             digest: self.digest,

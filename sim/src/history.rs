@@ -7,6 +7,8 @@
 //! the oracle can check that what arrived is byte for byte what was sent.
 
 use bytes::Bytes;
+use pushwire_engine::client::CancelOutcome;
+use pushwire_protocol::ErrorCode;
 use std::fmt;
 
 /// One connection's lifetime of one simulated client.
@@ -228,13 +230,49 @@ impl Received {
 pub enum Outcome {
     /// A result, with its payload.
     Result(Bytes),
-    /// A server error.
-    ServerError,
-    /// Ended without a result (batch aborted or connection lost).
+    /// A server error, with its code (`ErrorCode::Cancelled` when the server
+    /// dropped the request before it started or its handler stopped on a cancel).
+    ServerError(ErrorCode),
+    /// Ended without a result: its batch was aborted or the connection was lost.
     Aborted,
+    /// Ended by the client engine on a cancel (`AbortReason::Cancelled`: taken out
+    /// of an open batch, or ended locally on a connection that cannot tell the
+    /// server).
+    Cancelled,
 }
 
-/// One request and every outcome it got (exactly one is correct).
+impl Outcome {
+    /// Whether this end says the request was cancelled (locally or by the server).
+    pub fn is_cancelled(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Cancelled | Outcome::ServerError(ErrorCode::Cancelled)
+        )
+    }
+}
+
+/// One end of a request, as the client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    /// When (simulated milliseconds).
+    pub ms: u64,
+    /// How.
+    pub outcome: Outcome,
+}
+
+/// One call of `cancel` on a request, and what the client engine answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CancelRecord {
+    /// When (simulated milliseconds).
+    pub ms: u64,
+    /// What `ClientConnection::cancel` returned.
+    pub outcome: CancelOutcome,
+    /// How many ends the request had when it was cancelled (orders the cancel
+    /// among them within a millisecond).
+    pub ended_before: usize,
+}
+
+/// One request, every end it got (exactly one is correct) and every cancel of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestRecord {
     /// The client's request id.
@@ -242,8 +280,22 @@ pub struct RequestRecord {
     /// The result the request must produce (the harness uses methods whose result
     /// is known in advance: echo, and sleep's empty result).
     pub expected_result: Bytes,
-    /// Outcomes, in arrival order.
-    pub outcomes: Vec<Outcome>,
+    /// Ends, in arrival order.
+    pub outcomes: Vec<Ended>,
+    /// Cancels, in call order.
+    pub cancels: Vec<CancelRecord>,
+}
+
+impl RequestRecord {
+    /// A request not yet ended nor cancelled.
+    pub fn new(id: u64, expected_result: Bytes) -> Self {
+        Self {
+            id,
+            expected_result,
+            outcomes: Vec::new(),
+            cancels: Vec::new(),
+        }
+    }
 }
 
 /// Everything one client session saw.
@@ -268,6 +320,10 @@ pub struct SessionHistory {
     /// The protocol error that ended the session, if one did (the client engine
     /// checks results arrive once and in order, and closes the connection if not).
     pub protocol_error: Option<String>,
+    /// The protocol version its connections negotiated (`None` before the first
+    /// Welcome): a cancel is sent to the server from version 3, ended locally
+    /// before.
+    pub version: Option<u16>,
 }
 
 impl SessionHistory {
@@ -282,6 +338,7 @@ impl SessionHistory {
             intact: false,
             crashed: false,
             protocol_error: None,
+            version: None,
         }
     }
 }
@@ -363,6 +420,11 @@ pub struct RunRecord {
     /// What the harness saw of the node's flow control, in a run with flow control
     /// on (`None` otherwise, and at the turmoil level).
     pub flow: Option<FlowRecord>,
+    /// Breaches of the server's RPC contract the harness saw from the application's
+    /// side (G7), as text: more calls of a connection running at once than
+    /// `max_running_requests`, calls handed out out of arrival order, a cancel
+    /// signalled twice or for a call never handed out.
+    pub rpc_breaches: Vec<String>,
 }
 
 /// The slow-consumer policy of a run, as the oracle needs it.

@@ -14,7 +14,9 @@
 //! - an intact session (connected at the end, never cut off) must have received all
 //!   of its expected sequence (G5, G6);
 //! - every request ends exactly once, results in request order, with the right
-//!   result (G7); the harness's queue observations must show no breach (G8);
+//!   result (G7); a request ends Cancelled only after a cancel that could end it so,
+//!   and each cancel's outcome agrees with how the request ended ([`check_requests`]
+//!   lists the rules); the harness's queue observations must show no breach (G8);
 //! - in a run with flow control, what the harness saw of congested receivers and
 //!   held publishers follows flow control's rules (G8: a receiver that falls behind
 //!   is handled by the policy within the grace, publishers are held back only for
@@ -22,10 +24,12 @@
 //!   [`FlowRecord`].
 
 use crate::history::{
-    Behaviour, FlowRecord, JournalEntry, LeaveCause, MessageId, Observed, Origin, Outcome,
-    Received, RunRecord, SessionHistory, SessionKey, ShedPolicy,
+    Behaviour, CancelRecord, Ended, FlowRecord, JournalEntry, LeaveCause, MessageId, Observed,
+    Origin, Outcome, Received, RequestRecord, RunRecord, SessionHistory, SessionKey, ShedPolicy,
 };
 use bytes::Bytes;
+use pushwire_engine::client::CancelOutcome;
+use pushwire_protocol::ErrorCode;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -103,7 +107,7 @@ pub fn check(run: &RunRecord) -> Vec<Violation> {
     for history in &run.sessions {
         let want = expected.get(&history.key).unwrap_or(&empty);
         check_session(history, want, &published, &mut violations);
-        check_requests(history, &mut violations);
+        check_requests(history, run.seed, &mut violations);
     }
     // G3 across a client's sessions: one client never gets a message twice.
     let mut seen: BTreeMap<u32, BTreeSet<MessageId>> = BTreeMap::new();
@@ -121,6 +125,13 @@ pub fn check(run: &RunRecord) -> Vec<Violation> {
             this_session.insert(id);
         }
         mine.extend(this_session);
+    }
+    for breach in &run.rpc_breaches {
+        violations.push(Violation {
+            guarantee: Guarantee::G7,
+            session: None,
+            detail: format!("{breach} (seed {})", run.seed),
+        });
     }
     for breach in &run.queue_breaches {
         violations.push(Violation {
@@ -897,19 +908,59 @@ fn list(sessions: &BTreeSet<SessionKey>) -> String {
     names.join(", ")
 }
 
-fn check_requests(history: &SessionHistory, violations: &mut Vec<Violation>) {
-    let mut report = |detail: String| {
+fn describe_end(end: &Ended) -> String {
+    let how = match &end.outcome {
+        Outcome::Result(payload) => format!("a result ({} bytes)", payload.len()),
+        Outcome::ServerError(code) => format!("ServerError {code:?}"),
+        Outcome::Aborted => "an abort (batch aborted or connection lost)".to_owned(),
+        Outcome::Cancelled => "RequestAborted Cancelled".to_owned(),
+    };
+    format!("{how} at {} ms", end.ms)
+}
+
+fn describe_all(ends: &[Ended]) -> String {
+    let all: Vec<String> = ends.iter().map(describe_end).collect();
+    all.join(", then ")
+}
+
+/// G7 for one session's requests. Every violation names its rule, the request and
+/// the seed. The rules:
+///
+/// - `exactly-once`: every request ends exactly once (a crashed client's pending
+///   requests may never end: nobody is left to tell);
+/// - `right-result`: a result is the request's own (an echo's bytes, byte for byte);
+/// - `cancelled-only-if-cancelled`: an end `Cancelled` needs a cancel before it that
+///   can end a request so: `RequestAborted Cancelled` one that returned
+///   `RemovedFromBatch` or `EndedLocally`, `ServerError Cancelled` one that
+///   returned `SentToServer`;
+/// - `local-cancel-ends-at-once`: after `RemovedFromBatch` or `EndedLocally` the
+///   request, outstanding until then, ends `Cancelled` in the same millisecond and
+///   never again (no result after it);
+/// - `sent-cancel-ends-by-the-server`: after `SentToServer` the request, outstanding
+///   until then, ends with its result, `ServerError Cancelled`, or a lost
+///   connection, never `RequestAborted Cancelled`;
+/// - `cancel-fits-the-version`: `SentToServer` only on protocol version 3 or later,
+///   `EndedLocally` only before;
+/// - `not-outstanding`: a cancel returns `NotOutstanding` exactly when the request
+///   had ended already, and `AlreadySent` exactly when it had not and an earlier
+///   cancel returned `SentToServer`;
+/// - `result-order`: results (and server errors) come back in request order.
+fn check_requests(history: &SessionHistory, seed: u64, violations: &mut Vec<Violation>) {
+    let mut report = |rule: &str, detail: String| {
         violations.push(Violation {
             guarantee: Guarantee::G7,
             session: Some(history.key),
-            detail,
+            detail: format!("[{rule}] {detail} (seed {seed})"),
         });
     };
     if let Some(error) = &history.protocol_error {
         // The client engine enforces "once, in request order" and closes on a breach;
         // the server broke G7 even though the application never saw it.
         if error.contains("result for request") {
-            report(format!("the server's results broke request order: {error}"));
+            report(
+                "result-order",
+                format!("the server's results broke request order: {error}"),
+            );
         }
     }
     let position: BTreeMap<u64, usize> = history
@@ -919,29 +970,201 @@ fn check_requests(history: &SessionHistory, violations: &mut Vec<Violation>) {
         .map(|(i, r)| (r.id, i))
         .collect();
     for request in &history.requests {
+        let id = request.id;
         match request.outcomes.as_slice() {
             [] if history.crashed => {}
-            [] => report(format!("request {} never ended", request.id)),
-            [Outcome::Result(payload)] if payload != &request.expected_result => report(format!(
-                "request {} got another request's result",
-                request.id
-            )),
+            [] => report("exactly-once", format!("request {id} never ended")),
             [_] => {}
-            many => report(format!("request {} ended {} times", request.id, many.len())),
+            many => report(
+                "exactly-once",
+                format!(
+                    "request {id} ended {} times: {}",
+                    many.len(),
+                    describe_all(many)
+                ),
+            ),
         }
+        for end in &request.outcomes {
+            if let Outcome::Result(payload) = &end.outcome {
+                if payload != &request.expected_result {
+                    report(
+                        "right-result",
+                        format!(
+                            "request {id} got another request's result ({})",
+                            describe_end(end)
+                        ),
+                    );
+                }
+            }
+        }
+        check_cancels(history, request, &mut report);
     }
     let mut last: Option<usize> = None;
     for id in &history.result_order {
         let Some(&p) = position.get(id) else {
-            report(format!("a result for request {id}, which was never sent"));
+            report(
+                "result-order",
+                format!("a result for request {id}, which was never sent"),
+            );
             continue;
         };
         if last.is_some_and(|l| p <= l) {
-            report(format!(
-                "the result of request {id} came out of request order"
-            ));
+            report(
+                "result-order",
+                format!("the result of request {id} came out of request order"),
+            );
         }
         last = Some(p);
+    }
+}
+
+/// The cancel rules of [`check_requests`] for one request.
+fn check_cancels(
+    history: &SessionHistory,
+    request: &RequestRecord,
+    report: &mut impl FnMut(&str, String),
+) {
+    let id = request.id;
+    let ends = &request.outcomes;
+    // Each end Cancelled needs a cancel before it that can end a request so.
+    for (k, end) in ends.iter().enumerate() {
+        let allowed: &[CancelOutcome] = match end.outcome {
+            Outcome::Cancelled => &[CancelOutcome::RemovedFromBatch, CancelOutcome::EndedLocally],
+            Outcome::ServerError(ErrorCode::Cancelled) => &[CancelOutcome::SentToServer],
+            _ => continue,
+        };
+        let before = |c: &&CancelRecord| c.ended_before <= k;
+        if !request
+            .cancels
+            .iter()
+            .filter(before)
+            .any(|c| allowed.contains(&c.outcome))
+        {
+            let cancels: Vec<String> = request
+                .cancels
+                .iter()
+                .filter(before)
+                .map(|c| format!("{:?} at {} ms", c.outcome, c.ms))
+                .collect();
+            let cancels = if request.cancels.is_empty() {
+                "it was never cancelled".to_owned()
+            } else if cancels.is_empty() {
+                "no cancel came before it".to_owned()
+            } else {
+                format!("its cancels before that returned {}", cancels.join(", "))
+            };
+            report(
+                "cancelled-only-if-cancelled",
+                format!(
+                    "request {id} ended with {}, but {cancels}",
+                    describe_end(end)
+                ),
+            );
+        }
+    }
+    let mut effective: Option<&CancelRecord> = None;
+    for cancel in &request.cancels {
+        let what = format!(
+            "request {id}'s cancel at {} ms returned {:?}",
+            cancel.ms, cancel.outcome
+        );
+        let ended = cancel.ended_before > 0;
+        if cancel.outcome == CancelOutcome::NotOutstanding {
+            if !ended {
+                report("not-outstanding", format!("{what}, but it had not ended"));
+            }
+            continue;
+        }
+        if cancel.outcome == CancelOutcome::AlreadySent {
+            let sent_before =
+                effective.is_some_and(|first| first.outcome == CancelOutcome::SentToServer);
+            if ended || !sent_before {
+                report(
+                    "not-outstanding",
+                    format!(
+                        "{what}, but it {}",
+                        if ended {
+                            "had ended already"
+                        } else {
+                            "had no Cancel sent before"
+                        }
+                    ),
+                );
+            }
+            continue;
+        }
+        if ended {
+            report(
+                "not-outstanding",
+                format!(
+                    "{what}, but it had ended already ({})",
+                    describe_all(&ends[..cancel.ended_before.min(ends.len())])
+                ),
+            );
+        } else if let Some(first) = effective {
+            report(
+                "not-outstanding",
+                format!(
+                    "{what}, but it was cancelled before (at {} ms: {:?})",
+                    first.ms, first.outcome
+                ),
+            );
+        }
+        let version = history.version;
+        let fits = match cancel.outcome {
+            CancelOutcome::SentToServer => version.is_some_and(|v| v >= 3),
+            CancelOutcome::EndedLocally => version.is_some_and(|v| v < 3),
+            _ => true,
+        };
+        if !fits {
+            report(
+                "cancel-fits-the-version",
+                format!("{what} on a connection of protocol version {version:?}"),
+            );
+        }
+        let after = ends.get(cancel.ended_before..).unwrap_or(&[]);
+        match cancel.outcome {
+            CancelOutcome::RemovedFromBatch | CancelOutcome::EndedLocally => match after {
+                [] if history.crashed => {}
+                [first, ..] if first.outcome == Outcome::Cancelled && first.ms == cancel.ms => {
+                    if after.len() > 1 {
+                        report(
+                            "local-cancel-ends-at-once",
+                            format!(
+                                "{what} and it ended Cancelled, but then also with {}",
+                                describe_all(&after[1..])
+                            ),
+                        );
+                    }
+                }
+                [] => report(
+                    "local-cancel-ends-at-once",
+                    format!("{what}, but it never ended"),
+                ),
+                _ => report(
+                    "local-cancel-ends-at-once",
+                    format!(
+                        "{what}, but it did not end Cancelled at once: {}",
+                        describe_all(after)
+                    ),
+                ),
+            },
+            CancelOutcome::SentToServer => {
+                for end in after {
+                    if end.outcome == Outcome::Cancelled {
+                        report(
+                            "sent-cancel-ends-by-the-server",
+                            format!(
+                                "{what}, but the client engine ended it itself ({})",
+                                describe_end(end)
+                            ),
+                        );
+                    }
+                }
+            }
+            CancelOutcome::NotOutstanding | CancelOutcome::AlreadySent => {}
+        }
+        effective.get_or_insert(cancel);
     }
 }
 

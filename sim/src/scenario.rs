@@ -18,6 +18,11 @@ pub struct Shape {
     /// Whether to add scripted readers (engine level only): now and then a slow
     /// reader and a stopped one, each with a group and a publisher of its own.
     pub readers: bool,
+    /// Whether to add cancels (engine level only): requests cancelled while they
+    /// wait, run or sit in an open batch, or after they ended, and short pipelines
+    /// of requests behind a sleep for them to hit. Drawn from a generator of their
+    /// own: without them the scenario is what it was.
+    pub cancels: bool,
 }
 
 impl Default for Shape {
@@ -28,6 +33,7 @@ impl Default for Shape {
             max_ops: 40,
             faults: true,
             readers: true,
+            cancels: true,
         }
     }
 }
@@ -150,9 +156,107 @@ fn add_readers(seed: u64, scenario: &mut Scenario) {
     scenario.ops.sort_by_key(|(t, _)| *t);
 }
 
+/// A cancel of the client's request `back` places before its last one, `delay`
+/// milliseconds after `t`: mostly at once or while the request may still run, now
+/// and then long after it ended.
+fn cancel_at(rng: &mut SimRng, t: u64, client: usize, back: usize) -> (u64, Op) {
+    let delay = match rng.range_inclusive(0, 7) {
+        0..=1 => 0,
+        2..=5 => rng.range_inclusive(1, 250),
+        _ => rng.range_inclusive(300, 1_200),
+    };
+    (t + delay, Op::Cancel { client, back })
+}
+
+/// The cancels that go with the operation `op` at `t` (see [`Shape::cancels`]): it
+/// may set the cancel of a batch, and adds operations to `extra`.
+fn add_cancels(rng: &mut SimRng, t: u64, op: &mut Op, extra: &mut Vec<(u64, Op)>) {
+    match op {
+        Op::Sleep { client, .. } | Op::Echo { client, .. } => {
+            let client = *client;
+            let sleep = matches!(op, Op::Sleep { .. });
+            // Behind a sleep, a short pipeline of requests: with few calls running
+            // at once, they wait, and a cancel drops one before it starts.
+            let mut queued = 0;
+            if sleep && rng.chance(1, 2) {
+                queued = rng.range_inclusive(1, 3) as usize;
+                for _ in 0..queued {
+                    let request = if rng.chance(1, 2) {
+                        Op::Sleep {
+                            client,
+                            ms: rng.range_inclusive(20, 300) as u32,
+                        }
+                    } else {
+                        Op::Echo {
+                            client,
+                            size: rng.range_inclusive(0, 64) as usize,
+                        }
+                    };
+                    extra.push((t, request));
+                }
+            }
+            if rng.chance(if sleep { 2 } else { 1 }, 3) {
+                let back = rng.range_inclusive(0, queued as u64) as usize;
+                let cancel = cancel_at(rng, t, client, back);
+                // Now and then the same request again: the second cancel must find
+                // it cancelled already.
+                if rng.chance(1, 8) {
+                    let again = cancel.0 + rng.range_inclusive(0, 50);
+                    extra.push((again, Op::Cancel { client, back }));
+                }
+                extra.push(cancel);
+            }
+        }
+        Op::Batch {
+            client,
+            requests,
+            abort,
+            cancel,
+            ..
+        } if *requests > 0 => {
+            if rng.chance(1, 3) {
+                *cancel = Some(rng.range_inclusive(0, *requests as u64 - 1) as usize);
+            }
+            // A committed batch's requests cancelled once sent.
+            if !*abort && rng.chance(1, 4) {
+                let back = rng.range_inclusive(0, *requests as u64 - 1) as usize;
+                extra.push((
+                    t + rng.range_inclusive(0, 20),
+                    Op::Cancel {
+                        client: *client,
+                        back,
+                    },
+                ));
+            }
+        }
+        Op::Subscribe { client, .. }
+        | Op::Unsubscribe { client, .. }
+        | Op::Publish { client, .. }
+        | Op::UserMessage { client, .. }
+        | Op::Cut { client }
+        | Op::Partition { client, .. }
+        | Op::Crash { client, .. }
+            if rng.chance(1, 30) =>
+        {
+            // Any request of the client, most likely ended already.
+            let back = rng.range_inclusive(0, 5) as usize;
+            extra.push((
+                t,
+                Op::Cancel {
+                    client: *client,
+                    back,
+                },
+            ));
+        }
+        _ => {}
+    }
+}
+
 /// The scenario for `seed`.
 pub fn generate(seed: u64, shape: Shape) -> Scenario {
     let mut rng = SimRng::new(seed ^ 0x5ce4_a210);
+    let mut cancel_rng = SimRng::new(seed ^ 0x0ca9_ce11);
+    let mut extra = Vec::new();
     let clients = rng.range_inclusive(2, shape.max_clients as u64) as usize;
     let group_count = rng.range_inclusive(1, u64::from(shape.max_groups)) as u32;
     let ops_count = rng.range_inclusive(5, shape.max_ops as u64) as usize;
@@ -204,6 +308,7 @@ pub fn generate(seed: u64, shape: Shape) -> Scenario {
                 },
                 server_batching: rng.chance(1, 2),
                 abort: rng.chance(1, 5),
+                cancel: None,
             },
             84..=88 if shape.faults => Op::Cut { client },
             89..=93 if shape.faults => Op::Partition {
@@ -231,6 +336,10 @@ pub fn generate(seed: u64, shape: Shape) -> Scenario {
                 size: size(&mut rng),
             },
         };
+        let mut op = op;
+        if shape.cancels {
+            add_cancels(&mut cancel_rng, t, &mut op, &mut extra);
+        }
         ops.push((t, op));
     }
     let mut scenario = Scenario {
@@ -242,6 +351,10 @@ pub fn generate(seed: u64, shape: Shape) -> Scenario {
     if shape.readers {
         add_readers(seed, &mut scenario);
     }
+    // The cancels' operations come after the rest of the same millisecond (stable
+    // sort), so the readers' timing does not depend on them.
+    scenario.ops.append(&mut extra);
+    scenario.ops.sort_by_key(|(t, _)| *t);
     scenario
 }
 
@@ -258,6 +371,7 @@ mod tests {
             | Op::Echo { client, .. }
             | Op::Sleep { client, .. }
             | Op::Batch { client, .. }
+            | Op::Cancel { client, .. }
             | Op::Cut { client }
             | Op::Partition { client, .. }
             | Op::Crash { client, .. }
@@ -312,6 +426,67 @@ mod tests {
             assert!(scripted.ops.windows(2).all(|w| w[0].0 <= w[1].0));
         }
         assert!(slow > 60 && stopped > 60, "{slow} slow, {stopped} stopped");
+    }
+
+    #[test]
+    fn cancels_only_add_operations() {
+        let (mut cancels, mut in_batch) = (0, 0);
+        for seed in 0..200 {
+            let plain = generate(
+                seed,
+                Shape {
+                    cancels: false,
+                    ..Shape::default()
+                },
+            );
+            let with = generate(seed, Shape::default());
+            assert_eq!(
+                (plain.clients, plain.groups, &plain.readers),
+                (with.clients, with.groups, &with.readers),
+                "seed {seed}"
+            );
+            // Every operation of the scenario without cancels is there, in order (a
+            // batch may cancel one of its requests).
+            let mut rest = with.ops.iter().map(|(t, op)| match op {
+                Op::Batch { .. } => {
+                    let mut op = op.clone();
+                    if let Op::Batch { cancel, .. } = &mut op {
+                        *cancel = None;
+                    }
+                    (*t, op)
+                }
+                _ => (*t, op.clone()),
+            });
+            for (t, op) in &plain.ops {
+                assert!(
+                    rest.any(|(u, o)| u == *t && o == *op),
+                    "seed {seed}: {op:?} at {t} ms is missing"
+                );
+            }
+            for (_, op) in &with.ops {
+                match op {
+                    Op::Cancel { client, .. } => {
+                        // Never a scripted reader or its publisher.
+                        assert!(*client < plain.clients - 2 * plain.readers.len());
+                        cancels += 1;
+                    }
+                    Op::Batch {
+                        cancel: Some(k),
+                        requests,
+                        ..
+                    } => {
+                        assert!(k < requests, "seed {seed}");
+                        in_batch += 1;
+                    }
+                    _ => {}
+                }
+            }
+            assert!(with.ops.windows(2).all(|w| w[0].0 <= w[1].0));
+        }
+        assert!(
+            cancels > 300 && in_batch > 20,
+            "{cancels} cancels, {in_batch} in batches"
+        );
     }
 
     #[test]

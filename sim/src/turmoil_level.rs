@@ -5,8 +5,8 @@
 
 use crate::engine_level::{Coverage, Op, RunOutput, Scenario};
 use crate::history::{
-    JournalEntry, MessageId, Origin, Outcome, Received, RequestRecord, RunRecord, SessionHistory,
-    SessionKey,
+    Ended, JournalEntry, MessageId, Origin, Outcome, Received, RequestRecord, RunRecord,
+    SessionHistory, SessionKey,
 };
 use crate::recorder::{Journal, RecordingHooks};
 use bytes::Bytes;
@@ -215,7 +215,10 @@ async fn server_host(world: Arc<World>, scenario: Arc<Scenario>) -> turmoil::Res
 fn record_outcome(world: &World, history: usize, request: usize, outcome: Outcome) {
     lock(&world.histories)[history].requests[request]
         .outcomes
-        .push(outcome);
+        .push(Ended {
+            ms: now_ms(),
+            outcome,
+        });
 }
 
 async fn client_host(
@@ -409,18 +412,18 @@ fn request(
     let position = {
         let mut histories = lock(&world.histories);
         let requests = &mut histories[history].requests;
-        requests.push(RequestRecord {
-            id: requests.len() as u64 + 1,
-            expected_result: expected,
-            outcomes: Vec::new(),
-        });
+        requests.push(RequestRecord::new(requests.len() as u64 + 1, expected));
         requests.len() - 1
     };
     let world = world.clone();
     tokio::spawn(async move {
         let outcome = match reply.await {
             Ok(result) => Outcome::Result(result),
-            Err(pushwire_tokio::client::RequestError::Server { .. }) => Outcome::ServerError,
+            Err(pushwire_tokio::client::RequestError::Server { code, .. }) => {
+                Outcome::ServerError(code)
+            }
+            // These scenarios cancel nothing: an end Cancelled is a violation.
+            Err(pushwire_tokio::client::RequestError::Cancelled) => Outcome::Cancelled,
             Err(_) => Outcome::Aborted,
         };
         record_outcome(&world, history, position, outcome);
@@ -643,6 +646,7 @@ pub fn run(seed: u64, scenario: &Scenario) -> RunOutput {
             journal,
             queue_breaches: Vec::new(),
             flow: None,
+            rpc_breaches: Vec::new(),
         },
         coverage,
         digest,

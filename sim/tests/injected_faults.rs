@@ -62,6 +62,13 @@ fn an_rpc_answered_twice_breaks_exactly_once() {
 }
 
 #[test]
+fn a_request_answered_cancelled_though_never_cancelled_breaks_g7() {
+    // The simulated service, not the engine, misbehaves: the oracle must see an end
+    // Cancelled that no cancel explains.
+    caught(InjectedFault::CancelledUnasked(1), Guarantee::G7);
+}
+
+#[test]
 fn an_event_replayed_twice_on_resume_is_a_duplicate() {
     // Network faults are needed for resumes.
     caught_in(

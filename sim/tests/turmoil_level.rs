@@ -17,6 +17,9 @@ const SHAPE: Shape = Shape {
     faults: true,
     // Scripted readers need the engine level's control of each read.
     readers: false,
+    // Cancels are checked at the engine level (the turmoil scenarios stay as they
+    // were).
+    cancels: false,
 };
 
 #[test]

@@ -46,7 +46,8 @@ pub enum ConnectionEvent {
     },
     /// Version 3: the client cancelled a running request. Tell its handler (a
     /// cancellation token, say); it still answers the request once, with
-    /// `ErrorCode::Cancelled` if it stopped, or its result.
+    /// `ErrorCode::Cancelled` if it stopped, or its result. It can come for a
+    /// request already answered (Request and Cancel arrived together): ignore it.
     CancelRequested {
         /// The request concerned.
         request_id: u64,

@@ -693,7 +693,9 @@ impl Client {
     ///   (`Cancelled`) or finish (its result);
     /// - sent, on an older server: it ends at once with `Cancelled`; the server
     ///   still runs it and its result is dropped;
-    /// - finished already: nothing happens.
+    /// - cancelled before and still waiting for the server: nothing more
+    ///   ([`CancelOutcome::AlreadySent`]);
+    /// - finished already: nothing happens ([`CancelOutcome::NotOutstanding`]).
     ///
     /// Results of other requests keep their order.
     pub fn cancel(&self, request: RequestTicket) -> Reply<CancelOutcome> {

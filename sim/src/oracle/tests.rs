@@ -1,7 +1,9 @@
 //! The oracle on small hand-written histories, good and bad.
 
 use super::*;
-use crate::history::RequestRecord;
+use crate::history::{CancelRecord, Ended, RequestRecord};
+use pushwire_engine::client::CancelOutcome;
+use pushwire_protocol::ErrorCode;
 
 fn key(client: u32) -> SessionKey {
     SessionKey { client, session: 0 }
@@ -63,6 +65,7 @@ fn run_with(b_received: Vec<Received>) -> RunRecord {
         journal: journal(),
         queue_breaches: vec![],
         flow: None,
+        rpc_breaches: vec![],
     }
 }
 
@@ -183,18 +186,33 @@ fn corrupted_bytes_are_g1() {
     assert!(guarantees(&run_with(b)).contains(&Guarantee::G1));
 }
 
+fn end(ms: u64, outcome: Outcome) -> Ended {
+    Ended { ms, outcome }
+}
+
+fn result(ms: u64) -> Ended {
+    end(ms, Outcome::Result(Bytes::from_static(b"x")))
+}
+
+fn request(id: u64, outcomes: Vec<Ended>) -> RequestRecord {
+    RequestRecord {
+        outcomes,
+        ..RequestRecord::new(id, Bytes::from_static(b"x"))
+    }
+}
+
+fn cancelled(ms: u64, outcome: CancelOutcome, ended_before: usize) -> CancelRecord {
+    CancelRecord {
+        ms,
+        outcome,
+        ended_before,
+    }
+}
+
 #[test]
 fn requests_end_exactly_once_and_in_order() {
     let mut run = run_with(b_expected());
-    let request = |id, outcomes| RequestRecord {
-        id,
-        expected_result: Bytes::from_static(b"x"),
-        outcomes,
-    };
-    run.sessions[0].requests = vec![
-        request(1, vec![Outcome::Result(Bytes::from_static(b"x"))]),
-        request(2, vec![Outcome::Result(Bytes::from_static(b"x"))]),
-    ];
+    run.sessions[0].requests = vec![request(1, vec![result(10)]), request(2, vec![result(11)])];
     run.sessions[0].result_order = vec![1, 2];
     assert_eq!(check(&run), vec![]);
 
@@ -202,11 +220,226 @@ fn requests_end_exactly_once_and_in_order() {
     assert_eq!(guarantees(&run), vec![Guarantee::G7]);
 
     run.sessions[0].result_order = vec![1, 2];
-    run.sessions[0].requests[1].outcomes.push(Outcome::Aborted);
+    run.sessions[0].requests[1]
+        .outcomes
+        .push(end(12, Outcome::Aborted));
     assert_eq!(guarantees(&run), vec![Guarantee::G7]);
 
     run.sessions[0].requests[1].outcomes.clear();
     assert_eq!(guarantees(&run), vec![Guarantee::G7]);
+}
+
+// --- Cancels --------------------------------------------------------------------------
+
+/// A session of protocol `version` whose requests are `requests` (results of
+/// requests with a result are in request order).
+fn with_requests(version: u16, requests: Vec<RequestRecord>) -> RunRecord {
+    let mut run = run_with(b_expected());
+    let history = &mut run.sessions[0];
+    history.version = Some(version);
+    history.result_order = requests
+        .iter()
+        .filter(|r| {
+            r.outcomes
+                .iter()
+                .any(|e| matches!(e.outcome, Outcome::Result(_) | Outcome::ServerError(_)))
+        })
+        .map(|r| r.id)
+        .collect();
+    history.requests = requests;
+    run
+}
+
+/// The G7 violations' details.
+fn rpc_violations(run: &RunRecord) -> Vec<String> {
+    check(run)
+        .into_iter()
+        .filter(|v| v.guarantee == Guarantee::G7)
+        .map(|v| v.detail)
+        .collect()
+}
+
+/// Asserts that G7 is reported, by `rule`, naming request `id` and the seed.
+fn assert_rule(run: &RunRecord, rule: &str, id: u64) {
+    let found = rpc_violations(run);
+    let tag = format!("[{rule}]");
+    let request = format!("request {id}");
+    let seed = format!("(seed {})", run.seed);
+    assert!(
+        found
+            .iter()
+            .any(|d| d.contains(&tag) && d.contains(&request) && d.ends_with(&seed)),
+        "expected a G7 violation of {tag} naming {request} and the seed, got {found:?}"
+    );
+}
+
+/// Request 1 with `outcomes` and `cancels`; request 2 ended with its result.
+fn cancel_story(version: u16, outcomes: Vec<Ended>, cancels: Vec<CancelRecord>) -> RunRecord {
+    let mut first = request(1, outcomes);
+    first.cancels = cancels;
+    with_requests(version, vec![first, request(2, vec![result(300)])])
+}
+
+#[test]
+fn faithful_cancels_pass() {
+    use CancelOutcome::*;
+    let server_cancelled = end(120, Outcome::ServerError(ErrorCode::Cancelled));
+    let stories = [
+        // Dropped before it started, or its handler stopped.
+        (
+            3,
+            vec![server_cancelled.clone()],
+            vec![cancelled(100, SentToServer, 0)],
+        ),
+        // Too late: its result came anyway.
+        (3, vec![result(120)], vec![cancelled(100, SentToServer, 0)]),
+        // The connection ended first.
+        (
+            3,
+            vec![end(120, Outcome::Aborted)],
+            vec![cancelled(100, SentToServer, 0)],
+        ),
+        // A second cancel finds it cancelled already; a third one, after the end.
+        (
+            3,
+            vec![server_cancelled],
+            vec![
+                cancelled(100, SentToServer, 0),
+                cancelled(101, AlreadySent, 0),
+                cancelled(200, NotOutstanding, 1),
+            ],
+        ),
+        // Taken out of an open batch (any version), ended locally (version 2).
+        (
+            3,
+            vec![end(100, Outcome::Cancelled)],
+            vec![cancelled(100, RemovedFromBatch, 0)],
+        ),
+        (
+            2,
+            vec![end(100, Outcome::Cancelled)],
+            vec![cancelled(100, EndedLocally, 0)],
+        ),
+        // Cancelled after it ended.
+        (3, vec![result(90)], vec![cancelled(100, NotOutstanding, 1)]),
+    ];
+    for (version, outcomes, cancels) in stories {
+        let run = cancel_story(version, outcomes.clone(), cancels.clone());
+        assert_eq!(check(&run), vec![], "{outcomes:?} {cancels:?}");
+    }
+}
+
+#[test]
+fn a_request_reported_cancelled_that_was_never_cancelled_is_g7() {
+    for outcome in [
+        Outcome::Cancelled,
+        Outcome::ServerError(ErrorCode::Cancelled),
+    ] {
+        let run = cancel_story(3, vec![end(100, outcome)], vec![]);
+        assert_rule(&run, "cancelled-only-if-cancelled", 1);
+        assert!(rpc_violations(&run)[0].contains("never cancelled"));
+    }
+    // Cancelled after it ended Cancelled: the cancel came too late to explain it.
+    let run = cancel_story(
+        3,
+        vec![end(100, Outcome::ServerError(ErrorCode::Cancelled))],
+        vec![cancelled(150, CancelOutcome::NotOutstanding, 1)],
+    );
+    assert_rule(&run, "cancelled-only-if-cancelled", 1);
+    // A local end Cancelled after a cancel that went to the server.
+    let run = cancel_story(
+        3,
+        vec![end(100, Outcome::Cancelled)],
+        vec![cancelled(100, CancelOutcome::SentToServer, 0)],
+    );
+    assert_rule(&run, "cancelled-only-if-cancelled", 1);
+    assert_rule(&run, "sent-cancel-ends-by-the-server", 1);
+    // A server's Cancelled after a cancel that ended it locally (and twice).
+    let run = cancel_story(
+        2,
+        vec![
+            end(100, Outcome::Cancelled),
+            end(150, Outcome::ServerError(ErrorCode::Cancelled)),
+        ],
+        vec![cancelled(100, CancelOutcome::EndedLocally, 0)],
+    );
+    assert_rule(&run, "cancelled-only-if-cancelled", 1);
+}
+
+#[test]
+fn a_result_after_a_local_cancel_is_g7() {
+    for (version, outcome) in [
+        (2, CancelOutcome::EndedLocally),
+        (3, CancelOutcome::RemovedFromBatch),
+    ] {
+        // Ended Cancelled, then its result too: twice.
+        let run = cancel_story(
+            version,
+            vec![end(100, Outcome::Cancelled), result(140)],
+            vec![cancelled(100, outcome, 0)],
+        );
+        assert_rule(&run, "exactly-once", 1);
+        assert_rule(&run, "local-cancel-ends-at-once", 1);
+        // Only its result: the cancel said it ended.
+        let run = cancel_story(version, vec![result(140)], vec![cancelled(100, outcome, 0)]);
+        assert_rule(&run, "local-cancel-ends-at-once", 1);
+        // Ended Cancelled, but later, not at once.
+        let run = cancel_story(
+            version,
+            vec![end(101, Outcome::Cancelled)],
+            vec![cancelled(100, outcome, 0)],
+        );
+        assert_rule(&run, "local-cancel-ends-at-once", 1);
+        // Never ended.
+        let run = cancel_story(version, vec![], vec![cancelled(100, outcome, 0)]);
+        assert_rule(&run, "local-cancel-ends-at-once", 1);
+        assert_rule(&run, "exactly-once", 1);
+    }
+}
+
+#[test]
+fn a_cancel_outcome_that_contradicts_the_request_is_g7() {
+    use CancelOutcome::*;
+    // NotOutstanding for a request that had not ended and was not cancelled before.
+    let run = cancel_story(
+        3,
+        vec![result(140)],
+        vec![cancelled(100, NotOutstanding, 0)],
+    );
+    assert_rule(&run, "not-outstanding", 1);
+    // AlreadySent without a Cancel sent before.
+    let run = cancel_story(3, vec![result(140)], vec![cancelled(100, AlreadySent, 0)]);
+    assert_rule(&run, "not-outstanding", 1);
+    // Anything else for one that had ended, or was cancelled before.
+    let run = cancel_story(3, vec![result(90)], vec![cancelled(100, SentToServer, 1)]);
+    assert_rule(&run, "not-outstanding", 1);
+    let run = cancel_story(
+        3,
+        vec![result(140)],
+        vec![
+            cancelled(100, SentToServer, 0),
+            cancelled(101, SentToServer, 0),
+        ],
+    );
+    assert_rule(&run, "not-outstanding", 1);
+    // A cancel sent on version 2, or ended locally on version 3.
+    let run = cancel_story(2, vec![result(140)], vec![cancelled(100, SentToServer, 0)]);
+    assert_rule(&run, "cancel-fits-the-version", 1);
+    let run = cancel_story(
+        3,
+        vec![end(100, Outcome::Cancelled)],
+        vec![cancelled(100, EndedLocally, 0)],
+    );
+    assert_rule(&run, "cancel-fits-the-version", 1);
+}
+
+#[test]
+fn rpc_breaches_seen_by_the_harness_are_g7() {
+    let mut run = run_with(b_expected());
+    run.rpc_breaches
+        .push("c0s0: request 3 was handed to the application while 2 calls ran".into());
+    assert_eq!(guarantees(&run), vec![Guarantee::G7]);
+    assert!(rpc_violations(&run)[0].ends_with("(seed 1)"));
 }
 
 #[test]
