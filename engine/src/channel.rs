@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 pub struct KeepAlive {
     /// Send a Ping when nothing has been sent for this long (`None`: never).
     pub ping_interval: Option<Duration>,
-    /// Close the connection when nothing has arrived for this long (`None`: never).
+    /// Close the connection when no complete frame has arrived for this long
+    /// (`None`: never). Bytes of an unfinished frame do not count: a peer that
+    /// trickles a frame that never ends is closed as idle.
     pub idle_timeout: Option<Duration>,
 }
 
@@ -149,7 +151,10 @@ impl Channel {
         if self.closed.is_some() || data.is_empty() {
             return;
         }
-        self.last_rx = now;
+        // Only complete frames count as traffic for the idle timer: a peer that
+        // trickles the bytes of a frame that never ends must not keep the
+        // connection forever.
+        let last_rx = &mut self.last_rx;
         let decoder = &mut self.decoder;
         let frames = &mut self.frames;
         let app_bytes = &mut self.app_bytes_received;
@@ -162,6 +167,7 @@ impl Channel {
                     plain = &plain[taken..];
                     while let Some(frame) = decoder.next_frame().map_err(ChannelError::Decode)? {
                         frames.push_back(frame);
+                        *last_rx = now;
                     }
                     if taken == 0 && !plain.is_empty() {
                         // The decoder refuses bytes only when it has an error to report.

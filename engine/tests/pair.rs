@@ -698,6 +698,33 @@ fn a_cancel_on_a_version_2_connection_is_a_protocol_error() {
 }
 
 #[test]
+fn a_peer_that_trickles_a_frame_that_never_ends_is_closed_as_idle() {
+    let mut pair = Pair::plaintext();
+    pair.drive();
+    assert!(pair.client_ready());
+    // From now on only the trickle reaches the server: a frame that announces 64
+    // bytes, one byte every 5 s.
+    pair.connected = false;
+    let idle = KeepAlive::default().idle_timeout.unwrap();
+    pair.server.handle_input(pair.now, &[0, 0, 0, 64, 0x10]);
+    let started = pair.now;
+    while pair.server_closed().is_none() && pair.now - started < 2 * idle {
+        pair.advance(Duration::from_secs(5));
+        pair.server.handle_input(pair.now, &[0]);
+        pair.drive();
+    }
+    assert_eq!(
+        pair.server_closed(),
+        Some(&CloseReason::Timeout(TimeoutKind::Idle))
+    );
+    assert!(
+        pair.now - started <= idle + Duration::from_secs(5),
+        "closed at the idle deadline, not later: {:?}",
+        pair.now - started
+    );
+}
+
+#[test]
 fn keepalive_pings_an_idle_link_and_closes_a_dead_one() {
     let mut pair = Pair::tls();
     pair.drive();

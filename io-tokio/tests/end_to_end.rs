@@ -492,3 +492,70 @@ async fn an_answer_never_overtakes_the_events_received_before_it() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_peer_trickling_a_frame_is_closed_at_the_idle_deadline() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let idle = Duration::from_millis(600);
+    let server = builder("server.cert.pem", "server.key.pem", attempts)
+        .plaintext()
+        .keepalive(pushwire_engine::KeepAlive {
+            ping_interval: None,
+            idle_timeout: Some(idle),
+        })
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut raw = tokio::net::TcpStream::connect(server.local_addr().unwrap())
+        .await
+        .unwrap();
+    let mut hello = bytes::BytesMut::new();
+    pushwire_protocol::Message::Hello(pushwire_protocol::Hello {
+        min_version: 1,
+        max_version: pushwire_protocol::PROTOCOL_VERSION,
+        service_id: HELLO_WORLD_SERVICE,
+        options: Default::default(),
+        user_id: "trickler".into(),
+        password: Bytes::from_static(b"MyPassword"),
+        resume: None,
+    })
+    .encode(&mut hello);
+    raw.write_all(&hello).await.unwrap();
+    // A Request frame announcing 1,000 bytes, then one byte every 100 ms: bytes
+    // keep coming, a frame never completes.
+    raw.write_all(&[0, 0, 3, 232, 0x10]).await.unwrap();
+    let began = std::time::Instant::now();
+    let (mut reader, mut writer) = raw.into_split();
+    let trickle = tokio::spawn(async move {
+        while writer.write_all(&[0]).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut received))
+        .await
+        .expect("the trickling peer kept its connection")
+        .ok();
+    let lasted = began.elapsed();
+    trickle.abort();
+    assert!(
+        lasted >= idle && lasted < idle * 4,
+        "closed after {lasted:?}, the idle timeout is {idle:?}"
+    );
+    let mut decoder = pushwire_protocol::FrameDecoder::new(Default::default());
+    let mut rest = &received[..];
+    let mut close = None;
+    while !rest.is_empty() {
+        let taken = decoder.feed(rest);
+        rest = &rest[taken..];
+        while let Ok(Some(message)) = decoder.next_message() {
+            if let pushwire_protocol::Message::Close(c) = message {
+                close = Some(c.code);
+            }
+        }
+        if taken == 0 {
+            break;
+        }
+    }
+    assert_eq!(close, Some(CloseCode::IdleTimeout), "{received:?}");
+}
