@@ -263,12 +263,14 @@ impl PushCommand {
                 command_id,
                 groups,
                 payload,
+                compression: None,
             }),
             PushCommand::SendUserMessage { receiver, payload } => {
                 Message::SendUserMessage(SendUserMessage {
                     command_id,
                     receiver,
                     payload,
+                    compression: None,
                 })
             }
             PushCommand::ListGroups => Message::ListGroups(ListGroups { command_id }),
@@ -592,7 +594,8 @@ impl ClientConnection {
         // The header and fields are encoded aside and checked; then they and the
         // payload are queued as they are (the payload is not copied twice).
         self.scratch.clear();
-        let prefix = encode_publish_prefix(&mut self.scratch, command_id, groups, payload.len());
+        let prefix =
+            encode_publish_prefix(&mut self.scratch, command_id, groups, None, payload.len());
         let size = prefix + payload.len() - 4;
         if size > self.server_max_frame as usize {
             return Err(ClientError::TooLarge {

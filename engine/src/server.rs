@@ -421,6 +421,15 @@ impl ServerConnection {
                     .close_with(CloseReason::Protocol(ProtocolError::Decode(e)))
             }
         };
+        if message.is_compressed() {
+            // Not negotiated yet: nothing in this server can take a compressed payload.
+            return self
+                .channel
+                .close_with(CloseReason::Protocol(ProtocolError::Unexpected {
+                    message: "compressed payload",
+                    context: "before this server supports them",
+                }));
+        }
         let result = match (self.state, message) {
             (_, Message::Ping(ping)) => {
                 self.channel

@@ -1135,7 +1135,10 @@ impl EngineSim {
             self.coverage.reconnects += 1;
         }
         let mut config = ClientConfig::new(ClientTransport::Plaintext, key.user_id(), b"pw");
-        config.options = ClientOptions { echo: client.echo };
+        config.options = ClientOptions {
+            echo: client.echo,
+            compression: false,
+        };
         config.keepalive = KEEPALIVE;
         config.handshake_timeout = Duration::from_millis(1000);
         config.resume = resume.map(|(r, _)| r);

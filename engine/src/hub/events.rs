@@ -261,6 +261,7 @@ impl PushEvent {
                         *seq,
                         sender,
                         groups,
+                        None,
                         payload.len(),
                     )
                 });
@@ -302,6 +303,7 @@ impl PushEvent {
                 sender,
                 groups: groups.to_vec(),
                 payload,
+                compression: None,
             }),
             PushEvent::UserMessage {
                 seq,
@@ -311,6 +313,7 @@ impl PushEvent {
                 seq,
                 sender,
                 payload,
+                compression: None,
             }),
             PushEvent::Rejected(m) => Message::PushRejected(m),
             PushEvent::UserMessageDelivered(m) => Message::UserMessageDelivered(m),
@@ -415,6 +418,7 @@ impl SharedEvent {
                 seq,
                 &self.sender,
                 &self.targets,
+                None,
                 self.payload.len(),
             );
             out.extend_from_slice(&self.payload);
@@ -608,6 +612,7 @@ pub(crate) mod frame_len {
             sender: sender.clone(),
             groups: Vec::new(),
             payload: Bytes::new(),
+            compression: None,
         })
         .encoded_len()
             + payload_len
@@ -619,6 +624,7 @@ pub(crate) mod frame_len {
             seq: 0,
             sender: sender.clone(),
             payload: payload.clone(),
+            compression: None,
         })
         .encoded_len()
     }

@@ -575,6 +575,7 @@ impl<H: PushHooks> Hub<H> {
                 command_id,
                 groups,
                 payload,
+                compression: None,
             }) => (
                 command_id,
                 self.publish_as(
@@ -588,6 +589,7 @@ impl<H: PushHooks> Hub<H> {
                 command_id,
                 receiver,
                 payload,
+                compression: None,
             }) => {
                 let outcome = self.send_user_message_as(
                     Origin::Client,

@@ -340,6 +340,7 @@ mod tests {
             sender: Sender::Server,
             groups: vec![],
             payload: Bytes::from(vec![0u8; 100]),
+            compression: None,
         })
     }
 

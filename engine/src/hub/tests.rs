@@ -75,6 +75,7 @@ fn publish_cmd(command_id: u64, groups: &[u32], payload: &'static [u8]) -> Messa
         command_id,
         groups: ids(groups),
         payload: Bytes::from_static(payload),
+        compression: None,
     })
 }
 
@@ -83,6 +84,7 @@ fn user_message_cmd(command_id: u64, receiver: &str, payload: &'static [u8]) -> 
         command_id,
         receiver: Text::from(receiver),
         payload: Bytes::from_static(payload),
+        compression: None,
     })
 }
 
@@ -108,6 +110,7 @@ fn published(seq: u64, sender: Sender, groups: &[u32], payload: &'static [u8]) -
         sender,
         groups: ids(groups),
         payload: Bytes::from_static(payload),
+        compression: None,
     })
 }
 
@@ -116,6 +119,7 @@ fn user_message(seq: u64, sender: Sender, payload: &'static [u8]) -> Message {
         seq,
         sender,
         payload: Bytes::from_static(payload),
+        compression: None,
     })
 }
 

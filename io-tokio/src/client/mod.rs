@@ -359,7 +359,10 @@ impl ClientBuilder {
             context.password.as_bytes(),
         );
         config.service_id = context.service_id;
-        config.options = ClientOptions { echo: context.echo };
+        config.options = ClientOptions {
+            echo: context.echo,
+            compression: false,
+        };
         config.keepalive = context.keepalive;
         config.handshake_timeout = context.connect_timeout;
         config.server_auth = if self.server_auth.is_some() {
