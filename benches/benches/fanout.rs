@@ -130,6 +130,7 @@ impl Fanout {
                 sender,
                 groups,
                 payload,
+                compressed: None,
             } = event
             {
                 groups.with_slice(|groups| {

@@ -388,6 +388,20 @@ impl ServerConnection {
         self.advance();
     }
 
+    /// Closes for a protocol violation found above the engine, in an event it
+    /// reported (a compressed payload that does not decompress): a Close with the
+    /// error's code and text, then close_notify. The events decoded after the bad
+    /// one are dropped, as if the connection had closed on its arrival; the Closed
+    /// event follows.
+    pub fn fail(&mut self, error: ProtocolError) {
+        if self.state == ServerState::Closed || self.channel.is_closing() {
+            return;
+        }
+        self.events.clear();
+        self.channel.close_with(CloseReason::Protocol(error));
+        self.advance();
+    }
+
     fn release_results(&mut self) {
         let channel = &mut self.channel;
         self.results.release(|m| channel.send(&m));
@@ -413,7 +427,7 @@ impl ServerConnection {
         if frame.kind == pushwire_protocol::MessageKind::Hello {
             return self.handle_hello(frame.body);
         }
-        let message = match Message::decode(frame.kind, frame.body.freeze()) {
+        let message = match frame.decode() {
             Ok(m) => m,
             Err(e) => {
                 return self
@@ -421,13 +435,14 @@ impl ServerConnection {
                     .close_with(CloseReason::Protocol(ProtocolError::Decode(e)))
             }
         };
-        if message.is_compressed() {
-            // Not negotiated yet: nothing in this server can take a compressed payload.
+        if message.is_compressed() && self.version < 3 {
+            // The decoder takes the compressed forms whatever the connection; they
+            // exist only from version 3 on.
             return self
                 .channel
                 .close_with(CloseReason::Protocol(ProtocolError::Unexpected {
-                    message: "compressed payload",
-                    context: "before this server supports them",
+                    message: compressed_name(message.kind()),
+                    context: "on a connection of protocol version 1 or 2",
                 }));
         }
         let result = match (self.state, message) {
@@ -553,5 +568,17 @@ impl ServerConnection {
                 peer: self.peer,
                 client_certificate,
             }));
+    }
+}
+
+/// The name of a message type in its compressed form, for errors.
+pub(crate) fn compressed_name(kind: pushwire_protocol::MessageKind) -> &'static str {
+    use pushwire_protocol::MessageKind;
+    match kind {
+        MessageKind::Publish => "compressed Publish",
+        MessageKind::SendUserMessage => "compressed SendUserMessage",
+        MessageKind::Published => "compressed Published",
+        MessageKind::UserMessage => "compressed UserMessage",
+        _ => "compressed payload",
     }
 }
