@@ -14,7 +14,7 @@ use crate::transport::{ByteStream, Connector, TcpConnector};
 use bytes::Bytes;
 use pushwire_engine::client::{
     AbortReason, ClientConfig, ClientConnection, ClientError, ClientEvent, ClientTransport,
-    PushCommand, ServerAuthMode,
+    CompressionConfig, PushCommand, ServerAuthMode,
 };
 use pushwire_engine::credentials::{load_native_roots, load_root_store, CredentialsError};
 use pushwire_engine::tls::{ClientTls, ServerAuthentication, TlsConfigError};
@@ -249,6 +249,9 @@ pub struct ClientBuilder {
     on_user_message: Option<UserMessageCallback>,
     event_capacity: usize,
     send_window: usize,
+    compression: CompressionConfig,
+    accept_compressed: bool,
+    max_version: u16,
 }
 
 impl ClientBuilder {
@@ -263,6 +266,9 @@ impl ClientBuilder {
             on_user_message: None,
             event_capacity: 1024,
             send_window: DEFAULT_SEND_WINDOW,
+            compression: CompressionConfig::default(),
+            accept_compressed: true,
+            max_version: pushwire_protocol::PROTOCOL_VERSION,
         }
     }
 
@@ -324,6 +330,46 @@ impl ClientBuilder {
         self
     }
 
+    /// Compresses the payloads this client publishes and sends (LZ4, protocol
+    /// version 3; default off): those of at least the
+    /// [threshold](Self::compression_threshold) that come out smaller. The server
+    /// forwards them compressed to receivers that accept compressed payloads and
+    /// decompresses them for the others; applications see the same bytes either way.
+    /// Worth it for large text and JSON, not for small or already compressed
+    /// payloads (`benches/RESULTS.md` has the figures). With a server of an older
+    /// version everything goes plain.
+    pub fn compression(mut self, on: bool) -> Self {
+        self.compression.enabled = on;
+        self
+    }
+
+    /// Payloads shorter than this go plain even with [compression](Self::compression)
+    /// on (default
+    /// [`DEFAULT_COMPRESSION_THRESHOLD`](pushwire_engine::client::DEFAULT_COMPRESSION_THRESHOLD),
+    /// 512 bytes).
+    pub fn compression_threshold(mut self, bytes: usize) -> Self {
+        self.compression.threshold = bytes;
+        self
+    }
+
+    /// Whether the server may send this client payloads compressed as their
+    /// publishers sent them (the Hello's compression option; default on: the client
+    /// decompresses them before any callback or event sees them, which costs less
+    /// than the bytes it saves on the wire). Off, the server decompresses them for
+    /// this client.
+    pub fn accept_compressed(mut self, on: bool) -> Self {
+        self.accept_compressed = on;
+        self
+    }
+
+    /// The highest protocol version this client offers (default: the highest it
+    /// speaks); a lower one makes it behave as an older client (version 2: no
+    /// compression either way), for mixed-version deployments and tests.
+    pub fn max_version(mut self, version: u16) -> Self {
+        self.max_version = version;
+        self
+    }
+
     /// Connects over TCP.
     pub async fn connect(self) -> Result<(Client, EventStream), ConnectError> {
         self.connect_with(&TcpConnector).await
@@ -361,8 +407,10 @@ impl ClientBuilder {
         config.service_id = context.service_id;
         config.options = ClientOptions {
             echo: context.echo,
-            compression: false,
+            compression: self.accept_compressed,
         };
+        config.compression = self.compression;
+        config.max_version = self.max_version;
         config.keepalive = context.keepalive;
         config.handshake_timeout = context.connect_timeout;
         config.server_auth = if self.server_auth.is_some() {

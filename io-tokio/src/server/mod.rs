@@ -108,6 +108,7 @@ pub struct ServerBuilder {
     slow_consumer_policy: SlowConsumerPolicy,
     /// `None`: not set, [`FlowControl::fitted`] to the other settings.
     flow_control: Option<Option<FlowControl>>,
+    max_version: u16,
 }
 
 /// The callback told when connections join and leave the hub.
@@ -164,7 +165,16 @@ impl ServerBuilder {
             observer: None,
             slow_consumer_policy: SlowConsumerPolicy::default(),
             flow_control: None,
+            max_version: pushwire_protocol::PROTOCOL_VERSION,
         }
+    }
+
+    /// The highest protocol version the server agrees to (default: the highest it
+    /// speaks); a lower one makes it behave as an older server (version 2: no
+    /// compressed payloads), for mixed-version deployments and tests.
+    pub fn max_version(mut self, version: u16) -> Self {
+        self.max_version = version;
+        self
     }
 
     /// How long a session outlives its connection for the client to resume it
@@ -326,6 +336,7 @@ impl ServerBuilder {
         server.limits = self.limits;
         server.hello_timeout = self.hello_timeout;
         server.keepalive = self.keepalive;
+        server.max_version = self.max_version;
         let mut config = NodeConfig::new(server);
         config.hub = self.hub;
         config.max_outbound_bytes = self.max_outbound_bytes;
