@@ -128,7 +128,12 @@ pub enum ServerEvent {
         payload: Bytes,
     },
     /// A push command for the hub (Subscribe, Unsubscribe, Publish, SendUserMessage,
-    /// ListGroups).
+    /// ListGroups). On protocol version 3 a Publish or SendUserMessage may carry a
+    /// compressed payload, as the client sent it: [`Hub::handle_command`] checks and
+    /// decompresses it. (A compressed frame on an earlier version never gets here:
+    /// this engine closes the connection for it.)
+    ///
+    /// [`Hub::handle_command`]: crate::hub::Hub::handle_command
     Push(Message),
     /// The client has every push event up to this sequence number.
     Acknowledged(u64),

@@ -28,7 +28,7 @@ async fn start(version: u16) -> Server {
         .unwrap()
         .group(1, "compressed")
         .max_payload(256 * 1024)
-        .max_version(version)
+        .max_protocol_version(version)
         .authenticator(|_: &pushwire_tokio::server::AuthAttempt<'_>| AuthDecision::Permit)
         .bind("127.0.0.1:0".parse().unwrap())
         .await
@@ -121,7 +121,7 @@ async fn version_2_clients_and_servers_interoperate_with_compressing_clients() {
     let (old, mut old_events) = join(
         ClientBuilder::new(context(&server, "old"))
             .compression(true)
-            .max_version(2),
+            .max_protocol_version(2),
     )
     .await;
     let (_bob, mut bob_events) = join(ClientBuilder::new(context(&server, "bob"))).await;

@@ -79,9 +79,10 @@ use groups::{for_each_member_of_any, Group, Groups};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubConfig {
     /// Largest payload of a publication or user message; larger ones are refused
-    /// with `RejectCode::PayloadTooLarge`. Default 512 KiB, so that a Published
-    /// frame with the longest sender and group list still fits the protocol's default
-    /// 1 MiB frame limit.
+    /// with `RejectCode::PayloadTooLarge`. For a compressed payload this is the
+    /// decompressed size, checked from its header before anything is decompressed.
+    /// Default 512 KiB, so that a Published frame with the longest sender and group
+    /// list still fits the protocol's default 1 MiB frame limit.
     pub max_payload_bytes: usize,
     /// How long a detached session is kept for a resume. Default 30 s; zero gives
     /// SocketPro's behaviour (a disconnect ends the session at once).

@@ -362,10 +362,9 @@ impl ClientBuilder {
         self
     }
 
-    /// The highest protocol version this client offers (default: the highest it
-    /// speaks); a lower one makes it behave as an older client (version 2: no
-    /// compression either way), for mixed-version deployments and tests.
-    pub fn max_version(mut self, version: u16) -> Self {
+    /// Offers at most this protocol version (default: the newest), as an older
+    /// client would: for mixed-version tests.
+    pub fn max_protocol_version(mut self, version: u16) -> Self {
         self.max_version = version;
         self
     }

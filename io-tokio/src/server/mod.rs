@@ -169,10 +169,9 @@ impl ServerBuilder {
         }
     }
 
-    /// The highest protocol version the server agrees to (default: the highest it
-    /// speaks); a lower one makes it behave as an older server (version 2: no
-    /// compressed payloads), for mixed-version deployments and tests.
-    pub fn max_version(mut self, version: u16) -> Self {
+    /// Speaks at most this protocol version (default: the newest), as an older
+    /// server would: for rolling upgrades and mixed-version tests.
+    pub fn max_protocol_version(mut self, version: u16) -> Self {
         self.max_version = version;
         self
     }
