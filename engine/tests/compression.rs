@@ -294,7 +294,7 @@ impl World {
                 ConnectionEvent::Request { request_id, .. } => {
                     p.conn.respond(request_id, Ok(Bytes::new()));
                 }
-                ConnectionEvent::Closed(_) => {}
+                _ => {}
             }
         }
         if p.conn.wants_node() {
