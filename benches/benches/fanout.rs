@@ -130,10 +130,11 @@ impl Fanout {
                 sender,
                 groups,
                 payload,
+                compressed: None,
             } = event
             {
                 groups.with_slice(|groups| {
-                    encode_published_prefix(outbox, seq, &sender, groups, payload.len())
+                    encode_published_prefix(outbox, seq, &sender, groups, None, payload.len())
                 });
                 outbox.extend_from_slice(&payload);
             }

@@ -31,6 +31,7 @@ pub fn sample_published(payload_len: usize) -> Message {
         sender: sample_sender(false),
         groups: vec![GroupId(2), GroupId(3)],
         payload: Bytes::from(vec![b'x'; payload_len]),
+        compression: None,
     })
 }
 
@@ -63,6 +64,7 @@ pub fn sample_push_events(payload_len: usize) -> Vec<(&'static str, Message)> {
                 seq: 43,
                 sender: sample_sender(false),
                 payload,
+                compression: None,
             }),
         ),
         (

@@ -9,10 +9,11 @@ use crate::tls::{
 };
 use bytes::{Bytes, BytesMut};
 use pushwire_protocol::{
-    encode_publish_prefix, BatchBegin, BatchCommit, Cancel, ClientOptions, CloseCode, DecodeError,
-    ErrorCode, FrameLimits, GroupId, GroupSelection, Hello, ListGroups, Message, MessageKind, Pong,
-    Publish, RawFrame, Request, ResumeRequest, SendUserMessage, Subscribe, Text, Unsubscribe,
-    Welcome, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+    compress_into, decompress, encode_publish_prefix, BatchBegin, BatchCommit, Cancel,
+    ClientOptions, CloseCode, Compression, CompressionAlgorithm, ErrorCode, FrameLimits, GroupId,
+    GroupSelection, Hello, ListGroups, Message, MessageKind, Pong, Publish, RawFrame, Request,
+    ResumeRequest, SendUserMessage, Subscribe, Text, Unsubscribe, Welcome, COMPRESSION_HEADER_LEN,
+    PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::UnbufferedClientConnection;
@@ -41,6 +42,33 @@ pub enum ClientTransport {
     Tls(ClientTls),
     /// No encryption: an explicit opt-in for trusted networks and benchmarks.
     Plaintext,
+}
+
+/// Default [`CompressionConfig::threshold`]: payloads under 512 bytes go plain. LZ4
+/// gains little on them (`benches/RESULTS.md`, compressed payloads, has the
+/// measurements) while costing the sender and every receiver a pass over the bytes.
+pub const DEFAULT_COMPRESSION_THRESHOLD: usize = 512;
+
+/// Whether the client compresses the payloads it publishes and sends (protocol
+/// version 3, `PROTOCOL.md` section 3.1). Receiving is a separate choice, the
+/// [`ClientOptions::compression`] option of the Hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompressionConfig {
+    /// Compress outgoing payloads at all. Default off: compressing costs the
+    /// publisher CPU, and only payloads that compress well pay it back.
+    pub enabled: bool,
+    /// Payloads shorter than this go plain. A payload at or over it is compressed
+    /// (LZ4 block) and sent compressed only if that is smaller, header included.
+    pub threshold: usize,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            threshold: DEFAULT_COMPRESSION_THRESHOLD,
+        }
+    }
 }
 
 /// Everything a client connection needs to know (SocketPro's `CConnectionContext`,
@@ -72,6 +100,9 @@ pub struct ClientConfig {
     /// Highest protocol version offered in the Hello (default: the highest this
     /// crate speaks); lower it to talk as an older client.
     pub max_version: u16,
+    /// Compression of the payloads this client publishes and sends (default off).
+    /// Used only on a connection that negotiated version 3 or later.
+    pub compression: CompressionConfig,
 }
 
 impl ClientConfig {
@@ -90,6 +121,7 @@ impl ClientConfig {
             server_auth: ServerAuthMode::default(),
             max_outstanding_requests: DEFAULT_MAX_OUTSTANDING_REQUESTS,
             max_version: PROTOCOL_VERSION,
+            compression: CompressionConfig::default(),
         }
     }
 }
@@ -265,12 +297,14 @@ impl PushCommand {
                 command_id,
                 groups,
                 payload,
+                compression: None,
             }),
             PushCommand::SendUserMessage { receiver, payload } => {
                 Message::SendUserMessage(SendUserMessage {
                     command_id,
                     receiver,
                     payload,
+                    compression: None,
                 })
             }
             PushCommand::ListGroups => Message::ListGroups(ListGroups { command_id }),
@@ -377,6 +411,9 @@ pub struct ClientConnection {
     spare_groups: Vec<GroupId>,
     /// Where [`publish`](ClientConnection::publish) encodes a frame's header.
     scratch: BytesMut,
+    /// Where payloads are compressed before they are queued (reused: a publisher
+    /// compresses many).
+    packed: Vec<u8>,
 }
 
 /// Largest group list kept for reuse: a rare long list is not held forever.
@@ -433,6 +470,7 @@ impl ClientConnection {
             deferred: VecDeque::new(),
             spare_groups: Vec::new(),
             scratch: BytesMut::new(),
+            packed: Vec::new(),
         };
         if let Some(resume) = &client.config.resume {
             client.last_seq = resume.last_seq;
@@ -548,7 +586,7 @@ impl ClientConnection {
         // a push event as handle_message would queue it: returned directly, without
         // a trip through the event queue (two copies of a large enum).
         if let Some(frame) = self.deferred.pop_front() {
-            match Message::decode_reusing(frame.kind, frame.body.freeze(), &mut self.spare_groups) {
+            match self.decode_frame(frame) {
                 Ok(message) => {
                     debug_assert_eq!(self.state, ClientState::Ready);
                     self.record_seq(&message);
@@ -632,7 +670,8 @@ impl ClientConnection {
     pub fn push(&mut self, command: PushCommand) -> Result<u64, ClientError> {
         self.check_ready()?;
         self.next_command_id += 1;
-        let message = command.into_message(self.next_command_id);
+        let mut message = command.into_message(self.next_command_id);
+        self.compress_message(&mut message);
         self.check_size(&message)?;
         match &mut self.batch {
             Some(batch) => message.encode(&mut batch.frames),
@@ -650,8 +689,19 @@ impl ClientConnection {
         let command_id = self.next_command_id;
         // The header and fields are encoded aside and checked; then they and the
         // payload are queued as they are (the payload is not copied twice).
+        let compression = self.compress(payload);
+        let payload: &[u8] = match compression {
+            Some(_) => &self.packed,
+            None => payload,
+        };
         self.scratch.clear();
-        let prefix = encode_publish_prefix(&mut self.scratch, command_id, groups, payload.len());
+        let prefix = encode_publish_prefix(
+            &mut self.scratch,
+            command_id,
+            groups,
+            compression,
+            payload.len(),
+        );
         let size = prefix + payload.len() - 4;
         if size > self.server_max_frame as usize {
             return Err(ClientError::TooLarge {
@@ -670,6 +720,75 @@ impl ClientConnection {
             }
         }
         Ok(command_id)
+    }
+
+    /// Whether this connection compresses outgoing payloads of `len` bytes: it
+    /// negotiated version 3 (so the server accepts them), compression is enabled,
+    /// and the payload is at least the threshold.
+    fn compresses(&self, len: usize) -> bool {
+        let policy = self.config.compression;
+        policy.enabled
+            && len >= policy.threshold
+            && self.welcome.as_ref().is_some_and(|w| w.version >= 3)
+    }
+
+    /// Compresses `payload` into `self.packed` when this connection compresses it
+    /// and the compressed form, header included, is smaller; the header to send, or
+    /// `None` to send the payload plain.
+    fn compress(&mut self, payload: &[u8]) -> Option<Compression> {
+        if !self.compresses(payload.len()) {
+            return None;
+        }
+        let compression = compress_into(CompressionAlgorithm::Lz4Block, payload, &mut self.packed)?;
+        (COMPRESSION_HEADER_LEN + self.packed.len() < payload.len()).then_some(compression)
+    }
+
+    /// Compresses the payload of a Publish or SendUserMessage, as
+    /// [`compress`](Self::compress) decides.
+    fn compress_message(&mut self, message: &mut Message) {
+        let (payload, compression) = match message {
+            Message::Publish(m) => (&mut m.payload, &mut m.compression),
+            Message::SendUserMessage(m) => (&mut m.payload, &mut m.compression),
+            _ => return,
+        };
+        if let Some(c) = self.compress(payload) {
+            *payload = Bytes::copy_from_slice(&self.packed);
+            *compression = Some(c);
+        }
+    }
+
+    /// Decompresses the payload of a Published or UserMessage that came compressed,
+    /// before the application sees it (its payload is then byte-identical to the one
+    /// published). A compressed payload is a protocol error on a connection below
+    /// version 3 or when the Hello did not ask for them, and so is one that does not
+    /// decompress to its declared size or declares more than the frame limit.
+    fn open_payload(&self, message: &mut Message) -> Result<(), ProtocolError> {
+        let kind = message.kind();
+        let (payload, compression) = match message {
+            Message::Published(m) => (&mut m.payload, &mut m.compression),
+            Message::UserMessage(m) => (&mut m.payload, &mut m.compression),
+            _ => return Ok(()),
+        };
+        let Some(c) = *compression else {
+            return Ok(());
+        };
+        let name = crate::server::compressed_name(kind);
+        if self.welcome.as_ref().is_none_or(|w| w.version < 3) {
+            return Err(ProtocolError::Unexpected {
+                message: name,
+                context: "on a connection of protocol version 1 or 2",
+            });
+        }
+        if !self.config.options.compression {
+            return Err(ProtocolError::Unexpected {
+                message: name,
+                context: "although the Hello did not ask for compressed payloads",
+            });
+        }
+        let limit = self.config.limits.max_frame_size() as usize;
+        *payload = decompress(c, payload, limit)?;
+        *compression = None;
+        Ok(())
     }
 
     /// Whether a batch is open (its commands wait for the commit).
@@ -848,15 +967,22 @@ impl ClientConnection {
     }
 
     fn decode(&mut self, frame: RawFrame) {
-        match Message::decode(frame.kind, frame.body.freeze()) {
+        match self.decode_frame(frame) {
             Ok(message) => self.handle_message(message),
             Err(e) => self.fail_decode(e),
         }
     }
 
-    fn fail_decode(&mut self, e: DecodeError) {
-        self.channel
-            .close_with(CloseReason::Protocol(ProtocolError::Decode(e)));
+    /// Decodes a frame, a push event's group list reusing the spare storage, and
+    /// decompresses a payload that came compressed.
+    fn decode_frame(&mut self, frame: RawFrame) -> Result<Message, ProtocolError> {
+        let mut message = frame.decode_reusing(&mut self.spare_groups)?;
+        self.open_payload(&mut message)?;
+        Ok(message)
+    }
+
+    fn fail_decode(&mut self, e: ProtocolError) {
+        self.channel.close_with(CloseReason::Protocol(e));
         // Nothing after a bad frame is read, as if it had closed on arrival.
         self.deferred.clear();
     }

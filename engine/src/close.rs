@@ -1,7 +1,7 @@
 //! Why a connection ended.
 
 use crate::tls::{TlsError, Verdict};
-use pushwire_protocol::{CloseCode, DecodeError, RefuseCode, Text};
+use pushwire_protocol::{CloseCode, CompressionError, DecodeError, RefuseCode, Text};
 use std::fmt;
 use thiserror::Error;
 
@@ -96,6 +96,10 @@ pub enum ProtocolError {
     /// Undecodable bytes.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// A compressed payload that the receiver refused: over its size limit (the
+    /// receiving client's), or not decompressing to its declared size.
+    #[error("compressed payload refused: {0}")]
+    Compression(#[from] CompressionError),
     /// A message that is not allowed in the current state or from this side.
     #[error("unexpected {message} {context}")]
     Unexpected {

@@ -145,7 +145,12 @@ pub enum ServerEvent {
         request_id: u64,
     },
     /// A push command for the hub (Subscribe, Unsubscribe, Publish, SendUserMessage,
-    /// ListGroups).
+    /// ListGroups). On protocol version 3 a Publish or SendUserMessage may carry a
+    /// compressed payload, as the client sent it: [`Hub::handle_command`] checks and
+    /// decompresses it. (A compressed frame on an earlier version never gets here:
+    /// this engine closes the connection for it.)
+    ///
+    /// [`Hub::handle_command`]: crate::hub::Hub::handle_command
     Push(Message),
     /// The client has every push event up to this sequence number.
     Acknowledged(u64),
@@ -406,6 +411,20 @@ impl ServerConnection {
         self.advance();
     }
 
+    /// Closes for a protocol violation found above the engine, in an event it
+    /// reported (a compressed payload that does not decompress): a Close with the
+    /// error's code and text, then close_notify. The events decoded after the bad
+    /// one are dropped, as if the connection had closed on its arrival; the Closed
+    /// event follows.
+    pub fn fail(&mut self, error: ProtocolError) {
+        if self.state == ServerState::Closed || self.channel.is_closing() {
+            return;
+        }
+        self.events.clear();
+        self.channel.close_with(CloseReason::Protocol(error));
+        self.advance();
+    }
+
     fn release_results(&mut self) {
         let channel = &mut self.channel;
         self.results.release(|m| channel.send(&m));
@@ -442,7 +461,7 @@ impl ServerConnection {
         if frame.kind == pushwire_protocol::MessageKind::Hello {
             return self.handle_hello(frame.body);
         }
-        let message = match Message::decode(frame.kind, frame.body.freeze()) {
+        let message = match frame.decode() {
             Ok(m) => m,
             Err(e) => {
                 return self
@@ -450,6 +469,16 @@ impl ServerConnection {
                     .close_with(CloseReason::Protocol(ProtocolError::Decode(e)))
             }
         };
+        if message.is_compressed() && self.version < 3 {
+            // The decoder takes the compressed forms whatever the connection; they
+            // exist only from version 3 on.
+            return self
+                .channel
+                .close_with(CloseReason::Protocol(ProtocolError::Unexpected {
+                    message: compressed_name(message.kind()),
+                    context: "on a connection of protocol version 1 or 2",
+                }));
+        }
         let result = match (self.state, message) {
             (_, Message::Ping(ping)) => {
                 self.channel
@@ -580,5 +609,17 @@ impl ServerConnection {
                 peer: self.peer,
                 client_certificate,
             }));
+    }
+}
+
+/// The name of a message type in its compressed form, for errors.
+pub(crate) fn compressed_name(kind: pushwire_protocol::MessageKind) -> &'static str {
+    use pushwire_protocol::MessageKind;
+    match kind {
+        MessageKind::Publish => "compressed Publish",
+        MessageKind::SendUserMessage => "compressed SendUserMessage",
+        MessageKind::Published => "compressed Published",
+        MessageKind::UserMessage => "compressed UserMessage",
+        _ => "compressed payload",
     }
 }

@@ -153,6 +153,7 @@ fn server_push() -> Message {
         seq: 1,
         sender: Sender::Server,
         payload: Bytes::from_static(b"push"),
+        compression: None,
     })
 }
 

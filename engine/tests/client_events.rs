@@ -40,6 +40,7 @@ fn published(seq: u64) -> Message {
         }),
         groups: vec![GroupId(1)],
         payload: Bytes::from(seq.to_be_bytes().to_vec()),
+        compression: None,
     })
 }
 
@@ -232,11 +233,13 @@ fn publish_sends_what_push_sends() {
                 command_id: first,
                 groups: groups.to_vec(),
                 payload: Bytes::from_static(b"one"),
+                compression: None,
             }),
             Message::Publish(Publish {
                 command_id: second,
                 groups: groups.to_vec(),
                 payload: Bytes::from_static(b"two"),
+                compression: None,
             }),
         ]
     );
@@ -255,6 +258,7 @@ fn publish_sends_what_push_sends() {
             command_id: third,
             groups: groups.to_vec(),
             payload: Bytes::from_static(b"three"),
+            compression: None,
         })
     );
     assert!(matches!(sent[2], Message::BatchCommit(_)));

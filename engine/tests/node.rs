@@ -1352,6 +1352,7 @@ fn a_version_1_client_gets_no_push_taken() {
             command_id: 1,
             groups: vec![GroupId(1)],
             payload: Bytes::from_static(b"hi"),
+            compression: None,
         })
         .encode(&mut bytes);
         conn.handle_input(now, &bytes);

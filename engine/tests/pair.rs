@@ -873,6 +873,7 @@ fn push_commands_and_events_pass_through_as_typed_values() {
         seq: 1,
         sender: pushwire_protocol::Sender::Server,
         payload: Bytes::from_static(b"hi"),
+        compression: None,
     });
     pair.server.send(&event);
     pair.drive();

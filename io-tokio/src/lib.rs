@@ -14,7 +14,9 @@ mod read;
 pub mod server;
 pub mod transport;
 
-use pushwire_protocol::{MessageKind, Role, PROTOCOL_VERSION, SUPPORTED_VERSIONS};
+use pushwire_protocol::{
+    MessageKind, Role, COMPRESSED_TYPE_BIT, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+};
 use std::fmt::Write;
 
 /// A human-readable list of the protocol version and every message type, with its wire
@@ -36,6 +38,16 @@ pub fn protocol_catalogue() -> String {
         };
         let _ = writeln!(out, "0x{:02x}   {:<22} {sender}", kind as u8, kind.name());
     }
+    let _ = writeln!(
+        out,
+        "with bit 0x80 (version 3), compressed payloads: {}",
+        MessageKind::ALL
+            .iter()
+            .filter(|k| k.allows_compression())
+            .map(|&k| format!("0x{:02x} {}", k as u8 | COMPRESSED_TYPE_BIT, k.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     out
 }
 
@@ -51,5 +63,7 @@ mod tests {
             assert_eq!(catalogue.matches(&line).count(), 1, "{line}");
         }
         assert!(catalogue.starts_with(&format!("pushwire protocol version {PROTOCOL_VERSION}")));
+        assert!(catalogue
+            .contains("0xa2 Publish, 0xa3 SendUserMessage, 0xb2 Published, 0xb3 UserMessage"));
     }
 }

@@ -493,3 +493,76 @@ fn serve_refuses_all_interfaces_without_a_users_file() {
     assert!(out.stderr.contains("without --users"), "{out:?}");
     assert!(!out.stdout.contains("listening"), "{out:?}");
 }
+
+#[test]
+fn a_compressed_publication_reaches_subscribers_identically_in_both_forms() {
+    let server = Serve::start(&[]);
+    // One subscriber takes compressed payloads (the default), one asks the server
+    // to decompress them for it.
+    let (mut packed, mut packed_lines) = server.spawn(&[
+        "sub",
+        "2",
+        "--count",
+        "1",
+        "--json",
+        "--timeout",
+        "15",
+        "--user",
+        "bob",
+    ]);
+    let (mut plain, mut plain_lines) = server.spawn(&[
+        "sub",
+        "2",
+        "--count",
+        "1",
+        "--json",
+        "--timeout",
+        "15",
+        "--user",
+        "carol",
+        "--no-accept-compressed",
+    ]);
+    for lines in [&mut packed_lines, &mut plain_lines] {
+        let joined = json(&lines.next("sub").expect("sub printed nothing"));
+        assert_eq!(joined["event"], "subscribe");
+    }
+    // A large, repetitive payload: a JSON-like log line repeated.
+    let message: String = (0..400)
+        .map(|i| format!("{{\"seq\":{i},\"level\":\"info\",\"msg\":\"payload compressed\"}} "))
+        .collect();
+    assert!(message.len() > 20_000);
+    let published = server.run(&[
+        "pub",
+        "2",
+        "--compress",
+        "--message",
+        &message,
+        "--user",
+        "alice",
+    ]);
+    assert_eq!(published.code, Some(0), "{published:?}");
+    assert!(
+        published
+            .stderr
+            .contains(&format!("note: --compress: {} bytes go as", message.len())),
+        "{}",
+        published.stderr
+    );
+    for (child, lines, who) in [
+        (&mut packed, &mut packed_lines, "bob"),
+        (&mut plain, &mut plain_lines, "carol"),
+    ] {
+        let status = wait(child, "sub --count 1");
+        // The other subscriber's arrival may come first.
+        let got = loop {
+            let line = json(&lines.next("sub").expect("sub printed no publication"));
+            if line["event"] != "subscribe" {
+                break line;
+            }
+        };
+        assert_eq!(status.code(), Some(0), "{who}: {:?}", lines.seen);
+        assert_eq!(got["event"], "publish", "{who}");
+        assert_eq!(got["message"].as_str(), Some(message.as_str()), "{who}");
+        assert_eq!(got["sender"]["user_id"], "alice");
+    }
+}

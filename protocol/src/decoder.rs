@@ -3,6 +3,7 @@
 use crate::error::DecodeError;
 use crate::frame::{Message, MessageKind, FRAME_HEADER_LEN};
 use crate::limits::FrameLimits;
+use crate::push::GroupId;
 use bytes::{Buf, BytesMut};
 
 /// Most capacity [`FrameDecoder::feed`] reserves ahead of a frame's needs.
@@ -132,9 +133,7 @@ impl FrameDecoder {
         let Some(frame) = self.next_frame()? else {
             return Ok(None);
         };
-        Message::decode(frame.kind, frame.body.freeze())
-            .map(Some)
-            .map_err(|e| self.fail(e))
+        frame.decode().map(Some).map_err(|e| self.fail(e))
     }
 
     /// The next complete frame, undecoded. Its body is uniquely owned, so a caller can
@@ -171,14 +170,19 @@ impl FrameDecoder {
             return Ok(None);
         }
         let code = self.buf[4];
-        let kind = MessageKind::from_wire(code).ok_or(DecodeError::UnknownMessageType(code))?;
+        let (kind, compressed) =
+            MessageKind::from_type_byte(code).ok_or(DecodeError::UnknownMessageType(code))?;
         let total = 4 + length as usize;
         if self.buf.len() < total {
             return Ok(None);
         }
         let mut body = self.buf.split_to(total);
         body.advance(FRAME_HEADER_LEN);
-        Ok(Some(RawFrame { kind, body }))
+        Ok(Some(RawFrame {
+            kind,
+            compressed,
+            body,
+        }))
     }
 }
 
@@ -187,6 +191,23 @@ impl FrameDecoder {
 pub struct RawFrame {
     /// The message type.
     pub kind: MessageKind,
-    /// The body, after the header; decode it with [`Message::decode`].
+    /// The type byte carried [`COMPRESSED_TYPE_BIT`](crate::COMPRESSED_TYPE_BIT): the
+    /// payload is compressed (only ever set for the kinds that
+    /// [allow it](MessageKind::allows_compression)).
+    pub compressed: bool,
+    /// The body, after the header; decode it with [`RawFrame::decode`].
     pub body: BytesMut,
+}
+
+impl RawFrame {
+    /// Decodes the frame as its message.
+    pub fn decode(self) -> Result<Message, DecodeError> {
+        self.decode_reusing(&mut Vec::new())
+    }
+
+    /// Decodes the frame as its message, a group list taking its storage from
+    /// `spare` (see [`Message::decode_reusing`]).
+    pub fn decode_reusing(self, spare: &mut Vec<GroupId>) -> Result<Message, DecodeError> {
+        Message::decode_frame(self.kind, self.compressed, self.body.freeze(), spare)
+    }
 }

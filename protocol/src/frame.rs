@@ -4,6 +4,7 @@
 //! u8`, then the body. The length and type layout is frozen across protocol versions,
 //! so any version can find frame boundaries; an unknown message type is fatal.
 
+use crate::compression::COMPRESSED_TYPE_BIT;
 use crate::control::{Ack, Close, Ping, Pong};
 use crate::error::DecodeError;
 use crate::handshake::{Hello, Refused, Welcome};
@@ -37,17 +38,23 @@ pub(crate) trait Body: Sized {
     fn body_len(&self) -> usize;
     /// Appends the body.
     fn encode_body(&self, out: &mut BytesMut);
-    /// Reads the body; the reader holds exactly the frame's body bytes.
+    /// Reads the body; the reader holds exactly the frame's body bytes (and knows
+    /// whether the type byte marked a compressed payload).
     fn decode_body(r: &mut Reader) -> Result<Self, DecodeError>;
+    /// Bits this message sets in the type byte besides its code: the
+    /// [`COMPRESSED_TYPE_BIT`] of a compressed payload, nothing for the others.
+    fn type_bits(&self) -> u8 {
+        0
+    }
 }
 
-/// Writes a frame header for a body of `body_len` bytes.
-pub(crate) fn put_header(out: &mut BytesMut, kind: MessageKind, body_len: usize) {
+/// Writes a frame header with type byte `type_byte` for a body of `body_len` bytes.
+pub(crate) fn put_header_byte(out: &mut BytesMut, type_byte: u8, body_len: usize) {
     // The frame limit (at most 16 MiB) is enforced by the receiver; a body this large
     // is a caller bug, checked here in debug builds.
     debug_assert!(body_len < u32::MAX as usize);
     out.put_u32((body_len + 1) as u32);
-    out.put_u8(kind as u8);
+    out.put_u8(type_byte);
 }
 
 macro_rules! messages {
@@ -69,6 +76,19 @@ macro_rules! messages {
                     $( $code => Some(Self::$name), )+
                     _ => None,
                 }
+            }
+
+            /// The kind a frame's type byte names, and whether the byte marks a
+            /// compressed payload ([`COMPRESSED_TYPE_BIT`], allowed only on the kinds
+            /// for which [`allows_compression`](Self::allows_compression) holds).
+            /// `None` for a byte this version does not define.
+            pub fn from_type_byte(byte: u8) -> Option<(Self, bool)> {
+                if let Some(kind) = Self::from_wire(byte) {
+                    return Some((kind, false));
+                }
+                Self::from_wire(byte & !COMPRESSED_TYPE_BIT)
+                    .filter(|kind| byte & COMPRESSED_TYPE_BIT != 0 && kind.allows_compression())
+                    .map(|kind| (kind, true))
             }
 
             /// Which end may send this message.
@@ -113,6 +133,19 @@ macro_rules! messages {
                 self.encoded_len() - 4
             }
 
+            /// The frame's type byte: the kind's code, with [`COMPRESSED_TYPE_BIT`] for
+            /// a compressed payload.
+            pub fn type_byte(&self) -> u8 {
+                match self {
+                    $( Message::$name(m) => MessageKind::$name as u8 | m.type_bits(), )+
+                }
+            }
+
+            /// Whether the message carries a compressed payload.
+            pub fn is_compressed(&self) -> bool {
+                self.type_byte() & COMPRESSED_TYPE_BIT != 0
+            }
+
             /// Appends the whole frame (header and body) to `out`.
             ///
             /// Encoding never fails: texts and lists over their limits are a caller bug,
@@ -123,13 +156,14 @@ macro_rules! messages {
                 out.reserve(self.encoded_len());
                 match self {
                     $( Message::$name(m) => {
-                        put_header(out, MessageKind::$name, m.body_len());
+                        put_header_byte(out, MessageKind::$name as u8 | m.type_bits(), m.body_len());
                         m.encode_body(out);
                     } )+
                 }
             }
 
-            /// Decodes a message from a frame's type byte and body.
+            /// Decodes a message from a frame's type byte and body (a type byte without
+            /// [`COMPRESSED_TYPE_BIT`]; see [`Message::decode_frame`] for the others).
             pub fn decode(kind: MessageKind, body: Bytes) -> Result<Message, DecodeError> {
                 Self::decode_reusing(kind, body, &mut Vec::new())
             }
@@ -144,7 +178,23 @@ macro_rules! messages {
                 body: Bytes,
                 spare: &mut Vec<GroupId>,
             ) -> Result<Message, DecodeError> {
-                let mut r = Reader::with_spare(kind, body, std::mem::take(spare));
+                Self::decode_frame(kind, false, body, spare)
+            }
+
+            /// Like [`Message::decode_reusing`], for a type byte that may carry
+            /// [`COMPRESSED_TYPE_BIT`] (`compressed`, as
+            /// [`MessageKind::from_type_byte`] splits it): the payload field then
+            /// starts with the compression header. Only the kinds that
+            /// [`allow compression`](MessageKind::allows_compression) read it; for the
+            /// others the flag is ignored (the frame decoder never sets it for them).
+            pub fn decode_frame(
+                kind: MessageKind,
+                compressed: bool,
+                body: Bytes,
+                spare: &mut Vec<GroupId>,
+            ) -> Result<Message, DecodeError> {
+                let compressed = compressed && kind.allows_compression();
+                let mut r = Reader::with_spare(kind, body, std::mem::take(spare), compressed);
                 let message = match kind {
                     $( MessageKind::$name => Message::$name($name::decode_body(&mut r)?), )+
                 };
@@ -223,6 +273,20 @@ messages! {
     Ack = 0x43, Client;
 }
 
+impl MessageKind {
+    /// Whether a frame of this kind may carry a compressed payload (protocol version
+    /// 3): Publish, SendUserMessage, Published and UserMessage.
+    pub fn allows_compression(self) -> bool {
+        matches!(
+            self,
+            MessageKind::Publish
+                | MessageKind::SendUserMessage
+                | MessageKind::Published
+                | MessageKind::UserMessage
+        )
+    }
+}
+
 impl fmt::Display for MessageKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -242,5 +306,21 @@ mod tests {
         }
         assert_eq!(MessageKind::from_wire(0x00), None);
         assert_eq!(MessageKind::from_wire(0xff), None);
+    }
+
+    #[test]
+    fn only_the_four_payload_messages_take_the_compressed_bit() {
+        for &kind in MessageKind::ALL {
+            let flagged = kind as u8 | COMPRESSED_TYPE_BIT;
+            let expected = kind.allows_compression().then_some((kind, true));
+            assert_eq!(MessageKind::from_type_byte(flagged), expected, "{kind}");
+            assert_eq!(MessageKind::from_type_byte(kind as u8), Some((kind, false)));
+        }
+        let compressible: Vec<u8> = MessageKind::ALL
+            .iter()
+            .filter(|k| k.allows_compression())
+            .map(|&k| k as u8 | COMPRESSED_TYPE_BIT)
+            .collect();
+        assert_eq!(compressible, [0xa2, 0xa3, 0xb2, 0xb3]);
     }
 }

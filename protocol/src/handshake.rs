@@ -52,29 +52,42 @@ pub struct ClientOptions {
     /// Receive a self-flagged copy of one's own publications and user messages
     /// (SocketPro's behaviour; on by default).
     pub echo: bool,
+    /// Version 3: the client accepts compressed payloads (LZ4 block) in Published and
+    /// UserMessage, which it decompresses itself. Off by default here, since a
+    /// client must be able to decompress to set it; the reference tokio client sets
+    /// it. Meaningless on a connection that negotiated an earlier version.
+    pub compression: bool,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self { echo: true }
+        Self {
+            echo: true,
+            compression: false,
+        }
     }
 }
 
 impl ClientOptions {
     const ECHO: u8 = 0b0000_0001;
+    const COMPRESSION: u8 = 0b0000_0010;
 
     fn to_wire(self) -> u8 {
+        let mut bits = 0;
         if self.echo {
-            Self::ECHO
-        } else {
-            0
+            bits |= Self::ECHO;
         }
+        if self.compression {
+            bits |= Self::COMPRESSION;
+        }
+        bits
     }
 
     /// Unknown bits are reserved for later versions and ignored.
     fn from_wire(bits: u8) -> Self {
         Self {
             echo: bits & Self::ECHO != 0,
+            compression: bits & Self::COMPRESSION != 0,
         }
     }
 }

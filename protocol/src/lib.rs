@@ -17,6 +17,7 @@
 //!     command_id: 7,
 //!     groups: vec![GroupId(1), GroupId(2)],
 //!     payload: Bytes::from_static(b"hello"),
+//!     compression: None,
 //! });
 //! let mut wire = BytesMut::new();
 //! message.encode(&mut wire);
@@ -38,6 +39,7 @@
 #![warn(missing_docs)]
 
 mod codes;
+mod compression;
 mod control;
 mod decoder;
 mod error;
@@ -50,6 +52,10 @@ mod text;
 mod wire;
 
 pub use codes::{CloseCode, ErrorCode, RefuseCode, RejectCode, SessionLostReason};
+pub use compression::{
+    compress, compress_into, decompress, CompressedPayload, Compression, CompressionAlgorithm,
+    CompressionError, COMPRESSED_TYPE_BIT, COMPRESSION_HEADER_LEN,
+};
 pub use control::{Ack, Close, Ping, Pong};
 pub use decoder::{FrameDecoder, RawFrame};
 pub use error::DecodeError;

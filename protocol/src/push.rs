@@ -2,11 +2,15 @@
 //! presence, publications and one-to-one user messages.
 
 use crate::codes::{RejectCode, SessionLostReason};
+use crate::compression::Compression;
 use crate::error::DecodeError;
-use crate::frame::{put_header, Body, MessageKind};
+use crate::frame::{put_header_byte, Body, MessageKind};
 use crate::limits::{MAX_TEXT_BYTES, MAX_USER_ID_BYTES, MAX_USER_ID_CHARS};
 use crate::text::Text;
-use crate::wire::{groups_len, put_groups, put_text, text_len, Reader};
+use crate::wire::{
+    compression_bits, groups_len, payload_len, put_compression_header, put_groups, put_payload,
+    put_text, text_len, Reader,
+};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::fmt;
 use std::net::IpAddr;
@@ -217,26 +221,37 @@ pub struct Publish {
     pub command_id: u64,
     /// Target groups; the publisher need not belong to them.
     pub groups: Vec<GroupId>,
-    /// The message, opaque to the protocol.
+    /// The message, opaque to the protocol (the compressed bytes when
+    /// `compression` is set).
     pub payload: Bytes,
+    /// Version 3: how `payload` is compressed; `None` for a plain payload.
+    pub compression: Option<Compression>,
 }
 
 impl Body for Publish {
     fn body_len(&self) -> usize {
-        8 + groups_len(&self.groups) + self.payload.len()
+        8 + groups_len(&self.groups) + payload_len(self.compression, &self.payload)
     }
 
     fn encode_body(&self, out: &mut BytesMut) {
         write_publish_fields(out, self.command_id, &self.groups);
-        out.put_slice(&self.payload);
+        put_payload(out, self.compression, &self.payload);
     }
 
     fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        let command_id = r.u64("command_id")?;
+        let groups = r.groups("groups")?;
+        let (payload, compression) = r.payload()?;
         Ok(Publish {
-            command_id: r.u64("command_id")?,
-            groups: r.groups("groups")?,
-            payload: r.rest(),
+            command_id,
+            groups,
+            payload,
+            compression,
         })
+    }
+
+    fn type_bits(&self) -> u8 {
+        compression_bits(self.compression)
     }
 }
 
@@ -245,8 +260,10 @@ fn write_publish_fields(out: &mut BytesMut, command_id: u64, groups: &[GroupId])
     put_groups(out, groups);
 }
 
-/// Writes a Publish frame up to, not including, its payload of `payload_len` bytes;
-/// the caller appends the payload. Returns the number of bytes written.
+/// Writes a Publish frame up to, not including, its payload of `payload_len` bytes
+/// (the compressed bytes, when `compression` is set: the compression header is part
+/// of the prefix); the caller appends the payload. Returns the number of bytes
+/// written.
 ///
 /// With the payload appended, the bytes are those of encoding a [`Publish`] with the
 /// same fields, without building one (a client publishing from a borrowed group list).
@@ -254,13 +271,25 @@ pub fn encode_publish_prefix(
     out: &mut BytesMut,
     command_id: u64,
     groups: &[GroupId],
+    compression: Option<Compression>,
     payload_len: usize,
 ) -> usize {
-    let fields = 8 + groups_len(groups);
+    let fields = 8 + groups_len(groups) + payload_len_prefix(compression);
     out.reserve(crate::frame::FRAME_HEADER_LEN + fields);
-    put_header(out, MessageKind::Publish, fields + payload_len);
+    put_header_byte(
+        out,
+        MessageKind::Publish as u8 | compression_bits(compression),
+        fields + payload_len,
+    );
     write_publish_fields(out, command_id, groups);
+    put_compression_header(out, compression);
     crate::frame::FRAME_HEADER_LEN + fields
+}
+
+/// Bytes of the `payload` field before the payload bytes themselves: the
+/// compression header, if any.
+fn payload_len_prefix(compression: Option<Compression>) -> usize {
+    payload_len(compression, &[])
 }
 
 /// Send a payload to every connection of one user. The payload is the rest of the
@@ -271,27 +300,39 @@ pub struct SendUserMessage {
     pub command_id: u64,
     /// Receiver's user id, compared case-insensitively by the server.
     pub receiver: Text,
-    /// The message, opaque to the protocol.
+    /// The message, opaque to the protocol (the compressed bytes when
+    /// `compression` is set).
     pub payload: Bytes,
+    /// Version 3: how `payload` is compressed; `None` for a plain payload.
+    pub compression: Option<Compression>,
 }
 
 impl Body for SendUserMessage {
     fn body_len(&self) -> usize {
-        8 + text_len(&self.receiver, MAX_USER_ID_BYTES) + self.payload.len()
+        8 + text_len(&self.receiver, MAX_USER_ID_BYTES)
+            + payload_len(self.compression, &self.payload)
     }
 
     fn encode_body(&self, out: &mut BytesMut) {
         out.put_u64(self.command_id);
         put_text(out, &self.receiver, MAX_USER_ID_BYTES);
-        out.put_slice(&self.payload);
+        put_payload(out, self.compression, &self.payload);
     }
 
     fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        let command_id = r.u64("command_id")?;
+        let receiver = r.text("receiver", MAX_USER_ID_BYTES)?;
+        let (payload, compression) = r.payload()?;
         Ok(SendUserMessage {
-            command_id: r.u64("command_id")?,
-            receiver: r.text("receiver", MAX_USER_ID_BYTES)?,
-            payload: r.rest(),
+            command_id,
+            receiver,
+            payload,
+            compression,
         })
+    }
+
+    fn type_bits(&self) -> u8 {
+        compression_bits(self.compression)
     }
 }
 
@@ -401,27 +442,41 @@ pub struct Published {
     /// The publication's target groups that the receiver belongs to (all targets for
     /// the publisher's echo).
     pub groups: Vec<GroupId>,
-    /// The message, shared among receivers.
+    /// The message, shared among receivers (the compressed bytes, as the publisher
+    /// sent them, when `compression` is set).
     pub payload: Bytes,
+    /// Version 3: how `payload` is compressed; `None` for a plain payload.
+    pub compression: Option<Compression>,
 }
 
 impl Body for Published {
     fn body_len(&self) -> usize {
-        8 + self.sender.encoded_len() + groups_len(&self.groups) + self.payload.len()
+        8 + self.sender.encoded_len()
+            + groups_len(&self.groups)
+            + payload_len(self.compression, &self.payload)
     }
 
     fn encode_body(&self, out: &mut BytesMut) {
         write_published_fields(out, self.seq, &self.sender, &self.groups);
-        out.put_slice(&self.payload);
+        put_payload(out, self.compression, &self.payload);
     }
 
     fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        let seq = r.u64("seq")?;
+        let sender = Sender::decode(r)?;
+        let groups = r.groups("groups")?;
+        let (payload, compression) = r.payload()?;
         Ok(Published {
-            seq: r.u64("seq")?,
-            sender: Sender::decode(r)?,
-            groups: r.groups("groups")?,
-            payload: r.rest(),
+            seq,
+            sender,
+            groups,
+            payload,
+            compression,
         })
+    }
+
+    fn type_bits(&self) -> u8 {
+        compression_bits(self.compression)
     }
 }
 
@@ -431,9 +486,10 @@ fn write_published_fields(out: &mut BytesMut, seq: u64, sender: &Sender, groups:
     put_groups(out, groups);
 }
 
-/// Writes a Published frame up to, not including, its payload of `payload_len` bytes;
-/// the caller appends the payload (or sends it from a shared buffer with a vectored
-/// write). Returns the number of bytes written.
+/// Writes a Published frame up to, not including, its payload of `payload_len` bytes
+/// (the compressed bytes, when `compression` is set: the compression header is part
+/// of the prefix); the caller appends the payload (or sends it from a shared buffer
+/// with a vectored write). Returns the number of bytes written.
 ///
 /// This is the fan-out fast path: a publication's payload is encoded once however many
 /// receivers it has; only this prefix is written per receiver.
@@ -442,12 +498,18 @@ pub fn encode_published_prefix(
     seq: u64,
     sender: &Sender,
     groups: &[GroupId],
+    compression: Option<Compression>,
     payload_len: usize,
 ) -> usize {
-    let fields = 8 + sender.encoded_len() + groups_len(groups);
+    let fields = 8 + sender.encoded_len() + groups_len(groups) + payload_len_prefix(compression);
     out.reserve(crate::frame::FRAME_HEADER_LEN + fields);
-    put_header(out, MessageKind::Published, fields + payload_len);
+    put_header_byte(
+        out,
+        MessageKind::Published as u8 | compression_bits(compression),
+        fields + payload_len,
+    );
     write_published_fields(out, seq, sender, groups);
+    put_compression_header(out, compression);
     crate::frame::FRAME_HEADER_LEN + fields
 }
 
@@ -470,27 +532,38 @@ pub struct UserMessage {
     pub seq: u64,
     /// Who sent it.
     pub sender: Sender,
-    /// The message.
+    /// The message (the compressed bytes, as the sender sent them, when
+    /// `compression` is set).
     pub payload: Bytes,
+    /// Version 3: how `payload` is compressed; `None` for a plain payload.
+    pub compression: Option<Compression>,
 }
 
 impl Body for UserMessage {
     fn body_len(&self) -> usize {
-        8 + self.sender.encoded_len() + self.payload.len()
+        8 + self.sender.encoded_len() + payload_len(self.compression, &self.payload)
     }
 
     fn encode_body(&self, out: &mut BytesMut) {
         out.put_u64(self.seq);
         self.sender.encode(out);
-        out.put_slice(&self.payload);
+        put_payload(out, self.compression, &self.payload);
     }
 
     fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        let seq = r.u64("seq")?;
+        let sender = Sender::decode(r)?;
+        let (payload, compression) = r.payload()?;
         Ok(UserMessage {
-            seq: r.u64("seq")?,
-            sender: Sender::decode(r)?,
-            payload: r.rest(),
+            seq,
+            sender,
+            payload,
+            compression,
         })
+    }
+
+    fn type_bits(&self) -> u8 {
+        compression_bits(self.compression)
     }
 }
 

@@ -5,6 +5,9 @@
 //! wire is checked against what remains in the frame (already bounded by the frame
 //! limit) and against the field's own limit before anything is allocated.
 
+use crate::compression::{
+    Compression, CompressionAlgorithm, COMPRESSED_TYPE_BIT, COMPRESSION_HEADER_LEN,
+};
 use crate::error::DecodeError;
 use crate::frame::MessageKind;
 use crate::push::GroupId;
@@ -17,15 +20,24 @@ pub(crate) struct Reader {
     kind: MessageKind,
     /// Storage for the group list, if the message has one.
     spare: Vec<GroupId>,
+    /// The type byte marked a compressed payload.
+    compressed: bool,
 }
 
 impl Reader {
-    /// A reader whose group list, if any, reuses `spare`'s allocation.
-    pub(crate) fn with_spare(kind: MessageKind, body: Bytes, spare: Vec<GroupId>) -> Self {
+    /// A reader whose group list, if any, reuses `spare`'s allocation; `compressed`
+    /// when the frame's type byte marked a compressed payload.
+    pub(crate) fn with_spare(
+        kind: MessageKind,
+        body: Bytes,
+        spare: Vec<GroupId>,
+        compressed: bool,
+    ) -> Self {
         Self {
             buf: body,
             kind,
             spare,
+            compressed,
         }
     }
 
@@ -140,6 +152,25 @@ impl Reader {
         std::mem::take(&mut self.buf)
     }
 
+    /// A `payload` field: the rest of the frame, after the compression header when
+    /// the type byte marked a compressed payload.
+    pub(crate) fn payload(&mut self) -> Result<(Bytes, Option<Compression>), DecodeError> {
+        if !self.compressed {
+            return Ok((self.rest(), None));
+        }
+        let code = self.u8("compression algorithm")?;
+        let algorithm = CompressionAlgorithm::from_wire(code)
+            .ok_or_else(|| self.invalid("compression algorithm", code.into()))?;
+        let original_len = self.u32("original_len")?;
+        Ok((
+            self.rest(),
+            Some(Compression {
+                algorithm,
+                original_len,
+            }),
+        ))
+    }
+
     /// Bytes left unread.
     pub(crate) fn remaining(&self) -> usize {
         self.buf.remaining()
@@ -207,6 +238,31 @@ pub(crate) fn put_short_bytes(out: &mut BytesMut, b: &[u8], max: usize) {
     out.put_slice(b);
 }
 
+/// Encoded size of a `payload` field holding `payload`, compressed as `compression`
+/// says (its header first) or plain.
+pub(crate) fn payload_len(compression: Option<Compression>, payload: &[u8]) -> usize {
+    compression.map_or(0, |_| COMPRESSION_HEADER_LEN) + payload.len()
+}
+
+/// Writes a `payload` field: the compression header, if any, then the bytes.
+pub(crate) fn put_payload(out: &mut BytesMut, compression: Option<Compression>, payload: &[u8]) {
+    put_compression_header(out, compression);
+    out.put_slice(payload);
+}
+
+/// Writes the compression header of a compressed payload (nothing for a plain one).
+pub(crate) fn put_compression_header(out: &mut BytesMut, compression: Option<Compression>) {
+    if let Some(c) = compression {
+        out.put_u8(c.algorithm.to_wire());
+        out.put_u32(c.original_len);
+    }
+}
+
+/// The type byte bits of a payload compressed as `compression` says.
+pub(crate) fn compression_bits(compression: Option<Compression>) -> u8 {
+    compression.map_or(0, |_| COMPRESSED_TYPE_BIT)
+}
+
 /// Encoded size of a group list.
 pub(crate) fn groups_len(groups: &[GroupId]) -> usize {
     2 + 4 * groups.len().min(crate::limits::MAX_GROUPS_PER_MESSAGE)
@@ -240,6 +296,7 @@ mod tests {
             MessageKind::Subscribe,
             Bytes::from_static(&[0xff, 0xff, 0, 0, 0, 1]),
             Vec::new(),
+            false,
         );
         assert!(matches!(
             r.groups("groups"),

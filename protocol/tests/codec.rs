@@ -40,6 +40,19 @@ fn payload() -> impl Strategy<Value = Bytes> {
     .prop_map(Bytes::from)
 }
 
+/// A compression header, or none. The codec carries the header and the bytes without
+/// looking at them: any declared length goes (real compressed data is in the round
+/// trips through [`compress`] below).
+fn compression() -> impl Strategy<Value = Option<Compression>> {
+    prop_oneof![
+        3 => Just(None),
+        1 => any::<u32>().prop_map(|original_len| Some(Compression {
+            algorithm: CompressionAlgorithm::Lz4Block,
+            original_len,
+        })),
+    ]
+}
+
 fn groups() -> impl Strategy<Value = Vec<GroupId>> {
     proptest::collection::vec(any::<u32>().prop_map(GroupId), 0..12)
 }
@@ -70,22 +83,24 @@ fn handshake() -> impl Strategy<Value = Message> {
             any::<u16>(),
             any::<u16>(),
             any::<u32>(),
-            any::<bool>(),
+            any::<(bool, bool)>(),
             user_id(),
             proptest::collection::vec(any::<u8>(), 0..=MAX_PASSWORD_BYTES),
             resume()
         )
-            .prop_map(|(a, b, service_id, echo, user_id, password, resume)| {
-                Message::Hello(Hello {
-                    min_version: a.min(b),
-                    max_version: a.max(b),
-                    service_id,
-                    options: ClientOptions { echo },
-                    user_id,
-                    password: password.into(),
-                    resume,
-                })
-            }),
+            .prop_map(
+                |(a, b, service_id, (echo, compression), user_id, password, resume)| {
+                    Message::Hello(Hello {
+                        min_version: a.min(b),
+                        max_version: a.max(b),
+                        service_id,
+                        options: ClientOptions { echo, compression },
+                        user_id,
+                        password: password.into(),
+                        resume,
+                    })
+                }
+            ),
         (
             any::<u16>(),
             any::<u64>(),
@@ -149,20 +164,26 @@ fn push_command() -> impl Strategy<Value = Message> {
                 groups: g.map_or(GroupSelection::All, GroupSelection::Groups),
             })
         }),
-        (any::<u64>(), groups(), payload()).prop_map(|(command_id, groups, payload)| {
-            Message::Publish(Publish {
-                command_id,
-                groups,
-                payload,
-            })
-        }),
-        (any::<u64>(), user_id(), payload()).prop_map(|(command_id, receiver, payload)| {
-            Message::SendUserMessage(SendUserMessage {
-                command_id,
-                receiver,
-                payload,
-            })
-        }),
+        (any::<u64>(), groups(), payload(), compression()).prop_map(
+            |(command_id, groups, payload, compression)| {
+                Message::Publish(Publish {
+                    command_id,
+                    groups,
+                    payload,
+                    compression,
+                })
+            }
+        ),
+        (any::<u64>(), user_id(), payload(), compression()).prop_map(
+            |(command_id, receiver, payload, compression)| {
+                Message::SendUserMessage(SendUserMessage {
+                    command_id,
+                    receiver,
+                    payload,
+                    compression,
+                })
+            }
+        ),
         any::<u64>().prop_map(|command_id| Message::ListGroups(ListGroups { command_id })),
     ]
 }
@@ -183,19 +204,23 @@ fn push_event() -> impl Strategy<Value = Message> {
                 groups,
             })
         }),
-        (any::<u64>(), sender(), groups(), payload()).prop_map(|(seq, sender, groups, payload)| {
-            Message::Published(Published {
+        (any::<u64>(), sender(), groups(), payload(), compression()).prop_map(
+            |(seq, sender, groups, payload, compression)| {
+                Message::Published(Published {
+                    seq,
+                    sender,
+                    groups,
+                    payload,
+                    compression,
+                })
+            }
+        ),
+        (any::<u64>(), sender(), payload(), compression()).prop_map(
+            |(seq, sender, payload, compression)| Message::UserMessage(UserMessage {
                 seq,
                 sender,
-                groups,
                 payload,
-            })
-        }),
-        (any::<u64>(), sender(), payload()).prop_map(
-            |(seq, sender, payload)| Message::UserMessage(UserMessage {
-                seq,
-                sender,
-                payload
+                compression,
             })
         ),
         (1..u64::MAX, any::<u64>()).prop_map(|(first, span)| Message::Gap(Gap {
@@ -367,7 +392,7 @@ proptest! {
         m.encode(&mut wire);
         let body = Bytes::copy_from_slice(&wire[FRAME_HEADER_LEN..]);
         let mut reused = spare.clone();
-        let decoded = Message::decode_reusing(m.kind(), body, &mut reused).unwrap();
+        let decoded = Message::decode_frame(m.kind(), m.is_compressed(), body, &mut reused).unwrap();
         prop_assert_eq!(decoded, m);
         // Either a group list took the storage, or it was left alone.
         prop_assert!(reused == spare || (reused.is_empty() && reused.capacity() == 0));
@@ -381,7 +406,12 @@ proptest! {
         m.encode(&mut wire);
         let body = &wire[FRAME_HEADER_LEN..];
         let keep = cut.index(body.len() + 1);
-        let result = Message::decode(m.kind(), Bytes::copy_from_slice(&body[..keep]));
+        let result = Message::decode_frame(
+            m.kind(),
+            m.is_compressed(),
+            Bytes::copy_from_slice(&body[..keep]),
+            &mut Vec::new(),
+        );
         if keep < body.len() {
             // Messages whose last field is a payload or Hello extensions may still
             // decode, but never into the original message.
@@ -521,6 +551,7 @@ fn decoded_payloads_and_texts_share_the_input_buffer() {
         command_id: 1,
         receiver: Text::from("bob"),
         payload: Bytes::from(vec![42u8; 1000]),
+        compression: None,
     })
     .encode(&mut wire);
     let body = wire.freeze().slice(FRAME_HEADER_LEN..);
@@ -540,18 +571,21 @@ fn decoded_payloads_and_texts_share_the_input_buffer() {
 
 #[test]
 fn publish_prefix_plus_payload_equals_the_full_encoding() {
-    let message = Publish {
-        command_id: 12,
-        groups: vec![GroupId(2), GroupId(3)],
-        payload: Bytes::from_static(b"payload"),
-    };
-    let mut full = BytesMut::new();
-    Message::Publish(message.clone()).encode(&mut full);
-    let mut split = BytesMut::new();
-    let n = encode_publish_prefix(&mut split, 12, &message.groups, 7);
-    assert_eq!(n, split.len());
-    split.extend_from_slice(b"payload");
-    assert_eq!(split, full);
+    for compression in [None, Some(lz4(1000))] {
+        let message = Publish {
+            command_id: 12,
+            groups: vec![GroupId(2), GroupId(3)],
+            payload: Bytes::from_static(b"payload"),
+            compression,
+        };
+        let mut full = BytesMut::new();
+        Message::Publish(message.clone()).encode(&mut full);
+        let mut split = BytesMut::new();
+        let n = encode_publish_prefix(&mut split, 12, &message.groups, compression, 7);
+        assert_eq!(n, split.len());
+        split.extend_from_slice(b"payload");
+        assert_eq!(split, full);
+    }
 }
 
 #[test]
@@ -563,19 +597,22 @@ fn published_prefix_plus_payload_equals_the_full_encoding() {
         service_id: 1,
         is_self: false,
     });
-    let message = Published {
-        seq: 9,
-        sender: sender.clone(),
-        groups: vec![GroupId(2), GroupId(3)],
-        payload: Bytes::from_static(b"payload"),
-    };
-    let mut full = BytesMut::new();
-    Message::Published(message.clone()).encode(&mut full);
-    let mut split = BytesMut::new();
-    let n = encode_published_prefix(&mut split, 9, &sender, &message.groups, 7);
-    assert_eq!(n, split.len());
-    split.extend_from_slice(b"payload");
-    assert_eq!(split, full);
+    for compression in [None, Some(lz4(1000))] {
+        let message = Published {
+            seq: 9,
+            sender: sender.clone(),
+            groups: vec![GroupId(2), GroupId(3)],
+            payload: Bytes::from_static(b"payload"),
+            compression,
+        };
+        let mut full = BytesMut::new();
+        Message::Published(message.clone()).encode(&mut full);
+        let mut split = BytesMut::new();
+        let n = encode_published_prefix(&mut split, 9, &sender, &message.groups, compression, 7);
+        assert_eq!(n, split.len());
+        split.extend_from_slice(b"payload");
+        assert_eq!(split, full);
+    }
 }
 
 #[test]
@@ -585,6 +622,7 @@ fn a_spare_group_list_is_reused_without_allocating() {
         sender: Sender::Server,
         groups: vec![GroupId(7)],
         payload: Bytes::from_static(b"x"),
+        compression: None,
     });
     let mut wire = BytesMut::new();
     message.encode(&mut wire);
@@ -600,4 +638,227 @@ fn a_spare_group_list_is_reused_without_allocating() {
         other => panic!("decoded {other:?}"),
     }
     assert_eq!(spare.capacity(), 0);
+}
+
+fn lz4(original_len: u32) -> Compression {
+    Compression {
+        algorithm: CompressionAlgorithm::Lz4Block,
+        original_len,
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Compressed payloads (PROTOCOL.md section 3.1).
+// ---------------------------------------------------------------------------------
+
+/// Payloads that compress (text-like, repetitive) and payloads that do not (random).
+fn compressible_payload() -> impl Strategy<Value = Vec<u8>> {
+    let words = proptest::collection::vec(
+        prop::sample::select(vec![
+            &b"the "[..],
+            b"quick ",
+            b"brown ",
+            b"fox ",
+            b"{\"id\":",
+            b"\"name\":\"",
+            b"\"},",
+            b"0123",
+            b"\n",
+        ]),
+        0..3000,
+    )
+    .prop_map(|words| words.concat());
+    prop_oneof![
+        3 => words,
+        1 => proptest::collection::vec(any::<u8>(), 0..5000),
+        1 => (any::<u8>(), 0usize..100_000).prop_map(|(b, n)| vec![b; n]),
+    ]
+}
+
+/// One of the four payload messages, its payload compressed.
+fn compressed_message(
+    kind: usize,
+    compressed: CompressedPayload,
+    seq_or_id: u64,
+    sender: Sender,
+    groups: Vec<GroupId>,
+) -> Message {
+    let CompressedPayload {
+        compression,
+        data: payload,
+    } = compressed;
+    let compression = Some(compression);
+    match kind % 4 {
+        0 => Message::Publish(Publish {
+            command_id: seq_or_id,
+            groups,
+            payload,
+            compression,
+        }),
+        1 => Message::SendUserMessage(SendUserMessage {
+            command_id: seq_or_id,
+            receiver: Text::from("bob"),
+            payload,
+            compression,
+        }),
+        2 => Message::Published(Published {
+            seq: seq_or_id,
+            sender,
+            groups,
+            payload,
+            compression,
+        }),
+        _ => Message::UserMessage(UserMessage {
+            seq: seq_or_id,
+            sender,
+            payload,
+            compression,
+        }),
+    }
+}
+
+/// The payload field of a decoded payload message.
+fn payload_of(m: &Message) -> (Bytes, Option<Compression>) {
+    match m {
+        Message::Publish(p) => (p.payload.clone(), p.compression),
+        Message::SendUserMessage(p) => (p.payload.clone(), p.compression),
+        Message::Published(p) => (p.payload.clone(), p.compression),
+        Message::UserMessage(p) => (p.payload.clone(), p.compression),
+        other => panic!("not a payload message: {other:?}"),
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Compress, frame, decode through any chunking, decompress: the original bytes,
+    /// and the frame's type byte carries the compressed bit.
+    #[test]
+    fn compressed_payloads_round_trip_through_the_codec(
+        original in compressible_payload(),
+        kind in 0usize..4,
+        seq in any::<u64>(),
+        sender in sender(),
+        groups in groups(),
+        chunks in proptest::collection::vec(1usize..300, 1..8),
+    ) {
+        let compressed = compress(CompressionAlgorithm::Lz4Block, &original).unwrap();
+        prop_assert_eq!(compressed.compression.original_len as usize, original.len());
+        let message = compressed_message(kind, compressed, seq, sender, groups);
+        let mut wire = BytesMut::new();
+        message.encode(&mut wire);
+        prop_assert_eq!(wire.len(), message.encoded_len());
+        prop_assert_eq!(wire[4], message.kind() as u8 | COMPRESSED_TYPE_BIT);
+        prop_assert!(message.is_compressed());
+        let limits = FrameLimits::new(HARD_MAX_FRAME_SIZE).unwrap();
+        let mut decoder = FrameDecoder::new(limits);
+        let decoded = decode_in_chunks(&wire, &chunks, &mut decoder).unwrap();
+        prop_assert_eq!(&decoded, &vec![message]);
+        let (data, compression) = payload_of(&decoded[0]);
+        let plain = decompress(compression.unwrap(), &data, original.len()).unwrap();
+        prop_assert_eq!(&plain[..], &original[..]);
+    }
+
+    /// A declared size over the limit is refused whatever follows, before anything
+    /// is decompressed; a declared size within it either decompresses to exactly
+    /// that many bytes or is reported corrupt. Never a panic.
+    #[test]
+    fn compression_bombs_and_garbage_are_refused_cleanly(
+        data in proptest::collection::vec(any::<u8>(), 0..2000),
+        original_len in prop_oneof![0u32..5000, any::<u32>()],
+        limit in 0usize..10_000,
+    ) {
+        let compression = lz4(original_len);
+        match decompress(compression, &data, limit) {
+            Ok(plain) => {
+                prop_assert!(original_len as usize <= limit);
+                prop_assert_eq!(plain.len(), original_len as usize);
+            }
+            Err(CompressionError::TooLarge { original_len: declared, limit: l }) => {
+                prop_assert_eq!((declared, l), (original_len, limit));
+                prop_assert!(original_len as usize > limit);
+            }
+            Err(CompressionError::Corrupt { original_len: declared, .. }) => {
+                prop_assert_eq!(declared, original_len);
+                prop_assert!(original_len as usize <= limit);
+            }
+        }
+    }
+
+    /// Real compressed data that decompresses far beyond the limit (a bomb: highly
+    /// repetitive bytes) is refused from its header alone; with its true size and a
+    /// limit that allows it, the same bytes decompress.
+    #[test]
+    fn a_real_bomb_is_refused_by_its_declared_size(byte in any::<u8>(), len in 10_000usize..2_000_000) {
+        let bomb = compress(CompressionAlgorithm::Lz4Block, &vec![byte; len]).unwrap();
+        prop_assert!(bomb.data.len() * 100 < len, "LZ4 packs a run tightly");
+        let limit = len - 1;
+        prop_assert_eq!(
+            decompress(bomb.compression, &bomb.data, limit),
+            Err(CompressionError::TooLarge { original_len: len as u32, limit })
+        );
+        // Lying about the size to get under the limit does not work either.
+        let lie = lz4(limit as u32);
+        let is_corrupt = matches!(
+            decompress(lie, &bomb.data, limit),
+            Err(CompressionError::Corrupt { .. })
+        );
+        prop_assert!(is_corrupt);
+        prop_assert_eq!(decompress(bomb.compression, &bomb.data, len).unwrap().len(), len);
+    }
+}
+
+#[test]
+fn an_unknown_algorithm_is_refused() {
+    for code in [0u8, 2, 0xff] {
+        // A compressed UserMessage from the server sender, algorithm `code`.
+        let frame = [
+            0, 0, 0, 16, 0xb3, 0, 0, 0, 0, 0, 0, 0, 1, 0x00, code, 0, 0, 0, 4, 0xaa,
+        ];
+        let mut decoder = FrameDecoder::new(FrameLimits::default());
+        decoder.feed(&frame);
+        assert_eq!(
+            decoder.next_message(),
+            Err(DecodeError::InvalidValue {
+                kind: MessageKind::UserMessage,
+                field: "compression algorithm",
+                value: code.into(),
+            })
+        );
+    }
+}
+
+#[test]
+fn the_compressed_bit_on_any_other_type_is_an_unknown_type() {
+    for &kind in MessageKind::ALL {
+        if kind.allows_compression() {
+            continue;
+        }
+        let byte = kind as u8 | COMPRESSED_TYPE_BIT;
+        let mut decoder = FrameDecoder::new(FrameLimits::default());
+        decoder.feed(&[0, 0, 0, 1, byte]);
+        assert_eq!(
+            decoder.next_message(),
+            Err(DecodeError::UnknownMessageType(byte)),
+            "{kind}"
+        );
+    }
+}
+
+#[test]
+fn a_compressed_frame_too_short_for_its_header_is_truncated() {
+    // A compressed Published from the server sender with no group, then only 3 of
+    // the 5 header bytes.
+    let frame = [
+        0, 0, 0, 15, 0xb2, 0, 0, 0, 0, 0, 0, 0, 1, 0x00, 0, 0, 1, 0, 0,
+    ];
+    let mut decoder = FrameDecoder::new(FrameLimits::default());
+    decoder.feed(&frame);
+    assert_eq!(
+        decoder.next_message(),
+        Err(DecodeError::Truncated {
+            kind: MessageKind::Published,
+            field: "original_len",
+        })
+    );
 }

@@ -76,7 +76,8 @@ fn check(message: &Message, dump: &str) {
         expected.len() - 4,
         "the length prefix counts the type byte and the body"
     );
-    assert_eq!(expected[4], message.kind() as u8);
+    assert_eq!(expected[4], message.type_byte());
+    assert_eq!(expected[4] & !COMPRESSED_TYPE_BIT, message.kind() as u8);
     assert_eq!(&decode_frame(&expected), message);
 }
 
@@ -126,6 +127,70 @@ const EXAMPLE_HELLO: &str = "\
 00                       # resume: none
 ";
 
+const EXAMPLE_PUBLISH_COMPRESSED: &str = "\
+00 00 00 22              # length: 34 = 1 + 8 + 6 + 5 + 14
+a2                       # type: Publish (0x22) with the compressed bit (0x80)
+00 00 00 00 00 00 00 07  # command_id: 7
+00 01                    # groups: count 1
+00 00 00 01              #   group 1
+01                       # payload: algorithm 1, LZ4 block
+00 00 00 2f              #   original_len: 47
+3f 68 69 20 03 00 13 60  #   the LZ4 block (14 bytes): literals \"hi \", a match of
+20 68 69 20 68 69        #   38 bytes at offset 3, then the last literals \" hi hi\"
+";
+
+const EXAMPLE_PUBLISHED_COMPRESSED: &str = "\
+00 00 00 35              # length: 53 = 1 + 8 + 19 + 6 + 5 + 14
+b2                       # type: Published (0x32) with the compressed bit (0x80)
+00 00 00 00 00 00 00 05  # seq: 5
+04                       # sender tag: peer, IPv4
+00                       # sender flags: not self
+00 05 61 6c 69 63 65     # sender user_id: \"alice\"
+c0 a8 01 0a              # sender address: 192.168.1.10
+c3 50                    # sender port: 50000
+00 00 00 01              # sender service_id: 1
+00 01                    # groups: count 1
+00 00 00 01              #   group 1
+01                       # payload: algorithm 1, LZ4 block
+00 00 00 2f              #   original_len: 47
+3f 68 69 20 03 00 13 60  #   the publisher's 14 bytes, untouched
+20 68 69 20 68 69
+";
+
+/// The payload of the compressed examples: "hi" 16 times, space-separated.
+const HI_16: &[u8] = b"hi hi hi hi hi hi hi hi hi hi hi hi hi hi hi hi";
+
+/// HI_16 as LZ4 compresses it.
+const HI_16_LZ4: &[u8] = &[
+    0x3f, 0x68, 0x69, 0x20, 0x03, 0x00, 0x13, 0x60, 0x20, 0x68, 0x69, 0x20, 0x68, 0x69,
+];
+
+fn lz4(original_len: u32) -> Option<Compression> {
+    Some(Compression {
+        algorithm: CompressionAlgorithm::Lz4Block,
+        original_len,
+    })
+}
+
+fn compressed_publish() -> Message {
+    Message::Publish(Publish {
+        command_id: 7,
+        groups: vec![GroupId(1)],
+        payload: Bytes::from_static(HI_16_LZ4),
+        compression: lz4(47),
+    })
+}
+
+fn compressed_published() -> Message {
+    Message::Published(Published {
+        seq: 5,
+        sender: alice_v4(false),
+        groups: vec![GroupId(1)],
+        payload: Bytes::from_static(HI_16_LZ4),
+        compression: lz4(47),
+    })
+}
+
 fn ping() -> Message {
     Message::Ping(Ping {
         nonce: 0x0102_0304_0506_0708,
@@ -147,7 +212,10 @@ fn hello() -> Message {
         min_version: 1,
         max_version: 1,
         service_id: 256,
-        options: ClientOptions { echo: true },
+        options: ClientOptions {
+            echo: true,
+            compression: false,
+        },
         user_id: Text::from("alice"),
         password: Bytes::from_static(b"secret"),
         resume: None,
@@ -178,6 +246,7 @@ fn worked_example_published_ipv4_peer() {
             sender: alice_v4(false),
             groups: vec![GroupId(1)],
             payload: Bytes::from_static(b"hi"),
+            compression: None,
         }),
         EXAMPLE_PUBLISHED,
     );
@@ -189,6 +258,22 @@ fn worked_example_hello() {
 }
 
 #[test]
+fn worked_examples_compressed_publish_and_published() {
+    check(&compressed_publish(), EXAMPLE_PUBLISH_COMPRESSED);
+    check(&compressed_published(), EXAMPLE_PUBLISHED_COMPRESSED);
+    // The example's bytes are what the reference compressor produces, and they give
+    // the payload back.
+    let ours = compress(CompressionAlgorithm::Lz4Block, HI_16).unwrap();
+    assert_eq!(HI_16.len(), 47);
+    assert_eq!(ours.compression, lz4(47).unwrap());
+    assert_eq!(show(&ours.data), show(HI_16_LZ4));
+    assert_eq!(
+        decompress(lz4(47).unwrap(), HI_16_LZ4, 47).unwrap(),
+        Bytes::from_static(HI_16)
+    );
+}
+
+#[test]
 fn the_specification_contains_the_worked_examples_verbatim() {
     let spec = include_str!("../PROTOCOL.md");
     for (name, example) in [
@@ -196,6 +281,8 @@ fn the_specification_contains_the_worked_examples_verbatim() {
         ("Subscribe", EXAMPLE_SUBSCRIBE),
         ("Published", EXAMPLE_PUBLISHED),
         ("Hello", EXAMPLE_HELLO),
+        ("compressed Publish", EXAMPLE_PUBLISH_COMPRESSED),
+        ("compressed Published", EXAMPLE_PUBLISHED_COMPRESSED),
     ] {
         assert!(
             spec.contains(example),
@@ -218,7 +305,10 @@ fn golden() -> Vec<(Message, &'static str)> {
                 min_version: 1,
                 max_version: 3,
                 service_id: 1,
-                options: ClientOptions { echo: false },
+                options: ClientOptions {
+                    echo: false,
+                    compression: false,
+                },
                 user_id: Text::from("bob"),
                 password: Bytes::new(),
                 resume: Some(ResumeRequest {
@@ -375,6 +465,7 @@ fn golden() -> Vec<(Message, &'static str)> {
                 command_id: 10,
                 groups: vec![GroupId(1), GroupId(2)],
                 payload: Bytes::from_static(b"hello"),
+                compression: None,
             }),
             "00 00 00 18 22
              00 00 00 00 00 00 00 0a              # command_id 10
@@ -386,6 +477,7 @@ fn golden() -> Vec<(Message, &'static str)> {
                 command_id: 11,
                 receiver: Text::from("bob"),
                 payload: Bytes::from_static(b"yo"),
+                compression: None,
             }),
             "00 00 00 10 23
              00 00 00 00 00 00 00 0b  # command_id 11
@@ -436,6 +528,7 @@ fn golden() -> Vec<(Message, &'static str)> {
                 sender: alice_v4(false),
                 groups: vec![GroupId(1)],
                 payload: Bytes::from_static(b"hi"),
+                compression: None,
             }),
             EXAMPLE_PUBLISHED,
         ),
@@ -451,6 +544,7 @@ fn golden() -> Vec<(Message, &'static str)> {
                 }),
                 groups: vec![GroupId(2), GroupId(3)],
                 payload: Bytes::from_static(b"x"),
+                compression: None,
             }),
             "00 00 00 31 32                                   # length 49, Published
              00 00 00 00 00 00 00 06                          # seq 6
@@ -468,6 +562,7 @@ fn golden() -> Vec<(Message, &'static str)> {
                 sender: Sender::Server,
                 groups: vec![GroupId(1)],
                 payload: Bytes::from_static(b"sys"),
+                compression: None,
             }),
             "00 00 00 13 32
              00 00 00 00 00 00 00 07  # seq 7
@@ -480,6 +575,7 @@ fn golden() -> Vec<(Message, &'static str)> {
                 seq: 8,
                 sender: alice_v4(false),
                 payload: Bytes::from_static(b"hey"),
+                compression: None,
             }),
             "00 00 00 1f 33
              00 00 00 00 00 00 00 08        # seq 8
@@ -492,10 +588,40 @@ fn golden() -> Vec<(Message, &'static str)> {
                 seq: 9,
                 sender: Sender::Server,
                 payload: Bytes::new(),
+                compression: None,
             }),
             "00 00 00 0a 33
              00 00 00 00 00 00 00 09  # seq 9
              00                       # the server; empty payload",
+        ),
+        // --- compressed payloads (section 3.1) ------------------------------------
+        (compressed_publish(), EXAMPLE_PUBLISH_COMPRESSED),
+        (compressed_published(), EXAMPLE_PUBLISHED_COMPRESSED),
+        (
+            Message::SendUserMessage(SendUserMessage {
+                command_id: 11,
+                receiver: Text::from("bob"),
+                payload: Bytes::from_static(HI_16_LZ4),
+                compression: lz4(47),
+            }),
+            "00 00 00 21 a3              # length 33, SendUserMessage, compressed
+             00 00 00 00 00 00 00 0b     # command_id 11
+             00 03 62 6f 62              # receiver \"bob\"
+             01 00 00 00 2f              # LZ4 block, 47 bytes decompressed
+             3f 68 69 20 03 00 13 60 20 68 69 20 68 69",
+        ),
+        (
+            Message::UserMessage(UserMessage {
+                seq: 10,
+                sender: Sender::Server,
+                payload: Bytes::from_static(HI_16_LZ4),
+                compression: lz4(47),
+            }),
+            "00 00 00 1d b3              # length 29, UserMessage, compressed
+             00 00 00 00 00 00 00 0a     # seq 10
+             00                          # the server
+             01 00 00 00 2f              # LZ4 block, 47 bytes decompressed
+             3f 68 69 20 03 00 13 60 20 68 69 20 68 69",
         ),
         (
             Message::Gap(Gap {
@@ -765,7 +891,7 @@ fn hello_ignores_unknown_option_bits_and_trailing_extensions() {
          01                       # Hello
          00 01 00 05              # versions 1..=5
          00 00 01 00              # service_id 256
-         ff                       # options: echo plus seven unknown bits
+         ff                       # options: echo, compression, six unknown bits
          00 05 61 6c 69 63 65     # \"alice\"
          00 06 73 65 63 72 65 74  # \"secret\"
          00                       # resume: none
@@ -778,6 +904,7 @@ fn hello_ignores_unknown_option_bits_and_trailing_extensions() {
         unreachable!()
     };
     expected.max_version = 5;
+    expected.options.compression = true;
     assert_eq!(decoded, expected);
     // A server of versions 1..=2 meets a newer client at 2, and refuses one that
     // speaks only later versions.

@@ -305,6 +305,10 @@ pub struct Coverage {
     /// Cancels of requests that had ended or were cancelled before
     /// (`NotOutstanding`, `AlreadySent`).
     pub cancels_not_outstanding: u64,
+    /// Compressed payloads forwarded compressed to receivers that accept them.
+    pub compressed_deliveries: u64,
+    /// Compressed payloads sent plain to receivers that do not accept them.
+    pub decompressed_deliveries: u64,
     /// Simulation steps (a cost measure, not a situation).
     pub steps: u64,
 }
@@ -344,6 +348,8 @@ impl Coverage {
         self.cancels_ended_locally += other.cancels_ended_locally;
         self.cancels_too_late += other.cancels_too_late;
         self.cancels_not_outstanding += other.cancels_not_outstanding;
+        self.compressed_deliveries += other.compressed_deliveries;
+        self.decompressed_deliveries += other.decompressed_deliveries;
         self.steps += other.steps;
     }
 }
@@ -1296,7 +1302,18 @@ impl EngineSim {
             self.coverage.reconnects += 1;
         }
         let mut config = ClientConfig::new(ClientTransport::Plaintext, key.user_id(), b"pw");
-        config.options = ClientOptions { echo: client.echo };
+        // Compressed payloads on some clients, so the oracle checks them too: the
+        // sim's payloads (a cyclic filler) compress well. Whether a client accepts
+        // them changes from one connection to the next, so a resume may meet the
+        // other setting (its replay must come in the new form).
+        config.options = ClientOptions {
+            echo: client.echo,
+            compression: (index + client.sessions as usize) % 3 != 0,
+        };
+        config.compression = pushwire_engine::client::CompressionConfig {
+            enabled: index % 2 == 0,
+            threshold: 64,
+        };
         config.keepalive = KEEPALIVE;
         config.handshake_timeout = Duration::from_millis(1000);
         config.resume = resume.map(|(r, _)| r);
@@ -1936,6 +1953,8 @@ impl EngineSim {
             self.coverage.publishers_held += stats.publishers_held;
             self.coverage.congestions_expired += stats.congestions_expired;
             self.coverage.congestions += stats.congestions;
+            self.coverage.compressed_deliveries += stats.deliveries_compressed;
+            self.coverage.decompressed_deliveries += stats.deliveries_decompressed;
         }
         let end_ms = self.now_ms;
         let flow = self.flow.take().map(|f| FlowRecord { end_ms, ..f.record });

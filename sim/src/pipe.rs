@@ -82,6 +82,7 @@ mod tests {
                         command_id: i,
                         groups: vec![GroupId(i as u32 % 4)],
                         payload: vec![i as u8; i as usize * 7].into(),
+                        compression: None,
                     })
                 }
             })

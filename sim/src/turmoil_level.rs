@@ -256,7 +256,12 @@ async fn client_host(
             max: Duration::from_millis(400),
             jitter_seed: index as u64,
         });
+        // Compressed payloads on some clients (the sim's payloads compress well);
+        // whether a client accepts them changes from one session to the next.
         let (client, mut events) = match ClientBuilder::new(context)
+            .compression(index % 2 == 0)
+            .compression_threshold(64)
+            .accept_compressed((index + key.session as usize) % 3 != 0)
             .connect_with(&TurmoilConnector)
             .await
         {

@@ -77,6 +77,14 @@ fn scenarios_keep_every_guarantee() {
                 "cancel of a request that had ended",
                 c.cancels_not_outstanding,
             ),
+            (
+                "compressed payload forwarded compressed",
+                c.compressed_deliveries,
+            ),
+            (
+                "compressed payload sent plain to a receiver that did not ask",
+                c.decompressed_deliveries,
+            ),
         ]);
         // Flow control and its scripted receivers (about a quarter of the runs have
         // flow control and a slow reader, a quarter flow control and a stopped one).

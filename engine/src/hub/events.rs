@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pushwire_protocol::{
-    GroupId, GroupList, Message, MessageKind, Published, PushRejected, Sender, Subscribed,
-    Unsubscribed, UserMessage, UserMessageDelivered,
+    CompressedPayload, GroupId, GroupList, Message, MessageKind, Published, PushRejected, Sender,
+    Subscribed, Unsubscribed, UserMessage, UserMessageDelivered,
 };
 
 use super::connections::ConnectionId;
@@ -164,8 +164,11 @@ pub enum PushEvent {
         sender: Sender,
         /// Groups concerned.
         groups: EventGroups,
-        /// The message, shared by every receiver.
+        /// The message, shared by every receiver (plain, whatever form it came in).
         payload: Bytes,
+        /// The compressed form the publisher sent, if it sent one: forwarded as it is
+        /// to receivers that accept compressed payloads.
+        compressed: Option<CompressedPayload>,
     },
     /// A one-to-one message (or its echo to the sender).
     UserMessage {
@@ -173,8 +176,11 @@ pub enum PushEvent {
         seq: u64,
         /// Who sent it.
         sender: Sender,
-        /// The message, shared by every receiver.
+        /// The message, shared by every receiver (plain, whatever form it came in).
         payload: Bytes,
+        /// The compressed form the sender sent, if it sent one: forwarded as it is to
+        /// receivers that accept compressed payloads.
+        compressed: Option<CompressedPayload>,
     },
     /// A client command was refused, wholly or for some groups. Not sequenced.
     Rejected(PushRejected),
@@ -244,34 +250,71 @@ impl PushEvent {
         }
     }
 
-    /// Appends the encoded frame to `out`. A publication, the fan-out fast path, is
-    /// written without building a [`Message`] (no group list allocated); the other
-    /// events go through [`PushEvent::into_message`].
+    /// The compressed form the sender sent, for publications and user messages that
+    /// came compressed.
+    pub fn compressed(&self) -> Option<&CompressedPayload> {
+        match self {
+            PushEvent::Published { compressed, .. } | PushEvent::UserMessage { compressed, .. } => {
+                compressed.as_ref()
+            }
+            _ => None,
+        }
+    }
+
+    /// Appends the encoded frame to `out`, with the plain payload. A publication, the
+    /// fan-out fast path, is written without building a [`Message`] (no group list
+    /// allocated); the other events go through [`PushEvent::into_message`].
     pub fn encode(&self, out: &mut bytes::BytesMut) {
+        self.encode_for(out, false);
+    }
+
+    /// Appends the encoded frame to `out` for a receiver that accepts compressed
+    /// payloads (`accepts_compressed`) or not: an event that came compressed goes to
+    /// the first in the sender's compressed form, untouched; everything else is
+    /// encoded as by [`PushEvent::encode`].
+    pub fn encode_for(&self, out: &mut bytes::BytesMut, accepts_compressed: bool) {
         match self {
             PushEvent::Published {
                 seq,
                 sender,
                 groups,
                 payload,
+                compressed,
             } => {
+                let (compression, data) = payload_form(payload, compressed, accepts_compressed);
                 groups.with_slice(|groups| {
                     pushwire_protocol::encode_published_prefix(
                         out,
                         *seq,
                         sender,
                         groups,
-                        payload.len(),
+                        compression,
+                        data.len(),
                     )
                 });
-                out.extend_from_slice(payload);
+                out.extend_from_slice(data);
+            }
+            PushEvent::UserMessage {
+                seq,
+                sender,
+                payload,
+                compressed,
+            } => {
+                let (compression, data) = payload_form(payload, compressed, accepts_compressed);
+                Message::UserMessage(UserMessage {
+                    seq: *seq,
+                    sender: sender.clone(),
+                    payload: data.clone(),
+                    compression,
+                })
+                .encode(out)
             }
             other => other.clone().into_message().encode(out),
         }
     }
 
-    /// The wire message. Allocates the group list of presence events and
-    /// publications; the payload stays shared.
+    /// The wire message, with the plain payload. Allocates the group list of presence
+    /// events and publications; the payload stays shared.
     pub fn into_message(self) -> Message {
         match self {
             PushEvent::Subscribed {
@@ -297,26 +340,43 @@ impl PushEvent {
                 sender,
                 groups,
                 payload,
+                compressed: _,
             } => Message::Published(Published {
                 seq,
                 sender,
                 groups: groups.to_vec(),
                 payload,
+                compression: None,
             }),
             PushEvent::UserMessage {
                 seq,
                 sender,
                 payload,
+                compressed: _,
             } => Message::UserMessage(UserMessage {
                 seq,
                 sender,
                 payload,
+                compression: None,
             }),
             PushEvent::Rejected(m) => Message::PushRejected(m),
             PushEvent::UserMessageDelivered(m) => Message::UserMessageDelivered(m),
             PushEvent::GroupList(m) => Message::GroupList(m),
             PushEvent::Gap(m) => Message::Gap(m),
         }
+    }
+}
+
+/// The payload field a receiver gets: the sender's compressed form when there is one
+/// and the receiver accepts it, the plain payload otherwise.
+fn payload_form<'a>(
+    payload: &'a Bytes,
+    compressed: &'a Option<CompressedPayload>,
+    accepts_compressed: bool,
+) -> (Option<pushwire_protocol::Compression>, &'a Bytes) {
+    match compressed {
+        Some(c) if accepts_compressed => (Some(c.compression), &c.data),
+        _ => (None, payload),
     }
 }
 
@@ -334,6 +394,17 @@ pub(crate) enum SharedKind {
     Published,
 }
 
+/// The frame a receiver of every target of a [`SharedEvent`] gets, in one payload
+/// form, with sequence number 0: such a receiver's frame is this copy with its own
+/// number patched in. Encoded with the second such frame: an event with one receiver
+/// is encoded directly.
+#[derive(Debug, Default)]
+struct FrameCache {
+    frame: std::sync::OnceLock<Box<[u8]>>,
+    /// A receiver's frame was encoded without the shared copy.
+    encoded_once: std::sync::atomic::AtomicBool,
+}
+
 /// What every receiver of one fan-out (a publication, or the presence events of a
 /// membership change) shares, built once per operation.
 #[derive(Debug)]
@@ -341,20 +412,30 @@ pub(crate) struct SharedEvent {
     kind: SharedKind,
     sender: Sender,
     targets: Arc<[GroupId]>,
-    /// The publication's payload (empty for presence events).
+    /// The publication's payload, plain (empty for presence events).
     payload: Bytes,
-    /// The frame a receiver of every target gets, with sequence number 0: such a
-    /// receiver's frame is this copy with its own number patched in. Encoded with
-    /// the second such frame: an event with one receiver is encoded directly.
-    frame: std::sync::OnceLock<Box<[u8]>>,
-    /// A receiver's frame was encoded without the shared copy.
-    encoded_once: std::sync::atomic::AtomicBool,
+    /// The compressed form the publisher sent, if it did.
+    compressed: Option<CompressedPayload>,
+    /// The frame with the plain payload (every event has this form).
+    plain: FrameCache,
+    /// The frame with the compressed payload (used only when `compressed` is set):
+    /// a publication that came compressed is encoded at most once in each form,
+    /// however many receivers take either.
+    packed: FrameCache,
 }
 
 impl SharedEvent {
-    /// A publication of `payload` to `targets`.
-    pub(crate) fn publication(sender: Sender, targets: Arc<[GroupId]>, payload: Bytes) -> Self {
-        Self::new(SharedKind::Published, sender, targets, payload)
+    /// A publication of `payload` to `targets`; `compressed` is the form the
+    /// publisher sent it in, if compressed.
+    pub(crate) fn publication(
+        sender: Sender,
+        targets: Arc<[GroupId]>,
+        payload: Bytes,
+        compressed: Option<CompressedPayload>,
+    ) -> Self {
+        let mut event = Self::new(SharedKind::Published, sender, targets, payload);
+        event.compressed = compressed;
+        event
     }
 
     /// `sender` joined or left `groups`.
@@ -368,8 +449,9 @@ impl SharedEvent {
             sender,
             targets,
             payload,
-            frame: std::sync::OnceLock::new(),
-            encoded_once: std::sync::atomic::AtomicBool::new(false),
+            compressed: None,
+            plain: FrameCache::default(),
+            packed: FrameCache::default(),
         }
     }
 
@@ -392,51 +474,69 @@ impl SharedEvent {
                 sender,
                 groups,
                 payload: self.payload.clone(),
+                compressed: self.compressed.clone(),
             },
         }
     }
 
-    /// Appends the frame of a receiver of every target.
-    fn encode_whole(&self, seq: u64, out: &mut bytes::BytesMut) {
+    /// Appends the frame of a receiver of every target, in the compressed form when
+    /// the publication has one and the receiver accepts it.
+    fn encode_whole(&self, seq: u64, out: &mut bytes::BytesMut, accepts_compressed: bool) {
         use std::sync::atomic::Ordering::Relaxed;
-        if self.frame.get().is_none() && !self.encoded_once.swap(true, Relaxed) {
-            self.encode_direct(seq, out);
+        // One branch decides the form; the plain path stays what it was without
+        // compression.
+        let packed = accepts_compressed && self.compressed.is_some();
+        let cache = if packed { &self.packed } else { &self.plain };
+        if cache.frame.get().is_none() && !cache.encoded_once.swap(true, Relaxed) {
+            self.encode_direct(seq, out, packed);
             return;
         }
+        let frame = cache.frame.get_or_init(|| {
+            let mut frame = bytes::BytesMut::new();
+            self.encode_direct(0, &mut frame, packed);
+            Vec::from(frame).into_boxed_slice()
+        });
         let start = out.len();
-        out.extend_from_slice(self.frame());
+        out.extend_from_slice(frame);
         pushwire_protocol::patch_seq(&mut out[start..], seq);
     }
 
-    fn encode_direct(&self, seq: u64, out: &mut bytes::BytesMut) {
+    /// Encodes the frame of a receiver of every target; `packed`: with the
+    /// compressed payload (which the caller checked exists).
+    fn encode_direct(&self, seq: u64, out: &mut bytes::BytesMut, packed: bool) {
         if self.kind == SharedKind::Published {
+            let (compression, data) = payload_form(&self.payload, &self.compressed, packed);
             pushwire_protocol::encode_published_prefix(
                 out,
                 seq,
                 &self.sender,
                 &self.targets,
-                self.payload.len(),
+                compression,
+                data.len(),
             );
-            out.extend_from_slice(&self.payload);
+            out.extend_from_slice(data);
         } else {
             self.event(seq, EventGroups::whole(self.targets.clone()))
                 .encode(out);
         }
     }
-
-    fn frame(&self) -> &[u8] {
-        self.frame.get_or_init(|| {
-            let mut frame = bytes::BytesMut::new();
-            self.encode_direct(0, &mut frame);
-            Vec::from(frame).into_boxed_slice()
-        })
-    }
 }
 
 impl PartialEq for SharedEvent {
     fn eq(&self, other: &Self) -> bool {
-        (self.kind, &self.sender, &self.targets, &self.payload)
-            == (other.kind, &other.sender, &other.targets, &other.payload)
+        (
+            self.kind,
+            &self.sender,
+            &self.targets,
+            &self.payload,
+            &self.compressed,
+        ) == (
+            other.kind,
+            &other.sender,
+            &other.targets,
+            &other.payload,
+            &other.compressed,
+        )
     }
 }
 
@@ -511,16 +611,31 @@ impl StoredEvent {
         }
     }
 
-    /// Appends the encoded frame to `out`.
-    pub(crate) fn encode(&self, out: &mut bytes::BytesMut) {
+    /// Appends the encoded frame to `out`, in the form a receiver that accepts
+    /// compressed payloads, or not, gets.
+    pub(crate) fn encode(&self, out: &mut bytes::BytesMut, accepts_compressed: bool) {
         match self {
             StoredEvent::Shared {
                 seq,
                 shared,
                 mask: Self::WHOLE,
-            } => shared.encode_whole(*seq, out),
-            StoredEvent::Shared { .. } => self.to_event().encode(out),
-            StoredEvent::Other(event) => event.encode(out),
+            } => shared.encode_whole(*seq, out, accepts_compressed),
+            StoredEvent::Shared { .. } => self.to_event().encode_for(out, accepts_compressed),
+            StoredEvent::Other(event) => event.encode_for(out, accepts_compressed),
+        }
+    }
+
+    /// The compressed form of a publication or user message that came compressed.
+    pub(crate) fn compressed(&self) -> Option<(&CompressedPayload, usize)> {
+        match self {
+            StoredEvent::Shared { shared, .. } => shared
+                .compressed
+                .as_ref()
+                .map(|c| (c, shared.payload.len())),
+            StoredEvent::Other(event) => event
+                .compressed()
+                .zip(event.payload())
+                .map(|(c, payload)| (c, payload.len())),
         }
     }
 
@@ -562,16 +677,44 @@ impl Delivery {
         self.event.seq()
     }
 
-    /// Appends the encoded frame ([`frame_len`](Self::frame_len) bytes) to `out`. A
-    /// publication to a receiver of all its targets is a copy of a frame encoded once
-    /// for the whole fan-out, with the receiver's sequence number patched in.
+    /// Appends the encoded frame ([`frame_len`](Self::frame_len) bytes) to `out`, with
+    /// the plain payload. A publication to a receiver of all its targets is a copy of
+    /// a frame encoded once for the whole fan-out, with the receiver's sequence number
+    /// patched in.
     pub fn encode(&self, out: &mut bytes::BytesMut) {
-        self.event.encode(out);
+        self.event.encode(out, false);
     }
 
-    /// Size of the encoded frame, header included.
+    /// Like [`encode`](Self::encode), for a receiver that accepts compressed payloads
+    /// (`accepts_compressed`: its Hello asked for them, on protocol version 3) or not:
+    /// a publication or user message that came compressed goes to the first in the
+    /// sender's compressed form, untouched (encoded once for all such receivers).
+    /// The form is chosen here, per receiver, so a session resumed on a connection
+    /// with another setting gets its replay in the form it asked for.
+    /// [`frame_len_for`](Self::frame_len_for) bytes.
+    pub fn encode_for(&self, out: &mut bytes::BytesMut, accepts_compressed: bool) {
+        self.event.encode(out, accepts_compressed);
+    }
+
+    /// Size of the encoded frame with the plain payload, header included.
     pub fn frame_len(&self) -> usize {
         self.frame_len
+    }
+
+    /// Size of the frame [`encode_for`](Self::encode_for) writes.
+    pub fn frame_len_for(&self, accepts_compressed: bool) -> usize {
+        match self.event.compressed() {
+            Some((compressed, plain_len)) if accepts_compressed => {
+                self.frame_len - plain_len + compressed.wire_len()
+            }
+            _ => self.frame_len,
+        }
+    }
+
+    /// For a publication or user message that came compressed: its compressed form
+    /// and the plain payload's length.
+    pub fn compressed(&self) -> Option<(&CompressedPayload, usize)> {
+        self.event.compressed()
     }
 
     /// The receiving connection and the event.
@@ -608,6 +751,7 @@ pub(crate) mod frame_len {
             sender: sender.clone(),
             groups: Vec::new(),
             payload: Bytes::new(),
+            compression: None,
         })
         .encoded_len()
             + payload_len
@@ -619,6 +763,7 @@ pub(crate) mod frame_len {
             seq: 0,
             sender: sender.clone(),
             payload: payload.clone(),
+            compression: None,
         })
         .encoded_len()
     }

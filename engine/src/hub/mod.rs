@@ -59,9 +59,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pushwire_protocol::{
-    GroupDescription, GroupId, GroupList, GroupSelection, ListGroups, Message, MessageKind,
-    Publish, PushRejected, RejectCode, SendUserMessage, Sender, Subscribe, Text, Unsubscribe,
-    UserMessageDelivered, MAX_GROUPS_PER_MESSAGE, MAX_USER_ID_CHARS,
+    CompressedPayload, Compression, CompressionError, GroupDescription, GroupId, GroupList,
+    GroupSelection, ListGroups, Message, MessageKind, Publish, PushRejected, RejectCode,
+    SendUserMessage, Sender, Subscribe, Text, Unsubscribe, UserMessageDelivered,
+    MAX_GROUPS_PER_MESSAGE, MAX_USER_ID_CHARS,
 };
 
 pub use connections::{ConnectionId, ConnectionInfo};
@@ -78,9 +79,10 @@ use groups::{for_each_member_of_any, Group, Groups};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubConfig {
     /// Largest payload of a publication or user message; larger ones are refused
-    /// with `RejectCode::PayloadTooLarge`. Default 512 KiB, so that a Published
-    /// frame with the longest sender and group list still fits the protocol's default
-    /// 1 MiB frame limit.
+    /// with `RejectCode::PayloadTooLarge`. For a compressed payload this is the
+    /// decompressed size, checked from its header before anything is decompressed.
+    /// Default 512 KiB, so that a Published frame with the longest sender and group
+    /// list still fits the protocol's default 1 MiB frame limit.
     pub max_payload_bytes: usize,
     /// How long a detached session is kept for a resume. Default 30 s; zero gives
     /// SocketPro's behaviour (a disconnect ends the session at once).
@@ -137,6 +139,18 @@ impl Rejection {
             code: RejectCode::PayloadTooLarge,
             groups: Vec::new(),
             reason: format!("the payload of {len} bytes exceeds the limit of {max} bytes").into(),
+        }
+    }
+
+    fn compressed_payload_too_large(compressed: usize, original_len: u32, max: usize) -> Self {
+        Self {
+            code: RejectCode::PayloadTooLarge,
+            groups: Vec::new(),
+            reason: format!(
+                "the compressed payload ({compressed} bytes) would decompress to \
+                 {original_len} bytes, over the limit of {max} bytes"
+            )
+            .into(),
         }
     }
 
@@ -220,6 +234,11 @@ pub enum HubError {
     /// `handle_command` was given a message that is not a client push command.
     #[error("{0} is not a push command")]
     NotAPushCommand(MessageKind),
+    /// `handle_command` was given a compressed payload that does not decompress to
+    /// its declared size: the client broke the protocol, and its connection should be
+    /// closed. Nothing was done.
+    #[error("compressed payload: {0}")]
+    CorruptPayload(CompressionError),
 }
 
 #[cfg(feature = "fault-injection")]
@@ -545,12 +564,34 @@ impl<H: PushHooks> Hub<H> {
     /// PushRejected events carrying the command id; a SendUserMessage that went
     /// ahead is answered with UserMessageDelivered, a ListGroups with GroupList.
     ///
-    /// Fails, without effect, for an unknown connection or a message that is not a
-    /// push command (the connection layer handles those).
+    /// A Publish or SendUserMessage with a compressed payload (protocol version 3)
+    /// is refused with `PayloadTooLarge` when its declared decompressed size is over
+    /// [`HubConfig::max_payload_bytes`], before anything is decompressed; otherwise
+    /// it is decompressed once, so that the hooks and the receivers that do not
+    /// accept compressed payloads get it plain, while the others get the sender's
+    /// compressed bytes untouched.
+    ///
+    /// Fails, without effect, for an unknown connection, a message that is not a
+    /// push command (the connection layer handles those), or a compressed payload
+    /// that does not decompress to its declared size ([`HubError::CorruptPayload`]:
+    /// close the connection).
     pub fn handle_command(
         &mut self,
         connection: ConnectionId,
         command: Message,
+    ) -> Result<(), HubError> {
+        self.handle_opened_command(connection, command, None)
+    }
+
+    /// [`handle_command`](Self::handle_command) for a command whose compressed
+    /// payload the connection layer already decompressed (outside the node's lock,
+    /// on the connection's own task): `opened` is the plain payload, checked to be
+    /// within the limit and of the declared size.
+    pub(crate) fn handle_opened_command(
+        &mut self,
+        connection: ConnectionId,
+        command: Message,
+        opened: Option<Bytes>,
     ) -> Result<(), HubError> {
         let slot = self
             .connections
@@ -575,26 +616,36 @@ impl<H: PushHooks> Hub<H> {
                 command_id,
                 groups,
                 payload,
+                compression,
             }) => (
                 command_id,
-                self.publish_as(
-                    Origin::Client,
-                    Actor::Connection(connection),
-                    &groups,
-                    payload,
-                )?,
+                match self.open_payload(payload, compression, opened)? {
+                    Ok((payload, compressed)) => self.publish_as(
+                        Origin::Client,
+                        Actor::Connection(connection),
+                        &groups,
+                        payload,
+                        compressed,
+                    )?,
+                    Err(rejected) => rejected,
+                },
             ),
             Message::SendUserMessage(SendUserMessage {
                 command_id,
                 receiver,
                 payload,
+                compression,
             }) => {
-                let outcome = self.send_user_message_as(
-                    Origin::Client,
-                    Actor::Connection(connection),
-                    receiver.as_str(),
-                    payload,
-                )?;
+                let outcome = match self.open_payload(payload, compression, opened)? {
+                    Ok((payload, compressed)) => self.send_user_message_as(
+                        Origin::Client,
+                        Actor::Connection(connection),
+                        receiver.as_str(),
+                        payload,
+                        compressed,
+                    )?,
+                    Err(rejected) => rejected,
+                };
                 if outcome.is_complete() {
                     self.answer(
                         slot,
@@ -623,6 +674,47 @@ impl<H: PushHooks> Hub<H> {
             );
         }
         Ok(())
+    }
+
+    /// The plain payload of a command, and the compressed form it came in, if it
+    /// came compressed (`payload` then holds the compressed bytes). A declared size
+    /// over the limit is refused (the inner `Err`, an outcome to answer with) before
+    /// decompressing; `opened`, when given, is the payload the connection layer
+    /// already decompressed.
+    #[allow(clippy::type_complexity)]
+    fn open_payload(
+        &self,
+        payload: Bytes,
+        compression: Option<Compression>,
+        opened: Option<Bytes>,
+    ) -> Result<Result<(Bytes, Option<CompressedPayload>), PushOutcome>, HubError> {
+        let Some(compression) = compression else {
+            return Ok(Ok((payload, None)));
+        };
+        let max = self.config.max_payload_bytes;
+        if compression.original_len as usize > max {
+            return Ok(Err(PushOutcome {
+                rejections: vec![Rejection::compressed_payload_too_large(
+                    payload.len(),
+                    compression.original_len,
+                    max,
+                )],
+                ..PushOutcome::default()
+            }));
+        }
+        let plain = match opened {
+            Some(plain) => plain,
+            None => pushwire_protocol::decompress(compression, &payload, max)
+                .map_err(HubError::CorruptPayload)?,
+        };
+        debug_assert_eq!(plain.len(), compression.original_len as usize);
+        Ok(Ok((
+            plain,
+            Some(CompressedPayload {
+                compression,
+                data: payload,
+            }),
+        )))
     }
 
     /// The chat groups as a GroupList carries them, ascending.
@@ -676,7 +768,7 @@ impl<H: PushHooks> Hub<H> {
         payload: Bytes,
     ) -> Result<PushOutcome, HubError> {
         check_group_count(groups)?;
-        self.publish_as(Origin::Server, actor, groups, payload)
+        self.publish_as(Origin::Server, actor, groups, payload, None)
     }
 
     /// The server sends `payload` to every connection of the user `receiver`, on its
@@ -688,7 +780,7 @@ impl<H: PushHooks> Hub<H> {
         receiver: &str,
         payload: Bytes,
     ) -> Result<PushOutcome, HubError> {
-        self.send_user_message_as(Origin::Server, actor, receiver, payload)
+        self.send_user_message_as(Origin::Server, actor, receiver, payload, None)
     }
 
     // --- Outputs -------------------------------------------------------------------
@@ -813,12 +905,15 @@ impl<H: PushHooks> Hub<H> {
         Ok(outcome)
     }
 
+    /// `payload` is plain; `compressed`, the form the client sent it in, if
+    /// compressed.
     fn publish_as(
         &mut self,
         origin: Origin,
         actor: Actor,
         requested: &[GroupId],
         payload: Bytes,
+        compressed: Option<CompressedPayload>,
     ) -> Result<PushOutcome, HubError> {
         let actor_slot = self.actor_slot(actor)?;
         let mut outcome = PushOutcome::default();
@@ -862,6 +957,7 @@ impl<H: PushHooks> Hub<H> {
                     sender: publisher.self_sender(),
                     groups: EventGroups::whole(targets.clone()),
                     payload: payload.clone(),
+                    compressed: compressed.clone(),
                 };
                 let len = base_len + GROUP_ID_WIRE_LEN * targets.len();
                 self.outbox.deliver(publisher, echo, len);
@@ -872,7 +968,12 @@ impl<H: PushHooks> Hub<H> {
             Actor::Server => None,
         };
         // Encoded once; every receiver's copy shares it.
-        let shared = Arc::new(SharedEvent::publication(sender, targets.clone(), payload));
+        let shared = Arc::new(SharedEvent::publication(
+            sender,
+            targets.clone(),
+            payload,
+            compressed,
+        ));
         let connections = &mut self.connections;
         let outbox = &mut self.outbox;
         let mut reached = 0;
@@ -888,12 +989,15 @@ impl<H: PushHooks> Hub<H> {
         Ok(outcome)
     }
 
+    /// `payload` is plain; `compressed`, the form the client sent it in, if
+    /// compressed.
     fn send_user_message_as(
         &mut self,
         origin: Origin,
         actor: Actor,
         receiver: &str,
         payload: Bytes,
+        compressed: Option<CompressedPayload>,
     ) -> Result<PushOutcome, HubError> {
         let actor_slot = self.actor_slot(actor)?;
         let mut outcome = PushOutcome::default();
@@ -935,6 +1039,7 @@ impl<H: PushHooks> Hub<H> {
                     seq: from.take_seq(),
                     sender: from.self_sender(),
                     payload: payload.clone(),
+                    compressed: compressed.clone(),
                 };
                 self.outbox.deliver(from, echo, len);
             }
@@ -951,6 +1056,7 @@ impl<H: PushHooks> Hub<H> {
                     seq: to.take_seq(),
                     sender: sender.clone(),
                     payload: payload.clone(),
+                    compressed: compressed.clone(),
                 };
                 outbox.deliver(to, event, len);
                 reached += 1;

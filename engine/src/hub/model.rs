@@ -596,6 +596,7 @@ impl Model {
                         sender: own,
                         groups: targets.clone(),
                         payload: payload.clone(),
+                        compression: None,
                     }),
                 );
             }
@@ -618,6 +619,7 @@ impl Model {
                         sender: sender.clone(),
                         groups: theirs,
                         payload: payload.clone(),
+                        compression: None,
                     }),
                 );
                 outcome.reached += 1;
@@ -668,6 +670,7 @@ impl Model {
                         seq,
                         sender: own,
                         payload: payload.clone(),
+                        compression: None,
                     }),
                 );
             }
@@ -683,6 +686,7 @@ impl Model {
                         seq,
                         sender: sender.clone(),
                         payload: payload.clone(),
+                        compression: None,
                     }),
                 );
                 outcome.reached += 1;
@@ -1012,6 +1016,7 @@ impl Run {
                                 command_id,
                                 groups: groups.clone(),
                                 payload: payload.clone(),
+                                compression: None,
                             })
                         };
                         let actor = Actor::Connection(who);
@@ -1052,6 +1057,7 @@ impl Run {
                                 command_id,
                                 receiver: Text::from(receiver.as_str()),
                                 payload: payload.clone(),
+                                compression: None,
                             })
                         };
                         let actor = Actor::Connection(who);

@@ -77,6 +77,9 @@ pub struct OutboundQueue {
     policy: SlowConsumerPolicy,
     /// Frames dropped in total.
     dropped_total: u64,
+    /// The connection accepts compressed payloads: deliveries of payloads that came
+    /// compressed are queued in the sender's compressed form.
+    accepts_compressed: bool,
 }
 
 impl OutboundQueue {
@@ -94,7 +97,20 @@ impl OutboundQueue {
             limit,
             policy,
             dropped_total: 0,
+            accepts_compressed: false,
         }
+    }
+
+    /// Sets whether the connection accepts compressed payloads (its Hello asked for
+    /// them on protocol version 3; off until set): from then on, deliveries of
+    /// payloads that came compressed are queued compressed, as the sender sent them.
+    pub fn set_accepts_compressed(&mut self, accepts: bool) {
+        self.accepts_compressed = accepts;
+    }
+
+    /// Whether deliveries of compressed payloads are queued compressed.
+    pub fn accepts_compressed(&self) -> bool {
+        self.accepts_compressed
     }
 
     /// Bytes queued.
@@ -135,10 +151,12 @@ impl OutboundQueue {
     }
 
     /// Encodes and queues one of the hub's deliveries: the fan-out path (a
-    /// publication is a copy of its shared frame, no intermediate event).
+    /// publication is a copy of its shared frame, no intermediate event), in the
+    /// payload form the connection accepts.
     pub fn push_delivery(&mut self, delivery: &super::Delivery) -> Queued {
+        let compressed = self.accepts_compressed;
         self.encode(delivery.seq(), delivery.frame_len(), |out| {
-            delivery.encode(out)
+            delivery.encode_for(out, compressed)
         })
     }
 
@@ -340,6 +358,7 @@ mod tests {
             sender: Sender::Server,
             groups: vec![],
             payload: Bytes::from(vec![0u8; 100]),
+            compression: None,
         })
     }
 

@@ -75,6 +75,7 @@ fn publish_cmd(command_id: u64, groups: &[u32], payload: &'static [u8]) -> Messa
         command_id,
         groups: ids(groups),
         payload: Bytes::from_static(payload),
+        compression: None,
     })
 }
 
@@ -83,6 +84,7 @@ fn user_message_cmd(command_id: u64, receiver: &str, payload: &'static [u8]) -> 
         command_id,
         receiver: Text::from(receiver),
         payload: Bytes::from_static(payload),
+        compression: None,
     })
 }
 
@@ -108,6 +110,7 @@ fn published(seq: u64, sender: Sender, groups: &[u32], payload: &'static [u8]) -
         sender,
         groups: ids(groups),
         payload: Bytes::from_static(payload),
+        compression: None,
     })
 }
 
@@ -116,6 +119,7 @@ fn user_message(seq: u64, sender: Sender, payload: &'static [u8]) -> Message {
         seq,
         sender,
         payload: Bytes::from_static(payload),
+        compression: None,
     })
 }
 
@@ -1432,4 +1436,167 @@ fn direct_encoding_of_events_matches_the_message_encoding() {
         seen += 1;
     }
     assert!(seen >= 8, "{seen} deliveries");
+}
+
+// --- Compressed payloads ---------------------------------------------------------------
+
+/// A text that LZ4 shrinks, of `len` bytes.
+fn compressible(len: usize) -> Vec<u8> {
+    b"compressed payloads are forwarded untouched; "
+        .iter()
+        .copied()
+        .cycle()
+        .take(len)
+        .collect()
+}
+
+fn compressed_publish(command_id: u64, groups: &[u32], plain: &[u8]) -> Message {
+    let c = pushwire_protocol::compress(pushwire_protocol::CompressionAlgorithm::Lz4Block, plain)
+        .unwrap();
+    Message::Publish(Publish {
+        command_id,
+        groups: ids(groups),
+        payload: c.data,
+        compression: Some(c.compression),
+    })
+}
+
+/// Decodes one whole frame.
+fn decode_one(frame: &[u8]) -> Message {
+    let mut decoder = pushwire_protocol::FrameDecoder::new(Default::default());
+    assert_eq!(decoder.feed(frame), frame.len());
+    let m = decoder.next_message().unwrap().expect("a whole frame");
+    assert_eq!(decoder.buffered(), 0);
+    m
+}
+
+#[test]
+fn a_compressed_command_is_delivered_in_both_forms_from_one_publication() {
+    let mut hub = hub();
+    for g in 4..=70 {
+        hub.add_group(GroupId(g), "g").unwrap();
+    }
+    let a = hub.connect(info("a", 1));
+    let b = hub.connect(info("b", 2));
+    let c = hub.connect(info("c", 3));
+    let d = hub.connect(info("d", 4));
+    hub.subscribe(b, &ids(&[1, 2])).unwrap();
+    hub.subscribe(c, &ids(&[1, 2])).unwrap();
+    // d takes a subset of more than 64 targets: a list of its own.
+    hub.subscribe(d, &ids(&[2, 65])).unwrap();
+    drain(&mut hub);
+    let plain = compressible(3000);
+    let targets: Vec<u32> = (1..=70).filter(|g| *g != 66).collect();
+    hub.handle_command(a, compressed_publish(5, &targets, &plain))
+        .unwrap();
+    hub.handle_command(
+        a,
+        Message::SendUserMessage(SendUserMessage {
+            command_id: 6,
+            receiver: Text::from("B"),
+            payload: pushwire_protocol::compress(
+                pushwire_protocol::CompressionAlgorithm::Lz4Block,
+                &plain,
+            )
+            .unwrap()
+            .data,
+            compression: Some(pushwire_protocol::Compression {
+                algorithm: pushwire_protocol::CompressionAlgorithm::Lz4Block,
+                original_len: 3000,
+            }),
+        }),
+    )
+    .unwrap();
+    let mut forms = 0;
+    while let Some(delivery) = hub.poll_delivery() {
+        let Some((compressed, plain_len)) = delivery.compressed() else {
+            continue;
+        };
+        assert_eq!(plain_len, plain.len());
+        for accepts in [false, true, true, false] {
+            // Twice each: the second copy of a shared frame comes from its cache.
+            let mut out = bytes::BytesMut::new();
+            delivery.encode_for(&mut out, accepts);
+            assert_eq!(out.len(), delivery.frame_len_for(accepts), "{delivery:?}");
+            let m = decode_one(&out);
+            assert_eq!(m.is_compressed(), accepts);
+            let (payload, compression) = match &m {
+                Message::Published(p) => (&p.payload, p.compression),
+                Message::UserMessage(u) => (&u.payload, u.compression),
+                other => panic!("{other:?}"),
+            };
+            if accepts {
+                // The sender's bytes, untouched.
+                assert_eq!(payload, &compressed.data);
+                assert_eq!(compression, Some(compressed.compression));
+            } else {
+                assert_eq!(payload, &plain);
+            }
+            forms += 1;
+        }
+        // The plain form is the event as the application sees it.
+        let mut out = bytes::BytesMut::new();
+        delivery.encode(&mut out);
+        let mut expected = bytes::BytesMut::new();
+        delivery.event().into_message().encode(&mut expected);
+        assert_eq!(out, expected);
+    }
+    // a's echo, b, c and d for the publication; a's echo and b for the message.
+    assert_eq!(forms, 6 * 4);
+}
+
+#[test]
+fn a_compressed_command_over_the_limit_is_refused_before_decompressing() {
+    let mut hub = Hub::new(
+        HubConfig {
+            max_payload_bytes: 1000,
+            ..HubConfig::default()
+        },
+        AllowAll,
+    );
+    hub.add_group(GroupId(1), "g").unwrap();
+    let a = hub.connect(info("a", 1));
+    // Garbage data: it would not decompress, but its declared size is refused first.
+    let bomb = Message::Publish(Publish {
+        command_id: 9,
+        groups: ids(&[1]),
+        payload: Bytes::from_static(&[0xff; 8]),
+        compression: Some(pushwire_protocol::Compression {
+            algorithm: pushwire_protocol::CompressionAlgorithm::Lz4Block,
+            original_len: 1001,
+        }),
+    });
+    hub.handle_command(a, bomb).unwrap();
+    let out = drain(&mut hub);
+    assert_eq!(out.len(), 1);
+    let reason = reason_of(&out, RejectCode::PayloadTooLarge);
+    assert_eq!(
+        reason.as_str(),
+        "the compressed payload (8 bytes) would decompress to 1001 bytes, over the limit of 1000 bytes"
+    );
+}
+
+#[test]
+fn a_corrupt_compressed_command_is_an_error_without_effect() {
+    let mut hub = hub();
+    let a = hub.connect(info("a", 1));
+    let b = hub.connect(info("b", 2));
+    hub.subscribe(b, &ids(&[1])).unwrap();
+    drain(&mut hub);
+    let Message::Publish(mut publish) = compressed_publish(1, &[1], &compressible(500)) else {
+        unreachable!()
+    };
+    publish.compression.as_mut().unwrap().original_len = 499;
+    let seq = next_seq(&hub, b);
+    assert!(matches!(
+        hub.handle_command(a, Message::Publish(publish)),
+        Err(HubError::CorruptPayload(
+            pushwire_protocol::CompressionError::Corrupt {
+                original_len: 499,
+                ..
+            }
+        ))
+    ));
+    assert!(drain(&mut hub).is_empty());
+    assert_eq!(next_seq(&hub, b), seq, "no sequence number was taken");
 }

@@ -3,13 +3,13 @@
 
 use super::mailbox::{Alert, Mailbox};
 use super::NodeConfig;
-use crate::close::CloseReason;
+use crate::close::{CloseReason, ProtocolError};
 use crate::hub::ConnectionId;
 use crate::rpc::RequestResult;
 use crate::server::{AuthRequest, ServerConnection, ServerEvent, ServerState};
 use crate::tls::TlsError;
 use bytes::Bytes;
-use pushwire_protocol::{CloseCode, Message, RefuseCode, Text};
+use pushwire_protocol::{CloseCode, CompressionError, Message, RefuseCode, Text};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +25,16 @@ pub struct Member {
     pub user_id: Text,
     /// The service it connected to.
     pub service_id: u32,
+}
+
+/// A push command waiting for the node.
+#[derive(Debug)]
+pub(super) struct Command {
+    pub(super) message: Message,
+    /// The plain payload of a command that came compressed, decompressed by the
+    /// connection (see [`NodeConnection::open`]); `None` for a plain command and for
+    /// one whose declared size is over the hub's limit (the hub refuses it).
+    pub(super) opened: Option<Bytes>,
 }
 
 /// What a connection asks of its driver: the application's part.
@@ -95,7 +105,10 @@ pub struct NodeConnection {
     pub(super) member: Option<Member>,
     /// Push commands waiting for the node (for its lock, or, while flow control
     /// holds this connection, for its receivers to drain).
-    pub(super) to_node: VecDeque<Message>,
+    pub(super) to_node: VecDeque<Command>,
+    /// Compressed payloads decompressed here, and the bytes they gave, not yet added
+    /// to the node's statistics.
+    pub(super) decompressed: (u64, u64),
     /// The highest push-event sequence number the client acknowledged, not yet
     /// given to the hub (acknowledgements are cumulative: only the latest counts).
     pub(super) acked: Option<u64>,
@@ -137,6 +150,7 @@ impl NodeConnection {
             mailbox,
             member: None,
             to_node: VecDeque::new(),
+            decompressed: (0, 0),
             acked: None,
             drained: false,
             close_reason: None,
@@ -255,7 +269,12 @@ impl NodeConnection {
                 }
                 ServerEvent::Push(command) => {
                     if self.member.is_some() {
-                        self.to_node.push_back(command);
+                        match self.open(command) {
+                            Ok(command) => self.to_node.push_back(command),
+                            // What the client sent after it is dropped with it; the
+                            // Closed event comes next.
+                            Err(e) => self.engine.fail(ProtocolError::Compression(e)),
+                        }
                     }
                 }
                 ServerEvent::Acknowledged(seq) => {
@@ -270,6 +289,31 @@ impl NodeConnection {
             }
         }
         None
+    }
+
+    /// Decompresses the compressed payload of a Publish or SendUserMessage once, here
+    /// on the connection's own task rather than under the node's lock, so the hub's
+    /// hooks and the receivers that do not accept compressed payloads get it plain.
+    /// A declared size over the hub's payload limit is left for the hub to refuse
+    /// (`PayloadTooLarge`; nothing is allocated for it); data that does not
+    /// decompress to its declared size is an error that closes the connection.
+    fn open(&mut self, message: Message) -> Result<Command, CompressionError> {
+        let (compression, data) = match &message {
+            Message::Publish(m) => (m.compression, &m.payload),
+            Message::SendUserMessage(m) => (m.compression, &m.payload),
+            _ => (None, &Bytes::new()),
+        };
+        let limit = self.config.hub.max_payload_bytes;
+        let opened = match compression {
+            Some(c) if c.original_len as usize <= limit => {
+                let plain = pushwire_protocol::decompress(c, data, limit)?;
+                self.decompressed.0 += 1;
+                self.decompressed.1 += plain.len() as u64;
+                Some(plain)
+            }
+            _ => None,
+        };
+        Ok(Command { message, opened })
     }
 
     /// Whether the driver should read from the transport. `false` while the node's

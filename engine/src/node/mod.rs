@@ -305,6 +305,21 @@ pub struct NodeStats {
     pub publishers_held: u64,
     /// Congested receivers the slow-consumer policy handled when their grace ran out.
     pub congestions_expired: u64,
+    /// Compressed payloads from clients that the server decompressed (protocol
+    /// version 3): once each, to check them, for the hooks, and for the receivers
+    /// that get them plain. A payload refused for its declared size is not counted.
+    pub payloads_decompressed: u64,
+    /// Bytes those decompressions produced.
+    pub bytes_decompressed: u64,
+    /// Deliveries of a compressed payload forwarded in the sender's compressed form,
+    /// untouched, to receivers that accept compressed payloads.
+    pub deliveries_compressed: u64,
+    /// Deliveries of a compressed payload sent plain, because the receiver did not
+    /// accept compressed payloads (its Hello did not ask, or it speaks an older
+    /// version): the cost of not opting in.
+    pub deliveries_decompressed: u64,
+    /// Bytes those plain deliveries took on the wire beyond the compressed form's.
+    pub bytes_decompressed_for_receivers: u64,
 }
 
 /// What one [`Node::deliver`] found, for a server publication's outcome.
@@ -614,6 +629,9 @@ impl<H: PushHooks> Node<H> {
 
     fn run_connection(&mut self, now: Instant, conn: &mut NodeConnection, closing: bool) {
         self.clock = Some(now);
+        let (payloads, bytes) = std::mem::take(&mut conn.decompressed);
+        self.stats.payloads_decompressed += payloads;
+        self.stats.bytes_decompressed += bytes;
         let session = match &conn.member {
             Some(member) if self.holds(member.session, conn) => member.session,
             _ => {
@@ -642,11 +660,14 @@ impl<H: PushHooks> Node<H> {
             let Some(command) = conn.to_node.pop_front() else {
                 break;
             };
-            taken = command_id(&command).or(taken);
+            taken = command_id(&command.message).or(taken);
             // Refusals are answered to the client inside the hub; an error here
             // means a message that is not a push command, which the engine does
-            // not pass on.
-            let _ = self.hub.handle_command(session, command);
+            // not pass on (a corrupt compressed payload closed the connection before
+            // it got here).
+            let _ = self
+                .hub
+                .handle_opened_command(session, command.message, command.opened);
             if flow {
                 // Delivered now, so a receiver this command congested holds the
                 // connection before its next command runs.
@@ -837,6 +858,12 @@ impl<H: PushHooks> Node<H> {
             replay_capacity: hub.replay_events.min(u32::MAX as usize) as u32,
         });
         conn.mark_idle();
+        // The payload form this connection's deliveries take (replays of a resumed
+        // session included): chosen as each frame is queued, from this Hello.
+        conn.mailbox
+            .lock()
+            .queue_mut()
+            .set_accepts_compressed(request.options.compression && request.version >= 3);
         conn.member = Some(Member {
             session,
             user_id: request.user_id.clone(),
@@ -885,6 +912,17 @@ impl<H: PushHooks> Node<H> {
                 to_wake.push(connection);
             }
             let (_, mailbox, state) = held.as_mut().expect("set above");
+            if let Some((compressed, plain_len)) = delivery.compressed() {
+                if state.alert().is_none() {
+                    if state.queue().accepts_compressed() {
+                        stats.deliveries_compressed += 1;
+                    } else {
+                        stats.deliveries_decompressed += 1;
+                        stats.bytes_decompressed_for_receivers +=
+                            plain_len.saturating_sub(compressed.wire_len()) as u64;
+                    }
+                }
+            }
             if state.push_delivery(&delivery) {
                 stats.slow_consumers += 1;
                 events.push_back(NodeEvent::SlowConsumer {

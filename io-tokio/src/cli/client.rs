@@ -4,7 +4,8 @@
 use super::output::{describe_event, event_json, JsonEvent};
 use super::{development_file, CliError, Exit, DEVELOPMENT_PASSWORD};
 use crate::client::{
-    CancelOutcome, Client, ConnectionContext, Event, EventStream, PushError, RequestError, Trust,
+    CancelOutcome, Client, ClientBuilder, ConnectionContext, Event, EventStream, PushError,
+    RequestError, Trust,
 };
 use crate::hello;
 use clap::{Args, Subcommand};
@@ -99,6 +100,58 @@ pub struct ClientArgs {
     /// Do not receive the echo of one's own publications and user messages.
     #[arg(long, global = true)]
     pub no_echo: bool,
+    /// Ask the server to decompress payloads for this client instead of forwarding
+    /// them compressed as their publishers sent them (what is printed is the same).
+    #[arg(long, global = true)]
+    pub no_accept_compressed: bool,
+}
+
+/// Compression flags of the commands that send payloads (`pub`, `send`).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct CompressArgs {
+    /// Compress the message (LZ4, protocol version 3) when it is at least
+    /// --compress-threshold bytes and comes out smaller; the server forwards it
+    /// compressed to the subscribers that accept it and decompresses it for the
+    /// others.
+    #[arg(long)]
+    pub compress: bool,
+    /// Messages shorter than this go plain even with --compress.
+    #[arg(long, value_name = "BYTES", default_value_t = pushwire_engine::client::DEFAULT_COMPRESSION_THRESHOLD, requires = "compress")]
+    pub compress_threshold: usize,
+}
+
+impl CompressArgs {
+    /// Says on stderr what --compress does to `message`.
+    fn note(&self, message: &str) {
+        if !self.compress {
+            return;
+        }
+        if message.len() < self.compress_threshold {
+            eprintln!(
+                "note: --compress: {} bytes is under the threshold of {}; sent plain",
+                message.len(),
+                self.compress_threshold
+            );
+            return;
+        }
+        let packed = pushwire_protocol::compress(
+            pushwire_protocol::CompressionAlgorithm::Lz4Block,
+            message.as_bytes(),
+        )
+        .map_or(usize::MAX, |c| c.wire_len());
+        if packed < message.len() {
+            eprintln!(
+                "note: --compress: {} bytes go as {packed} (LZ4) to a server of protocol \
+                 version 3 or later",
+                message.len()
+            );
+        } else {
+            eprintln!(
+                "note: --compress: {} bytes do not compress; sent plain",
+                message.len()
+            );
+        }
+    }
 }
 
 impl ClientArgs {
@@ -144,12 +197,27 @@ impl ClientArgs {
 
     /// Connects; `deadline` bounds the attempt (it cannot extend the default limit).
     async fn connect(&self, deadline: Option<Instant>) -> Result<(Client, EventStream), CliError> {
+        self.connect_compressing(deadline, None).await
+    }
+
+    /// [`connect`](Self::connect), compressing what it sends as `compress` says.
+    async fn connect_compressing(
+        &self,
+        deadline: Option<Instant>,
+        compress: Option<CompressArgs>,
+    ) -> Result<(Client, EventStream), CliError> {
         let mut context = self.context();
         if let Some(deadline) = deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             context.connect_timeout = context.connect_timeout.min(left);
         }
-        Ok(Client::connect(context).await?)
+        let mut builder = ClientBuilder::new(context).accept_compressed(!self.no_accept_compressed);
+        if let Some(compress) = compress {
+            builder = builder
+                .compression(compress.compress)
+                .compression_threshold(compress.compress_threshold);
+        }
+        Ok(builder.connect().await?)
     }
 }
 
@@ -183,6 +251,9 @@ pub struct PubArgs {
     /// Publish it this many times.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub repeat: u64,
+    /// Compression.
+    #[command(flatten)]
+    pub compress: CompressArgs,
     /// Connection flags.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -196,6 +267,9 @@ pub struct SendArgs {
     /// The message.
     #[arg(long, short)]
     pub message: String,
+    /// Compression.
+    #[command(flatten)]
+    pub compress: CompressArgs,
     /// Connection flags.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -379,7 +453,11 @@ const PUBLISH_PIPELINE: usize = 16 * 1024;
 /// `pushwire pub`.
 pub(super) async fn publish(args: PubArgs) -> Result<(), CliError> {
     let json = args.client.json;
-    let (client, mut events) = args.client.connect(None).await?;
+    let (client, mut events) = args
+        .client
+        .connect_compressing(None, Some(args.compress))
+        .await?;
+    args.compress.note(&args.message);
     let work = async {
         // Pipelined: each publication resolves when the server has taken it, and
         // the client's send window holds the rest back, so a server that slows this
@@ -431,7 +509,11 @@ pub(super) async fn publish(args: PubArgs) -> Result<(), CliError> {
 /// `pushwire send`.
 pub(super) async fn send(args: SendArgs) -> Result<(), CliError> {
     let json = args.client.json;
-    let (client, mut events) = args.client.connect(None).await?;
+    let (client, mut events) = args
+        .client
+        .connect_compressing(None, Some(args.compress))
+        .await?;
+    args.compress.note(&args.message);
     let work = client.send_user_message(&args.receiver, args.message.clone());
     let (reached, _) = while_draining(&mut events, work).await;
     close(client, events).await;

@@ -15,7 +15,7 @@ use bytes::Bytes;
 pub use pushwire_engine::client::CancelOutcome;
 use pushwire_engine::client::{
     AbortReason, ClientConfig, ClientConnection, ClientError, ClientEvent, ClientTransport,
-    PushCommand, ServerAuthMode,
+    CompressionConfig, PushCommand, ServerAuthMode,
 };
 use pushwire_engine::credentials::{load_native_roots, load_root_store, CredentialsError};
 use pushwire_engine::tls::{ClientTls, ServerAuthentication, TlsConfigError};
@@ -256,6 +256,8 @@ pub struct ClientBuilder {
     event_capacity: usize,
     send_window: usize,
     cancel_on_drop: bool,
+    compression: CompressionConfig,
+    accept_compressed: bool,
     max_version: u16,
 }
 
@@ -272,6 +274,8 @@ impl ClientBuilder {
             event_capacity: 1024,
             send_window: DEFAULT_SEND_WINDOW,
             cancel_on_drop: false,
+            compression: CompressionConfig::default(),
+            accept_compressed: true,
             max_version: pushwire_protocol::PROTOCOL_VERSION,
         }
     }
@@ -342,6 +346,38 @@ impl ClientBuilder {
         self
     }
 
+    /// Compresses the payloads this client publishes and sends (LZ4, protocol
+    /// version 3; default off): those of at least the
+    /// [threshold](Self::compression_threshold) that come out smaller. The server
+    /// forwards them compressed to receivers that accept compressed payloads and
+    /// decompresses them for the others; applications see the same bytes either way.
+    /// Worth it for large text and JSON, not for small or already compressed
+    /// payloads (`benches/RESULTS.md` has the figures). With a server of an older
+    /// version everything goes plain.
+    pub fn compression(mut self, on: bool) -> Self {
+        self.compression.enabled = on;
+        self
+    }
+
+    /// Payloads shorter than this go plain even with [compression](Self::compression)
+    /// on (default
+    /// [`DEFAULT_COMPRESSION_THRESHOLD`](pushwire_engine::client::DEFAULT_COMPRESSION_THRESHOLD),
+    /// 512 bytes).
+    pub fn compression_threshold(mut self, bytes: usize) -> Self {
+        self.compression.threshold = bytes;
+        self
+    }
+
+    /// Whether the server may send this client payloads compressed as their
+    /// publishers sent them (the Hello's compression option; default on: the client
+    /// decompresses them before any callback or event sees them, which costs less
+    /// than the bytes it saves on the wire). Off, the server decompresses them for
+    /// this client.
+    pub fn accept_compressed(mut self, on: bool) -> Self {
+        self.accept_compressed = on;
+        self
+    }
+
     /// Offers at most this protocol version (default: the newest), as an older
     /// client would: for mixed-version tests.
     pub fn max_protocol_version(mut self, version: u16) -> Self {
@@ -384,7 +420,12 @@ impl ClientBuilder {
             context.password.as_bytes(),
         );
         config.service_id = context.service_id;
-        config.options = ClientOptions { echo: context.echo };
+        config.options = ClientOptions {
+            echo: context.echo,
+            compression: self.accept_compressed,
+        };
+        config.compression = self.compression;
+        config.max_version = self.max_version;
         config.keepalive = context.keepalive;
         config.handshake_timeout = context.connect_timeout;
         config.max_version = self.max_version;

@@ -171,6 +171,13 @@ impl ServerBuilder {
         }
     }
 
+    /// Speaks at most this protocol version (default: the newest), as an older
+    /// server would: for rolling upgrades and mixed-version tests.
+    pub fn max_protocol_version(mut self, version: u16) -> Self {
+        self.max_version = version;
+        self
+    }
+
     /// How long a session outlives its connection for the client to resume it
     /// (default 30 s; zero ends sessions at the disconnect, as SocketPro does).
     pub fn session_timeout(mut self, timeout: Duration) -> Self {
@@ -258,13 +265,6 @@ impl ServerBuilder {
     /// later requests wait in order, and a cancel drops them before they start.
     pub fn max_running_requests(mut self, calls: usize) -> Self {
         self.max_running_requests = calls.max(1);
-        self
-    }
-
-    /// Speaks at most this protocol version (default: the newest), as an older
-    /// server would: for rolling upgrades and mixed-version tests.
-    pub fn max_protocol_version(mut self, version: u16) -> Self {
-        self.max_version = version;
         self
     }
 
