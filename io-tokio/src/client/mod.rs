@@ -428,7 +428,6 @@ impl ClientBuilder {
         config.max_version = self.max_version;
         config.keepalive = context.keepalive;
         config.handshake_timeout = context.connect_timeout;
-        config.max_version = self.max_version;
         config.server_auth = if self.server_auth.is_some() {
             ServerAuthMode::Application
         } else {
