@@ -559,3 +559,65 @@ async fn a_peer_trickling_a_frame_is_closed_at_the_idle_deadline() {
     }
     assert_eq!(close, Some(CloseCode::IdleTimeout), "{received:?}");
 }
+
+/// Connects until it works, for at most 3 s (the server notices closed connections
+/// asynchronously).
+async fn connect_eventually(cc: &ConnectionContext) -> (Client, EventStream) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match Client::connect(cc.clone()).await {
+            Ok(connected) => return connected,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("never admitted: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn connection_limits_per_address_and_in_the_handshake_close_the_extra_ones() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let server = builder("server.cert.pem", "server.key.pem", attempts)
+        .plaintext()
+        .max_connections_per_address(2)
+        .max_handshaking(1)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut cc = context(&server, "alice", "MyPassword");
+    cc.trust = Trust::Plaintext;
+    cc.reconnect = None;
+    cc.connect_timeout = Duration::from_secs(2);
+
+    // A peer that never sends its Hello holds the one handshake slot.
+    let silent = tokio::net::TcpStream::connect(server.local_addr().unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        Client::connect(cc.clone()).await.is_err(),
+        "a second handshake is not admitted"
+    );
+    drop(silent);
+    let (first, _e1) = connect_eventually(&cc).await;
+
+    // Authenticated connections leave the handshake count: a second one is let in,
+    // a third from the same address is not.
+    let (second, _e2) = connect_eventually(&cc).await;
+    assert!(
+        Client::connect(cc.clone()).await.is_err(),
+        "a third connection from one address"
+    );
+    assert_eq!(
+        first.request(hello::ECHO, "still fine").await.unwrap(),
+        Bytes::from("still fine")
+    );
+    second.close();
+    let (third, _e3) = connect_eventually(&cc).await;
+    assert_eq!(
+        third.request(hello::ECHO, "after a close").await.unwrap(),
+        Bytes::from("after a close")
+    );
+}

@@ -36,9 +36,11 @@
 //! besides return values and `poll_*`; a synchronous driver passes
 //! [`Waker::noop`](std::task::Waker::noop) and looks at every connection each step.
 
+mod admission;
 mod connection;
 mod mailbox;
 
+pub use admission::{Admission, AdmissionLimits, Refusal};
 pub use connection::{ConnectionEvent, Member, NodeConnection};
 
 use crate::close::CloseReason;

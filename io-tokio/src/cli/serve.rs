@@ -11,6 +11,9 @@
 //! auto_subscribe = [1, 3]
 //! users = "users.toml"
 //! max_running_calls = 64            # calls of one connection that run at once
+//! max_connections = 10000
+//! max_connections_per_address = 1000  # IPv6: per /64 prefix
+//! max_handshaking = 256             # connections in their TLS handshake and Hello
 //!
 //! [[groups]]
 //! id = 1
@@ -28,7 +31,7 @@
 use super::users::{DevelopmentLogin, Users};
 use super::{development_file, CliError, Exit, DEVELOPMENT_KEY_PASSWORD, DEVELOPMENT_PASSWORD};
 use crate::hello::{hello_world_service, HELLO_WORLD_SERVICE};
-use crate::server::{FlowControl, ServerBuilder, ServerError};
+use crate::server::{AdmissionLimits, FlowControl, ServerBuilder, ServerError};
 use clap::Args;
 use pushwire_engine::hub::SlowConsumerPolicy;
 use serde::Deserialize;
@@ -120,6 +123,17 @@ pub struct ServeArgs {
     /// cancelled one that waits never runs [default: 64].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_running_calls: Option<u32>,
+    /// Connections at once, in all; more are closed right after accept
+    /// [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Connections at once from one address (IPv6: one /64 prefix) [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_address: Option<usize>,
+    /// Connections at once still in their TLS handshake and Hello, so a flood of
+    /// handshakes that never finish cannot crowd out real clients [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_handshaking: Option<usize>,
 }
 
 /// Parses `1048576`, `1024K`, `1024KiB`, `1M`, `1MiB` (K and M are binary, as the
@@ -192,6 +206,12 @@ pub struct ServeConfig {
     pub outbound: Option<OutboundConfig>,
     /// Calls of one connection that run at once.
     pub max_running_calls: Option<u32>,
+    /// Connections at once, in all.
+    pub max_connections: Option<usize>,
+    /// Connections at once from one address.
+    pub max_connections_per_address: Option<usize>,
+    /// Connections at once in their handshake.
+    pub max_handshaking: Option<usize>,
 }
 
 /// The `[outbound]` table of a `--config` file.
@@ -308,6 +328,7 @@ struct Settings {
     slow_consumer: SlowConsumerPolicy,
     flow_control: Option<FlowControl>,
     max_running_calls: usize,
+    admission: AdmissionLimits,
 }
 
 /// The server's outbound limit unless configured.
@@ -432,6 +453,30 @@ impl Settings {
             Some(n) => n as usize,
             None => pushwire_engine::DEFAULT_MAX_RUNNING_REQUESTS,
         };
+        let defaults = AdmissionLimits::default();
+        let admission = AdmissionLimits {
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(defaults.max_connections),
+            max_per_address: args
+                .max_connections_per_address
+                .or(file.max_connections_per_address)
+                .unwrap_or(defaults.max_per_address),
+            max_handshaking: args
+                .max_handshaking
+                .or(file.max_handshaking)
+                .unwrap_or(defaults.max_handshaking),
+        };
+        if admission.max_connections == 0
+            || admission.max_per_address == 0
+            || admission.max_handshaking == 0
+        {
+            return Err(usage(
+                "max_connections, max_connections_per_address and max_handshaking must be \
+                 at least 1",
+            ));
+        }
         Ok(Self {
             listen,
             transport,
@@ -442,6 +487,7 @@ impl Settings {
             slow_consumer,
             flow_control,
             max_running_calls,
+            admission,
         })
     }
 }
@@ -534,6 +580,9 @@ pub(super) async fn run(mut args: ServeArgs) -> Result<(), CliError> {
         .slow_consumer_policy(settings.slow_consumer)
         .flow_control(settings.flow_control)
         .max_running_requests(settings.max_running_calls)
+        .max_connections(settings.admission.max_connections)
+        .max_connections_per_address(settings.admission.max_per_address)
+        .max_handshaking(settings.admission.max_handshaking)
         .auto_subscribe(settings.auto_subscribe.iter().copied())
         .service(HELLO_WORLD_SERVICE, hello_world_service())
         .bind(settings.listen)
@@ -594,6 +643,30 @@ mod tests {
 
     fn args(flags: &[&str]) -> ServeArgs {
         try_args(flags).unwrap()
+    }
+
+    #[test]
+    fn connection_limits_come_from_flags_over_the_file_and_must_be_positive() {
+        let default = Settings::resolve(args(&[]), ServeConfig::default()).unwrap();
+        assert_eq!(default.admission, AdmissionLimits::default());
+        let file = ServeConfig::parse(
+            "max_connections = 50\nmax_connections_per_address = 5\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let settings =
+            Settings::resolve(args(&["--max-connections-per-address", "3"]), file).unwrap();
+        assert_eq!(
+            settings.admission,
+            AdmissionLimits {
+                max_connections: 50,
+                max_per_address: 3,
+                max_handshaking: AdmissionLimits::default().max_handshaking,
+            }
+        );
+        assert!(
+            Settings::resolve(args(&["--max-handshaking", "0"]), ServeConfig::default()).is_err()
+        );
     }
 
     #[test]

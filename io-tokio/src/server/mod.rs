@@ -32,10 +32,11 @@ use pushwire_engine::credentials::{load_root_store, ServerCredentials};
 use pushwire_engine::hub::{
     Actor, AllowAll, ConnectionId, HubConfig, HubError, PushHooks, PushOutcome, SlowConsumerPolicy,
 };
+pub use pushwire_engine::node::AdmissionLimits;
 pub use pushwire_engine::node::FlowControl;
 use pushwire_engine::node::{
-    ConnectionEvent as NodeConnectionEvent, Node, NodeConfig, NodeConfigError, NodeConnection,
-    NodeEvent, NodeStats, SessionEnd,
+    Admission, ConnectionEvent as NodeConnectionEvent, Node, NodeConfig, NodeConfigError,
+    NodeConnection, NodeEvent, NodeStats, SessionEnd,
 };
 use pushwire_engine::server::{AuthRequest, ServerConfig, ServerTransport};
 use pushwire_engine::tls::{server_tls_config, ClientAuth};
@@ -102,7 +103,7 @@ pub struct ServerBuilder {
     max_outbound_bytes: usize,
     hello_timeout: Duration,
     keepalive: KeepAlive,
-    max_connections: usize,
+    admission: AdmissionLimits,
     shutdown_grace: Duration,
     observer: Option<Observer>,
     slow_consumer_policy: SlowConsumerPolicy,
@@ -163,7 +164,7 @@ impl ServerBuilder {
             max_version: pushwire_protocol::PROTOCOL_VERSION,
             hello_timeout: Duration::from_secs(10),
             keepalive: KeepAlive::default(),
-            max_connections: 10_000,
+            admission: AdmissionLimits::default(),
             shutdown_grace: Duration::from_secs(5),
             observer: None,
             slow_consumer_policy: SlowConsumerPolicy::default(),
@@ -313,7 +314,22 @@ impl ServerBuilder {
 
     /// Connections beyond this are closed right after accept (default 10,000).
     pub fn max_connections(mut self, max: usize) -> Self {
-        self.max_connections = max;
+        self.admission.max_connections = max;
+        self
+    }
+
+    /// Connections from one address beyond this are closed right after accept
+    /// (default 1,000; IPv6 addresses count by their /64 prefix).
+    pub fn max_connections_per_address(mut self, max: usize) -> Self {
+        self.admission.max_per_address = max;
+        self
+    }
+
+    /// Connections still in their TLS handshake and Hello beyond this are closed
+    /// right after accept (default 256), so a flood of handshakes that never finish
+    /// cannot crowd out the clients that do.
+    pub fn max_handshaking(mut self, max: usize) -> Self {
+        self.admission.max_handshaking = max;
         self
     }
 
@@ -377,7 +393,7 @@ impl ServerBuilder {
             shutdown,
             live: AtomicUsize::new(0),
             all_closed: Notify::new(),
-            max_connections: self.max_connections,
+            admission: Mutex::new(Admission::new(self.admission)),
             next_connection: AtomicU64::new(1),
             node_timer: Notify::new(),
         });
@@ -447,7 +463,8 @@ struct Shared {
     shutdown: watch::Sender<bool>,
     live: AtomicUsize,
     all_closed: Notify,
-    max_connections: usize,
+    /// The connection limits: who may connect now.
+    admission: Mutex<Admission>,
     next_connection: AtomicU64,
     /// Woken when the node's deadline changed, so the timer task looks at it.
     node_timer: Notify,
@@ -657,8 +674,8 @@ async fn accept_loop<L: Listener>(handle: ServerHandle, mut listener: L) {
             }
         };
         let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-        if shared.live.load(Ordering::Acquire) >= shared.max_connections {
-            warn!(conn = id, %peer, "connection limit reached; closing");
+        if let Err(refusal) = lock(&shared.admission).admit(peer.ip()) {
+            warn!(conn = id, %peer, "not admitted ({refusal}); closing");
             drop(stream);
             continue;
         }
@@ -666,8 +683,9 @@ async fn accept_loop<L: Listener>(handle: ServerHandle, mut listener: L) {
         let handle = handle.clone();
         tokio::spawn(
             async move {
-                run_connection(&handle, stream, peer).await;
+                let handshaking = run_connection(&handle, stream, peer).await;
                 let shared = &handle.shared;
+                lock(&shared.admission).closed(peer.ip(), handshaking);
                 if shared.live.fetch_sub(1, Ordering::AcqRel) == 1 {
                     shared.all_closed.notify_waiters();
                 }
@@ -708,7 +726,10 @@ impl Wake for TaskWake {
 /// Moves one connection's bytes: socket ↔ [`NodeConnection`], the node's lock for
 /// push commands, the application's authenticator and services. Every decision is
 /// the node's.
-async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: SocketAddr) {
+///
+/// Returns whether the connection ended in its handshake (before its Hello was
+/// permitted), for the admission count.
+async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: SocketAddr) -> bool {
     let shared = &handle.shared;
     let wake = Arc::new(TaskWake(Notify::new()));
     let waker = Waker::from(wake.clone());
@@ -716,7 +737,7 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
         Ok(conn) => conn,
         Err(e) => {
             warn!("cannot start TLS: {e}");
-            return;
+            return true;
         }
     };
     debug!("accepted");
@@ -730,7 +751,14 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
     // Bytes of `transmit` already written.
     let mut written = 0usize;
 
+    // Until the Hello is permitted the connection counts against the handshake
+    // limit.
+    let mut handshaking = true;
     loop {
+        if handshaking && conn.member().is_some() {
+            lock(&shared.admission).handshake_finished();
+            handshaking = false;
+        }
         while let Some(event) = conn.poll_event() {
             match event {
                 NodeConnectionEvent::Authenticate(request) => {
@@ -892,6 +920,7 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
     }
     handle.with_node(|node| node.handle_connection_closed(now(), &mut conn));
     debug!("finished");
+    handshaking
 }
 
 /// Fires the node's timers: detached sessions whose timeout has passed end (their
