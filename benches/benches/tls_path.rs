@@ -22,9 +22,9 @@
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use pushwire_benches::{cert_file, pinned_provider, sample_published, DEV_KEY_PASSWORD};
+use pushwire_benches::{cert_file, dev_server_tls, pinned_provider, sample_published};
 use pushwire_engine::client::{ClientConfig, ClientConnection, ClientEvent, ClientTransport};
-use pushwire_engine::credentials::{load_root_store, ServerCredentials};
+use pushwire_engine::credentials::load_root_store;
 use pushwire_engine::server::{
     Grant, ServerConfig, ServerConnection, ServerEvent, ServerTransport,
 };
@@ -40,22 +40,6 @@ use tokio::runtime::Runtime;
 
 /// Frames per flush.
 const FRAMES: usize = 64;
-
-fn rustls_server_config() -> Arc<rustls::ServerConfig> {
-    let credentials = ServerCredentials::from_pem_files(
-        &cert_file("server.cert.pem"),
-        &cert_file("server.key.pem"),
-        Some(DEV_KEY_PASSWORD),
-    )
-    .expect("development credentials");
-    let config = rustls::ServerConfig::builder_with_provider(pinned_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .with_no_client_auth()
-        .with_single_cert(credentials.chain.clone(), credentials.key.clone_key())
-        .expect("server certificate");
-    Arc::new(config)
-}
 
 fn no_keepalive() -> KeepAlive {
     KeepAlive {
@@ -76,7 +60,7 @@ struct EnginePair {
 impl EnginePair {
     fn new() -> Self {
         let now = Instant::now();
-        let mut config = ServerConfig::new(ServerTransport::Tls(rustls_server_config()));
+        let mut config = ServerConfig::new(ServerTransport::Tls(dev_server_tls()));
         config.keepalive = no_keepalive();
         let server = ServerConnection::new(Arc::new(config), ([127, 0, 0, 1], 40_000).into(), now)
             .expect("server engine");
@@ -176,7 +160,7 @@ impl RustlsPair {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
-        let acceptor = tokio_rustls::TlsAcceptor::from(rustls_server_config());
+        let acceptor = tokio_rustls::TlsAcceptor::from(dev_server_tls());
         let (client, server) = runtime.block_on(async {
             let (a, b) = tokio::io::duplex(1 << 20);
             let name = ServerName::try_from("localhost").expect("server name");

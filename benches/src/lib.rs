@@ -150,6 +150,24 @@ pub fn pinned_provider() -> Arc<CryptoProvider> {
     Arc::new(provider)
 }
 
+/// The development certificate as a rustls server config: TLS 1.3 with the
+/// [pinned provider](pinned_provider)'s one suite, as the TLS benchmarks measure it.
+pub fn dev_server_tls() -> Arc<rustls::ServerConfig> {
+    let credentials = pushwire_engine::credentials::ServerCredentials::from_pem_files(
+        &cert_file("server.cert.pem"),
+        &cert_file("server.key.pem"),
+        Some(DEV_KEY_PASSWORD),
+    )
+    .expect("development credentials");
+    let config = rustls::ServerConfig::builder_with_provider(pinned_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_no_client_auth()
+        .with_single_cert(credentials.chain.clone(), credentials.key.clone_key())
+        .expect("server certificate");
+    Arc::new(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

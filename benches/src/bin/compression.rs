@@ -28,11 +28,11 @@
 //! ```
 
 use bytes::{Bytes, BytesMut};
-use pushwire_benches::{cert_file, pinned_provider, DEV_KEY_PASSWORD};
+use pushwire_benches::{cert_file, dev_server_tls};
 use pushwire_engine::client::{
     ClientConfig, ClientConnection, ClientEvent, ClientTransport, CompressionConfig, PushCommand,
 };
-use pushwire_engine::credentials::{load_root_store, ServerCredentials};
+use pushwire_engine::credentials::load_root_store;
 use pushwire_engine::hub::AllowAll;
 use pushwire_engine::node::{ConnectionEvent, Node, NodeConfig, NodeConnection};
 use pushwire_engine::server::{ServerConfig, ServerTransport};
@@ -44,7 +44,6 @@ use pushwire_protocol::{
 };
 use rustls::pki_types::UnixTime;
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 // --- Payloads ----------------------------------------------------------------------
@@ -356,7 +355,7 @@ impl Engines {
             idle_timeout: None,
         };
         let transport = if tls {
-            ServerTransport::Tls(server_tls())
+            ServerTransport::Tls(dev_server_tls())
         } else {
             ServerTransport::Plaintext
         };
@@ -500,24 +499,6 @@ impl Engines {
         runs.sort();
         runs[3]
     }
-}
-
-/// The development certificate, TLS 1.3 with AES-128-GCM only (as the TLS
-/// benchmarks pin it).
-fn server_tls() -> Arc<rustls::ServerConfig> {
-    let credentials = ServerCredentials::from_pem_files(
-        &cert_file("server.cert.pem"),
-        &cert_file("server.key.pem"),
-        Some(DEV_KEY_PASSWORD),
-    )
-    .expect("development credentials");
-    let config = rustls::ServerConfig::builder_with_provider(pinned_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .with_no_client_auth()
-        .with_single_cert(credentials.chain.clone(), credentials.key.clone_key())
-        .expect("server certificate");
-    Arc::new(config)
 }
 
 // --- Report ----------------------------------------------------------------------------
