@@ -583,7 +583,8 @@ pub(super) async fn call(args: CallArgs) -> Result<(), CliError> {
             Some(CancelOutcome::EndedLocally) => {
                 "the server is too old to be told; its result will be dropped"
             }
-            _ => "it had not been sent",
+            // The call never sits in a batch here, so nothing else ends it Cancelled.
+            _ => "cancelled",
         };
         if json {
             let line = serde_json::json!({
