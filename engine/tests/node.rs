@@ -588,6 +588,75 @@ fn a_publication_reaches_the_members_of_its_group_and_wakes_them() {
     check_a_publication_reaches_the_group(World::new(plaintext_config()));
 }
 
+#[test]
+fn the_stats_count_n_publications_to_m_receivers_as_n_times_m_deliveries() {
+    let mut w = World::new(plaintext_config());
+    let publisher = w.join("alice", &[]);
+    let receivers: Vec<usize> = (0..3).map(|i| w.join(&format!("r{i}"), &[1, 2])).collect();
+    let before_join = *w.node.stats();
+    let late = w.join("late", &[1]);
+    let base = *w.node.stats();
+    assert_eq!(
+        base.deliveries_published, before_join.deliveries_published,
+        "presence events are not publications"
+    );
+    // The late joiner's Subscribed went to the three members and itself.
+    assert_eq!(base.deliveries_other - before_join.deliveries_other, 4);
+    for n in 0..4u8 {
+        w.publish(publisher, 1, &[n; 10]);
+    }
+    w.step();
+    w.node
+        .publish(
+            pushwire_engine::hub::Actor::Server,
+            &[GroupId(2)],
+            Bytes::from_static(b"from the server"),
+        )
+        .unwrap();
+    w.step();
+    let stats = w.node.stats();
+    assert_eq!(stats.publications_in - base.publications_in, 5);
+    assert_eq!(stats.payload_bytes_in - base.payload_bytes_in, 4 * 10 + 15);
+    // 4 client publications to 4 receivers of group 1 plus alice's echoes, and one
+    // server publication to the 3 receivers of group 2 (no echo).
+    assert_eq!(
+        stats.deliveries_published - base.deliveries_published,
+        4 * 4 + 4 + 3
+    );
+    assert_eq!(stats.user_messages_in, 0);
+    assert!(stats.bytes_delivered > base.bytes_delivered + (4 * 5 * 10 + 3 * 15));
+    assert_eq!(w.pairs[late].published().len(), 4);
+    for &r in &receivers {
+        assert_eq!(w.pairs[r].published().len(), 5);
+    }
+
+    let gauges = w.node.gauges();
+    assert_eq!(gauges.connections, 5);
+    assert_eq!(gauges.detached_sessions, 0);
+    assert_eq!(gauges.groups, 3);
+    assert_eq!(gauges.subscriptions, 3 * 2 + 1);
+    assert_eq!(gauges.outbound_bytes, 0, "every receiver took its frames");
+    assert!(gauges.replay_events >= 5 * 3, "{gauges:?}");
+
+    w.advance(Duration::from_secs(2));
+    let reports = w.node.connection_reports(w.now);
+    assert_eq!(reports.len(), 5);
+    let r0 = reports
+        .iter()
+        .find(|r| r.user_id.as_str() == "r0")
+        .expect("r0 listed");
+    assert_eq!(r0.groups, [GroupId(1), GroupId(2)]);
+    assert_eq!(r0.session, w.pairs[receivers[0]].session());
+    assert_eq!(r0.peer.port(), 40_000 + receivers[0] as u16);
+    assert!(r0.connected_for >= Duration::from_secs(2));
+
+    w.cut(receivers[0]);
+    let gauges = w.node.gauges();
+    assert_eq!(gauges.connections, 4);
+    assert_eq!(gauges.detached_sessions, 1);
+    assert_eq!(w.node.connection_reports(w.now).len(), 4);
+}
+
 // --- Sessions: detach, resume, goodbye, expiry -------------------------------------
 
 #[test]
@@ -892,6 +961,12 @@ fn drop_oldest_keeps_a_slow_consumer_and_covers_what_it_dropped_with_a_gap() {
     let (mut w, _, b, seen) = flood_a_stalled_reader(SlowConsumerPolicy::DropOldest, 10);
     let dropped = w.pairs[b].conn.dropped_by_policy();
     assert!(dropped > 0);
+    assert_eq!(
+        w.node.stats().events_dropped,
+        dropped,
+        "counted for the metrics"
+    );
+    assert_eq!(w.node.stats().gaps_shed, 1, "one run of drops, one Gap");
     assert!(!w.has_event(|e| matches!(e, NodeEvent::SlowConsumer { .. })));
     assert!(w.pairs[b].conn.queued_bytes() <= LIMIT);
 

@@ -123,6 +123,8 @@ struct Serve {
     child: Child,
     addr: String,
     stderr: Arc<Mutex<String>>,
+    /// The rest of its stdout (kept open: the server prints more lines with `--admin`).
+    lines: Lines,
 }
 
 impl Serve {
@@ -146,13 +148,14 @@ impl Serve {
                 line.clear();
             }
         });
-        let mut lines = Lines::new(child.stdout.take().expect("piped"));
+        let lines = Lines::new(child.stdout.take().expect("piped"));
         let mut serve = Serve {
             child,
             addr: String::new(),
             stderr,
+            lines,
         };
-        let first = lines.next("pushwire serve");
+        let first = serve.lines.next("pushwire serve");
         match first
             .as_deref()
             .and_then(|l| l.strip_prefix("listening on "))
@@ -565,4 +568,77 @@ fn a_compressed_publication_reaches_subscribers_identically_in_both_forms() {
         assert_eq!(got["message"].as_str(), Some(message.as_str()), "{who}");
         assert_eq!(got["sender"]["user_id"], "alice");
     }
+}
+
+/// `GET path` on an admin listener: status code and body.
+fn admin_get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the admin pages");
+    stream
+        .set_read_timeout(Some(COMMAND_TIMEOUT))
+        .expect("a timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("head and body");
+    (head[9..12].parse().unwrap(), body.to_owned())
+}
+
+#[test]
+fn serve_admin_serves_metrics_that_count_the_run() {
+    let mut server = Serve::start(&["--admin", "127.0.0.1:0"]);
+    let admin_line = server.lines.next("pushwire serve").expect("the admin line");
+    let admin = admin_line
+        .strip_prefix("admin on http://")
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("unexpected line {admin_line:?}"))
+        .to_owned();
+    let (mut sub, mut lines) = server.spawn(&[
+        "sub",
+        "1",
+        "--count",
+        "3",
+        "--timeout",
+        "15",
+        "--json",
+        "--user",
+        "bob",
+    ]);
+    lines.next("sub").expect("sub joined");
+    let (code, connz) = admin_get(&admin, "/connz?user=bob");
+    assert_eq!(code, 200);
+    let connz = json(&connz);
+    assert_eq!(connz["total"], 1, "{connz}");
+    assert_eq!(connz["connections"][0]["groups"], serde_json::json!([1]));
+    for n in 0..3 {
+        let published = server.run(&[
+            "pub",
+            "1",
+            "--message",
+            &format!("m{n}"),
+            "--no-echo",
+            "--user",
+            "alice",
+        ]);
+        assert_eq!(published.code, Some(0), "{published:?}");
+    }
+    assert_eq!(wait(&mut sub, "sub").code(), Some(0), "{:?}", lines.seen);
+
+    let (code, text) = admin_get(&admin, "/metrics");
+    assert_eq!(code, 200);
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    assert_eq!(value("pushwire_in_msgs_total{kind=\"publication\"}"), 3.0);
+    assert_eq!(value("pushwire_out_msgs_total{kind=\"publication\"}"), 3.0);
+    assert_eq!(
+        value("pushwire_auth_permitted_total"),
+        4.0,
+        "bob and three alices"
+    );
+    assert!(text.ends_with("# EOF\n"));
+    let (code, health) = admin_get(&admin, "/healthz");
+    assert_eq!(code, 200);
+    assert_eq!(json(&health)["status"], "ok");
 }

@@ -677,6 +677,18 @@ impl Delivery {
         self.event.seq()
     }
 
+    /// The message type the delivery encodes as (cheaper than `event().kind()`).
+    pub fn kind(&self) -> MessageKind {
+        match &self.event {
+            StoredEvent::Shared { shared, .. } => match shared.kind {
+                SharedKind::Subscribed => MessageKind::Subscribed,
+                SharedKind::Unsubscribed => MessageKind::Unsubscribed,
+                SharedKind::Published => MessageKind::Published,
+            },
+            StoredEvent::Other(event) => event.kind(),
+        }
+    }
+
     /// Appends the encoded frame ([`frame_len`](Self::frame_len) bytes) to `out`, with
     /// the plain payload. A publication to a receiver of all its targets is a copy of
     /// a frame encoded once for the whole fan-out, with the receiver's sequence number

@@ -77,6 +77,8 @@ pub struct OutboundQueue {
     policy: SlowConsumerPolicy,
     /// Frames dropped in total.
     dropped_total: u64,
+    /// Gap notices the drops made (one per run of drops between two takes).
+    gaps_total: u64,
     /// The connection accepts compressed payloads: deliveries of payloads that came
     /// compressed are queued in the sender's compressed form.
     accepts_compressed: bool,
@@ -97,6 +99,7 @@ impl OutboundQueue {
             limit,
             policy,
             dropped_total: 0,
+            gaps_total: 0,
             accepts_compressed: false,
         }
     }
@@ -131,6 +134,12 @@ impl OutboundQueue {
     /// Push events dropped so far under [`SlowConsumerPolicy::DropOldest`].
     pub fn dropped_total(&self) -> u64 {
         self.dropped_total
+    }
+
+    /// Gap notices those drops made: one per run of dropped events between two
+    /// takes, each telling the receiver the range it lost.
+    pub fn gaps_total(&self) -> u64 {
+        self.gaps_total
     }
 
     /// Encodes and queues a message.
@@ -233,6 +242,7 @@ impl OutboundQueue {
             match &mut self.placeholder {
                 Some(placeholder) => placeholder.last = seq,
                 None => {
+                    self.gaps_total += 1;
                     self.placeholder = Some(Placeholder {
                         at: i,
                         first: seq,

@@ -39,9 +39,11 @@
 mod admission;
 mod connection;
 mod mailbox;
+mod report;
 
 pub use admission::{Admission, AdmissionLimits, Refusal};
 pub use connection::{ConnectionEvent, Member, NodeConnection};
+pub use report::{ConnectionReport, NodeGauges};
 
 use crate::close::CloseReason;
 use crate::hub::{
@@ -52,7 +54,7 @@ use crate::server::{AuthRequest, Grant, ServerConfig};
 use bytes::Bytes;
 use mailbox::{Alert, Mailbox};
 use pushwire_protocol::{
-    CloseCode, GroupId, Message, PushTaken, RefuseCode, ResumeToken, SessionLost,
+    CloseCode, GroupId, Message, MessageKind, PushTaken, RefuseCode, ResumeToken, SessionLost,
     SessionLostReason, Text,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -322,6 +324,79 @@ pub struct NodeStats {
     pub deliveries_decompressed: u64,
     /// Bytes those plain deliveries took on the wire beyond the compressed form's.
     pub bytes_decompressed_for_receivers: u64,
+    /// Hellos the node refused after the authenticator permitted them (a service
+    /// this server does not host, a resume of another user's session).
+    pub hellos_refused: u64,
+    /// Publications received: clients' Publish commands and the server's own,
+    /// before the hooks' verdict (refused ones included).
+    pub publications_in: u64,
+    /// User messages received: clients' SendUserMessage commands and the server's.
+    pub user_messages_in: u64,
+    /// Payload bytes of those publications and user messages, as they came (a
+    /// compressed payload counts its compressed size).
+    pub payload_bytes_in: u64,
+    /// Publications queued to receivers (the fan-out: one per receiving connection,
+    /// echoes included).
+    pub deliveries_published: u64,
+    /// User messages queued to receivers (one per receiving connection).
+    pub deliveries_user_messages: u64,
+    /// Other frames the hub queued: presence events, command answers, gaps.
+    pub deliveries_other: u64,
+    /// Frame bytes of all those deliveries (header included, plain payload size).
+    pub bytes_delivered: u64,
+    /// Push events dropped from receivers' queues under the drop-oldest policy
+    /// (each covered by a Gap notice).
+    pub events_dropped: u64,
+    /// Gap notices those drops made, one per run of dropped events.
+    pub gaps_shed: u64,
+}
+
+impl NodeStats {
+    /// Counts a push command a connection sent (publications and user messages).
+    fn count_command(&mut self, command: &Message) {
+        match command {
+            Message::Publish(m) => {
+                self.publications_in += 1;
+                self.payload_bytes_in += m.payload.len() as u64;
+            }
+            Message::SendUserMessage(m) => {
+                self.user_messages_in += 1;
+                self.payload_bytes_in += m.payload.len() as u64;
+            }
+            _ => {}
+        }
+    }
+
+    /// Counts one frame the hub queued for a receiver.
+    fn count_delivery(&mut self, delivery: &crate::hub::Delivery) {
+        match delivery.kind() {
+            MessageKind::Published => self.deliveries_published += 1,
+            MessageKind::UserMessage => self.deliveries_user_messages += 1,
+            _ => self.deliveries_other += 1,
+        }
+        self.bytes_delivered += delivery.frame_len() as u64;
+    }
+}
+
+/// A receiver queue's drop counters before an operation, to count what it dropped.
+#[derive(Clone, Copy)]
+struct DropCounts {
+    events: u64,
+    gaps: u64,
+}
+
+impl DropCounts {
+    fn of(queue: &crate::hub::OutboundQueue) -> Self {
+        Self {
+            events: queue.dropped_total(),
+            gaps: queue.gaps_total(),
+        }
+    }
+
+    fn add_new(self, queue: &crate::hub::OutboundQueue, stats: &mut NodeStats) {
+        stats.events_dropped += queue.dropped_total() - self.events;
+        stats.gaps_shed += queue.gaps_total() - self.gaps;
+    }
 }
 
 /// What one [`Node::deliver`] found, for a server publication's outcome.
@@ -390,6 +465,9 @@ pub struct Node<H = crate::hub::AllowAll> {
     hub: Hub<H>,
     /// Each attached session's current connection.
     mailboxes: BTreeMap<ConnectionId, Arc<Mailbox>>,
+    /// When and from where each attached session's current connection joined, for
+    /// the operator's listing.
+    attachments: BTreeMap<ConnectionId, report::Attachment>,
     /// Sessions whose mailbox got frames in this call.
     to_wake: Vec<ConnectionId>,
     events: VecDeque<NodeEvent>,
@@ -429,6 +507,7 @@ impl<H: PushHooks> Node<H> {
             hub: Hub::new(config.hub.clone(), hooks),
             config: Arc::new(config),
             mailboxes: BTreeMap::new(),
+            attachments: BTreeMap::new(),
             to_wake: Vec::new(),
             events: VecDeque::new(),
             stats: NodeStats::default(),
@@ -495,6 +574,7 @@ impl<H: PushHooks> Node<H> {
         self.expire_congestion(now);
         for (session, info) in self.hub.handle_timeout(now) {
             self.mailboxes.remove(&session);
+            self.attachments.remove(&session);
             self.stats.sessions_expired += 1;
             self.events.push_back(NodeEvent::Ended {
                 session,
@@ -521,6 +601,7 @@ impl<H: PushHooks> Node<H> {
         self.clock = Some(now);
         let request = *request;
         if !self.config.services.is_empty() && !self.config.services.contains(&request.service_id) {
+            self.stats.hellos_refused += 1;
             conn.refuse(
                 RefuseCode::UnknownService,
                 format!("no service {} on this server", request.service_id),
@@ -539,6 +620,8 @@ impl<H: PushHooks> Node<H> {
             {
                 Ok(resumed) => {
                     let session = resumed.session;
+                    self.attachments
+                        .insert(session, report::Attachment::new(now, request.peer));
                     let superseded = match self.mailboxes.insert(session, conn.mailbox.clone()) {
                         Some(old) => {
                             self.release(session, &old);
@@ -568,6 +651,7 @@ impl<H: PushHooks> Node<H> {
                     return;
                 }
                 Err(ResumeError::NotYours) => {
+                    self.stats.hellos_refused += 1;
                     conn.refuse(
                         RefuseCode::ResumeNotPermitted,
                         "the resume token belongs to another user",
@@ -592,6 +676,8 @@ impl<H: PushHooks> Node<H> {
         .with_echo(request.options.echo);
         let session = self.hub.connect_session(info, token);
         self.mailboxes.insert(session, conn.mailbox.clone());
+        self.attachments
+            .insert(session, report::Attachment::new(now, request.peer));
         self.stats.sessions_started += 1;
         self.admit(conn, session, token, false, &request);
         if lost {
@@ -663,6 +749,7 @@ impl<H: PushHooks> Node<H> {
                 break;
             };
             taken = command_id(&command.message).or(taken);
+            self.stats.count_command(&command.message);
             // Refusals are answered to the client inside the hub; an error here
             // means a message that is not a push command, which the engine does
             // not pass on (a corrupt compressed payload closed the connection before
@@ -710,6 +797,7 @@ impl<H: PushHooks> Node<H> {
         }
         self.release(member.session, &conn.mailbox);
         self.mailboxes.remove(&member.session);
+        self.attachments.remove(&member.session);
         let goodbye = matches!(
             conn.close_reason,
             Some(CloseReason::Remote {
@@ -758,6 +846,8 @@ impl<H: PushHooks> Node<H> {
         groups: &[GroupId],
         payload: Bytes,
     ) -> Result<PushOutcome, HubError> {
+        self.stats.publications_in += 1;
+        self.stats.payload_bytes_in += payload.len() as u64;
         self.with_hub_counted(|hub| hub.publish(actor, groups, payload))
     }
 
@@ -769,6 +859,8 @@ impl<H: PushHooks> Node<H> {
         receiver: &str,
         payload: Bytes,
     ) -> Result<PushOutcome, HubError> {
+        self.stats.user_messages_in += 1;
+        self.stats.payload_bytes_in += payload.len() as u64;
         self.with_hub_counted(|hub| hub.send_user_message(actor, receiver, payload))
     }
 
@@ -886,6 +978,7 @@ impl<H: PushHooks> Node<H> {
     /// [`wake`](Self::wake), once per call of the node.
     fn deliver(&mut self) -> DeliveryCounts {
         let high_water = self.config.flow_control.map(|f| f.high_water);
+        let drop_oldest = self.config.slow_consumer_policy == SlowConsumerPolicy::DropOldest;
         let Self {
             hub,
             mailboxes,
@@ -914,6 +1007,9 @@ impl<H: PushHooks> Node<H> {
                 to_wake.push(connection);
             }
             let (_, mailbox, state) = held.as_mut().expect("set above");
+            if state.alert().is_none() {
+                stats.count_delivery(&delivery);
+            }
             if let Some((compressed, plain_len)) = delivery.compressed() {
                 if state.alert().is_none() {
                     if state.queue().accepts_compressed() {
@@ -925,7 +1021,12 @@ impl<H: PushHooks> Node<H> {
                     }
                 }
             }
-            if state.push_delivery(&delivery) {
+            let drops = drop_oldest.then(|| DropCounts::of(state.queue()));
+            let over_limit = state.push_delivery(&delivery);
+            if let Some(before) = drops {
+                before.add_new(state.queue(), stats);
+            }
+            if over_limit {
                 stats.slow_consumers += 1;
                 events.push_back(NodeEvent::SlowConsumer {
                     session: connection,
@@ -1046,7 +1147,11 @@ impl<H: PushHooks> Node<H> {
                     }
                 }
                 SlowConsumerPolicy::DropOldest => {
-                    mailbox.lock().queue_mut().shed_to(flow.low_water);
+                    let mut state = mailbox.lock();
+                    let before = DropCounts::of(state.queue());
+                    state.queue_mut().shed_to(flow.low_water);
+                    before.add_new(state.queue(), &mut self.stats);
+                    drop(state);
                     mailbox.wake();
                 }
             }

@@ -14,6 +14,7 @@
 //! max_connections = 10000
 //! max_connections_per_address = 1000  # IPv6: per /64 prefix
 //! max_handshaking = 256             # connections in their TLS handshake and Hello
+//! admin = "127.0.0.1:9090"          # /metrics, /healthz, /connz over plain HTTP
 //!
 //! [[groups]]
 //! id = 1
@@ -31,7 +32,7 @@
 use super::users::{DevelopmentLogin, Users};
 use super::{development_file, CliError, Exit, DEVELOPMENT_KEY_PASSWORD, DEVELOPMENT_PASSWORD};
 use crate::hello::{hello_world_service, HELLO_WORLD_SERVICE};
-use crate::server::{AdmissionLimits, FlowControl, ServerBuilder, ServerError};
+use crate::server::{AdminServer, AdmissionLimits, FlowControl, ServerBuilder, ServerError};
 use clap::Args;
 use pushwire_engine::hub::SlowConsumerPolicy;
 use serde::Deserialize;
@@ -134,6 +135,11 @@ pub struct ServeArgs {
     /// handshakes that never finish cannot crowd out real clients [default: 256].
     #[arg(long, value_name = "N")]
     pub max_handshaking: Option<usize>,
+    /// Serve the admin pages on this address: /metrics (Prometheus), /healthz and
+    /// /connz, over plain HTTP without authentication — keep it on a loopback or
+    /// management address [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
 }
 
 /// Parses `1048576`, `1024K`, `1024KiB`, `1M`, `1MiB` (K and M are binary, as the
@@ -212,6 +218,8 @@ pub struct ServeConfig {
     pub max_connections_per_address: Option<usize>,
     /// Connections at once in their handshake.
     pub max_handshaking: Option<usize>,
+    /// The admin listener's address.
+    pub admin: Option<SocketAddr>,
 }
 
 /// The `[outbound]` table of a `--config` file.
@@ -329,6 +337,7 @@ struct Settings {
     flow_control: Option<FlowControl>,
     max_running_calls: usize,
     admission: AdmissionLimits,
+    admin: Option<SocketAddr>,
 }
 
 /// The server's outbound limit unless configured.
@@ -488,6 +497,7 @@ impl Settings {
             flow_control,
             max_running_calls,
             admission,
+            admin: args.admin.or(file.admin),
         })
     }
 }
@@ -591,6 +601,25 @@ pub(super) async fn run(mut args: ServeArgs) -> Result<(), CliError> {
 
     let bound = server.local_addr().unwrap_or(settings.listen);
     println!("listening on {bound}");
+    let admin = match settings.admin {
+        Some(addr) => {
+            let admin = AdminServer::bind(server.handle(), addr)
+                .await
+                .map_err(|e| CliError::new(Exit::Failure, e.to_string()))?;
+            let at = admin.local_addr();
+            // A script may stop reading after the first line: no panic on EPIPE.
+            let _ = writeln!(std::io::stdout(), "admin on http://{at}/metrics");
+            if !at.ip().is_loopback() {
+                warn!(
+                    "the admin pages on {at} have no authentication: anyone who reaches \
+                     the address sees every connection's user and address"
+                );
+            }
+            info!("admin pages on http://{at}: /metrics, /healthz, /connz");
+            Some(admin)
+        }
+        None => None,
+    };
     let _ = std::io::stdout().flush();
     info!(
         groups = ?settings.groups.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
@@ -618,7 +647,9 @@ pub(super) async fn run(mut args: ServeArgs) -> Result<(), CliError> {
         warn!("cannot wait for Ctrl-C ({e}); shutting down");
     }
     info!("shutting down");
+    // The admin pages answer /healthz with 503 while the connections close.
     let still_open = server.shutdown().await;
+    drop(admin);
     if still_open > 0 {
         warn!("{still_open} connections did not close within the grace period");
     }

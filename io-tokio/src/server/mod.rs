@@ -17,9 +17,13 @@
 //! per publication under the lock against 22.0 µs through an actor — the lock is
 //! about 15 % faster and needs no reply channel for the server API's results.
 
+mod admin;
 mod auth;
 pub(crate) mod hooks;
+mod metrics;
 mod service;
+
+pub use admin::{AdminError, AdminServer};
 
 pub use auth::{AuthAttempt, AuthDecision, Authenticator, DenyAll};
 pub use service::{service_fn, Call, CallFuture, Cancellation, Service};
@@ -28,6 +32,7 @@ use crate::read::{read_with, Input};
 use crate::transport::{ByteStream, Listener};
 use bytes::Bytes;
 use hooks::LoggedHooks;
+use metrics::{MethodHistograms, ShellMetrics, SocketBytes};
 use pushwire_engine::credentials::{load_root_store, ServerCredentials};
 use pushwire_engine::hub::{
     Actor, AllowAll, ConnectionId, HubConfig, HubError, PushHooks, PushOutcome, SlowConsumerPolicy,
@@ -38,9 +43,10 @@ use pushwire_engine::node::{
     Admission, ConnectionEvent as NodeConnectionEvent, Node, NodeConfig, NodeConfigError,
     NodeConnection, NodeEvent, NodeStats, SessionEnd,
 };
+pub use pushwire_engine::node::{ConnectionReport, NodeGauges};
 use pushwire_engine::server::{AuthRequest, ServerConfig, ServerTransport};
 use pushwire_engine::tls::{server_tls_config, ClientAuth};
-use pushwire_engine::{CloseReason, KeepAlive};
+use pushwire_engine::{CloseReason, KeepAlive, TimeoutKind};
 use pushwire_protocol::{
     CloseCode, ErrorCode, FrameLimits, GroupDescription, GroupId, ResumeToken, Text,
 };
@@ -396,6 +402,7 @@ impl ServerBuilder {
             admission: Mutex::new(Admission::new(self.admission)),
             next_connection: AtomicU64::new(1),
             node_timer: Notify::new(),
+            metrics: ShellMetrics::new(),
         });
         let handle = ServerHandle { shared };
         let accept = tokio::spawn(accept_loop(handle.clone(), listener));
@@ -468,6 +475,8 @@ struct Shared {
     next_connection: AtomicU64,
     /// Woken when the node's deadline changed, so the timer task looks at it.
     node_timer: Notify,
+    /// What only the shell sees, for the metrics.
+    metrics: ShellMetrics,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -606,6 +615,34 @@ impl ServerHandle {
     pub fn stats(&self) -> NodeStats {
         *lock(&self.shared.node).stats()
     }
+
+    /// The levels the node holds now: connections, detached sessions, groups,
+    /// subscriptions, replay buffers, queued bytes. Walks every session under the
+    /// node's lock: for a scrape every few seconds, not for a loop.
+    pub fn gauges(&self) -> NodeGauges {
+        lock(&self.shared.node).gauges()
+    }
+
+    /// Every connected session: user, address, groups, queued bytes, uptime.
+    pub fn connection_reports(&self) -> Vec<ConnectionReport> {
+        lock(&self.shared.node).connection_reports(now())
+    }
+
+    /// The server's metrics in the Prometheus text format (OpenMetrics 1.0, ending
+    /// with `# EOF`), as the admin listener's `/metrics` serves them. The node's
+    /// numbers are copied under one hold of its lock.
+    pub fn metrics_text(&self) -> String {
+        let (stats, gauges) = {
+            let node = lock(&self.shared.node);
+            (*node.stats(), node.gauges())
+        };
+        metrics::render(&self.shared.metrics, stats, gauges)
+    }
+
+    /// Whether the server is shutting down (the admin listener's `/healthz` says so).
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shared.shutdown.borrow()
+    }
 }
 
 fn log_node_event(event: &NodeEvent) {
@@ -676,9 +713,11 @@ async fn accept_loop<L: Listener>(handle: ServerHandle, mut listener: L) {
         let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
         if let Err(refusal) = lock(&shared.admission).admit(peer.ip()) {
             warn!(conn = id, %peer, "not admitted ({refusal}); closing");
+            shared.metrics.refused(&refusal);
             drop(stream);
             continue;
         }
+        shared.metrics.accepted();
         shared.live.fetch_add(1, Ordering::AcqRel);
         let handle = handle.clone();
         tokio::spawn(
@@ -707,6 +746,8 @@ struct Results {
     /// Running calls that can be cancelled (protocol version 3): fired on the
     /// client's Cancel, and for every call left when the connection ends.
     cancellations: BTreeMap<u64, Cancellation>,
+    /// The latency histograms of the methods this connection called.
+    histograms: MethodHistograms,
 }
 
 /// The connection's waker: the node wakes it when it queued frames for the
@@ -750,6 +791,7 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
     let mut closing = false;
     // Bytes of `transmit` already written.
     let mut written = 0usize;
+    let mut socket_bytes = SocketBytes::default();
 
     // Until the Hello is permitted the connection counts against the handshake
     // limit.
@@ -785,6 +827,7 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
                             tx,
                             rx,
                             cancellations: BTreeMap::new(),
+                            histograms: MethodHistograms::default(),
                         }
                     });
                     let cancellation = if conn.version() >= 3 {
@@ -805,9 +848,15 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
                         cancellation,
                     };
                     let results_tx = results.tx.clone();
+                    let histogram =
+                        results
+                            .histograms
+                            .get(&shared.metrics, member.service_id, method_id);
+                    let started = tokio::time::Instant::now();
                     tokio::spawn(
                         async move {
                             let result = service.call(call).await;
+                            metrics::observe(&histogram, started.elapsed());
                             let _ = results_tx.send((request_id, result));
                         }
                         .in_current_span(),
@@ -822,7 +871,7 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
                         cancellation.cancel();
                     }
                 }
-                NodeConnectionEvent::Closed(reason) => log_close(&reason),
+                NodeConnectionEvent::Closed(reason) => note_close(shared, &reason, handshaking),
             }
         }
         // Push commands from one read go to the node under one hold of its lock, and
@@ -849,6 +898,7 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
             }
             if transmit.is_empty() && conn.poll_idle() {
                 transmit = Vec::new();
+                socket_bytes.flush(&shared.metrics);
                 // Every call has answered (the engine counts a request until its
                 // result was received here and released): no sender will send again.
                 if conn.pending_requests() == 0 {
@@ -882,6 +932,7 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
                 }
                 Ok(n) => {
                     written += n;
+                    socket_bytes.written(n, &shared.metrics);
                     // The receiver's progress, for the flow control's grace.
                     conn.handle_written(now(), n);
                 }
@@ -891,7 +942,10 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
             // Not while the node's flow control holds this publisher back: TCP then
             // slows the client down.
             () = read_with(&mut reader, |input| match input {
-                Input::Bytes(bytes) => conn.handle_input(now(), bytes),
+                Input::Bytes(bytes) => {
+                    socket_bytes.read(bytes.len(), &shared.metrics);
+                    conn.handle_input(now(), bytes)
+                }
                 Input::Closed => conn.handle_transport_closed(),
             }), if conn.wants_input() => {}
             // The task keeps a sender, so `recv` never ends with `None`.
@@ -915,9 +969,10 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
     // The Closed event can come with the last transmit, after the loop's last look.
     while let Some(event) = conn.poll_event() {
         if let NodeConnectionEvent::Closed(reason) = event {
-            log_close(&reason);
+            note_close(shared, &reason, handshaking);
         }
     }
+    socket_bytes.flush(&shared.metrics);
     handle.with_node(|node| node.handle_connection_closed(now(), &mut conn));
     debug!("finished");
     handshaking
@@ -954,6 +1009,20 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// Logs how a connection closed, and counts handshakes that failed.
+fn note_close(shared: &Shared, reason: &CloseReason, handshaking: bool) {
+    if handshaking {
+        match reason {
+            CloseReason::Tls(_) => shared.metrics.tls_failed(),
+            CloseReason::Timeout(TimeoutKind::Handshake | TimeoutKind::Hello) => {
+                shared.metrics.handshake_timed_out()
+            }
+            _ => {}
+        }
+    }
+    log_close(reason);
+}
+
 fn log_close(reason: &CloseReason) {
     match reason {
         CloseReason::Local { .. } | CloseReason::Remote { .. } | CloseReason::PeerClosed => {
@@ -974,6 +1043,7 @@ fn authenticate(handle: &ServerHandle, conn: &mut NodeConnection, request: Box<A
     });
     if let AuthDecision::Refuse { code, reason } = decision {
         info!(user = %request.user_id, "refused: {reason}");
+        handle.shared.metrics.auth_refused();
         conn.refuse(code, reason);
         return;
     }
