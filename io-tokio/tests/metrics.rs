@@ -175,6 +175,8 @@ async fn a_scrape_counts_what_a_scripted_run_did() {
     for _ in 0..CALLS {
         publisher.request(ECHO, &b"echo"[..]).await.unwrap();
     }
+    // A refused publication (received, counted in, delivered to nobody).
+    let _ = publisher.publish(&[9], "x").await;
     // A refused login and a peer that is no TLS client.
     assert!(ClientBuilder::new(context(&server, "mallory", "wrong"))
         .connect()
@@ -198,9 +200,20 @@ async fn a_scrape_counts_what_a_scripted_run_did() {
     let payload_bytes = (N * "message 0000".len()) as f64;
     assert_eq!(
         sample(&s, "pushwire_in_msgs_total{kind=\"publication\"}"),
-        N as f64
+        (N + 1) as f64
     );
-    assert_eq!(sample(&s, "pushwire_in_payload_bytes_total"), payload_bytes);
+    assert_eq!(
+        sample(&s, "pushwire_in_payload_bytes_total"),
+        payload_bytes + 1.0
+    );
+    assert_eq!(
+        sample(&s, "pushwire_push_rejected_total{code=\"UnknownGroups\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&s, "pushwire_push_rejected_total{code=\"NotAuthorized\"}"),
+        0.0
+    );
     assert_eq!(
         sample(&s, "pushwire_out_msgs_total{kind=\"publication\"}"),
         (N * M) as f64,

@@ -677,6 +677,17 @@ impl Delivery {
         self.event.seq()
     }
 
+    /// The code, when the delivery is a PushRejected answer.
+    pub fn rejection(&self) -> Option<pushwire_protocol::RejectCode> {
+        match &self.event {
+            StoredEvent::Other(event) => match &**event {
+                PushEvent::Rejected(rejected) => Some(rejected.code),
+                _ => None,
+            },
+            StoredEvent::Shared { .. } => None,
+        }
+    }
+
     /// The message type the delivery encodes as (cheaper than `event().kind()`).
     pub fn kind(&self) -> MessageKind {
         match &self.event {

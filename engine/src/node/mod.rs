@@ -349,7 +349,15 @@ pub struct NodeStats {
     pub events_dropped: u64,
     /// Gap notices those drops made, one per run of dropped events.
     pub gaps_shed: u64,
+    /// Push commands refused (PushRejected answers), by
+    /// [`RejectCode`](pushwire_protocol::RejectCode) value: index
+    /// `n` counts code `n`; the last slot counts every code from
+    /// [`REJECT_CODE_SLOTS`]` - 1` up.
+    pub push_rejected: [u64; REJECT_CODE_SLOTS],
 }
+
+/// Slots of [`NodeStats::push_rejected`].
+pub const REJECT_CODE_SLOTS: usize = 16;
 
 impl NodeStats {
     /// Counts a push command a connection sent (publications and user messages).
@@ -373,6 +381,10 @@ impl NodeStats {
             MessageKind::Published => self.deliveries_published += 1,
             MessageKind::UserMessage => self.deliveries_user_messages += 1,
             _ => self.deliveries_other += 1,
+        }
+        if let Some(code) = delivery.rejection() {
+            let slot = usize::from(code.to_wire()).min(REJECT_CODE_SLOTS - 1);
+            self.push_rejected[slot] += 1;
         }
         self.bytes_delivered += delivery.frame_len() as u64;
     }

@@ -20,7 +20,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use pushwire_engine::node::{NodeGauges, NodeStats, Refusal};
+use pushwire_engine::node::{NodeGauges, NodeStats, Refusal, REJECT_CODE_SLOTS};
+use pushwire_protocol::RejectCode;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
@@ -239,6 +240,32 @@ fn counters(
     Ok(())
 }
 
+/// `push_rejected_total{code}`: every code this version knows, and `Other` for the
+/// counts of codes it does not.
+fn push_rejections(
+    encoder: &mut DescriptorEncoder<'_>,
+    counts: &[u64; REJECT_CODE_SLOTS],
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(
+        "push_rejected",
+        "Push commands refused with PushRejected, by code",
+        None,
+        ConstCounter::new(0u64).metric_type(),
+    )?;
+    let mut other = 0;
+    for (slot, &count) in counts.iter().enumerate().skip(1) {
+        let code = RejectCode::from_wire(slot as u16);
+        if matches!(code, RejectCode::Other(_)) {
+            other += count;
+            continue;
+        }
+        let name = format!("{code:?}");
+        ConstCounter::new(count).encode(family.encode_family(&[("code", name.as_str())])?)?;
+    }
+    other += counts[0];
+    ConstCounter::new(other).encode(family.encode_family(&[("code", "Other")])?)
+}
+
 fn gauge(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: usize) -> fmt::Result {
     let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
@@ -393,6 +420,7 @@ impl Collector for NodeSnapshot {
             "Times a publisher was held back for a congested receiver",
             s.publishers_held,
         )?;
+        push_rejections(e, &s.push_rejected)?;
         counter(
             e,
             "payloads_decompressed",
