@@ -28,10 +28,10 @@
 //! grace_ms = 2000
 //! ```
 
-use super::users::{DevelopmentLogin, Users};
+use super::users::{DevelopmentLogin, UserStore, Users};
 use super::{development_file, CliError, Exit, DEVELOPMENT_KEY_PASSWORD, DEVELOPMENT_PASSWORD};
 use crate::hello::{hello_world_service, HELLO_WORLD_SERVICE};
-use crate::server::{AdmissionLimits, FlowControl, ServerBuilder, ServerError};
+use crate::server::{AdmissionLimits, FlowControl, ServerBuilder, ServerError, ServerHandle};
 use clap::Args;
 use pushwire_engine::hub::SlowConsumerPolicy;
 use serde::Deserialize;
@@ -40,7 +40,7 @@ use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// The address `serve` listens on and clients connect to by default.
@@ -554,15 +554,19 @@ pub(super) async fn run(mut args: ServeArgs) -> Result<(), CliError> {
             }
         }
     }
+    let mut store = None;
     builder = match &settings.users {
         Some(path) => {
             let users = Users::load(path).map_err(|e| usage(e.to_string()))?;
             if users.is_empty() {
                 warn!("{} lists no users: nobody can log in", path.display());
             } else {
-                info!("{} users from {}", users.len(), path.display());
+                info!("{}", describe_users(path, &users));
             }
-            builder.authenticator(users)
+            let users = UserStore::new(users);
+            let hooks = users.hooks();
+            store = Some(users.clone());
+            builder.authenticator(users).hooks(hooks)
         }
         None => {
             warn!(
@@ -613,10 +617,7 @@ pub(super) async fn run(mut args: ServeArgs) -> Result<(), CliError> {
         ),
     }
 
-    let interrupted = tokio::signal::ctrl_c().await;
-    if let Err(e) = &interrupted {
-        warn!("cannot wait for Ctrl-C ({e}); shutting down");
-    }
+    wait_for_ctrl_c(|| reload(&settings, store.as_ref(), &server.handle())).await;
     info!("shutting down");
     let still_open = server.shutdown().await;
     if still_open > 0 {
@@ -624,6 +625,113 @@ pub(super) async fn run(mut args: ServeArgs) -> Result<(), CliError> {
     }
     info!("stopped");
     Ok(())
+}
+
+fn describe_users(path: &Path, users: &Users) -> String {
+    format!(
+        "{}: {} users, {} with restricted permissions or a connection limit",
+        path.display(),
+        users.len(),
+        users.restricted()
+    )
+}
+
+/// Waits for Ctrl-C; on Unix, calls `reload` at every SIGHUP meanwhile.
+async fn wait_for_ctrl_c(mut reload: impl FnMut()) {
+    #[cfg(unix)]
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    {
+        Ok(signal) => Some(signal),
+        Err(e) => {
+            warn!("cannot listen for SIGHUP ({e}): no reloads without a restart");
+            None
+        }
+    };
+    loop {
+        #[cfg(unix)]
+        let hangup_received = async {
+            match &mut hangup {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup_received = std::future::pending::<Option<()>>();
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => {
+                if let Err(e) = interrupted {
+                    warn!("cannot wait for Ctrl-C ({e}); shutting down");
+                }
+                return;
+            }
+            Some(()) = hangup_received => reload(),
+        }
+    }
+}
+
+/// SIGHUP: rereads the users file and the certificate and key. What fails to load
+/// is logged and the old one stays in force; connections already open keep their
+/// TLS session (and, for the users file, get the new permissions at their next
+/// command).
+fn reload(settings: &Settings, store: Option<&UserStore>, handle: &ServerHandle) {
+    info!("SIGHUP: reloading");
+    if let (Some(path), Some(store)) = (&settings.users, store) {
+        match Users::load(path) {
+            Ok(users) => {
+                info!("reloaded {}", describe_users(path, &users));
+                if users.is_empty() {
+                    warn!("{} lists no users: nobody can log in", path.display());
+                }
+                store.replace(users);
+            }
+            Err(e) => error!("{e}; the users loaded before stay in force"),
+        }
+    }
+    if let Transport::Tls {
+        cert,
+        key,
+        key_password,
+        ..
+    } = &settings.transport
+    {
+        match handle.reload_tls(cert, key, key_password.as_deref()) {
+            Ok(info) => info!(
+                "reloaded certificate {}: subject {}, serial {}, expires {}",
+                cert.display(),
+                info.subject,
+                info.serial,
+                utc_date(info.not_after)
+            ),
+            Err(e) => error!(
+                "cannot reload the certificate {} and key {}: {e}; the certificate loaded \
+                 before stays in force",
+                cert.display(),
+                key.display()
+            ),
+        }
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` for seconds since the Unix epoch (proleptic Gregorian).
+fn utc_date(unix_seconds: u64) -> String {
+    let days = (unix_seconds / 86_400) as i64;
+    let secs = unix_seconds % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        secs / 3_600,
+        secs % 3_600 / 60,
+        secs % 60
+    )
 }
 
 #[cfg(test)]

@@ -1,27 +1,57 @@
-//! Who may log in to `pushwire serve`: PBKDF2 password hashes, the `--users` file, and
-//! the development login used when there is no users file.
+//! Who may log in to `pushwire serve` and what they may do: PBKDF2 password hashes,
+//! the `--users` file with its permissions, and the development login used when there
+//! is no users file.
 //!
 //! A hash is written `pbkdf2-sha256$<iterations>$<salt hex>$<hash hex>`: PBKDF2 with
 //! HMAC-SHA256 (ring), a 16-byte random salt and a 32-byte output. The users file is
-//! TOML:
+//! TOML; a user is either a bare hash (every permission, no connection limit) or a
+//! table:
 //!
 //! ```toml
 //! [users]
-//! alice = "pbkdf2-sha256$100000$…$…"
+//! alice = "pbkdf2-sha256$100000$…$…"      # may do everything
+//!
+//! [users.bob]
+//! password = "pbkdf2-sha256$100000$…$…"
+//! publish = [1, "10-20"]                  # group ids and inclusive ranges; "*": all
+//! subscribe = "*"
+//! user_messages = false                   # may not send user messages
+//! max_connections = 2                     # open at once
 //! ```
+//!
+//! A key left out of a table allows everything (`publish = "*"`, `subscribe = "*"`,
+//! `user_messages = true`, no connection limit), so an old file keeps working;
+//! `publish = []` allows nothing. Unknown keys are errors.
+//!
+//! [`UserStore`] holds the users behind a swappable pointer: it is the server's
+//! [`Authenticator`], its [`PermissionHooks`] enforce the permissions as push hooks
+//! (a refusal is a PushRejected with `NotAuthorized`, as any hook's), and
+//! [`UserStore::replace`] swaps in a reread file without a restart. Permissions
+//! checked by the hooks (publish, subscribe, user messages) apply to every
+//! connection from the next command on, open ones included; the connection limit is
+//! checked at login. The server's own operations (`Origin::Server`, auto-subscribe,
+//! disconnects, group removal) are never refused.
 //!
 //! User ids are compared case-insensitively (`str::to_lowercase`), as the hub compares
 //! receivers of user messages.
 
-use crate::server::{AuthAttempt, AuthDecision, Authenticator};
+use crate::server::{AuthAttempt, AuthDecision, Authenticator, Permit};
+use bytes::Bytes;
+use pushwire_engine::hub::{
+    Actor, ConnectionId, ConnectionInfo, HookContext, Origin, PushHooks, Verdict,
+};
+use pushwire_protocol::GroupId;
 use ring::pbkdf2;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroU32;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use thiserror::Error;
 
 /// PBKDF2 iterations for new hashes. Verifying costs this many HMAC-SHA256 rounds
@@ -180,6 +210,16 @@ pub enum UsersError {
         /// What is wrong with the hash.
         source: ParseHashError,
     },
+    /// A user's table has a wrong or unknown key.
+    #[error("invalid users file{}: user {user:?}: {message}", origin(path))]
+    BadEntry {
+        /// The file, when read from one.
+        path: Option<PathBuf>,
+        /// The user.
+        user: String,
+        /// What is wrong.
+        message: String,
+    },
     /// Two entries name the same user once case is ignored.
     #[error(
         "invalid users file{}: user {user:?} appears twice (user ids ignore case)",
@@ -206,12 +246,177 @@ fn origin(path: &Option<PathBuf>) -> String {
 #[serde(deny_unknown_fields)]
 struct UsersFile {
     #[serde(default)]
-    users: BTreeMap<String, String>,
+    users: BTreeMap<String, toml::Value>,
 }
 
-/// The users who may log in, with their password hashes; an [`Authenticator`].
+/// A user written as a table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserTable {
+    password: String,
+    publish: Option<toml::Value>,
+    subscribe: Option<toml::Value>,
+    user_messages: Option<bool>,
+    max_connections: Option<u32>,
+}
+
+/// A set of chat group ids, as the users file writes it: `"*"` for every group, or a
+/// list of ids and inclusive ranges (`[1, 2, "10-20"]`; an empty list is no group).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupSet {
+    /// Every group.
+    All,
+    /// These ranges: sorted, not overlapping, not adjacent.
+    Ranges(Vec<RangeInclusive<u32>>),
+}
+
+impl GroupSet {
+    /// No group at all.
+    pub fn none() -> Self {
+        GroupSet::Ranges(Vec::new())
+    }
+
+    /// The set of these ranges (in any order, overlapping or not).
+    pub fn from_ranges(ranges: impl IntoIterator<Item = RangeInclusive<u32>>) -> Self {
+        let mut ranges: Vec<RangeInclusive<u32>> =
+            ranges.into_iter().filter(|r| !r.is_empty()).collect();
+        ranges.sort_by_key(|r| *r.start());
+        let mut merged: Vec<RangeInclusive<u32>> = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            match merged.last_mut() {
+                Some(last) if u64::from(*range.start()) <= u64::from(*last.end()) + 1 => {
+                    if range.end() > last.end() {
+                        *last = *last.start()..=*range.end();
+                    }
+                }
+                _ => merged.push(range),
+            }
+        }
+        GroupSet::Ranges(merged)
+    }
+
+    /// Whether `group` is in the set (a binary search).
+    pub fn contains(&self, group: u32) -> bool {
+        match self {
+            GroupSet::All => true,
+            GroupSet::Ranges(ranges) => {
+                // The first range that ends at or after `group`.
+                let i = ranges.partition_point(|r| *r.end() < group);
+                ranges.get(i).is_some_and(|r| *r.start() <= group)
+            }
+        }
+    }
+
+    /// Reads the users file's form: `"*"`, or an array of integers, `"n"` and
+    /// `"a-b"` strings (`"*"` in the array also means every group).
+    fn from_toml(value: &toml::Value) -> Result<Self, String> {
+        let items = match value {
+            toml::Value::String(s) if s.trim() == "*" => return Ok(GroupSet::All),
+            toml::Value::Array(items) => items,
+            other => {
+                return Err(format!(
+                    "expected \"*\" or a list of group ids and ranges such as [1, \"10-20\"], \
+                     found {}",
+                    other.type_str()
+                ))
+            }
+        };
+        let mut ranges = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                toml::Value::Integer(n) => {
+                    let id = u32::try_from(*n)
+                        .map_err(|_| format!("{n} is not a group id (0 to {})", u32::MAX))?;
+                    ranges.push(id..=id);
+                }
+                toml::Value::String(s) if s.trim() == "*" => return Ok(GroupSet::All),
+                toml::Value::String(s) => ranges.push(parse_range(s)?),
+                other => {
+                    return Err(format!(
+                        "expected a group id or a range such as \"10-20\", found {}",
+                        other.type_str()
+                    ))
+                }
+            }
+        }
+        Ok(GroupSet::from_ranges(ranges))
+    }
+}
+
+/// `"7"` or `"10-20"` (inclusive, first ≤ last).
+fn parse_range(text: &str) -> Result<RangeInclusive<u32>, String> {
+    let id = |part: &str| {
+        part.trim().parse::<u32>().map_err(|_| {
+            format!(
+                "{text:?} is not a group id or a range such as \"10-20\" (ids are 0 to {})",
+                u32::MAX
+            )
+        })
+    };
+    match text.split_once('-') {
+        None => id(text).map(|n| n..=n),
+        Some((first, last)) => {
+            let (first, last) = (id(first)?, id(last)?);
+            if first > last {
+                return Err(format!(
+                    "{text:?} is an empty range (its first id is larger than its last)"
+                ));
+            }
+            Ok(first..=last)
+        }
+    }
+}
+
+/// What one user may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    /// Groups the user may publish to.
+    pub publish: GroupSet,
+    /// Groups the user may subscribe to.
+    pub subscribe: GroupSet,
+    /// Whether the user may send user messages.
+    pub user_messages: bool,
+    /// Connections the user may have open at once; `None`: no limit.
+    pub max_connections: Option<u32>,
+}
+
+impl Permissions {
+    /// Everything, with no connection limit: a user written as a bare hash.
+    pub fn all() -> Self {
+        Self {
+            publish: GroupSet::All,
+            subscribe: GroupSet::All,
+            user_messages: true,
+            max_connections: None,
+        }
+    }
+
+    /// Nothing: what an open connection of a user removed from the file may do.
+    pub fn nothing() -> Self {
+        Self {
+            publish: GroupSet::none(),
+            subscribe: GroupSet::none(),
+            user_messages: false,
+            max_connections: Some(0),
+        }
+    }
+}
+
+impl Default for Permissions {
+    fn default() -> Self {
+        Self::all()
+    }
+}
+
+struct User {
+    hash: PasswordHash,
+    permissions: Arc<Permissions>,
+}
+
+/// The users who may log in, with their password hashes and permissions; an
+/// [`Authenticator`] whose permit carries the user's connection limit.
 pub struct Users {
-    by_id: BTreeMap<String, PasswordHash>,
+    by_id: BTreeMap<String, User>,
     /// Checked for unknown users so that a login attempt takes as long whether or not
     /// the user exists (no user enumeration by timing).
     decoy: PasswordHash,
@@ -247,20 +452,56 @@ impl Users {
             message: e.message().to_owned(),
         })?;
         let mut by_id = BTreeMap::new();
-        for (user, hash) in file.users {
+        for (user, value) in file.users {
+            let bad_entry = |message: String| UsersError::BadEntry {
+                path: path.clone(),
+                user: user.clone(),
+                message,
+            };
+            let (hash, permissions) = match value {
+                toml::Value::String(hash) => (hash, Permissions::all()),
+                table @ toml::Value::Table(_) => {
+                    let table: UserTable = table
+                        .try_into()
+                        .map_err(|e: toml::de::Error| bad_entry(e.message().to_owned()))?;
+                    let set = |value: Option<toml::Value>, key: &str| match value {
+                        None => Ok(GroupSet::All),
+                        Some(value) => {
+                            GroupSet::from_toml(&value).map_err(|e| bad_entry(format!("{key}: {e}")))
+                        }
+                    };
+                    let permissions = Permissions {
+                        publish: set(table.publish, "publish")?,
+                        subscribe: set(table.subscribe, "subscribe")?,
+                        user_messages: table.user_messages.unwrap_or(true),
+                        max_connections: table.max_connections,
+                    };
+                    (table.password, permissions)
+                }
+                other => {
+                    return Err(bad_entry(format!(
+                        "expected a password hash or a table with `password`, found {}",
+                        other.type_str()
+                    )))
+                }
+            };
             let hash = hash.parse().map_err(|source| UsersError::BadHash {
                 path: path.clone(),
                 user: user.clone(),
                 source,
             })?;
             let key = user.to_lowercase();
-            if by_id.insert(key.clone(), hash).is_some() {
+            let entry = User {
+                hash,
+                permissions: Arc::new(permissions),
+            };
+            if by_id.insert(key.clone(), entry).is_some() {
                 return Err(UsersError::Duplicate { path, user: key });
             }
         }
         let decoy_iterations = by_id
             .values()
-            .map(|h: &PasswordHash| h.iterations)
+            .map(|u: &User| u.hash.iterations)
             .max()
             .unwrap_or(NonZeroU32::new(PBKDF2_ITERATIONS).expect("non-zero constant"));
         let mut salt = vec![0u8; SALT_LEN];
@@ -283,11 +524,34 @@ impl Users {
 
     /// Whether `user_id` (any case) exists and `password` is theirs.
     pub fn verify(&self, user_id: &str, password: &[u8]) -> bool {
+        self.login(user_id, password).is_some()
+    }
+
+    /// The permissions of `user_id` (any case), if the file lists the user.
+    pub fn permissions(&self, user_id: &str) -> Option<&Arc<Permissions>> {
+        self.by_key(&user_id.to_lowercase())
+    }
+
+    fn by_key(&self, key: &str) -> Option<&Arc<Permissions>> {
+        self.by_id.get(key).map(|u| &u.permissions)
+    }
+
+    /// How many users have a limit below everything (some permission withheld or a
+    /// connection limit), for the log.
+    pub fn restricted(&self) -> usize {
+        self.by_id
+            .values()
+            .filter(|u| *u.permissions != Permissions::all())
+            .count()
+    }
+
+    /// The user's permissions when `password` is theirs.
+    fn login(&self, user_id: &str, password: &[u8]) -> Option<&Arc<Permissions>> {
         match self.by_id.get(&user_id.to_lowercase()) {
-            Some(hash) => hash.verify(password),
+            Some(user) => user.hash.verify(password).then_some(&user.permissions),
             None => {
                 let _ = self.decoy.verify(password);
-                false
+                None
             }
         }
     }
@@ -295,10 +559,221 @@ impl Users {
 
 impl Authenticator for Users {
     fn authenticate(&self, attempt: &AuthAttempt<'_>) -> AuthDecision {
-        if self.verify(attempt.user_id, attempt.password) {
-            AuthDecision::Permit
-        } else {
-            AuthDecision::bad_credentials()
+        match self.login(attempt.user_id, attempt.password) {
+            Some(permissions) => match permissions.max_connections {
+                None => AuthDecision::Permit,
+                Some(max) => AuthDecision::PermitWith(Permit {
+                    max_user_connections: Some(max),
+                }),
+            },
+            None => AuthDecision::bad_credentials(),
+        }
+    }
+}
+
+/// The users file in force, replaceable while the server runs: the server's
+/// [`Authenticator`] and, through [`hooks`](Self::hooks), its permission checks.
+/// Clones share the one store.
+#[derive(Clone)]
+pub struct UserStore {
+    shared: Arc<StoreShared>,
+}
+
+struct StoreShared {
+    users: RwLock<Arc<Users>>,
+    /// Bumped by every replacement, so the hooks notice without taking the lock.
+    generation: AtomicU64,
+}
+
+impl fmt::Debug for UserStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("UserStore").field(&self.current()).finish()
+    }
+}
+
+impl UserStore {
+    /// A store holding `users`.
+    pub fn new(users: Users) -> Self {
+        Self {
+            shared: Arc::new(StoreShared {
+                users: RwLock::new(Arc::new(users)),
+                generation: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The users in force.
+    pub fn current(&self) -> Arc<Users> {
+        self.shared
+            .users
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts `users` in force: logins from now on are checked against them, and
+    /// every connection's next push command against the permissions they give its
+    /// user (a user no longer listed may do nothing). Open connections stay open.
+    pub fn replace(&self, users: Users) {
+        let mut current = self.shared.users.write().unwrap_or_else(|e| e.into_inner());
+        *current = Arc::new(users);
+        self.shared.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Push hooks enforcing the store's permissions; give them to
+    /// [`ServerBuilder::hooks`](crate::server::ServerBuilder::hooks).
+    pub fn hooks(&self) -> PermissionHooks {
+        PermissionHooks {
+            store: self.clone(),
+            generation: self.shared.generation.load(Ordering::Acquire),
+            users: self.current(),
+            by_connection: BTreeMap::new(),
+        }
+    }
+}
+
+impl Authenticator for UserStore {
+    fn authenticate(&self, attempt: &AuthAttempt<'_>) -> AuthDecision {
+        // The slow password check runs without the lock.
+        self.current().authenticate(attempt)
+    }
+}
+
+/// Push hooks that allow what the users file permits: publish and subscribe to the
+/// user's groups (others are refused per group, `NotAuthorized`), user messages if
+/// allowed. Only the client's own commands ([`Origin::Client`]) are checked.
+///
+/// A connection's permissions are looked up by its user id once, when it joins, and
+/// again for every open connection after the store was replaced; each command then
+/// costs one atomic load and a lookup by connection id.
+pub struct PermissionHooks {
+    store: UserStore,
+    /// The store's generation `users` and `by_connection` belong to.
+    generation: u64,
+    users: Arc<Users>,
+    by_connection: BTreeMap<ConnectionId, Bound>,
+}
+
+/// A connection's user and the permissions it had when last looked up.
+struct Bound {
+    user_key: String,
+    permissions: Arc<Permissions>,
+}
+
+impl fmt::Debug for PermissionHooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PermissionHooks")
+            .field("connections", &self.by_connection.len())
+            .finish()
+    }
+}
+
+impl PermissionHooks {
+    fn lookup(&self, user_key: &str) -> Arc<Permissions> {
+        self.users
+            .by_key(user_key)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Permissions::nothing()))
+    }
+
+    /// After the store was replaced: every open connection's permissions from the
+    /// new users.
+    fn refresh(&mut self) {
+        let generation = self.store.shared.generation.load(Ordering::Acquire);
+        if generation == self.generation {
+            return;
+        }
+        self.users = self.store.current();
+        self.generation = generation;
+        let users = &self.users;
+        for bound in self.by_connection.values_mut() {
+            bound.permissions = users
+                .by_key(&bound.user_key)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Permissions::nothing()));
+        }
+    }
+
+    /// The permissions of the connection `context` acts as, or `None` when the
+    /// operation is not the client's own (the server's are never refused).
+    fn permissions(&mut self, context: &HookContext<'_>) -> Option<Arc<Permissions>> {
+        let (Origin::Client, Actor::Connection(connection)) = (context.origin, context.actor)
+        else {
+            return None;
+        };
+        self.refresh();
+        match self.by_connection.get(&connection) {
+            Some(bound) => Some(bound.permissions.clone()),
+            // Joined before these hooks were installed: look it up by name.
+            None => Some(match context.info {
+                Some(info) => self.lookup(&info.user_id.as_str().to_lowercase()),
+                None => Arc::new(Permissions::nothing()),
+            }),
+        }
+    }
+
+    fn check_groups(
+        groups: &[GroupId],
+        allowed: &GroupSet,
+        what: &str,
+        context: &HookContext<'_>,
+    ) -> Verdict {
+        if matches!(allowed, GroupSet::All) {
+            return Verdict::Allow;
+        }
+        let refused: Vec<GroupId> = groups
+            .iter()
+            .copied()
+            .filter(|g| !allowed.contains(g.0))
+            .collect();
+        if refused.is_empty() {
+            return Verdict::Allow;
+        }
+        let user = context.info.map_or("this user", |i| i.user_id.as_str());
+        Verdict::refuse_groups(refused, format!("{user} may not {what} these groups"))
+    }
+}
+
+impl PushHooks for PermissionHooks {
+    fn on_join(&mut self, connection: ConnectionId, info: &ConnectionInfo) {
+        let user_key = info.user_id.as_str().to_lowercase();
+        // The lookup below must use the users in force.
+        self.refresh();
+        let permissions = self.lookup(&user_key);
+        self.by_connection.insert(
+            connection,
+            Bound {
+                user_key,
+                permissions,
+            },
+        );
+    }
+
+    fn on_leave(&mut self, connection: ConnectionId, _: &ConnectionInfo) {
+        self.by_connection.remove(&connection);
+    }
+
+    fn on_subscribe(&mut self, context: &HookContext<'_>, groups: &[GroupId]) -> Verdict {
+        match self.permissions(context) {
+            Some(p) => Self::check_groups(groups, &p.subscribe, "subscribe to", context),
+            None => Verdict::Allow,
+        }
+    }
+
+    fn on_publish(&mut self, context: &HookContext<'_>, groups: &[GroupId], _: &Bytes) -> Verdict {
+        match self.permissions(context) {
+            Some(p) => Self::check_groups(groups, &p.publish, "publish to", context),
+            None => Verdict::Allow,
+        }
+    }
+
+    fn on_user_message(&mut self, context: &HookContext<'_>, _: &str, _: &Bytes) -> Verdict {
+        match self.permissions(context) {
+            Some(p) if !p.user_messages => {
+                let user = context.info.map_or("this user", |i| i.user_id.as_str());
+                Verdict::refuse(format!("{user} may not send user messages"))
+            }
+            _ => Verdict::Allow,
         }
     }
 }
