@@ -583,7 +583,9 @@ impl<H: PushHooks> Node<H> {
             let open = self
                 .hub
                 .user_connections(request.user_id.as_str())
-                .filter(|&session| Some(session) != resuming && self.mailboxes.contains_key(&session))
+                .filter(|&session| {
+                    Some(session) != resuming && self.mailboxes.contains_key(&session)
+                })
                 .count();
             if open >= max as usize {
                 conn.refuse(

@@ -639,8 +639,7 @@ fn describe_users(path: &Path, users: &Users) -> String {
 /// Waits for Ctrl-C; on Unix, calls `reload` at every SIGHUP meanwhile.
 async fn wait_for_ctrl_c(mut reload: impl FnMut()) {
     #[cfg(unix)]
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(signal) => Some(signal),
         Err(e) => {
             warn!("cannot listen for SIGHUP ({e}): no reloads without a restart");

@@ -466,9 +466,8 @@ impl Users {
                         .map_err(|e: toml::de::Error| bad_entry(e.message().to_owned()))?;
                     let set = |value: Option<toml::Value>, key: &str| match value {
                         None => Ok(GroupSet::All),
-                        Some(value) => {
-                            GroupSet::from_toml(&value).map_err(|e| bad_entry(format!("{key}: {e}")))
-                        }
+                        Some(value) => GroupSet::from_toml(&value)
+                            .map_err(|e| bad_entry(format!("{key}: {e}"))),
                     };
                     let permissions = Permissions {
                         publish: set(table.publish, "publish")?,
@@ -894,6 +893,294 @@ mod tests {
             let error = Users::parse(text).unwrap_err().to_string();
             assert!(error.contains(expected), "{text:?}: {error}");
         }
+    }
+
+    fn attempt<'a>(user: &'a str, password: &'a str) -> AuthAttempt<'a> {
+        AuthAttempt {
+            user_id: user,
+            password: password.as_bytes(),
+            service_id: 1,
+            peer: "127.0.0.1:1".parse().unwrap(),
+            client_certificate: None,
+        }
+    }
+
+    fn ranges(set: &[std::ops::RangeInclusive<u32>]) -> GroupSet {
+        GroupSet::Ranges(set.to_vec())
+    }
+
+    #[test]
+    fn group_sets_take_ids_ranges_and_a_star() {
+        let parse = |text: &str| {
+            let value: toml::Value = toml::from_str(&format!("x = {text}")).unwrap();
+            GroupSet::from_toml(&value["x"])
+        };
+        assert_eq!(parse("\"*\""), Ok(GroupSet::All));
+        assert_eq!(parse("[1, \"*\"]"), Ok(GroupSet::All));
+        assert_eq!(parse("[]"), Ok(GroupSet::none()));
+        assert_eq!(
+            parse("[20, \"10-19\", 3, \" 4 - 5 \", \"7\", 4294967295]"),
+            Ok(ranges(&[3..=5, 7..=7, 10..=20, u32::MAX..=u32::MAX]))
+        );
+        assert_eq!(parse("[\"1-10\", \"5-6\", 2]"), Ok(ranges(&[1..=10])));
+        for (bad, expected) in [
+            ("\"all\"", "expected \"*\" or a list"),
+            ("3", "expected \"*\" or a list"),
+            ("[-1]", "-1 is not a group id"),
+            ("[4294967296]", "is not a group id"),
+            ("[\"20-10\"]", "empty range"),
+            ("[\"1-\"]", "is not a group id or a range"),
+            ("[\"-3\"]", "is not a group id or a range"),
+            ("[\"1-2-3\"]", "is not a group id or a range"),
+            ("[\"one\"]", "is not a group id or a range"),
+            ("[1.5]", "found float"),
+            ("[[1]]", "found array"),
+        ] {
+            let error = parse(bad).unwrap_err();
+            assert!(error.contains(expected), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn group_set_membership_is_exact_at_the_edges() {
+        let set = GroupSet::from_ranges([10..=20, 1..=1, 30..=30]);
+        let members: Vec<u32> = (0..=32).filter(|&g| set.contains(g)).collect();
+        let expected: Vec<u32> = std::iter::once(1).chain(10..=20).chain([30]).collect();
+        assert_eq!(members, expected);
+        assert!(!GroupSet::none().contains(0));
+        assert!(GroupSet::All.contains(u32::MAX));
+        assert!(GroupSet::from_ranges([u32::MAX - 1..=u32::MAX]).contains(u32::MAX));
+    }
+
+    #[test]
+    fn the_table_form_gives_permissions_with_documented_defaults() {
+        let hash = quick_hash("pw");
+        let text = format!(
+            "[users]\nold = \"{hash}\"\n\
+             [users.Bob]\npassword = \"{hash}\"\npublish = [1, \"10-20\"]\nsubscribe = \"*\"\n\
+             user_messages = false\nmax_connections = 2\n\
+             [users.carol]\npassword = \"{hash}\"\n"
+        );
+        let users = Users::parse(&text).unwrap();
+        assert_eq!(users.len(), 3);
+        assert_eq!(users.restricted(), 1);
+        assert_eq!(**users.permissions("old").unwrap(), Permissions::all());
+        assert_eq!(**users.permissions("carol").unwrap(), Permissions::all());
+        let bob = users.permissions("BOB").unwrap();
+        assert_eq!(bob.publish, ranges(&[1..=1, 10..=20]));
+        assert_eq!(bob.subscribe, GroupSet::All);
+        assert!(!bob.user_messages);
+        assert_eq!(bob.max_connections, Some(2));
+        assert!(users.verify("bob", b"pw"));
+
+        // The connection limit travels in the permit; no limit is a plain Permit.
+        assert_eq!(
+            users.authenticate(&attempt("bob", "pw")),
+            AuthDecision::PermitWith(Permit {
+                max_user_connections: Some(2)
+            })
+        );
+        assert_eq!(
+            users.authenticate(&attempt("old", "pw")),
+            AuthDecision::Permit
+        );
+        assert_eq!(
+            users.authenticate(&attempt("bob", "wrong")),
+            AuthDecision::bad_credentials()
+        );
+    }
+
+    #[test]
+    fn bad_user_tables_are_refused_with_the_user_and_the_key() {
+        let hash = quick_hash("pw");
+        let cases = [
+            (
+                format!("[users.a]\npassword = \"{hash}\"\npublsh = [1]\n"),
+                "unknown field `publsh`",
+            ),
+            (
+                "[users.a]\npublish = [1]\n".to_owned(),
+                "missing field `password`",
+            ),
+            (
+                format!("[users.a]\npassword = \"{hash}\"\npublish = [\"9-1\"]\n"),
+                "publish: \"9-1\" is an empty range",
+            ),
+            (
+                format!("[users.a]\npassword = \"{hash}\"\nsubscribe = \"some\"\n"),
+                "subscribe: expected",
+            ),
+            (
+                format!("[users.a]\npassword = \"{hash}\"\nmax_connections = -1\n"),
+                "user \"a\"",
+            ),
+            (
+                format!("[users.a]\npassword = \"{hash}\"\nuser_messages = \"no\"\n"),
+                "user \"a\"",
+            ),
+            (
+                "[users.a]\npassword = \"nope\"\n".to_owned(),
+                "invalid password hash",
+            ),
+            (
+                "[users]\na = [1]\n".to_owned(),
+                "expected a password hash or a table",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = Users::parse(&text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text:?}: {error}");
+            assert!(error.contains("user \"a\""), "{text:?}: {error}");
+        }
+    }
+
+    /// A connection of `user` joined to `hooks`, and a context for its own commands.
+    fn joined(hooks: &mut PermissionHooks, id: u64, user: &str) -> (ConnectionId, ConnectionInfo) {
+        let info = ConnectionInfo::new(user, "127.0.0.1".parse().unwrap(), 1, 1);
+        hooks.on_join(ConnectionId(id), &info);
+        (ConnectionId(id), info)
+    }
+
+    fn context(origin: Origin, connection: ConnectionId, info: &ConnectionInfo) -> HookContext<'_> {
+        HookContext {
+            origin,
+            actor: Actor::Connection(connection),
+            info: Some(info),
+        }
+    }
+
+    fn groups(ids: &[u32]) -> Vec<GroupId> {
+        ids.iter().copied().map(GroupId).collect()
+    }
+
+    fn restricted_users(publish: &str) -> Users {
+        let hash = quick_hash("pw");
+        Users::parse(&format!(
+            "[users]\nfree = \"{hash}\"\n\
+             [users.bob]\npassword = \"{hash}\"\npublish = {publish}\nsubscribe = [2]\n\
+             user_messages = false\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_hooks_refuse_what_the_file_withholds_and_only_from_the_client() {
+        let store = UserStore::new(restricted_users("[1, \"10-20\"]"));
+        let mut hooks = store.hooks();
+        let (bob, bob_info) = joined(&mut hooks, 1, "Bob");
+        let (free, free_info) = joined(&mut hooks, 2, "free");
+        let payload = Bytes::from_static(b"x");
+        let own = context(Origin::Client, bob, &bob_info);
+
+        assert_eq!(
+            hooks.on_publish(&own, &groups(&[1, 15]), &payload),
+            Verdict::Allow
+        );
+        assert_eq!(
+            hooks.on_publish(&own, &groups(&[1, 2, 21]), &payload),
+            Verdict::refuse_groups(groups(&[2, 21]), "Bob may not publish to these groups")
+        );
+        assert_eq!(hooks.on_subscribe(&own, &groups(&[2])), Verdict::Allow);
+        assert!(matches!(
+            hooks.on_subscribe(&own, &groups(&[1, 2])),
+            Verdict::RefuseGroups { groups: g, .. } if g == groups(&[1])
+        ));
+        assert_eq!(hooks.on_unsubscribe(&own, &groups(&[1])), Verdict::Allow);
+        assert_eq!(
+            hooks.on_user_message(&own, "free", &payload),
+            Verdict::refuse("Bob may not send user messages")
+        );
+
+        // The server's own operations and on its behalf are not the user's.
+        for origin in [Origin::Server, Origin::Disconnect, Origin::GroupRemoved] {
+            let by_server = context(origin, bob, &bob_info);
+            assert_eq!(
+                hooks.on_publish(&by_server, &groups(&[2]), &payload),
+                Verdict::Allow
+            );
+            assert_eq!(
+                hooks.on_subscribe(&by_server, &groups(&[1])),
+                Verdict::Allow
+            );
+            assert_eq!(
+                hooks.on_user_message(&by_server, "x", &payload),
+                Verdict::Allow
+            );
+        }
+        let server = HookContext {
+            origin: Origin::Server,
+            actor: Actor::Server,
+            info: None,
+        };
+        assert_eq!(
+            hooks.on_publish(&server, &groups(&[2]), &payload),
+            Verdict::Allow
+        );
+
+        // A user written as a bare hash may do everything.
+        let own = context(Origin::Client, free, &free_info);
+        assert_eq!(
+            hooks.on_publish(&own, &groups(&[2, 99]), &payload),
+            Verdict::Allow
+        );
+        assert_eq!(hooks.on_subscribe(&own, &groups(&[7])), Verdict::Allow);
+        assert_eq!(hooks.on_user_message(&own, "bob", &payload), Verdict::Allow);
+    }
+
+    #[test]
+    fn a_replaced_users_file_applies_to_open_connections_at_their_next_command() {
+        let store = UserStore::new(restricted_users("[1]"));
+        let mut hooks = store.hooks();
+        let (bob, bob_info) = joined(&mut hooks, 1, "bob");
+        let (free, free_info) = joined(&mut hooks, 2, "free");
+        let payload = Bytes::from_static(b"x");
+        let bob_own = context(Origin::Client, bob, &bob_info);
+        assert!(matches!(
+            hooks.on_publish(&bob_own, &groups(&[5]), &payload),
+            Verdict::RefuseGroups { .. }
+        ));
+
+        // bob may publish to 5 now, and free is gone from the file.
+        let hash = quick_hash("pw");
+        store.replace(
+            Users::parse(&format!(
+                "[users.bob]\npassword = \"{hash}\"\npublish = [1, 5]\n"
+            ))
+            .unwrap(),
+        );
+        assert_eq!(
+            hooks.on_publish(&bob_own, &groups(&[5]), &payload),
+            Verdict::Allow
+        );
+        let free_own = context(Origin::Client, free, &free_info);
+        assert!(matches!(
+            hooks.on_publish(&free_own, &groups(&[1]), &payload),
+            Verdict::RefuseGroups { .. }
+        ));
+        assert!(matches!(
+            hooks.on_user_message(&free_own, "bob", &payload),
+            Verdict::Refuse { .. }
+        ));
+        // Logins follow the new file.
+        assert_eq!(
+            store.authenticate(&attempt("free", "pw")),
+            AuthDecision::bad_credentials()
+        );
+        assert_eq!(
+            store.authenticate(&attempt("bob", "pw")),
+            AuthDecision::Permit
+        );
+
+        // A connection joining after the replacement gets the new permissions, and
+        // one that left is forgotten.
+        let (late, late_info) = joined(&mut hooks, 3, "BOB");
+        let late_own = context(Origin::Client, late, &late_info);
+        assert_eq!(
+            hooks.on_publish(&late_own, &groups(&[5]), &payload),
+            Verdict::Allow
+        );
+        hooks.on_leave(late, &late_info);
+        assert_eq!(hooks.by_connection.len(), 2);
     }
 
     #[test]

@@ -536,7 +536,10 @@ impl ServerHandle {
         credentials: &ServerCredentials,
     ) -> Result<CertificateInfo, ServerError> {
         let shared = &self.shared;
-        let first = credentials.chain.first().ok_or(ServerError::NoCertificate)?;
+        let first = credentials
+            .chain
+            .first()
+            .ok_or(ServerError::NoCertificate)?;
         let info = CertificateInfo::parse(first)?;
         let tls = server_tls_config(credentials, shared.client_auth.clone())?;
         let mut current = lock(&shared.node_config);
