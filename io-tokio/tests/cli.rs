@@ -803,3 +803,54 @@ fn sighup_reloads_the_users_file_and_keeps_the_old_one_when_the_new_is_broken() 
     assert_eq!(publish("3").code, Some(0), "still the previous file");
     assert_eq!(publish("2").code, Some(1));
 }
+
+#[test]
+fn sighup_swaps_the_certificate_for_new_connections_and_old_ones_stay() {
+    let copy = |from: &str, to: &TempFile| std::fs::copy(cert(from), &to.0).unwrap();
+    let cert_file = TempFile::new("hup-cert.pem", "");
+    let key_file = TempFile::new("hup-key.pem", "");
+    copy("server.cert.pem", &cert_file);
+    copy("server.key.pem", &key_file);
+    let server = Serve::start(&[
+        "--cert",
+        cert_file.path(),
+        "--key",
+        key_file.path(),
+        "--key-password",
+        "mypassword",
+    ]);
+    // A subscriber that trusts the development CA connects before the swap.
+    let (mut sub, mut lines) = server.spawn(&["sub", "1", "--count", "1", "--timeout", "20"]);
+    let joined = lines.next("sub").expect("sub printed nothing");
+    assert!(joined.starts_with("Subscribe for [1]"), "{joined}");
+
+    // The certificate of the unrelated CA (its key is not encrypted: the password
+    // is not needed and does no harm).
+    copy("other-server.cert.pem", &cert_file);
+    copy("other-server.key.pem", &key_file);
+    server.hang_up();
+    server.wait_for_log("reloaded certificate");
+    let other_ca = cert("other-ca.cert.pem");
+    let old_trust = server.run(&["groups"]);
+    assert_eq!(old_trust.code, Some(3), "{old_trust:?}");
+    let published = server.run(&["pub", "1", "--message", "after the swap", "--ca", &other_ca]);
+    assert_eq!(published.code, Some(0), "{published:?}");
+    // The connection made before the swap still receives.
+    assert_eq!(wait(&mut sub, "sub").code(), Some(0), "{:?}", lines.seen);
+    while lines.next("sub").is_some() {}
+    assert!(
+        lines
+            .seen
+            .iter()
+            .any(|l| l.ends_with("message = after the swap")),
+        "{:?}",
+        lines.seen
+    );
+
+    // A certificate that does not fit the key is refused, and the one in force
+    // stays.
+    copy("server.cert.pem", &cert_file);
+    server.hang_up();
+    server.wait_for_log("the certificate loaded before stays in force");
+    assert_eq!(server.run(&["groups", "--ca", &other_ca]).code, Some(0));
+}
