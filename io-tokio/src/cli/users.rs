@@ -695,20 +695,29 @@ impl PermissionHooks {
 
     /// The permissions of the connection `context` acts as, or `None` when the
     /// operation is not the client's own (the server's are never refused).
-    fn permissions(&mut self, context: &HookContext<'_>) -> Option<Arc<Permissions>> {
+    fn permissions(&mut self, context: &HookContext<'_>) -> Option<&Permissions> {
         let (Origin::Client, Actor::Connection(connection)) = (context.origin, context.actor)
         else {
             return None;
         };
         self.refresh();
-        match self.by_connection.get(&connection) {
-            Some(bound) => Some(bound.permissions.clone()),
-            // Joined before these hooks were installed: look it up by name.
-            None => Some(match context.info {
-                Some(info) => self.lookup(&info.user_id.as_str().to_lowercase()),
-                None => Arc::new(Permissions::nothing()),
-            }),
-        }
+        let users = &self.users;
+        let bound = self.by_connection.entry(connection).or_insert_with(|| {
+            // Joined before these hooks were installed: looked up by name once.
+            let user_key = context
+                .info
+                .map(|info| info.user_id.as_str().to_lowercase())
+                .unwrap_or_default();
+            let permissions = users
+                .by_key(&user_key)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Permissions::nothing()));
+            Bound {
+                user_key,
+                permissions,
+            }
+        });
+        Some(&bound.permissions)
     }
 
     fn check_groups(
