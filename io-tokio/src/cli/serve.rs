@@ -58,7 +58,8 @@ pub const TUTORIAL_GROUPS: [(u32, &str); 3] = [
 #[derive(Debug, Args)]
 #[command(after_help = "Exit codes: 1 cannot listen, 2 invalid configuration. \
 Logging: RUST_LOG (default info) to stderr; the bound address is printed to stdout as \
-\"listening on ADDR\".")]
+\"listening on ADDR\". SIGHUP rereads the users file and the certificate and key \
+(new connections use them; a file that fails to load is logged and the old one kept).")]
 pub struct ServeArgs {
     /// TOML file with the settings below (flags override it).
     #[arg(long, value_name = "FILE")]
@@ -89,9 +90,11 @@ pub struct ServeArgs {
     /// 1,3) [default: none].
     #[arg(long, value_name = "IDS", value_delimiter = ',')]
     pub auto_subscribe: Option<Vec<u32>>,
-    /// TOML file of user ids and password hashes (`[users]` then `alice = "…"`; make
-    /// hashes with `pushwire hash-password`). Without it, any user id may log in with
-    /// the password MyPassword, and only on a loopback address.
+    /// TOML file of user ids, password hashes and permissions (`[users]` then
+    /// `alice = "…"`, or `[users.bob]` with `password`, `publish`, `subscribe`,
+    /// `user_messages`, `max_connections`; make hashes with `pushwire hash-password`;
+    /// SIGHUP rereads it). Without it, any user id may log in with the password
+    /// MyPassword, and only on a loopback address.
     #[arg(long, value_name = "FILE")]
     pub users: Option<PathBuf>,
     /// Hard limit of unwritten push bytes per connection (K, KiB, M, MiB suffixes);

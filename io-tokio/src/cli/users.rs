@@ -1193,6 +1193,25 @@ mod tests {
     }
 
     #[test]
+    fn the_example_users_file_parses_as_documented() {
+        let users = Users::parse(include_str!("../../examples/users.toml")).unwrap();
+        assert_eq!(users.len(), 3);
+        assert_eq!(**users.permissions("alice").unwrap(), Permissions::all());
+        let bob = users.permissions("bob").unwrap();
+        assert_eq!(bob.publish, ranges(&[1..=1, 10..=20]));
+        assert_eq!(bob.subscribe, GroupSet::All);
+        assert!(!bob.user_messages);
+        assert_eq!(bob.max_connections, Some(3));
+        let carol = users.permissions("carol").unwrap();
+        assert_eq!(carol.publish, GroupSet::none());
+        assert_eq!(carol.subscribe, ranges(&[1..=3]));
+        assert_eq!(carol.max_connections, Some(1));
+        // The passwords the file's comment publishes.
+        assert!(users.verify("bob", b"bob-example"));
+        assert!(users.verify("Carol", b"carol-example"));
+    }
+
+    #[test]
     fn an_empty_users_file_lets_nobody_in() {
         let users = Users::parse("").unwrap();
         assert!(users.is_empty());
