@@ -627,6 +627,7 @@ impl UserStore {
             generation: self.shared.generation.load(Ordering::Acquire),
             users: self.current(),
             by_connection: BTreeMap::new(),
+            limited: 0,
         }
     }
 }
@@ -644,13 +645,17 @@ impl Authenticator for UserStore {
 ///
 /// A connection's permissions are looked up by its user id once, when it joins, and
 /// again for every open connection after the store was replaced; each command then
-/// costs one atomic load and a lookup by connection id.
+/// costs one atomic load and a lookup by connection id, or only the atomic load
+/// while no open connection is limited (a users file of bare hashes). The hooks must
+/// see every connection join: install them when building the server.
 pub struct PermissionHooks {
     store: UserStore,
     /// The store's generation `users` and `by_connection` belong to.
     generation: u64,
     users: Arc<Users>,
     by_connection: BTreeMap<ConnectionId, Bound>,
+    /// How many of `by_connection` have a push permission withheld.
+    limited: usize,
 }
 
 /// A connection's user and the permissions it had when last looked up.
@@ -665,6 +670,14 @@ impl fmt::Debug for PermissionHooks {
             .field("connections", &self.by_connection.len())
             .finish()
     }
+}
+
+/// Whether the hooks may refuse anything of a connection with `permissions` (the
+/// connection limit is the node's business, not the hooks').
+fn limits_push(permissions: &Permissions) -> bool {
+    permissions.publish != GroupSet::All
+        || permissions.subscribe != GroupSet::All
+        || !permissions.user_messages
 }
 
 impl PermissionHooks {
@@ -685,12 +698,15 @@ impl PermissionHooks {
         self.users = self.store.current();
         self.generation = generation;
         let users = &self.users;
+        let mut limited = 0;
         for bound in self.by_connection.values_mut() {
             bound.permissions = users
                 .by_key(&bound.user_key)
                 .cloned()
                 .unwrap_or_else(|| Arc::new(Permissions::nothing()));
+            limited += usize::from(limits_push(&bound.permissions));
         }
+        self.limited = limited;
     }
 
     /// The permissions of the connection `context` acts as, or `None` when the
@@ -701,7 +717,10 @@ impl PermissionHooks {
             return None;
         };
         self.refresh();
-        let users = &self.users;
+        if self.limited == 0 {
+            return None;
+        }
+        let (users, limited) = (&self.users, &mut self.limited);
         let bound = self.by_connection.entry(connection).or_insert_with(|| {
             // Joined before these hooks were installed: looked up by name once.
             let user_key = context
@@ -712,6 +731,7 @@ impl PermissionHooks {
                 .by_key(&user_key)
                 .cloned()
                 .unwrap_or_else(|| Arc::new(Permissions::nothing()));
+            *limited += usize::from(limits_push(&permissions));
             Bound {
                 user_key,
                 permissions,
@@ -748,17 +768,20 @@ impl PushHooks for PermissionHooks {
         // The lookup below must use the users in force.
         self.refresh();
         let permissions = self.lookup(&user_key);
-        self.by_connection.insert(
-            connection,
-            Bound {
-                user_key,
-                permissions,
-            },
-        );
+        self.limited += usize::from(limits_push(&permissions));
+        let bound = Bound {
+            user_key,
+            permissions,
+        };
+        if let Some(old) = self.by_connection.insert(connection, bound) {
+            self.limited -= usize::from(limits_push(&old.permissions));
+        }
     }
 
     fn on_leave(&mut self, connection: ConnectionId, _: &ConnectionInfo) {
-        self.by_connection.remove(&connection);
+        if let Some(old) = self.by_connection.remove(&connection) {
+            self.limited -= usize::from(limits_push(&old.permissions));
+        }
     }
 
     fn on_subscribe(&mut self, context: &HookContext<'_>, groups: &[GroupId]) -> Verdict {
@@ -1134,6 +1157,44 @@ mod tests {
         );
         assert_eq!(hooks.on_subscribe(&own, &groups(&[7])), Verdict::Allow);
         assert_eq!(hooks.on_user_message(&own, "bob", &payload), Verdict::Allow);
+    }
+
+    #[test]
+    fn the_hooks_count_limited_connections_and_skip_the_lookup_without_any() {
+        let hash = quick_hash("pw");
+        let file = |a_publish: &str| {
+            Users::parse(&format!(
+                "[users.a]\npassword = \"{hash}\"\npublish = {a_publish}\n\
+                 [users.b]\npassword = \"{hash}\"\npublish = [1]\n"
+            ))
+            .unwrap()
+        };
+        let store = UserStore::new(file("\"*\""));
+        let mut hooks = store.hooks();
+        let payload = Bytes::from_static(b"x");
+        let (a, a_info) = joined(&mut hooks, 1, "a");
+        assert_eq!(hooks.limited, 0);
+        let a_own = context(Origin::Client, a, &a_info);
+        assert_eq!(
+            hooks.on_publish(&a_own, &groups(&[2]), &payload),
+            Verdict::Allow
+        );
+        let (b, b_info) = joined(&mut hooks, 2, "b");
+        assert_eq!(hooks.limited, 1);
+        let b_own = context(Origin::Client, b, &b_info);
+        assert!(matches!(
+            hooks.on_publish(&b_own, &groups(&[2]), &payload),
+            Verdict::RefuseGroups { .. }
+        ));
+        hooks.on_leave(b, &b_info);
+        assert_eq!(hooks.limited, 0);
+        // A replacement that limits a is seen although nobody was limited.
+        store.replace(file("[1]"));
+        assert!(matches!(
+            hooks.on_publish(&a_own, &groups(&[2]), &payload),
+            Verdict::RefuseGroups { .. }
+        ));
+        assert_eq!(hooks.limited, 1);
     }
 
     #[test]
