@@ -1522,3 +1522,135 @@ fn flow_control_marks_are_checked() {
         Err(NodeConfigError::GraceOverIdleTimeout { .. })
     ));
 }
+
+/// A connection of `user` that sent its Hello (resuming `resume`, if given) and was
+/// handed to the node with `permit`; returns it and what it was answered.
+fn hello_with_permit(
+    node: &mut Node<AllowAll>,
+    now: Instant,
+    user: &str,
+    resume: Option<ResumeRequest>,
+    permit: pushwire_engine::node::Permit,
+    token: u8,
+) -> (NodeConnection, Vec<Message>) {
+    use pushwire_protocol::{ClientOptions, Hello, Text};
+    let mut conn = node
+        .connection(
+            "127.0.0.1:4000".parse().unwrap(),
+            now,
+            Waker::noop().clone(),
+        )
+        .unwrap();
+    let mut bytes = bytes::BytesMut::new();
+    Message::Hello(Hello {
+        min_version: 1,
+        max_version: pushwire_protocol::PROTOCOL_VERSION,
+        service_id: 1,
+        options: ClientOptions::default(),
+        user_id: Text::from(user.to_owned()),
+        password: Bytes::from_static(b"pw"),
+        resume,
+    })
+    .encode(&mut bytes);
+    conn.handle_input(now, &bytes);
+    let Some(ConnectionEvent::Authenticate(request)) = conn.poll_event() else {
+        panic!("a Hello to authenticate");
+    };
+    node.handle_permitted_hello(now, &mut conn, request, ResumeToken([token; 16]), permit);
+    let answer = written_messages(&mut conn, now);
+    (conn, answer)
+}
+
+fn refused_code(answer: &[Message]) -> Option<RefuseCode> {
+    answer.iter().find_map(|m| match m {
+        Message::Refused(r) => Some(r.code),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_user_connection_limit_refuses_the_connection_over_it_and_counts_a_resume_once() {
+    use pushwire_engine::node::Permit;
+    let config = plaintext_config();
+    let mut node = fresh_node(&config);
+    let now = Instant::now();
+    let two = Permit {
+        max_user_connections: Some(2),
+    };
+    let (mut first, answer) = hello_with_permit(&mut node, now, "alice", None, two, 1);
+    let Some(Message::Welcome(welcome)) = answer.first() else {
+        panic!("the first connection is let in: {answer:?}");
+    };
+    let first_token = welcome.resume_token;
+    let (_second, answer) = hello_with_permit(&mut node, now, "ALICE", None, two, 2);
+    assert!(
+        matches!(answer.first(), Some(Message::Welcome(_))),
+        "{answer:?}"
+    );
+
+    // The third, in any case of the id, is over the limit; another user is not.
+    let (_third, answer) = hello_with_permit(&mut node, now, "Alice", None, two, 3);
+    assert_eq!(
+        refused_code(&answer),
+        Some(RefuseCode::TooManyConnections),
+        "{answer:?}"
+    );
+    assert!(std::iter::from_fn(|| node.poll_event()).any(|e| matches!(
+        e,
+        NodeEvent::UserAtLimit {
+            max_connections: 2,
+            ..
+        }
+    )));
+    let (_bob, answer) = hello_with_permit(&mut node, now, "bob", None, two, 4);
+    assert!(
+        matches!(answer.first(), Some(Message::Welcome(_))),
+        "{answer:?}"
+    );
+
+    // A resume of the first session supersedes its connection: it replaces it, so
+    // alice at her limit may resume.
+    let resume = ResumeRequest {
+        token: first_token,
+        last_seq: 0,
+    };
+    let (_resumed, answer) = hello_with_permit(&mut node, now, "alice", Some(resume), two, 6);
+    assert!(
+        matches!(answer.first(), Some(Message::Welcome(w)) if w.resumed),
+        "{answer:?}"
+    );
+    first.handle_transport_closed();
+    node.handle_connection_closed(now, &mut first);
+    // A permit without a limit is not held to one.
+    let (_free, answer) = hello_with_permit(&mut node, now, "alice", None, Permit::UNLIMITED, 5);
+    assert!(
+        matches!(answer.first(), Some(Message::Welcome(_))),
+        "{answer:?}"
+    );
+
+    // A detached session holds no connection: with one of two open, one more fits.
+    let mut node = fresh_node(&config);
+    let (mut a, _) = hello_with_permit(&mut node, now, "carol", None, two, 7);
+    let (_b, _) = hello_with_permit(&mut node, now, "carol", None, two, 8);
+    a.handle_transport_closed();
+    node.handle_connection_closed(now, &mut a);
+    assert_eq!(
+        node.hub().connection_count(),
+        2,
+        "one detached, one attached"
+    );
+    let (_c, answer) = hello_with_permit(&mut node, now, "carol", None, two, 9);
+    assert!(
+        matches!(answer.first(), Some(Message::Welcome(_))),
+        "{answer:?}"
+    );
+    let (_d, answer) = hello_with_permit(&mut node, now, "carol", None, two, 10);
+    assert_eq!(refused_code(&answer), Some(RefuseCode::TooManyConnections));
+
+    // Zero lets nobody of the user in.
+    let zero = Permit {
+        max_user_connections: Some(0),
+    };
+    let (_e, answer) = hello_with_permit(&mut node, now, "dave", None, zero, 11);
+    assert_eq!(refused_code(&answer), Some(RefuseCode::TooManyConnections));
+}

@@ -570,6 +570,294 @@ fn a_compressed_publication_reaches_subscribers_identically_in_both_forms() {
     }
 }
 
+/// A users file in the test's temporary folder, removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, text: &str) -> Self {
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("pushwire-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        TempFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The hash of `password`, from `pushwire hash-password`.
+fn hash_password(password: &str) -> String {
+    let hashed = pushwire_with_input(&["hash-password"], &format!("{password}\n"));
+    assert_eq!(hashed.code, Some(0), "{hashed:?}");
+    hashed.stdout.trim().to_owned()
+}
+
+/// alice may do everything (old form); bob publishes to 1 and 10-20, subscribes to
+/// 1 and 2, sends no user messages and has at most two connections.
+fn permissions_file(hash: &str, bob_publish: &str) -> String {
+    format!(
+        "[users]\nalice = \"{hash}\"\n\n\
+         [users.bob]\npassword = \"{hash}\"\npublish = {bob_publish}\nsubscribe = [\"1-2\"]\n\
+         user_messages = false\nmax_connections = 2\n"
+    )
+}
+
+impl Serve {
+    /// Waits until the server's log contains `text`.
+    fn wait_for_log(&self, text: &str) {
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        while !self.stderr.lock().unwrap().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the log:\n{}",
+                self.stderr.lock().unwrap()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -HUP` to the server.
+    fn hang_up(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+}
+
+#[test]
+fn permissions_in_the_users_file_refuse_and_allow_from_the_cli() {
+    let hash = hash_password("pw");
+    let users = TempFile::new("perm-users.toml", &permissions_file(&hash, "[1, \"3-20\"]"));
+    let server = Serve::start(&["--users", users.path()]);
+    server.wait_for_log("2 users, 1 with restricted permissions");
+    let bob = ["--user", "bob", "--password", "pw"];
+    let alice = ["--user", "alice", "--password", "pw"];
+    let with = |args: &[&str], who: &[&str]| -> Finished {
+        let mut all = args.to_vec();
+        all.extend_from_slice(who);
+        server.run(&all)
+    };
+
+    // A subscriber of bob's in group 1 gets what bob may publish.
+    let (mut sub, mut lines) = server.spawn(&[
+        "sub",
+        "1",
+        "--count",
+        "1",
+        "--json",
+        "--timeout",
+        "15",
+        "--user",
+        "bob",
+        "--password",
+        "pw",
+    ]);
+    let joined = json(&lines.next("sub").expect("sub printed nothing"));
+    assert_eq!(joined["event"], "subscribe", "{joined}");
+
+    // Group 2 is not bob's to publish to: the rejection is printed, exit 1.
+    let refused = with(&["pub", "2", "--message", "no"], &bob);
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(
+        refused.stdout.contains("NotAuthorized") && refused.stdout.contains("[2]"),
+        "{refused:?}"
+    );
+    // 1 and 3 are; group 2 in the same publication is refused alone.
+    let partly = with(&["pub", "1", "2", "--message", "first"], &bob);
+    assert_eq!(partly.code, Some(1), "{partly:?}");
+    assert!(
+        partly.stdout.contains("NotAuthorized") && partly.stdout.contains("[2]"),
+        "{partly:?}"
+    );
+    assert_eq!(
+        wait(&mut sub, "sub --count 1").code(),
+        Some(0),
+        "{:?}",
+        lines.seen
+    );
+    let message = json(&lines.next("sub").expect("no publication"));
+    assert_eq!(message["message"], "first", "{message}");
+    assert_eq!(message["groups"], serde_json::json!([1]));
+    let allowed = with(&["pub", "3", "--message", "ok"], &bob);
+    assert_eq!(allowed.code, Some(0), "{allowed:?}");
+
+    // Subscribing outside 1-2 is refused.
+    let sub3 = with(&["sub", "3", "--count", "1", "--timeout", "5"], &bob);
+    assert_eq!(sub3.code, Some(1), "{sub3:?}");
+    assert!(
+        sub3.stdout.contains("NotAuthorized") && sub3.stderr.contains("refused the subscription"),
+        "{sub3:?}"
+    );
+
+    // bob may not send user messages; alice (a bare hash) may do all of it.
+    let send = with(&["send", "alice", "--message", "psst"], &bob);
+    assert_eq!(send.code, Some(1), "{send:?}");
+    assert!(
+        send.stderr.contains("NotAuthorized") && send.stderr.contains("may not send user messages"),
+        "{send:?}"
+    );
+    assert_eq!(
+        with(&["send", "bob", "--message", "hi"], &alice).code,
+        Some(0)
+    );
+    assert_eq!(with(&["pub", "3", "--message", "hi"], &alice).code, Some(0));
+
+    // Two connections of bob are open; the third login is refused, another user's
+    // is not.
+    let (mut first, mut first_lines) = server.spawn(&[
+        "sub",
+        "1",
+        "--timeout",
+        "30",
+        "--count",
+        "1000",
+        "--user",
+        "bob",
+        "--password",
+        "pw",
+    ]);
+    first_lines.next("first bob").expect("first bob subscribed");
+    let (mut second, mut second_lines) = server.spawn(&[
+        "sub",
+        "2",
+        "--timeout",
+        "30",
+        "--count",
+        "1000",
+        "--user",
+        "BOB",
+        "--password",
+        "pw",
+    ]);
+    second_lines
+        .next("second bob")
+        .expect("second bob subscribed");
+    let third = with(&["groups"], &bob);
+    assert_eq!(third.code, Some(4), "{third:?}");
+    assert!(third.stderr.contains("TooManyConnections"), "{third:?}");
+    assert_eq!(with(&["groups"], &alice).code, Some(0));
+    // When one goes, bob may log in again.
+    let _ = first.kill();
+    let _ = first.wait();
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    loop {
+        let again = with(&["groups"], &bob);
+        if again.code == Some(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{again:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let _ = second.kill();
+    let _ = second.wait();
+}
+
+#[test]
+fn sighup_reloads_the_users_file_and_keeps_the_old_one_when_the_new_is_broken() {
+    let hash = hash_password("pw");
+    let users = TempFile::new("hup-users.toml", &permissions_file(&hash, "[1]"));
+    let server = Serve::start(&["--users", users.path()]);
+    let bob = ["--user", "bob", "--password", "pw"];
+    let publish = |group: &str| {
+        server.run(&[
+            "pub",
+            group,
+            "--message",
+            "x",
+            bob[0],
+            bob[1],
+            bob[2],
+            bob[3],
+        ])
+    };
+    assert_eq!(publish("3").code, Some(1), "3 is not bob's yet");
+
+    // The server applies the new file without a restart (connections open across
+    // the reload get it too: see the unit tests of `cli::users`).
+    std::fs::write(&users.0, permissions_file(&hash, "[1, 3]")).unwrap();
+    server.hang_up();
+    server.wait_for_log("reloaded");
+    assert_eq!(
+        publish("3").code,
+        Some(0),
+        "{}",
+        server.stderr.lock().unwrap()
+    );
+    // The certificate is reread too (the development one here).
+    server.wait_for_log("reloaded certificate");
+
+    // A broken file is reported and changes nothing.
+    std::fs::write(
+        &users.0,
+        "[users.bob]\npassword = \"x\"\npublish = [\"3-1\"]\n",
+    )
+    .unwrap();
+    server.hang_up();
+    server.wait_for_log("the users loaded before stay in force");
+    assert_eq!(publish("3").code, Some(0), "still the previous file");
+    assert_eq!(publish("2").code, Some(1));
+}
+
+#[test]
+fn sighup_swaps_the_certificate_for_new_connections_and_old_ones_stay() {
+    let copy = |from: &str, to: &TempFile| std::fs::copy(cert(from), &to.0).unwrap();
+    let cert_file = TempFile::new("hup-cert.pem", "");
+    let key_file = TempFile::new("hup-key.pem", "");
+    copy("server.cert.pem", &cert_file);
+    copy("server.key.pem", &key_file);
+    let server = Serve::start(&[
+        "--cert",
+        cert_file.path(),
+        "--key",
+        key_file.path(),
+        "--key-password",
+        "mypassword",
+    ]);
+    // A subscriber that trusts the development CA connects before the swap.
+    let (mut sub, mut lines) = server.spawn(&["sub", "1", "--count", "1", "--timeout", "20"]);
+    let joined = lines.next("sub").expect("sub printed nothing");
+    assert!(joined.starts_with("Subscribe for [1]"), "{joined}");
+
+    // The certificate of the unrelated CA (its key is not encrypted: the password
+    // is not needed and does no harm).
+    copy("other-server.cert.pem", &cert_file);
+    copy("other-server.key.pem", &key_file);
+    server.hang_up();
+    server.wait_for_log("reloaded certificate");
+    let other_ca = cert("other-ca.cert.pem");
+    let old_trust = server.run(&["groups"]);
+    assert_eq!(old_trust.code, Some(3), "{old_trust:?}");
+    let published = server.run(&["pub", "1", "--message", "after the swap", "--ca", &other_ca]);
+    assert_eq!(published.code, Some(0), "{published:?}");
+    // The connection made before the swap still receives.
+    assert_eq!(wait(&mut sub, "sub").code(), Some(0), "{:?}", lines.seen);
+    while lines.next("sub").is_some() {}
+    assert!(
+        lines
+            .seen
+            .iter()
+            .any(|l| l.ends_with("message = after the swap")),
+        "{:?}",
+        lines.seen
+    );
+
+    // A certificate that does not fit the key is refused, and the one in force
+    // stays.
+    copy("server.cert.pem", &cert_file);
+    server.hang_up();
+    server.wait_for_log("the certificate loaded before stays in force");
+    assert_eq!(server.run(&["groups", "--ca", &other_ca]).code, Some(0));
+}
+
 /// `GET path` on an admin listener: status code and body.
 fn admin_get(addr: &str, path: &str) -> (u16, String) {
     let mut stream = std::net::TcpStream::connect(addr).expect("connect to the admin pages");

@@ -87,7 +87,8 @@ wire_code! {
         UnknownService = 2,
         /// No protocol version in common.
         UnsupportedVersion = 3,
-        /// The server is at its connection limit.
+        /// The server, or the user logging in, is at its connection limit (the
+        /// reason says which).
         TooManyConnections = 4,
         /// The resume token belongs to another user.
         ResumeNotPermitted = 5,

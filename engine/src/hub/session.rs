@@ -154,6 +154,11 @@ impl<H: PushHooks> Hub<H> {
         Ok(None)
     }
 
+    /// The session `token` resumes, if the hub has it (attached or detached).
+    pub fn session_of_token(&self, token: &ResumeToken) -> Option<ConnectionId> {
+        self.tokens.get(&token.0).copied()
+    }
+
     /// A client presents `token` and the last sequence number it saw. On success the
     /// session is attached again and every later event still held is queued for
     /// delivery, in order, after a Gap for what is no longer held.

@@ -253,6 +253,14 @@ pub enum NodeEvent {
         /// Who asked.
         user_id: Text,
     },
+    /// A Hello was refused because its user already had as many connections open as
+    /// the authenticator's [`Permit`] allows.
+    UserAtLimit {
+        /// Who asked.
+        user_id: Text,
+        /// The user's limit.
+        max_connections: u32,
+    },
     /// A Hello asked for a service this server does not host.
     UnknownService {
         /// Who asked.
@@ -282,6 +290,27 @@ pub enum NodeEvent {
         /// The session.
         session: ConnectionId,
     },
+}
+
+/// What the application's authenticator grants with its permit, beyond letting the
+/// client in: limits the node checks at the moment the session joins, under the same
+/// call that adds it, so two Hellos of one user that arrive together cannot both pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Permit {
+    /// Most connections the user (compared by Unicode lowercase) may have open at
+    /// once; `None`: no limit. Counted are the user's sessions attached to a
+    /// connection: a detached session waiting for its resume holds no connection,
+    /// and a resume that supersedes its session's old connection replaces it rather
+    /// than adding one. A Hello over the limit is refused with
+    /// `RefuseCode::TooManyConnections`; zero refuses every Hello of the user.
+    pub max_user_connections: Option<u32>,
+}
+
+impl Permit {
+    /// A permit with no limits.
+    pub const UNLIMITED: Permit = Permit {
+        max_user_connections: None,
+    };
 }
 
 /// Running totals of what the node did (for metrics and the simulator's coverage).
@@ -325,7 +354,8 @@ pub struct NodeStats {
     /// Bytes those plain deliveries took on the wire beyond the compressed form's.
     pub bytes_decompressed_for_receivers: u64,
     /// Hellos the node refused after the authenticator permitted them (a service
-    /// this server does not host, a resume of another user's session).
+    /// this server does not host, a resume of another user's session, a user at
+    /// their connection limit).
     pub hellos_refused: u64,
     /// Publications received: clients' Publish commands and the server's own,
     /// before the hooks' verdict (refused ones included).
@@ -610,6 +640,20 @@ impl<H: PushHooks> Node<H> {
         request: Box<AuthRequest>,
         token: ResumeToken,
     ) {
+        self.handle_permitted_hello(now, conn, request, token, Permit::UNLIMITED);
+    }
+
+    /// [`handle_hello`](Self::handle_hello) for a Hello permitted with limits: the
+    /// user's connection limit is checked here, before the session joins or
+    /// resumes, and a Hello over it is refused with `TooManyConnections`.
+    pub fn handle_permitted_hello(
+        &mut self,
+        now: Instant,
+        conn: &mut NodeConnection,
+        request: Box<AuthRequest>,
+        token: ResumeToken,
+        permit: Permit,
+    ) {
         self.clock = Some(now);
         let request = *request;
         if !self.config.services.is_empty() && !self.config.services.contains(&request.service_id) {
@@ -623,6 +667,35 @@ impl<H: PushHooks> Node<H> {
                 service_id: request.service_id,
             });
             return;
+        }
+        if let Some(max) = permit.max_user_connections {
+            // The session a resume names replaces its own connection, if it has one.
+            let resuming = request
+                .resume
+                .as_ref()
+                .and_then(|resume| self.hub.session_of_token(&resume.token));
+            let open = self
+                .hub
+                .user_connections(request.user_id.as_str())
+                .filter(|&session| {
+                    Some(session) != resuming && self.mailboxes.contains_key(&session)
+                })
+                .count();
+            if open >= max as usize {
+                self.stats.hellos_refused += 1;
+                conn.refuse(
+                    RefuseCode::TooManyConnections,
+                    format!(
+                        "user {} already has {open} connections open, the most allowed",
+                        request.user_id
+                    ),
+                );
+                self.events.push_back(NodeEvent::UserAtLimit {
+                    user_id: request.user_id,
+                    max_connections: max,
+                });
+                return;
+            }
         }
         let mut lost = false;
         if let Some(resume) = request.resume {

@@ -10,6 +10,7 @@ use crate::client::{
 use crate::hello;
 use clap::{Args, Subcommand};
 use futures_core::Stream;
+use pushwire_protocol::GroupId;
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
@@ -397,8 +398,11 @@ pub(super) async fn sub(args: SubArgs) -> Result<(), CliError> {
     let deadline = args.timeout.map(|t| Instant::now() + t);
     let json = args.client.json;
     let (client, mut events) = args.client.connect(deadline).await?;
+    // The subscription's command: refused for every group, there is nothing to wait
+    // for.
+    let mut subscription = None;
     if !args.groups.is_empty() {
-        client.subscribe(&args.groups).await.map_err(push_failure)?;
+        subscription = Some(client.subscribe(&args.groups).await.map_err(push_failure)?);
     }
     let mut messages = 0u64;
     let outcome = loop {
@@ -438,6 +442,19 @@ pub(super) async fn sub(args: SubArgs) -> Result<(), CliError> {
                 print_event(&event, json);
                 if matches!(event, Event::Published { .. } | Event::UserMessage { .. }) {
                     messages += 1;
+                }
+                if let Event::Rejected {
+                    command_id, groups, ..
+                } = &event
+                {
+                    let all = groups.is_empty()
+                        || args.groups.iter().all(|g| groups.contains(&GroupId(*g)));
+                    if Some(*command_id) == subscription && all {
+                        break Err(CliError::new(
+                            Exit::Failure,
+                            "the server refused the subscription to every group",
+                        ));
+                    }
                 }
             }
         }

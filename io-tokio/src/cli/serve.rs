@@ -29,10 +29,12 @@
 //! grace_ms = 2000
 //! ```
 
-use super::users::{DevelopmentLogin, Users};
+use super::users::{DevelopmentLogin, UserStore, Users};
 use super::{development_file, CliError, Exit, DEVELOPMENT_KEY_PASSWORD, DEVELOPMENT_PASSWORD};
 use crate::hello::{hello_world_service, HELLO_WORLD_SERVICE};
-use crate::server::{AdminServer, AdmissionLimits, FlowControl, ServerBuilder, ServerError};
+use crate::server::{
+    AdminServer, AdmissionLimits, FlowControl, ServerBuilder, ServerError, ServerHandle,
+};
 use clap::Args;
 use pushwire_engine::hub::SlowConsumerPolicy;
 use serde::Deserialize;
@@ -41,7 +43,7 @@ use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// The address `serve` listens on and clients connect to by default.
@@ -59,7 +61,8 @@ pub const TUTORIAL_GROUPS: [(u32, &str); 3] = [
 #[derive(Debug, Args)]
 #[command(after_help = "Exit codes: 1 cannot listen, 2 invalid configuration. \
 Logging: RUST_LOG (default info) to stderr; the bound address is printed to stdout as \
-\"listening on ADDR\".")]
+\"listening on ADDR\". SIGHUP rereads the users file and the certificate and key \
+(new connections use them; a file that fails to load is logged and the old one kept).")]
 pub struct ServeArgs {
     /// TOML file with the settings below (flags override it).
     #[arg(long, value_name = "FILE")]
@@ -90,9 +93,11 @@ pub struct ServeArgs {
     /// 1,3) [default: none].
     #[arg(long, value_name = "IDS", value_delimiter = ',')]
     pub auto_subscribe: Option<Vec<u32>>,
-    /// TOML file of user ids and password hashes (`[users]` then `alice = "…"`; make
-    /// hashes with `pushwire hash-password`). Without it, any user id may log in with
-    /// the password MyPassword, and only on a loopback address.
+    /// TOML file of user ids, password hashes and permissions (`[users]` then
+    /// `alice = "…"`, or `[users.bob]` with `password`, `publish`, `subscribe`,
+    /// `user_messages`, `max_connections`; make hashes with `pushwire hash-password`;
+    /// SIGHUP rereads it). Without it, any user id may log in with the password
+    /// MyPassword, and only on a loopback address.
     #[arg(long, value_name = "FILE")]
     pub users: Option<PathBuf>,
     /// Hard limit of unwritten push bytes per connection (K, KiB, M, MiB suffixes);
@@ -564,15 +569,19 @@ pub(super) async fn run(mut args: ServeArgs) -> Result<(), CliError> {
             }
         }
     }
+    let mut store = None;
     builder = match &settings.users {
         Some(path) => {
             let users = Users::load(path).map_err(|e| usage(e.to_string()))?;
             if users.is_empty() {
                 warn!("{} lists no users: nobody can log in", path.display());
             } else {
-                info!("{} users from {}", users.len(), path.display());
+                info!("{}", describe_users(path, &users));
             }
-            builder.authenticator(users)
+            let users = UserStore::new(users);
+            let hooks = users.hooks();
+            store = Some(users.clone());
+            builder.authenticator(users).hooks(hooks)
         }
         None => {
             warn!(
@@ -642,10 +651,7 @@ pub(super) async fn run(mut args: ServeArgs) -> Result<(), CliError> {
         ),
     }
 
-    let interrupted = tokio::signal::ctrl_c().await;
-    if let Err(e) = &interrupted {
-        warn!("cannot wait for Ctrl-C ({e}); shutting down");
-    }
+    wait_for_ctrl_c(|| reload(&settings, store.as_ref(), &server.handle())).await;
     info!("shutting down");
     // The admin pages answer /healthz with 503 while the connections close.
     let still_open = server.shutdown().await;
@@ -655,6 +661,112 @@ pub(super) async fn run(mut args: ServeArgs) -> Result<(), CliError> {
     }
     info!("stopped");
     Ok(())
+}
+
+fn describe_users(path: &Path, users: &Users) -> String {
+    format!(
+        "{}: {} users, {} with restricted permissions or a connection limit",
+        path.display(),
+        users.len(),
+        users.restricted()
+    )
+}
+
+/// Waits for Ctrl-C; on Unix, calls `reload` at every SIGHUP meanwhile.
+async fn wait_for_ctrl_c(mut reload: impl FnMut()) {
+    #[cfg(unix)]
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(e) => {
+            warn!("cannot listen for SIGHUP ({e}): no reloads without a restart");
+            None
+        }
+    };
+    loop {
+        #[cfg(unix)]
+        let hangup_received = async {
+            match &mut hangup {
+                Some(signal) => signal.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup_received = std::future::pending::<Option<()>>();
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => {
+                if let Err(e) = interrupted {
+                    warn!("cannot wait for Ctrl-C ({e}); shutting down");
+                }
+                return;
+            }
+            Some(()) = hangup_received => reload(),
+        }
+    }
+}
+
+/// SIGHUP: rereads the users file and the certificate and key. What fails to load
+/// is logged and the old one stays in force; connections already open keep their
+/// TLS session (and, for the users file, get the new permissions at their next
+/// command).
+fn reload(settings: &Settings, store: Option<&UserStore>, handle: &ServerHandle) {
+    info!("SIGHUP: reloading");
+    if let (Some(path), Some(store)) = (&settings.users, store) {
+        match Users::load(path) {
+            Ok(users) => {
+                info!("reloaded {}", describe_users(path, &users));
+                if users.is_empty() {
+                    warn!("{} lists no users: nobody can log in", path.display());
+                }
+                store.replace(users);
+            }
+            Err(e) => error!("{e}; the users loaded before stay in force"),
+        }
+    }
+    if let Transport::Tls {
+        cert,
+        key,
+        key_password,
+        ..
+    } = &settings.transport
+    {
+        match handle.reload_tls(cert, key, key_password.as_deref()) {
+            Ok(info) => info!(
+                "reloaded certificate {}: subject {}, serial {}, expires {}",
+                cert.display(),
+                info.subject,
+                info.serial,
+                utc_date(info.not_after)
+            ),
+            Err(e) => error!(
+                "cannot reload the certificate {} and key {}: {e}; the certificate loaded \
+                 before stays in force",
+                cert.display(),
+                key.display()
+            ),
+        }
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` for seconds since the Unix epoch (proleptic Gregorian).
+fn utc_date(unix_seconds: u64) -> String {
+    let days = (unix_seconds / 86_400) as i64;
+    let secs = unix_seconds % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        secs / 3_600,
+        secs % 3_600 / 60,
+        secs % 60
+    )
 }
 
 #[cfg(test)]

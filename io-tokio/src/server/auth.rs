@@ -1,5 +1,6 @@
 //! Deciding who may connect (the seed's `OnIsPermitted`).
 
+use pushwire_engine::node::Permit;
 use pushwire_engine::tls::CertificateInfo;
 use pushwire_protocol::RefuseCode;
 use std::net::SocketAddr;
@@ -24,6 +25,11 @@ pub struct AuthAttempt<'a> {
 pub enum AuthDecision {
     /// Let the client in.
     Permit,
+    /// Let the client in with limits that the server's node checks as the session
+    /// joins, under its lock (so two simultaneous logins cannot both pass a
+    /// per-user connection cap). A Hello over a limit is refused with
+    /// `TooManyConnections`.
+    PermitWith(Permit),
     /// Keep it out; the code and reason go back to the client.
     Refuse {
         /// Why.

@@ -328,7 +328,7 @@ impl Collector for NodeSnapshot {
         counter(
             e,
             "auth_refused",
-            "Hellos refused, by the authenticator or by the node (unknown service, another user's resume token)",
+            "Hellos refused, by the authenticator or by the node (unknown service, another user's resume token, a user at their connection limit)",
             self.auth_refused + s.hellos_refused,
         )?;
         counter(e, "sessions_started", "New sessions", s.sessions_started)?;

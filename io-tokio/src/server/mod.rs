@@ -39,13 +39,14 @@ use pushwire_engine::hub::{
 };
 pub use pushwire_engine::node::AdmissionLimits;
 pub use pushwire_engine::node::FlowControl;
+pub use pushwire_engine::node::Permit;
 use pushwire_engine::node::{
     Admission, ConnectionEvent as NodeConnectionEvent, Node, NodeConfig, NodeConfigError,
     NodeConnection, NodeEvent, NodeStats, SessionEnd,
 };
 pub use pushwire_engine::node::{ConnectionReport, NodeGauges};
 use pushwire_engine::server::{AuthRequest, ServerConfig, ServerTransport};
-use pushwire_engine::tls::{server_tls_config, ClientAuth};
+use pushwire_engine::tls::{server_tls_config, CertificateInfo, ClientAuth};
 use pushwire_engine::{CloseReason, KeepAlive, TimeoutKind};
 use pushwire_protocol::{
     CloseCode, ErrorCode, FrameLimits, GroupDescription, GroupId, ResumeToken, Text,
@@ -92,6 +93,15 @@ pub enum ServerError {
     /// Limits that do not fit together (the replay buffer over the outbound limit).
     #[error(transparent)]
     Node(#[from] NodeConfigError),
+    /// A certificate reload on a server that has no TLS (plaintext).
+    #[error("the server runs without TLS: there is no certificate to replace")]
+    NotTls,
+    /// Credentials with an empty certificate chain.
+    #[error("the credentials hold no certificate")]
+    NoCertificate,
+    /// The new certificate could not be read for its details.
+    #[error(transparent)]
+    Certificate(#[from] pushwire_engine::tls::CertificateParseError),
 }
 
 /// Builds a [`Server`].
@@ -358,7 +368,7 @@ impl ServerBuilder {
         let transport = match (self.transport, self.credentials) {
             (Some(ServerTransport::Plaintext), _) => ServerTransport::Plaintext,
             (_, Some(credentials)) => {
-                ServerTransport::Tls(server_tls_config(&credentials, self.client_auth)?)
+                ServerTransport::Tls(server_tls_config(&credentials, self.client_auth.clone())?)
             }
             (Some(t), None) => t,
             (None, None) => return Err(ServerError::NoTransport),
@@ -392,9 +402,10 @@ impl ServerBuilder {
         let local_addr = listener.local_addr().ok();
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
-            node_config: node.config().clone(),
+            node_config: Mutex::new(node.config().clone()),
             node: Mutex::new(node),
-            authenticator: self.authenticator,
+            authenticator: Mutex::new(self.authenticator),
+            client_auth: self.client_auth,
             services: self.services,
             shutdown,
             live: AtomicUsize::new(0),
@@ -463,9 +474,14 @@ impl Server {
 /// connection tasks need without it.
 struct Shared {
     node: Mutex<Node<LoggedHooks>>,
-    /// The node's settings, for making connections without the node's lock.
-    node_config: Arc<NodeConfig>,
-    authenticator: Arc<dyn Authenticator>,
+    /// The settings new connections are made from, without the node's lock: read
+    /// once per accepted connection, replaced by a certificate reload (connections
+    /// keep the `Arc` they started with).
+    node_config: Mutex<Arc<NodeConfig>>,
+    /// Asked once per Hello; replaced by [`ServerHandle::set_authenticator`].
+    authenticator: Mutex<Arc<dyn Authenticator>>,
+    /// Client certificates asked for, kept for a certificate reload.
+    client_auth: ClientAuth,
     services: BTreeMap<u32, Arc<dyn Service>>,
     shutdown: watch::Sender<bool>,
     live: AtomicUsize,
@@ -505,6 +521,53 @@ impl ServerHandle {
             log_node_event(&event);
         }
         r
+    }
+
+    /// Replaces the server's certificate chain and key with those in PEM files;
+    /// `password` decrypts an encrypted PKCS#8 key. Connections accepted from now on
+    /// use them; connections already open keep theirs (their TLS session is
+    /// established and stays as it is). The client-certificate requirement stays as
+    /// built. On any error nothing changes. Returns the new end-entity certificate's
+    /// details, for the log.
+    pub fn reload_tls(
+        &self,
+        cert: &Path,
+        key: &Path,
+        password: Option<&str>,
+    ) -> Result<CertificateInfo, ServerError> {
+        let credentials = ServerCredentials::from_pem_files(cert, key, password)?;
+        self.set_tls_credentials(&credentials)
+    }
+
+    /// [`reload_tls`](Self::reload_tls) with credentials already loaded.
+    pub fn set_tls_credentials(
+        &self,
+        credentials: &ServerCredentials,
+    ) -> Result<CertificateInfo, ServerError> {
+        let shared = &self.shared;
+        let first = credentials
+            .chain
+            .first()
+            .ok_or(ServerError::NoCertificate)?;
+        let info = CertificateInfo::parse(first)?;
+        let tls = server_tls_config(credentials, shared.client_auth.clone())?;
+        let mut current = lock(&shared.node_config);
+        if !matches!(current.server.transport, ServerTransport::Tls(_)) {
+            return Err(ServerError::NotTls);
+        }
+        let mut server = ServerConfig::clone(&current.server);
+        server.transport = ServerTransport::Tls(tls);
+        let mut config = NodeConfig::clone(&current);
+        config.server = Arc::new(server);
+        *current = Arc::new(config);
+        Ok(info)
+    }
+
+    /// Replaces the authenticator: Hellos from now on are decided by `authenticator`
+    /// (a Hello being decided right now may still get the old one). Connections
+    /// already in stay in.
+    pub fn set_authenticator(&self, authenticator: impl Authenticator) {
+        *lock(&self.shared.authenticator) = Arc::new(authenticator);
     }
 
     /// Publishes as the server (sender: the server; no echo).
@@ -674,6 +737,13 @@ fn log_node_event(event: &NodeEvent) {
         NodeEvent::ResumeRefused { user_id } => {
             info!(user = %user_id, "refused: the resume token belongs to another user")
         }
+        NodeEvent::UserAtLimit {
+            user_id,
+            max_connections,
+        } => info!(
+            user = %user_id,
+            "refused: the user already has {max_connections} connections open, its limit"
+        ),
         NodeEvent::UnknownService {
             user_id,
             service_id,
@@ -774,7 +844,8 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
     let shared = &handle.shared;
     let wake = Arc::new(TaskWake(Notify::new()));
     let waker = Waker::from(wake.clone());
-    let mut conn = match NodeConnection::new(shared.node_config.clone(), peer, now(), waker) {
+    let config = lock(&shared.node_config).clone();
+    let mut conn = match NodeConnection::new(config, peer, now(), waker) {
         Ok(conn) => conn,
         Err(e) => {
             warn!("cannot start TLS: {e}");
@@ -1034,21 +1105,26 @@ fn log_close(reason: &CloseReason) {
 
 /// Asks the application's authenticator; the node admits what it permits.
 fn authenticate(handle: &ServerHandle, conn: &mut NodeConnection, request: Box<AuthRequest>) {
-    let decision = handle.shared.authenticator.authenticate(&AuthAttempt {
+    let authenticator = lock(&handle.shared.authenticator).clone();
+    let decision = authenticator.authenticate(&AuthAttempt {
         user_id: request.user_id.as_str(),
         password: &request.password,
         service_id: request.service_id,
         peer: request.peer,
         client_certificate: request.client_certificate.as_ref(),
     });
-    if let AuthDecision::Refuse { code, reason } = decision {
-        info!(user = %request.user_id, "refused: {reason}");
-        handle.shared.metrics.auth_refused();
-        conn.refuse(code, reason);
-        return;
-    }
+    let permit = match decision {
+        AuthDecision::Refuse { code, reason } => {
+            info!(user = %request.user_id, "refused: {reason}");
+            handle.shared.metrics.auth_refused();
+            conn.refuse(code, reason);
+            return;
+        }
+        AuthDecision::Permit => Permit::UNLIMITED,
+        AuthDecision::PermitWith(permit) => permit,
+    };
     let token = random_token();
-    handle.with_node(|node| node.handle_hello(now(), conn, request, token));
+    handle.with_node(|node| node.handle_permitted_hello(now(), conn, request, token, permit));
 }
 
 /// A resume token from the crypto provider's CSPRNG.
