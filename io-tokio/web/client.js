@@ -457,6 +457,12 @@ export class PushwireClient extends EventTarget {
   _command(message, answer) {
     if (this._state === "closed") throw new PushwireError("Closed", "the client is closed");
     const d = defer();
+    if (answer === "taken") {
+      // Subscribe, unsubscribe and publish are often fire-and-forget: a lost
+      // connection (reported by `reconnecting` / `closed`) must not also raise an
+      // unhandled rejection for each of them. Awaiting callers still see the error.
+      d.promise.catch(() => {});
+    }
     const command = { message, answer, deferred: d, id: 0 };
     if (this._state === "reconnecting" || this._state === "connecting") {
       if (this._queued.length >= this._options.queueWhileDisconnected) {

@@ -489,3 +489,14 @@ test("hello-world helpers: say_hello arguments as hello.rs encodes them", async 
   // The encoded request decodes as the Rust codec's golden Request layout.
   assert.equal(decodeFrame(encodeMessage(req)).type, "request");
 });
+
+test("fire-and-forget push commands do not become unhandled rejections when the connection drops", async () => {
+  const s = await ready({ reconnect: false });
+  s.client.publish([1], "never confirmed");
+  s.client.subscribe([2]);
+  await settle();
+  s.socket.drop();
+  await settle();
+  assert.equal(s.client.state, "closed");
+  assert.equal(s.of("closed")[0].source, "transport");
+});
