@@ -157,12 +157,14 @@ export class PushwireClient extends EventTarget {
     if (!Number.isInteger(maxVersion) || maxVersion < MIN_PROTOCOL_VERSION || maxVersion > PROTOCOL_VERSION) {
       throw invalid(`maxVersion must be within ${MIN_PROTOCOL_VERSION}..=${PROTOCOL_VERSION}`);
     }
+    const serviceId = o.serviceId ?? 1;
+    if (!Number.isInteger(serviceId) || serviceId < 0 || serviceId > 0xffffffff) throw invalid("serviceId must be a u32");
     this._options = {
       url: o.url,
       userId: o.userId,
       password,
-      serviceId: o.serviceId ?? 1,
-      echo: o.echo ?? true,
+      serviceId,
+      echo: Boolean(o.echo ?? true),
       maxVersion,
       maxFrameSize,
       connectTimeoutMs: o.connectTimeoutMs ?? 10000,

@@ -92,6 +92,8 @@ test("ws:// is refused unless insecure is set; bad options are refused", async (
   assert.doesNotThrow(() => new PushwireClient({ url: "ws://x/", userId: "u", insecure: true, transport: new FakeServer().transport }));
   await assert.rejects(connect({ url: "wss://x/", userId: "" }), (e) => e.code === "InvalidArgument");
   await assert.rejects(connect({ url: "wss://x/", userId: "é".repeat(256) }), (e) => e.code === "InvalidArgument");
+  await assert.rejects(connect({ url: "wss://x/", userId: "u", serviceId: -1 }), (e) => e.code === "InvalidArgument");
+  await assert.rejects(connect({ url: "wss://x/", userId: "u", password: "p".repeat(1025) }), (e) => e.code === "InvalidArgument");
 });
 
 test("Refused: open() rejects with the refusal, closed says why, no reconnect", async () => {
