@@ -1447,3 +1447,80 @@ fn flow_control_marks_are_checked() {
         Err(NodeConfigError::GraceOverIdleTimeout { .. })
     ));
 }
+
+// --- Publish rate limit ------------------------------------------------------------
+
+/// The PushRejected codes `pair` received, by command id.
+fn rejections(pair: &Pair) -> Vec<(u64, pushwire_protocol::RejectCode)> {
+    pair.pushes()
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::PushRejected(r) => Some((r.command_id, r.code)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_publisher_over_its_rate_limit_is_refused_with_rate_limited_and_others_are_not() {
+    use pushwire_engine::client::PushCommand;
+    use pushwire_engine::node::RateLimit;
+    use pushwire_protocol::RejectCode;
+    let mut config = plaintext_config();
+    config.publish_rate = Some(RateLimit::new(10, 3).unwrap());
+    let mut w = World::new(config);
+    let a = w.join("alice", &[]);
+    let c = w.join("carol", &[]);
+    let b = w.join("bob", &[1]);
+    // A burst of 3 passes, the 4th and 5th are refused, all at the same instant; a
+    // user message counts too.
+    let ids: Vec<u64> = (0..4)
+        .map(|i| {
+            w.pairs[a]
+                .client
+                .publish(&[GroupId(1)], format!("a{i}").as_bytes())
+                .unwrap()
+        })
+        .collect();
+    let dm = w.pairs[a]
+        .client
+        .push(PushCommand::SendUserMessage {
+            receiver: "bob".into(),
+            payload: Bytes::from_static(b"dm"),
+        })
+        .unwrap();
+    // carol, on her own bucket, is not affected.
+    for i in 0..3 {
+        w.publish(c, 1, format!("c{i}").as_bytes());
+    }
+    w.step();
+    assert_eq!(
+        rejections(&w.pairs[a]),
+        [
+            (ids[3], RejectCode::RateLimited),
+            (dm, RejectCode::RateLimited)
+        ]
+    );
+    assert!(rejections(&w.pairs[c]).is_empty());
+    assert_eq!(w.node.stats().rate_limited, 2);
+    let got: Vec<Bytes> = w.pairs[b].published().into_iter().map(|(_, p)| p).collect();
+    assert_eq!(got, ["a0", "a1", "a2", "c0", "c1", "c2"].map(Bytes::from));
+    // The connection stays; 100 ms at 10/s refills one token.
+    assert_eq!(w.pairs[a].client.state(), ClientState::Ready);
+    w.now += Duration::from_millis(100);
+    w.publish(a, 1, b"again");
+    w.publish(a, 1, b"too soon");
+    w.step();
+    assert_eq!(rejections(&w.pairs[a]).len(), 3);
+    let got: Vec<Bytes> = w.pairs[b].published().into_iter().map(|(_, p)| p).collect();
+    assert_eq!(got.last().map(|p| &p[..]), Some(&b"again"[..]));
+    assert_eq!(got.len(), 7);
+    assert_eq!(w.node.stats().rate_limited, 3);
+    // Subscribing is not counted.
+    w.pairs[a]
+        .client
+        .push(PushCommand::Subscribe(vec![GroupId(2)]))
+        .unwrap();
+    w.step();
+    assert_eq!(rejections(&w.pairs[a]).len(), 3);
+}

@@ -116,6 +116,11 @@ wire_code! {
         InvalidReceiver = 5,
         /// The command could not be processed for lack of resources; retry later.
         Busy = 6,
+        /// The connection is over the server's publish rate limit: the command (a
+        /// publication or user message) was not run; retry later. Defined in
+        /// version 4, sent to clients of any version (an older one decodes it as
+        /// `Other(7)`).
+        RateLimited = 7,
     }
 }
 

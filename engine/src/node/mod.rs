@@ -39,14 +39,16 @@
 mod admission;
 mod connection;
 mod mailbox;
+mod rate;
 
 pub use admission::{Admission, AdmissionLimits, Refusal};
 pub use connection::{ConnectionEvent, Member, NodeConnection};
+pub use rate::{RateLimit, RateLimitError, TokenBucket};
 
 use crate::close::CloseReason;
 use crate::hub::{
     Actor, ConnectionId, ConnectionInfo, Hub, HubConfig, HubError, PushHooks, PushOutcome,
-    ResumeError, SlowConsumerPolicy,
+    Rejection, ResumeError, SlowConsumerPolicy,
 };
 use crate::server::{AuthRequest, Grant, ServerConfig};
 use bytes::Bytes;
@@ -149,6 +151,11 @@ pub struct NodeConfig {
     /// leaves only the slow-consumer policy at the hard limit, so a fast publisher
     /// can push a receiver that reads, but more slowly for a moment, over it.
     pub flow_control: Option<FlowControl>,
+    /// The publish rate limit per connection: Publish and SendUserMessage commands
+    /// (one token each, whatever the number of groups) over it are refused with
+    /// `RejectCode::RateLimited` and not delivered; the connection stays. `None`
+    /// (the default, like NATS and Centrifugo): no limit, and no cost.
+    pub publish_rate: Option<RateLimit>,
 }
 
 impl NodeConfig {
@@ -163,6 +170,7 @@ impl NodeConfig {
             services: BTreeSet::new(),
             close_grace: Duration::from_secs(2),
             flow_control: Some(FlowControl::default()),
+            publish_rate: None,
         }
     }
 }
@@ -322,6 +330,9 @@ pub struct NodeStats {
     pub deliveries_decompressed: u64,
     /// Bytes those plain deliveries took on the wire beyond the compressed form's.
     pub bytes_decompressed_for_receivers: u64,
+    /// Publications and user messages refused by the publish rate limit
+    /// ([`NodeConfig::publish_rate`]).
+    pub rate_limited: u64,
 }
 
 /// What one [`Node::deliver`] found, for a server publication's outcome.
@@ -339,6 +350,15 @@ fn command_id(command: &Message) -> Option<u64> {
         Message::Publish(m) => Some(m.command_id),
         Message::SendUserMessage(m) => Some(m.command_id),
         Message::ListGroups(m) => Some(m.command_id),
+        _ => None,
+    }
+}
+
+/// The id of a command the publish rate limit counts: Publish and SendUserMessage.
+fn rate_counted(command: &Message) -> Option<u64> {
+    match command {
+        Message::Publish(m) => Some(m.command_id),
+        Message::SendUserMessage(m) => Some(m.command_id),
         _ => None,
     }
 }
@@ -663,6 +683,23 @@ impl<H: PushHooks> Node<H> {
                 break;
             };
             taken = command_id(&command.message).or(taken);
+            if let Some(bucket) = conn.publish_bucket.as_mut() {
+                if let Some(command_id) = rate_counted(&command.message) {
+                    if !bucket.try_take(now) {
+                        self.stats.rate_limited += 1;
+                        let limit = self.config.publish_rate.expect("a bucket has a limit");
+                        let _ = self.hub.reject_command(
+                            session,
+                            command_id,
+                            Rejection::rate_limited(limit.rate(), limit.burst()),
+                        );
+                        if flow {
+                            self.deliver();
+                        }
+                        continue;
+                    }
+                }
+            }
             // Refusals are answered to the client inside the hub; an error here
             // means a message that is not a push command, which the engine does
             // not pass on (a corrupt compressed payload closed the connection before
