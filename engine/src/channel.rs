@@ -30,6 +30,42 @@ impl Default for KeepAlive {
     }
 }
 
+impl KeepAlive {
+    /// The keep-alive a client uses once a version 4 server announced its own timing
+    /// in the Welcome, so that neither end takes an idle but healthy connection for
+    /// dead:
+    ///
+    /// - with a server idle timeout, the client pings at least every third of it
+    ///   (its own interval when shorter), so the server hears from it in time even
+    ///   with keep-alive pings off on the client;
+    /// - with server pings every `p`, the client's own idle timeout is at least `3p`
+    ///   (none stays none), so the server's pings alone keep it open.
+    ///
+    /// `None` for either server setting: the server does not do it (0 in the
+    /// Welcome).
+    pub fn following(
+        self,
+        server_ping_interval: Option<Duration>,
+        server_idle_timeout: Option<Duration>,
+    ) -> Self {
+        let ping_interval = match server_idle_timeout {
+            Some(idle) => {
+                let needed = (idle / 3).max(Duration::from_millis(1));
+                Some(self.ping_interval.map_or(needed, |own| own.min(needed)))
+            }
+            None => self.ping_interval,
+        };
+        let idle_timeout = match (self.idle_timeout, server_ping_interval) {
+            (Some(own), Some(ping)) => Some(own.max(ping.saturating_mul(3))),
+            (own, _) => own,
+        };
+        Self {
+            ping_interval,
+            idle_timeout,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) enum ChannelError {
     Tls(TlsError),
@@ -140,6 +176,16 @@ impl Channel {
     /// last traffic.
     pub fn start_keepalive_now(&mut self) {
         self.keepalive_active = true;
+    }
+
+    /// Changes the keep-alive timing (deadlines follow from the last traffic).
+    pub fn set_keepalive(&mut self, keepalive: KeepAlive) {
+        self.keepalive = keepalive;
+    }
+
+    /// The keep-alive timing in force.
+    pub fn keepalive(&self) -> KeepAlive {
+        self.keepalive
     }
 
     pub fn is_closing(&self) -> bool {

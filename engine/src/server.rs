@@ -11,8 +11,8 @@ use crate::tls::{CertificateInfo, TlsError, TlsLink};
 use bytes::{Bytes, BytesMut};
 use pushwire_protocol::{
     negotiate_version, ClientOptions, CloseCode, FrameLimits, Hello, Message, Pong, RawFrame,
-    RefuseCode, Refused, ResumeRequest, ResumeToken, Text, Welcome, PROTOCOL_VERSION,
-    SUPPORTED_VERSIONS,
+    RefuseCode, Refused, ResumeRequest, ResumeToken, Text, Welcome, HARD_MAX_FRAME_SIZE,
+    MIN_MAX_FRAME_SIZE, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
 use rustls::server::UnbufferedServerConnection;
 use std::collections::VecDeque;
@@ -176,6 +176,9 @@ pub struct ServerConnection {
     hello_deadline: Option<Instant>,
     peer: SocketAddr,
     version: u16,
+    /// Version 4: the largest frame size the client accepts (its Hello's
+    /// `max_frame_size`); `None` when it did not say (an earlier version).
+    client_max_frame: Option<u32>,
     results: ResultQueue,
 }
 
@@ -202,6 +205,7 @@ impl ServerConnection {
             events: VecDeque::new(),
             peer,
             version: *SUPPORTED_VERSIONS.end(),
+            client_max_frame: None,
         })
     }
 
@@ -219,6 +223,15 @@ impl ServerConnection {
     /// server speaks).
     pub fn version(&self) -> u16 {
         self.version
+    }
+
+    /// Version 4: the largest frame size (type byte plus body) the client accepts,
+    /// from its Hello, within [`HARD_MAX_FRAME_SIZE`]; `None` when it did not
+    /// announce one (a client of an earlier version). The engine replaces an RPC
+    /// result over it by a ServerError (`ResultTooLarge`); whoever queues push frames
+    /// for this client (the node's mailbox) must keep to it too.
+    pub fn client_max_frame_size(&self) -> Option<u32> {
+        self.client_max_frame
     }
 
     /// Feeds bytes received from the transport.
@@ -339,6 +352,10 @@ impl ServerConnection {
                 .map_or(0, |d| d.as_millis().min(u32::MAX as u128) as u32),
             session_timeout_ms: grant.session_timeout_ms,
             replay_capacity: grant.replay_capacity,
+            // Sent from version 4 only (the encoder leaves it out before).
+            idle_timeout_ms: keepalive
+                .idle_timeout
+                .map_or(0, |d| d.as_millis().clamp(1, u32::MAX as u128) as u32),
         }));
         self.state = ServerState::Ready;
         self.channel.start_keepalive_now();
@@ -427,7 +444,31 @@ impl ServerConnection {
 
     fn release_results(&mut self) {
         let channel = &mut self.channel;
-        self.results.release(|m| channel.send(&m));
+        let limit = self.client_max_frame;
+        self.results.release(|m| match m {
+            // Version 4: a result the client could not take is replaced, so the
+            // request still ends exactly once (G7) and the client stays.
+            Message::Response(_) | Message::ServerError(_)
+                if limit.is_some_and(|max| m.frame_size() > max as usize) =>
+            {
+                let request_id = match &m {
+                    Message::Response(r) => r.request_id,
+                    Message::ServerError(e) => e.request_id,
+                    _ => unreachable!("matched above"),
+                };
+                channel.send(&Message::ServerError(pushwire_protocol::ServerError {
+                    request_id,
+                    code: pushwire_protocol::ErrorCode::ResultTooLarge,
+                    message: Text::from(format!(
+                        "the result ({} bytes in its frame) exceeds the client's frame limit \
+                         of {} bytes",
+                        m.frame_size(),
+                        limit.unwrap_or_default()
+                    )),
+                }));
+            }
+            m => channel.send(&m),
+        });
     }
 
     /// Hands the application every request that may run now.
@@ -575,6 +616,7 @@ impl ServerConnection {
             user_id,
             password,
             resume,
+            max_frame_size,
         } = hello;
         let offered = max_version.min(self.config.max_version);
         let Some(version) = negotiate_version(min_version, offered) else {
@@ -589,6 +631,20 @@ impl ServerConnection {
         };
         if user_id.is_empty() {
             return self.refuse_now(RefuseCode::InvalidHello, Text::from("empty user id"));
+        }
+        if version >= 4 {
+            if let Some(max) = max_frame_size {
+                if max < MIN_MAX_FRAME_SIZE {
+                    return self.refuse_now(
+                        RefuseCode::InvalidHello,
+                        Text::from(format!(
+                            "max_frame_size {max} is below the protocol's least frame limit \
+                             of {MIN_MAX_FRAME_SIZE} bytes"
+                        )),
+                    );
+                }
+                self.client_max_frame = Some(max.min(HARD_MAX_FRAME_SIZE));
+            }
         }
         self.version = version;
         let client_certificate = self

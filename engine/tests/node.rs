@@ -1330,6 +1330,7 @@ fn a_version_1_client_gets_no_push_taken() {
             user_id: Text::from("old"),
             password: Bytes::from_static(b"pw"),
             resume: None,
+            max_frame_size: None,
         })
         .encode(&mut bytes);
         conn.handle_input(now, &bytes);
@@ -1523,4 +1524,96 @@ fn a_publisher_over_its_rate_limit_is_refused_with_rate_limited_and_others_are_n
         .unwrap();
     w.step();
     assert_eq!(rejections(&w.pairs[a]).len(), 3);
+}
+
+// --- The client's frame limit (protocol version 4) ------------------------------
+
+/// `user` with a frame limit of 4 KiB, speaking at most `version`, subscribed to 1.
+fn small_framed(w: &mut World, user: &str, version: u16) -> usize {
+    let mut config = w.client(user);
+    config.limits = pushwire_protocol::FrameLimits::new(4096).unwrap();
+    config.max_version = version;
+    let i = w.connect(config);
+    w.pairs[i]
+        .client
+        .push(pushwire_engine::client::PushCommand::Subscribe(vec![
+            GroupId(1),
+        ]))
+        .unwrap();
+    w.step();
+    i
+}
+
+#[test]
+fn a_delivery_over_the_receivers_frame_limit_becomes_a_gap_and_the_receiver_stays() {
+    let mut w = World::new(plaintext_config());
+    let a = w.join("alice", &[]);
+    let small = small_framed(&mut w, "small", 4);
+    let big = w.join("big", &[1]);
+    let before = w.pairs[small].client.last_seq();
+    w.publish(a, 1, &[7u8; 5000]);
+    w.publish(a, 1, b"fits");
+    w.step();
+    // The receiver with the default limit gets both.
+    let got: Vec<usize> = w.pairs[big]
+        .published()
+        .iter()
+        .map(|(_, p)| p.len())
+        .collect();
+    assert_eq!(got, [5000, 4]);
+    // The small one: a Gap for exactly the publication it could not take, then the
+    // next one; still connected, every sequence number covered once.
+    let pushes = w.pairs[small].pushes();
+    let tail: Vec<&Message> = pushes
+        .iter()
+        .copied()
+        .filter(|m| matches!(m, Message::Gap(_) | Message::Published(_)))
+        .collect();
+    assert!(
+        matches!(tail[..], [Message::Gap(g), Message::Published(p)]
+            if g.first == before + 1 && g.last == before + 1 && p.seq == before + 2
+                && &p.payload[..] == b"fits"),
+        "{tail:?}"
+    );
+    assert_eq!(w.pairs[small].client.state(), ClientState::Ready);
+    assert_eq!(w.pairs[small].closed(), None);
+}
+
+#[test]
+fn a_version_3_receiver_announces_no_limit_and_is_closed_by_its_own_engine() {
+    // Today's behaviour without the field: the server sends the frame, the client
+    // refuses it.
+    let mut w = World::new(plaintext_config());
+    let a = w.join("alice", &[]);
+    let small = small_framed(&mut w, "small", 3);
+    w.publish(a, 1, &[7u8; 5000]);
+    w.step();
+    assert!(
+        matches!(w.pairs[small].closed(), Some(CloseReason::Protocol(_))),
+        "{:?}",
+        w.pairs[small].closed()
+    );
+}
+
+#[test]
+fn an_answer_over_the_clients_frame_limit_is_refused_with_answer_too_large() {
+    let mut w = World::new(plaintext_config());
+    for g in 10..20 {
+        w.node.add_group(GroupId(g), "d".repeat(1000)).unwrap();
+    }
+    let small = small_framed(&mut w, "small", 4);
+    let id = w.pairs[small]
+        .client
+        .push(pushwire_engine::client::PushCommand::ListGroups)
+        .unwrap();
+    w.step();
+    let answer = w.pairs[small].pushes().into_iter().find_map(|m| match m {
+        Message::PushRejected(r) if r.command_id == id => Some(r.code),
+        Message::GroupList(g) if g.command_id == id => {
+            panic!("a GroupList of {} groups", g.groups.len())
+        }
+        _ => None,
+    });
+    assert_eq!(answer, Some(pushwire_protocol::RejectCode::AnswerTooLarge));
+    assert_eq!(w.pairs[small].closed(), None);
 }

@@ -903,6 +903,10 @@ impl<H: PushHooks> Node<H> {
             .lock()
             .queue_mut()
             .set_accepts_compressed(request.options.compression && request.version >= 3);
+        conn.mailbox
+            .lock()
+            .queue_mut()
+            .set_max_frame_size(conn.engine.client_max_frame_size());
         conn.member = Some(Member {
             session,
             user_id: request.user_id.clone(),
