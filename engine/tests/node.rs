@@ -1580,19 +1580,26 @@ fn a_delivery_over_the_receivers_frame_limit_becomes_a_gap_and_the_receiver_stay
 }
 
 #[test]
-fn a_version_3_receiver_announces_no_limit_and_is_closed_by_its_own_engine() {
+fn on_version_3_the_limit_is_not_announced_and_the_receiver_closes_on_its_own() {
     // Today's behaviour without the field: the server sends the frame, the client
-    // refuses it.
-    let mut w = World::new(plaintext_config());
-    let a = w.join("alice", &[]);
-    let small = small_framed(&mut w, "small", 3);
-    w.publish(a, 1, &[7u8; 5000]);
-    w.step();
-    assert!(
-        matches!(w.pairs[small].closed(), Some(CloseReason::Protocol(_))),
-        "{:?}",
-        w.pairs[small].closed()
-    );
+    // refuses it. A version 3 client does not send it; a version 3 server ignores it.
+    for (client_version, server_version) in [(3, 4), (4, 3)] {
+        let mut config = plaintext_config();
+        let mut server = (*config.server).clone();
+        server.max_version = server_version;
+        config.server = Arc::new(server);
+        let mut w = World::new(config);
+        let a = w.join("alice", &[]);
+        let small = small_framed(&mut w, "small", client_version);
+        assert_eq!(w.pairs[small].welcome().version, 3);
+        w.publish(a, 1, &[7u8; 5000]);
+        w.step();
+        assert!(
+            matches!(w.pairs[small].closed(), Some(CloseReason::Protocol(_))),
+            "{:?}",
+            w.pairs[small].closed()
+        );
+    }
 }
 
 #[test]

@@ -1046,11 +1046,22 @@ fn an_idle_server_connection_gives_back_what_the_handshake_and_a_burst_grew() {
 /// A pair whose client has keep-alive `client` and whose server has `server`,
 /// speaking at most `client_version`; plaintext, handshake done.
 fn keepalive_pair(client: KeepAlive, server: KeepAlive, client_version: u16) -> Pair {
+    keepalive_pair_with(client, server, client_version, 4)
+}
+
+/// [`keepalive_pair`] with a server speaking at most `server_version`.
+fn keepalive_pair_with(
+    client: KeepAlive,
+    server: KeepAlive,
+    client_version: u16,
+    server_version: u16,
+) -> Pair {
     let mut client_config = ClientConfig::new(ClientTransport::Plaintext, "alice", b"MyPassword");
     client_config.keepalive = client;
     client_config.max_version = client_version;
     let mut server_config = ServerConfig::new(ServerTransport::Plaintext);
     server_config.keepalive = server;
+    server_config.max_version = server_version;
     let mut pair = Pair::new(client_config, server_config);
     pair.drive();
     assert!(pair.client_ready());
@@ -1091,22 +1102,27 @@ fn a_version_4_client_pings_often_enough_for_the_servers_idle_timeout() {
     assert_eq!(lived, Duration::from_secs(60), "{:?}", v4.client_closed());
     assert!(v4.server_closed().is_none());
 
-    // The same client speaking version 3 does not know the server's timeout.
-    let mut v3 = keepalive_pair(off, server, 3);
-    assert_eq!(v3.client.welcome().unwrap().idle_timeout_ms, 0);
-    let lived = idle_for(&mut v3, Duration::from_secs(60), step);
-    assert!(lived <= Duration::from_secs(4), "{lived:?}");
-    assert_eq!(
-        v3.server_closed(),
-        Some(&CloseReason::Timeout(TimeoutKind::Idle))
-    );
-    assert!(matches!(
-        v3.client_closed(),
-        Some(CloseReason::Remote {
-            code: CloseCode::IdleTimeout,
-            ..
-        })
-    ));
+    // The same client speaking version 3, or meeting a version 3 server, does not
+    // know the server's timeout.
+    for (client_version, server_version) in [(3, 4), (4, 3)] {
+        let mut v3 = keepalive_pair_with(off, server, client_version, server_version);
+        let welcome = v3.client.welcome().unwrap();
+        assert_eq!((welcome.version, welcome.idle_timeout_ms), (3, 0));
+        assert_eq!(v3.client.keepalive(), off);
+        let lived = idle_for(&mut v3, Duration::from_secs(60), step);
+        assert!(lived <= Duration::from_secs(4), "{lived:?}");
+        assert_eq!(
+            v3.server_closed(),
+            Some(&CloseReason::Timeout(TimeoutKind::Idle))
+        );
+        assert!(matches!(
+            v3.client_closed(),
+            Some(CloseReason::Remote {
+                code: CloseCode::IdleTimeout,
+                ..
+            })
+        ));
+    }
 }
 
 #[test]

@@ -127,6 +127,34 @@ const EXAMPLE_HELLO: &str = "\
 00                       # resume: none
 ";
 
+const EXAMPLE_HELLO_V4: &str = "\
+00 00 00 16              # length: 22 = 1 + 4 + 4 + 1 + 5 + 2 + 1 + 4
+01                       # type: Hello
+00 01                    # min_version: 1
+00 04                    # max_version: 4
+00 00 00 01              # service_id: 1
+03                       # options: echo, compression
+00 03 62 6f 62           # user_id: \"bob\"
+00 00                    # password: empty
+00                       # resume: none
+00 01 00 00              # max_frame_size: 65,536 (version 4)
+";
+
+const EXAMPLE_WELCOME_V4: &str = "\
+00 00 00 30              # length: 48 = 1 + 47
+02                       # type: Welcome
+00 04                    # version: 4
+00 00 00 00 00 00 00 2a  # session_id: 42
+a0 a1 a2 a3 a4 a5 a6 a7  # resume_token (16 bytes)
+a8 a9 aa ab ac ad ae af
+00                       # resumed: no
+00 10 00 00              # max_frame_size: 1 MiB
+00 00 3a 98              # ping_interval_ms: 15,000
+00 00 ea 60              # session_timeout_ms: 60,000
+00 00 04 00              # replay_capacity: 1,024
+00 00 af c8              # idle_timeout_ms: 45,000 (version 4)
+";
+
 const EXAMPLE_PUBLISH_COMPRESSED: &str = "\
 00 00 00 22              # length: 34 = 1 + 8 + 6 + 5 + 14
 a2                       # type: Publish (0x22) with the compressed bit (0x80)
@@ -284,6 +312,8 @@ fn the_specification_contains_the_worked_examples_verbatim() {
         ("Hello", EXAMPLE_HELLO),
         ("compressed Publish", EXAMPLE_PUBLISH_COMPRESSED),
         ("compressed Published", EXAMPLE_PUBLISHED_COMPRESSED),
+        ("version 4 Hello", EXAMPLE_HELLO_V4),
+        ("version 4 Welcome", EXAMPLE_WELCOME_V4),
     ] {
         assert!(
             spec.contains(example),
@@ -374,15 +404,7 @@ fn golden() -> Vec<(Message, &'static str)> {
                 resume: None,
                 max_frame_size: Some(64 * 1024),
             }),
-            "00 00 00 16              # length: 22 = 1 + 4 + 4 + 1 + 5 + 2 + 1 + 4
-             01                       # Hello
-             00 01 00 04              # versions 1..=4
-             00 00 00 01              # service_id 1
-             03                       # options: echo, compression
-             00 03 62 6f 62           # user_id \"bob\"
-             00 00                    # password: empty
-             00                       # resume: none
-             00 01 00 00              # max_frame_size: 65536 (version 4)",
+            EXAMPLE_HELLO_V4,
         ),
         (
             Message::Welcome(Welcome {
@@ -399,17 +421,7 @@ fn golden() -> Vec<(Message, &'static str)> {
                 replay_capacity: 1024,
                 idle_timeout_ms: 45_000,
             }),
-            "00 00 00 30              # length: 48 = 44 + 4
-             02                       # Welcome
-             00 04                    # version 4
-             00 00 00 00 00 00 00 2a  # session_id 42
-             a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 aa ab ac ad ae af  # resume_token
-             00                       # resumed: no
-             00 10 00 00              # max_frame_size 1 MiB
-             00 00 3a 98              # ping_interval_ms 15000
-             00 00 ea 60              # session_timeout_ms 60000
-             00 00 04 00              # replay_capacity 1024
-             00 00 af c8              # idle_timeout_ms 45000 (version 4)",
+            EXAMPLE_WELCOME_V4,
         ),
         (
             Message::Refused(Refused {
