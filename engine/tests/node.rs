@@ -1577,6 +1577,7 @@ fn a_delivery_over_the_receivers_frame_limit_becomes_a_gap_and_the_receiver_stay
     );
     assert_eq!(w.pairs[small].client.state(), ClientState::Ready);
     assert_eq!(w.pairs[small].closed(), None);
+    assert_eq!(w.node.stats().replaced_over_client_limit, 1);
 }
 
 #[test]

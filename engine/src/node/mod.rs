@@ -333,6 +333,10 @@ pub struct NodeStats {
     /// Publications and user messages refused by the publish rate limit
     /// ([`NodeConfig::publish_rate`]).
     pub rate_limited: u64,
+    /// Frames over their receiver's own frame limit (protocol version 4), sent as
+    /// a Gap (push events) or a PushRejected `AnswerTooLarge` (command answers)
+    /// instead.
+    pub replaced_over_client_limit: u64,
 }
 
 /// What one [`Node::deliver`] found, for a server publication's outcome.
@@ -966,7 +970,10 @@ impl<H: PushHooks> Node<H> {
                     }
                 }
             }
-            if state.push_delivery(&delivery) {
+            let replaced = state.queue().replaced_total();
+            let over = state.push_delivery(&delivery);
+            stats.replaced_over_client_limit += state.queue().replaced_total() - replaced;
+            if over {
                 stats.slow_consumers += 1;
                 events.push_back(NodeEvent::SlowConsumer {
                     session: connection,

@@ -273,6 +273,7 @@ pub struct ClientBuilder {
     compression: CompressionConfig,
     accept_compressed: bool,
     max_version: u16,
+    limits: pushwire_protocol::FrameLimits,
 }
 
 impl ClientBuilder {
@@ -291,7 +292,18 @@ impl ClientBuilder {
             compression: CompressionConfig::default(),
             accept_compressed: true,
             max_version: pushwire_protocol::PROTOCOL_VERSION,
+            limits: pushwire_protocol::FrameLimits::default(),
         }
+    }
+
+    /// The largest frame this client accepts from the server (default 1 MiB). With
+    /// protocol version 4 the Hello announces it and the server keeps to it: a
+    /// publication that would not fit arrives as an [`Event::Gap`] for its sequence
+    /// number, an RPC result as a `ResultTooLarge` server error, and the connection
+    /// stays. With an older server a larger frame ends the connection.
+    pub fn max_frame_size(mut self, limits: pushwire_protocol::FrameLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Decides whether to trust the server after seeing its certificate and the
@@ -440,6 +452,7 @@ impl ClientBuilder {
         };
         config.compression = self.compression;
         config.max_version = self.max_version;
+        config.limits = self.limits;
         config.keepalive = context.keepalive;
         config.handshake_timeout = context.connect_timeout;
         config.server_auth = if self.server_auth.is_some() {
