@@ -87,9 +87,11 @@ pub struct ClientConfig {
     pub options: ClientOptions,
     /// A session to resume.
     pub resume: Option<ResumeRequest>,
-    /// Largest frame accepted from the server.
+    /// Largest frame accepted from the server; announced in the Hello from protocol
+    /// version 4, so that the server sends nothing larger.
     pub limits: FrameLimits,
-    /// Keep-alive timing.
+    /// Keep-alive timing; after a version 4 Welcome it
+    /// [follows](KeepAlive::following) the server's.
     pub keepalive: KeepAlive,
     /// Limit on TLS handshake plus Hello/Welcome.
     pub handshake_timeout: Duration,

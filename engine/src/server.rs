@@ -39,7 +39,8 @@ pub struct ServerConfig {
     pub limits: FrameLimits,
     /// Time from accept until the Hello must be complete (TLS handshake included).
     pub hello_timeout: Duration,
-    /// Keep-alive timing; the ping interval is announced in the Welcome.
+    /// Keep-alive timing; the ping interval is announced in the Welcome, and from
+    /// protocol version 4 the idle timeout too.
     pub keepalive: KeepAlive,
     /// Bound on requests a client may have outstanding.
     pub max_outstanding_requests: usize,
