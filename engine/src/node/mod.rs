@@ -649,6 +649,11 @@ impl<H: PushHooks> Node<H> {
     /// drains (or its grace ends), so a held publisher overshoots by one command.
     /// A client of protocol version 2 or later is then told, with PushTaken, the
     /// last command that ran.
+    ///
+    /// With a [publish rate limit](NodeConfig::publish_rate), each Publish and
+    /// SendUserMessage first takes a token from the connection's bucket at `now`;
+    /// one that finds none is answered with a PushRejected `RateLimited` and not
+    /// run (it still counts as taken for PushTaken).
     pub fn handle_connection(&mut self, now: Instant, conn: &mut NodeConnection) {
         self.run_connection(now, conn, false);
     }
@@ -691,7 +696,8 @@ impl<H: PushHooks> Node<H> {
                 if let Some(command_id) = rate_counted(&command.message) {
                     if !bucket.try_take(now) {
                         self.stats.rate_limited += 1;
-                        let limit = self.config.publish_rate.expect("a bucket has a limit");
+                        let limit = bucket.limit();
+                        // The session is attached (checked above): this cannot fail.
                         let _ = self.hub.reject_command(
                             session,
                             command_id,

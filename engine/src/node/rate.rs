@@ -95,6 +95,11 @@ impl TokenBucket {
         }
     }
 
+    /// The limit it applies.
+    pub fn limit(&self) -> RateLimit {
+        self.limit
+    }
+
     /// Whole tokens left (as of the last [`try_take`](Self::try_take)).
     pub fn tokens(&self) -> u32 {
         (self.credit / NANOS) as u32
