@@ -470,9 +470,30 @@ impl Channel {
     }
 }
 
-/// A text cut to the protocol's limit on a character boundary.
+/// Longest reason in a Close or Refused (code `u16`, text): 4,091 bytes, so that the
+/// frame (type, code, text length, text) fits the least frame limit a peer may have
+/// (4,096; a version 4 client announces its own), below the protocol's text limit.
+const REASON_MAX: usize = {
+    let fits = pushwire_protocol::MIN_MAX_FRAME_SIZE as usize - 1 - 2 - 2;
+    if fits < pushwire_protocol::MAX_TEXT_BYTES {
+        fits
+    } else {
+        pushwire_protocol::MAX_TEXT_BYTES
+    }
+};
+
+/// A Close or Refused reason cut to [`REASON_MAX`] bytes on a character boundary.
 pub(crate) fn clamp_text(t: Text) -> Text {
-    let max = pushwire_protocol::MAX_TEXT_BYTES;
+    clamp_text_to(t, REASON_MAX)
+}
+
+/// Longest message in a ServerError (request id `u64`, code `u32`, text): 4,081
+/// bytes, so that the frame fits the least frame limit a peer may have.
+pub(crate) const SERVER_ERROR_TEXT_MAX: usize =
+    pushwire_protocol::MIN_MAX_FRAME_SIZE as usize - 1 - 8 - 4 - 2;
+
+/// `t` cut to at most `max` bytes on a character boundary.
+pub(crate) fn clamp_text_to(t: Text, max: usize) -> Text {
     if t.len() <= max {
         return t;
     }

@@ -446,29 +446,34 @@ impl ServerConnection {
     fn release_results(&mut self) {
         let channel = &mut self.channel;
         let limit = self.client_max_frame;
-        self.results.release(|m| match m {
-            // Version 4: a result the client could not take is replaced, so the
-            // request still ends exactly once (G7) and the client stays.
-            Message::Response(_) | Message::ServerError(_)
-                if limit.is_some_and(|max| m.frame_size() > max as usize) =>
-            {
-                let request_id = match &m {
-                    Message::Response(r) => r.request_id,
-                    Message::ServerError(e) => e.request_id,
-                    _ => unreachable!("matched above"),
-                };
-                channel.send(&Message::ServerError(pushwire_protocol::ServerError {
-                    request_id,
-                    code: pushwire_protocol::ErrorCode::ResultTooLarge,
-                    message: Text::from(format!(
-                        "the result ({} bytes in its frame) exceeds the client's frame limit \
+        self.results.release(|m| {
+            let size = m.frame_size();
+            let over = limit.is_some_and(|max| size > max as usize);
+            match m {
+                // Version 4: a result the client could not take is replaced, so the
+                // request still ends exactly once (G7) and the client stays.
+                Message::Response(r) if over => {
+                    channel.send(&Message::ServerError(pushwire_protocol::ServerError {
+                        request_id: r.request_id,
+                        code: pushwire_protocol::ErrorCode::ResultTooLarge,
+                        message: Text::from(format!(
+                            "the result ({} bytes in its frame) exceeds the client's frame limit \
                          of {} bytes",
-                        m.frame_size(),
-                        limit.unwrap_or_default()
-                    )),
-                }));
+                            size,
+                            limit.unwrap_or_default()
+                        )),
+                    }));
+                }
+                // An error's text is cut so that its frame fits any allowed limit.
+                Message::ServerError(mut e) => {
+                    e.message = crate::channel::clamp_text_to(
+                        e.message,
+                        crate::channel::SERVER_ERROR_TEXT_MAX,
+                    );
+                    channel.send(&Message::ServerError(e));
+                }
+                m => channel.send(&m),
             }
-            m => channel.send(&m),
         });
     }
 

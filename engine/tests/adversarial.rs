@@ -1402,10 +1402,16 @@ fn a_version_4_client_gets_result_too_large_for_a_result_over_its_limit_and_stay
         pair.drive();
         let big = pair.client.request(1, Bytes::new()).unwrap();
         let small = pair.client.request(1, Bytes::new()).unwrap();
+        let failed = pair.client.request(1, Bytes::new()).unwrap();
         pair.drive();
         assert!(pair.server.respond(big, Ok(Bytes::from(vec![1u8; 5000]))));
         // Exactly at the limit: frame size 4096 = type + request id + 4087 bytes.
         assert!(pair.server.respond(small, Ok(Bytes::from(vec![2u8; 4087]))));
+        // An error keeps its code; its text is cut to fit any allowed limit.
+        assert!(pair.server.respond(
+            failed,
+            Err((ErrorCode::Internal, Text::from("e".repeat(MAX_TEXT_BYTES))))
+        ));
         pair.drive();
         not_closed::<ClientConnection>(&pair.client_events);
         let answers: Vec<_> = pair
@@ -1424,10 +1430,23 @@ fn a_version_4_client_gets_result_too_large_for_a_result_over_its_limit_and_stay
             .collect();
         assert_eq!(
             answers,
-            [(big, Err(ErrorCode::ResultTooLarge)), (small, Ok(4087))],
+            [
+                (big, Err(ErrorCode::ResultTooLarge)),
+                (small, Ok(4087)),
+                (failed, Err(ErrorCode::Internal))
+            ],
             "tls {tls}"
         );
-        check_g7(&[big, small], &pair.client_events);
+        let cut = pair.client_events.iter().find_map(|e| match e {
+            ClientEvent::ServerError {
+                request_id,
+                message,
+                ..
+            } if *request_id == failed => Some(message.len()),
+            _ => None,
+        });
+        assert_eq!(cut, Some(4096 - 1 - 8 - 4 - 2));
+        check_g7(&[big, small, failed], &pair.client_events);
     }
 }
 
@@ -1904,7 +1923,8 @@ fn an_overlong_close_reason_is_clamped_not_a_panic() {
     pair.client.close(CloseCode::Normal, reason.as_str());
     pair.drive();
     match pair.server_closed() {
-        Some(CloseReason::Remote { reason, .. }) => assert!(reason.len() <= MAX_TEXT_BYTES),
+        // Cut so the Close (1 + 2 + 2 + text) fits the least frame limit, 4,096.
+        Some(CloseReason::Remote { reason, .. }) => assert_eq!(reason.len(), 4091),
         other => panic!("{other:?}"),
     }
 
@@ -1916,7 +1936,7 @@ fn an_overlong_close_reason_is_clamped_not_a_panic() {
         .refuse(RefuseCode::NotPermitted, "y".repeat(MAX_TEXT_BYTES + 1));
     pair.drive();
     match pair.client_closed() {
-        Some(CloseReason::Refused { reason, .. }) => assert!(reason.len() <= MAX_TEXT_BYTES),
+        Some(CloseReason::Refused { reason, .. }) => assert_eq!(reason.len(), 4091),
         other => panic!("{other:?}"),
     }
 }
