@@ -569,8 +569,8 @@ fn a_compressed_publication_reaches_subscribers_identically_in_both_forms() {
 
 #[test]
 fn a_publisher_over_the_servers_rate_limit_is_told_rate_limited() {
-    // One token a second, bursts of 3: of 10 publications sent at once, 3 go (or a
-    // fourth, on a slow machine) and the rest are refused.
+    // One token a second, bursts of 3: of 10 publications sent at once, 3 go (a few
+    // more only on a machine that stalls for seconds) and the rest are refused.
     let server = Serve::start(&["--publish-rate", "1", "--publish-burst", "3"]);
     let published = server.run(&["pub", "1", "--message", "x", "--repeat", "10"]);
     assert_eq!(published.code, Some(1), "{published:?}");
@@ -579,7 +579,7 @@ fn a_publisher_over_the_servers_rate_limit_is_told_rate_limited() {
         .lines()
         .filter(|l| l.contains(": rate limited: over the publish rate limit of 1 per second"))
         .count();
-    assert!((6..=7).contains(&limited), "{published:?}");
+    assert!((4..=7).contains(&limited), "{published:?}");
     assert!(
         published.stderr.contains("rate limited (not delivered"),
         "{published:?}"

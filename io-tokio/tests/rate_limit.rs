@@ -85,8 +85,9 @@ async fn a_publisher_over_the_rate_is_refused_with_rate_limited_and_no_one_else_
         accepted.len()
     );
     assert_eq!(accepted.len() + refused.len(), FLOOD);
-    // The burst goes first: the first refusal comes right after it.
-    assert_eq!(refused[0], BURST as usize);
+    // The burst goes first: the first refusal comes after it (right after it, unless
+    // the machine stalled for a second and a token came back).
+    assert!(refused[0] >= BURST as usize, "{refused:?}");
 
     // Each refusal also came as an event, with the distinct code.
     let mut events_refused = 0;
