@@ -30,6 +30,42 @@ impl Default for KeepAlive {
     }
 }
 
+impl KeepAlive {
+    /// The keep-alive a client uses once a version 4 server announced its own timing
+    /// in the Welcome, so that neither end takes an idle but healthy connection for
+    /// dead:
+    ///
+    /// - with a server idle timeout, the client pings at least every third of it
+    ///   (its own interval when shorter), so the server hears from it in time even
+    ///   with keep-alive pings off on the client;
+    /// - with server pings every `p`, the client's own idle timeout is at least `3p`
+    ///   (none stays none), so the server's pings alone keep it open.
+    ///
+    /// `None` for either server setting: the server does not do it (0 in the
+    /// Welcome).
+    pub fn following(
+        self,
+        server_ping_interval: Option<Duration>,
+        server_idle_timeout: Option<Duration>,
+    ) -> Self {
+        let ping_interval = match server_idle_timeout {
+            Some(idle) => {
+                let needed = (idle / 3).max(Duration::from_millis(1));
+                Some(self.ping_interval.map_or(needed, |own| own.min(needed)))
+            }
+            None => self.ping_interval,
+        };
+        let idle_timeout = match (self.idle_timeout, server_ping_interval) {
+            (Some(own), Some(ping)) => Some(own.max(ping.saturating_mul(3))),
+            (own, _) => own,
+        };
+        Self {
+            ping_interval,
+            idle_timeout,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) enum ChannelError {
     Tls(TlsError),
@@ -140,6 +176,16 @@ impl Channel {
     /// last traffic.
     pub fn start_keepalive_now(&mut self) {
         self.keepalive_active = true;
+    }
+
+    /// Changes the keep-alive timing (deadlines follow from the last traffic).
+    pub fn set_keepalive(&mut self, keepalive: KeepAlive) {
+        self.keepalive = keepalive;
+    }
+
+    /// The keep-alive timing in force.
+    pub fn keepalive(&self) -> KeepAlive {
+        self.keepalive
     }
 
     pub fn is_closing(&self) -> bool {
@@ -424,9 +470,30 @@ impl Channel {
     }
 }
 
-/// A text cut to the protocol's limit on a character boundary.
+/// Longest reason in a Close or Refused (code `u16`, text): 4,091 bytes, so that the
+/// frame (type, code, text length, text) fits the least frame limit a peer may have
+/// (4,096; a version 4 client announces its own), below the protocol's text limit.
+const REASON_MAX: usize = {
+    let fits = pushwire_protocol::MIN_MAX_FRAME_SIZE as usize - 1 - 2 - 2;
+    if fits < pushwire_protocol::MAX_TEXT_BYTES {
+        fits
+    } else {
+        pushwire_protocol::MAX_TEXT_BYTES
+    }
+};
+
+/// A Close or Refused reason cut to [`REASON_MAX`] bytes on a character boundary.
 pub(crate) fn clamp_text(t: Text) -> Text {
-    let max = pushwire_protocol::MAX_TEXT_BYTES;
+    clamp_text_to(t, REASON_MAX)
+}
+
+/// Longest message in a ServerError (request id `u64`, code `u32`, text): 4,081
+/// bytes, so that the frame fits the least frame limit a peer may have.
+pub(crate) const SERVER_ERROR_TEXT_MAX: usize =
+    pushwire_protocol::MIN_MAX_FRAME_SIZE as usize - 1 - 8 - 4 - 2;
+
+/// `t` cut to at most `max` bytes on a character boundary.
+pub(crate) fn clamp_text_to(t: Text, max: usize) -> Text {
     if t.len() <= max {
         return t;
     }

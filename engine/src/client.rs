@@ -87,9 +87,11 @@ pub struct ClientConfig {
     pub options: ClientOptions,
     /// A session to resume.
     pub resume: Option<ResumeRequest>,
-    /// Largest frame accepted from the server.
+    /// Largest frame accepted from the server; announced in the Hello from protocol
+    /// version 4, so that the server sends nothing larger.
     pub limits: FrameLimits,
-    /// Keep-alive timing.
+    /// Keep-alive timing; after a version 4 Welcome it
+    /// [follows](KeepAlive::following) the server's.
     pub keepalive: KeepAlive,
     /// Limit on TLS handshake plus Hello/Welcome.
     pub handshake_timeout: Duration,
@@ -493,6 +495,12 @@ impl ClientConnection {
     /// the connection is finished, all are.
     pub fn last_seq(&self) -> u64 {
         self.last_seq
+    }
+
+    /// The keep-alive timing in force: the configured one, and after a version 4
+    /// Welcome that one [following](KeepAlive::following) the server's.
+    pub fn keepalive(&self) -> KeepAlive {
+        self.channel.keepalive()
     }
 
     /// The Welcome, once received: session id, resume token, limits.
@@ -918,6 +926,9 @@ impl ClientConnection {
             user_id: self.config.user_id.clone(),
             password: self.config.password.clone(),
             resume: self.config.resume,
+            // Version 4: what this client accepts (left off the wire when it asks
+            // for an earlier version).
+            max_frame_size: Some(self.config.limits.max_frame_size()),
         };
         self.channel.send(&Message::Hello(hello));
         self.state = ClientState::HelloSent;
@@ -1075,6 +1086,15 @@ impl ClientConnection {
                 self.state = ClientState::Ready;
                 self.deadline = None;
                 self.server_max_frame = server_limits.max_frame_size();
+                if welcome.version >= 4 {
+                    // Follow the server's timing (its idle timeout came in version 4).
+                    let ms = |ms: u32| (ms > 0).then(|| Duration::from_millis(ms.into()));
+                    let keepalive = self
+                        .config
+                        .keepalive
+                        .following(ms(welcome.ping_interval_ms), ms(welcome.idle_timeout_ms));
+                    self.channel.set_keepalive(keepalive);
+                }
                 self.channel.start_keepalive_now();
                 // The handshake is over: its buffers are not needed by an idle
                 // connection.

@@ -11,8 +11,8 @@ use crate::tls::{CertificateInfo, TlsError, TlsLink};
 use bytes::{Bytes, BytesMut};
 use pushwire_protocol::{
     negotiate_version, ClientOptions, CloseCode, FrameLimits, Hello, Message, Pong, RawFrame,
-    RefuseCode, Refused, ResumeRequest, ResumeToken, Text, Welcome, PROTOCOL_VERSION,
-    SUPPORTED_VERSIONS,
+    RefuseCode, Refused, ResumeRequest, ResumeToken, Text, Welcome, HARD_MAX_FRAME_SIZE,
+    MIN_MAX_FRAME_SIZE, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
 use rustls::server::UnbufferedServerConnection;
 use std::collections::VecDeque;
@@ -39,7 +39,8 @@ pub struct ServerConfig {
     pub limits: FrameLimits,
     /// Time from accept until the Hello must be complete (TLS handshake included).
     pub hello_timeout: Duration,
-    /// Keep-alive timing; the ping interval is announced in the Welcome.
+    /// Keep-alive timing; the ping interval is announced in the Welcome, and from
+    /// protocol version 4 the idle timeout too.
     pub keepalive: KeepAlive,
     /// Bound on requests a client may have outstanding.
     pub max_outstanding_requests: usize,
@@ -176,6 +177,9 @@ pub struct ServerConnection {
     hello_deadline: Option<Instant>,
     peer: SocketAddr,
     version: u16,
+    /// Version 4: the largest frame size the client accepts (its Hello's
+    /// `max_frame_size`); `None` when it did not say (an earlier version).
+    client_max_frame: Option<u32>,
     results: ResultQueue,
 }
 
@@ -202,6 +206,7 @@ impl ServerConnection {
             events: VecDeque::new(),
             peer,
             version: *SUPPORTED_VERSIONS.end(),
+            client_max_frame: None,
         })
     }
 
@@ -219,6 +224,15 @@ impl ServerConnection {
     /// server speaks).
     pub fn version(&self) -> u16 {
         self.version
+    }
+
+    /// Version 4: the largest frame size (type byte plus body) the client accepts,
+    /// from its Hello, within [`HARD_MAX_FRAME_SIZE`]; `None` when it did not
+    /// announce one (a client of an earlier version). The engine replaces an RPC
+    /// result over it by a ServerError (`ResultTooLarge`); whoever queues push frames
+    /// for this client (the node's mailbox) must keep to it too.
+    pub fn client_max_frame_size(&self) -> Option<u32> {
+        self.client_max_frame
     }
 
     /// Feeds bytes received from the transport.
@@ -339,6 +353,10 @@ impl ServerConnection {
                 .map_or(0, |d| d.as_millis().min(u32::MAX as u128) as u32),
             session_timeout_ms: grant.session_timeout_ms,
             replay_capacity: grant.replay_capacity,
+            // Sent from version 4 only (the encoder leaves it out before).
+            idle_timeout_ms: keepalive
+                .idle_timeout
+                .map_or(0, |d| d.as_millis().clamp(1, u32::MAX as u128) as u32),
         }));
         self.state = ServerState::Ready;
         self.channel.start_keepalive_now();
@@ -427,7 +445,36 @@ impl ServerConnection {
 
     fn release_results(&mut self) {
         let channel = &mut self.channel;
-        self.results.release(|m| channel.send(&m));
+        let limit = self.client_max_frame;
+        self.results.release(|m| {
+            let size = m.frame_size();
+            let over = limit.is_some_and(|max| size > max as usize);
+            match m {
+                // Version 4: a result the client could not take is replaced, so the
+                // request still ends exactly once (G7) and the client stays.
+                Message::Response(r) if over => {
+                    channel.send(&Message::ServerError(pushwire_protocol::ServerError {
+                        request_id: r.request_id,
+                        code: pushwire_protocol::ErrorCode::ResultTooLarge,
+                        message: Text::from(format!(
+                            "the result ({} bytes in its frame) exceeds the client's frame limit \
+                         of {} bytes",
+                            size,
+                            limit.unwrap_or_default()
+                        )),
+                    }));
+                }
+                // An error's text is cut so that its frame fits any allowed limit.
+                Message::ServerError(mut e) => {
+                    e.message = crate::channel::clamp_text_to(
+                        e.message,
+                        crate::channel::SERVER_ERROR_TEXT_MAX,
+                    );
+                    channel.send(&Message::ServerError(e));
+                }
+                m => channel.send(&m),
+            }
+        });
     }
 
     /// Hands the application every request that may run now.
@@ -575,6 +622,7 @@ impl ServerConnection {
             user_id,
             password,
             resume,
+            max_frame_size,
         } = hello;
         let offered = max_version.min(self.config.max_version);
         let Some(version) = negotiate_version(min_version, offered) else {
@@ -589,6 +637,20 @@ impl ServerConnection {
         };
         if user_id.is_empty() {
             return self.refuse_now(RefuseCode::InvalidHello, Text::from("empty user id"));
+        }
+        if version >= 4 {
+            if let Some(max) = max_frame_size {
+                if max < MIN_MAX_FRAME_SIZE {
+                    return self.refuse_now(
+                        RefuseCode::InvalidHello,
+                        Text::from(format!(
+                            "max_frame_size {max} is below the protocol's least frame limit \
+                             of {MIN_MAX_FRAME_SIZE} bytes"
+                        )),
+                    );
+                }
+                self.client_max_frame = Some(max.min(HARD_MAX_FRAME_SIZE));
+            }
         }
         self.version = version;
         let client_certificate = self

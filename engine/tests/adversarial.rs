@@ -117,6 +117,7 @@ fn hello_message() -> Message {
         user_id: Text::from("mallory"),
         password: Bytes::from_static(b"pw"),
         resume: None,
+        max_frame_size: None,
     })
 }
 
@@ -130,6 +131,7 @@ fn welcome_message() -> Message {
         ping_interval_ms: 15_000,
         session_timeout_ms: 0,
         replay_capacity: 0,
+        idle_timeout_ms: 0,
     })
 }
 
@@ -1294,6 +1296,9 @@ fn a_frame_over_the_limit_on_a_tls_link_is_a_frame_too_large_close_locally() {
     // Engine pair: the client accepts 4 KiB frames, the server answers with more.
     let mut client = client_config(true);
     client.limits = FrameLimits::new(4096).unwrap();
+    // A version 3 client: it does not announce its limit, so the server sends the
+    // large result (a version 4 client gets a ResultTooLarge instead, below).
+    client.max_version = 3;
     let mut pair = Pair::new(client, server_config(true));
     pair.drive();
     let id = pair.client.request(1, Bytes::new()).unwrap();
@@ -1341,6 +1346,9 @@ fn a_frame_over_the_limit_on_a_tls_link_is_reported_to_the_peer() {
     // Engine pair: the server must learn why the client left.
     let mut client = client_config(true);
     client.limits = FrameLimits::new(4096).unwrap();
+    // A version 3 client: it does not announce its limit, so the server sends the
+    // large result (a version 4 client gets a ResultTooLarge instead, below).
+    client.max_version = 3;
     let mut pair = Pair::new(client, server_config(true));
     pair.drive();
     let id = pair.client.request(1, Bytes::new()).unwrap();
@@ -1364,6 +1372,9 @@ fn frame_errors_on_a_plaintext_link_are_reported_to_the_peer() {
     // The plaintext counterpart of the test above: the same decode error, told.
     let mut client = client_config(false);
     client.limits = FrameLimits::new(4096).unwrap();
+    // A version 3 client: it does not announce its limit, so the server sends the
+    // large result (a version 4 client gets a ResultTooLarge instead, below).
+    client.max_version = 3;
     let mut pair = Pair::new(client, server_config(false));
     pair.drive();
     let id = pair.client.request(1, Bytes::new()).unwrap();
@@ -1380,6 +1391,90 @@ fn frame_errors_on_a_plaintext_link_are_reported_to_the_peer() {
         ),
         "{pair:?}"
     );
+}
+
+#[test]
+fn a_version_4_client_gets_result_too_large_for_a_result_over_its_limit_and_stays() {
+    for tls in [false, true] {
+        let mut client = client_config(tls);
+        client.limits = FrameLimits::new(4096).unwrap();
+        let mut pair = Pair::new(client, server_config(tls));
+        pair.drive();
+        let big = pair.client.request(1, Bytes::new()).unwrap();
+        let small = pair.client.request(1, Bytes::new()).unwrap();
+        let failed = pair.client.request(1, Bytes::new()).unwrap();
+        pair.drive();
+        assert!(pair.server.respond(big, Ok(Bytes::from(vec![1u8; 5000]))));
+        // Exactly at the limit: frame size 4096 = type + request id + 4087 bytes.
+        assert!(pair.server.respond(small, Ok(Bytes::from(vec![2u8; 4087]))));
+        // An error keeps its code; its text is cut to fit any allowed limit.
+        assert!(pair.server.respond(
+            failed,
+            Err((ErrorCode::Internal, Text::from("e".repeat(MAX_TEXT_BYTES))))
+        ));
+        pair.drive();
+        not_closed::<ClientConnection>(&pair.client_events);
+        let answers: Vec<_> = pair
+            .client_events
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::ServerError {
+                    request_id, code, ..
+                } => Some((*request_id, Err(*code))),
+                ClientEvent::Response {
+                    request_id,
+                    payload,
+                } => Some((*request_id, Ok(payload.len()))),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            answers,
+            [
+                (big, Err(ErrorCode::ResultTooLarge)),
+                (small, Ok(4087)),
+                (failed, Err(ErrorCode::Internal))
+            ],
+            "tls {tls}"
+        );
+        let cut = pair.client_events.iter().find_map(|e| match e {
+            ClientEvent::ServerError {
+                request_id,
+                message,
+                ..
+            } if *request_id == failed => Some(message.len()),
+            _ => None,
+        });
+        assert_eq!(cut, Some(4096 - 1 - 8 - 4 - 2));
+        check_g7(&[big, small, failed], &pair.client_events);
+    }
+}
+
+#[test]
+fn a_version_4_hello_with_a_frame_limit_below_the_least_is_refused() {
+    let mut raw = Raw::<ServerConnection>::client_vs(server_config(true));
+    raw.drive();
+    let Message::Hello(mut hello) = hello_message() else {
+        unreachable!()
+    };
+    hello.max_frame_size = Some(4095);
+    raw.raw.send(&[Message::Hello(hello)]);
+    raw.drive();
+    assert!(
+        matches!(
+            closed_once::<ServerConnection>(&raw.events),
+            CloseReason::Local { .. }
+        ),
+        "{:?}",
+        raw.events
+    );
+    let refused = raw.raw.received.iter().find_map(|m| match m {
+        Message::Refused(r) => Some(r.clone()),
+        _ => None,
+    });
+    let refused = refused.expect("a Refused");
+    assert_eq!(refused.code, RefuseCode::InvalidHello);
+    assert!(refused.reason.as_str().contains("4095"), "{refused:?}");
 }
 
 // ---------------------------------------------------------------------------------
@@ -1828,7 +1923,8 @@ fn an_overlong_close_reason_is_clamped_not_a_panic() {
     pair.client.close(CloseCode::Normal, reason.as_str());
     pair.drive();
     match pair.server_closed() {
-        Some(CloseReason::Remote { reason, .. }) => assert!(reason.len() <= MAX_TEXT_BYTES),
+        // Cut so the Close (1 + 2 + 2 + text) fits the least frame limit, 4,096.
+        Some(CloseReason::Remote { reason, .. }) => assert_eq!(reason.len(), 4091),
         other => panic!("{other:?}"),
     }
 
@@ -1840,7 +1936,7 @@ fn an_overlong_close_reason_is_clamped_not_a_panic() {
         .refuse(RefuseCode::NotPermitted, "y".repeat(MAX_TEXT_BYTES + 1));
     pair.drive();
     match pair.client_closed() {
-        Some(CloseReason::Refused { reason, .. }) => assert!(reason.len() <= MAX_TEXT_BYTES),
+        Some(CloseReason::Refused { reason, .. }) => assert_eq!(reason.len(), 4091),
         other => panic!("{other:?}"),
     }
 }

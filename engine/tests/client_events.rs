@@ -66,6 +66,7 @@ impl Client {
             ping_interval_ms: 0,
             session_timeout_ms: 0,
             replay_capacity: 1024,
+            idle_timeout_ms: 0,
         });
         client.engine.handle_input(now, &encode(&[welcome]));
         assert!(matches!(client.events()[..], [ClientEvent::Ready(_)]));

@@ -739,6 +739,7 @@ fn scripted(config: ClientConfig, version: u16, frames: &[Message]) -> Vec<Clien
         ping_interval_ms: 0,
         session_timeout_ms: 0,
         replay_capacity: 0,
+        idle_timeout_ms: 0,
     })
     .encode(&mut wire);
     for m in frames {

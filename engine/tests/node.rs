@@ -1405,6 +1405,7 @@ fn a_version_1_client_gets_no_push_taken() {
             user_id: Text::from("old"),
             password: Bytes::from_static(b"pw"),
             resume: None,
+            max_frame_size: None,
         })
         .encode(&mut bytes);
         conn.handle_input(now, &bytes);
@@ -1550,6 +1551,7 @@ fn hello_with_permit(
         user_id: Text::from(user.to_owned()),
         password: Bytes::from_static(b"pw"),
         resume,
+        max_frame_size: None,
     })
     .encode(&mut bytes);
     conn.handle_input(now, &bytes);
@@ -1653,4 +1655,181 @@ fn a_user_connection_limit_refuses_the_connection_over_it_and_counts_a_resume_on
     };
     let (_e, answer) = hello_with_permit(&mut node, now, "dave", None, zero, 11);
     assert_eq!(refused_code(&answer), Some(RefuseCode::TooManyConnections));
+}
+
+// --- Publish rate limit ------------------------------------------------------------
+
+/// The PushRejected codes `pair` received, by command id.
+fn rejections(pair: &Pair) -> Vec<(u64, pushwire_protocol::RejectCode)> {
+    pair.pushes()
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::PushRejected(r) => Some((r.command_id, r.code)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_publisher_over_its_rate_limit_is_refused_with_rate_limited_and_others_are_not() {
+    use pushwire_engine::client::PushCommand;
+    use pushwire_engine::node::RateLimit;
+    use pushwire_protocol::RejectCode;
+    let mut config = plaintext_config();
+    config.publish_rate = Some(RateLimit::new(10, 3).unwrap());
+    let mut w = World::new(config);
+    let a = w.join("alice", &[]);
+    let c = w.join("carol", &[]);
+    let b = w.join("bob", &[1]);
+    // A burst of 3 passes, the 4th and 5th are refused, all at the same instant; a
+    // user message counts too.
+    let ids: Vec<u64> = (0..4)
+        .map(|i| {
+            w.pairs[a]
+                .client
+                .publish(&[GroupId(1)], format!("a{i}").as_bytes())
+                .unwrap()
+        })
+        .collect();
+    let dm = w.pairs[a]
+        .client
+        .push(PushCommand::SendUserMessage {
+            receiver: "bob".into(),
+            payload: Bytes::from_static(b"dm"),
+        })
+        .unwrap();
+    // carol, on her own bucket, is not affected.
+    for i in 0..3 {
+        w.publish(c, 1, format!("c{i}").as_bytes());
+    }
+    w.step();
+    assert_eq!(
+        rejections(&w.pairs[a]),
+        [
+            (ids[3], RejectCode::RateLimited),
+            (dm, RejectCode::RateLimited)
+        ]
+    );
+    assert!(rejections(&w.pairs[c]).is_empty());
+    assert_eq!(w.node.stats().rate_limited, 2);
+    let got: Vec<Bytes> = w.pairs[b].published().into_iter().map(|(_, p)| p).collect();
+    assert_eq!(got, ["a0", "a1", "a2", "c0", "c1", "c2"].map(Bytes::from));
+    // The connection stays; 100 ms at 10/s refills one token.
+    assert_eq!(w.pairs[a].client.state(), ClientState::Ready);
+    w.now += Duration::from_millis(100);
+    w.publish(a, 1, b"again");
+    w.publish(a, 1, b"too soon");
+    w.step();
+    assert_eq!(rejections(&w.pairs[a]).len(), 3);
+    let got: Vec<Bytes> = w.pairs[b].published().into_iter().map(|(_, p)| p).collect();
+    assert_eq!(got.last().map(|p| &p[..]), Some(&b"again"[..]));
+    assert_eq!(got.len(), 7);
+    assert_eq!(w.node.stats().rate_limited, 3);
+    // Subscribing is not counted.
+    w.pairs[a]
+        .client
+        .push(PushCommand::Subscribe(vec![GroupId(2)]))
+        .unwrap();
+    w.step();
+    assert_eq!(rejections(&w.pairs[a]).len(), 3);
+}
+
+// --- The client's frame limit (protocol version 4) ------------------------------
+
+/// `user` with a frame limit of 4 KiB, speaking at most `version`, subscribed to 1.
+fn small_framed(w: &mut World, user: &str, version: u16) -> usize {
+    let mut config = w.client(user);
+    config.limits = pushwire_protocol::FrameLimits::new(4096).unwrap();
+    config.max_version = version;
+    let i = w.connect(config);
+    w.pairs[i]
+        .client
+        .push(pushwire_engine::client::PushCommand::Subscribe(vec![
+            GroupId(1),
+        ]))
+        .unwrap();
+    w.step();
+    i
+}
+
+#[test]
+fn a_delivery_over_the_receivers_frame_limit_becomes_a_gap_and_the_receiver_stays() {
+    let mut w = World::new(plaintext_config());
+    let a = w.join("alice", &[]);
+    let small = small_framed(&mut w, "small", 4);
+    let big = w.join("big", &[1]);
+    let before = w.pairs[small].client.last_seq();
+    w.publish(a, 1, &[7u8; 5000]);
+    w.publish(a, 1, b"fits");
+    w.step();
+    // The receiver with the default limit gets both.
+    let got: Vec<usize> = w.pairs[big]
+        .published()
+        .iter()
+        .map(|(_, p)| p.len())
+        .collect();
+    assert_eq!(got, [5000, 4]);
+    // The small one: a Gap for exactly the publication it could not take, then the
+    // next one; still connected, every sequence number covered once.
+    let pushes = w.pairs[small].pushes();
+    let tail: Vec<&Message> = pushes
+        .iter()
+        .copied()
+        .filter(|m| matches!(m, Message::Gap(_) | Message::Published(_)))
+        .collect();
+    assert!(
+        matches!(tail[..], [Message::Gap(g), Message::Published(p)]
+            if g.first == before + 1 && g.last == before + 1 && p.seq == before + 2
+                && &p.payload[..] == b"fits"),
+        "{tail:?}"
+    );
+    assert_eq!(w.pairs[small].client.state(), ClientState::Ready);
+    assert_eq!(w.pairs[small].closed(), None);
+    assert_eq!(w.node.stats().replaced_over_client_limit, 1);
+}
+
+#[test]
+fn on_version_3_the_limit_is_not_announced_and_the_receiver_closes_on_its_own() {
+    // Today's behaviour without the field: the server sends the frame, the client
+    // refuses it. A version 3 client does not send it; a version 3 server ignores it.
+    for (client_version, server_version) in [(3, 4), (4, 3)] {
+        let mut config = plaintext_config();
+        let mut server = (*config.server).clone();
+        server.max_version = server_version;
+        config.server = Arc::new(server);
+        let mut w = World::new(config);
+        let a = w.join("alice", &[]);
+        let small = small_framed(&mut w, "small", client_version);
+        assert_eq!(w.pairs[small].welcome().version, 3);
+        w.publish(a, 1, &[7u8; 5000]);
+        w.step();
+        assert!(
+            matches!(w.pairs[small].closed(), Some(CloseReason::Protocol(_))),
+            "{:?}",
+            w.pairs[small].closed()
+        );
+    }
+}
+
+#[test]
+fn an_answer_over_the_clients_frame_limit_is_refused_with_answer_too_large() {
+    let mut w = World::new(plaintext_config());
+    for g in 10..20 {
+        w.node.add_group(GroupId(g), "d".repeat(1000)).unwrap();
+    }
+    let small = small_framed(&mut w, "small", 4);
+    let id = w.pairs[small]
+        .client
+        .push(pushwire_engine::client::PushCommand::ListGroups)
+        .unwrap();
+    w.step();
+    let answer = w.pairs[small].pushes().into_iter().find_map(|m| match m {
+        Message::PushRejected(r) if r.command_id == id => Some(r.code),
+        Message::GroupList(g) if g.command_id == id => {
+            panic!("a GroupList of {} groups", g.groups.len())
+        }
+        _ => None,
+    });
+    assert_eq!(answer, Some(pushwire_protocol::RejectCode::AnswerTooLarge));
+    assert_eq!(w.pairs[small].closed(), None);
 }

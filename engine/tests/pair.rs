@@ -1042,3 +1042,146 @@ fn an_idle_server_connection_gives_back_what_the_handshake_and_a_burst_grew() {
         assert!(pair.server_closed().is_none() && pair.client_closed().is_none());
     }
 }
+
+/// A pair whose client has keep-alive `client` and whose server has `server`,
+/// speaking at most `client_version`; plaintext, handshake done.
+fn keepalive_pair(client: KeepAlive, server: KeepAlive, client_version: u16) -> Pair {
+    keepalive_pair_with(client, server, client_version, 4)
+}
+
+/// [`keepalive_pair`] with a server speaking at most `server_version`.
+fn keepalive_pair_with(
+    client: KeepAlive,
+    server: KeepAlive,
+    client_version: u16,
+    server_version: u16,
+) -> Pair {
+    let mut client_config = ClientConfig::new(ClientTransport::Plaintext, "alice", b"MyPassword");
+    client_config.keepalive = client;
+    client_config.max_version = client_version;
+    let mut server_config = ServerConfig::new(ServerTransport::Plaintext);
+    server_config.keepalive = server;
+    server_config.max_version = server_version;
+    let mut pair = Pair::new(client_config, server_config);
+    pair.drive();
+    assert!(pair.client_ready());
+    pair
+}
+
+/// Advances `pair` by `total` in steps of `step` or until a side closed; returns
+/// how long it stayed open.
+fn idle_for(pair: &mut Pair, total: Duration, step: Duration) -> Duration {
+    let start = pair.now;
+    while pair.now - start < total && pair.client_closed().is_none() {
+        pair.advance(step);
+    }
+    pair.now - start
+}
+
+#[test]
+fn a_version_4_client_pings_often_enough_for_the_servers_idle_timeout() {
+    // The client sends nothing of its own (keep-alive off); the server never pings
+    // but closes after 3 s without a frame.
+    let off = KeepAlive {
+        ping_interval: None,
+        idle_timeout: None,
+    };
+    let server = KeepAlive {
+        ping_interval: None,
+        idle_timeout: Some(Duration::from_secs(3)),
+    };
+    let step = Duration::from_millis(250);
+
+    let mut v4 = keepalive_pair(off, server, 4);
+    assert_eq!(v4.client.welcome().unwrap().idle_timeout_ms, 3000);
+    assert_eq!(
+        v4.client.keepalive().ping_interval,
+        Some(Duration::from_secs(1))
+    );
+    let lived = idle_for(&mut v4, Duration::from_secs(60), step);
+    assert_eq!(lived, Duration::from_secs(60), "{:?}", v4.client_closed());
+    assert!(v4.server_closed().is_none());
+
+    // The same client speaking version 3, or meeting a version 3 server, does not
+    // know the server's timeout.
+    for (client_version, server_version) in [(3, 4), (4, 3)] {
+        let mut v3 = keepalive_pair_with(off, server, client_version, server_version);
+        let welcome = v3.client.welcome().unwrap();
+        assert_eq!((welcome.version, welcome.idle_timeout_ms), (3, 0));
+        assert_eq!(v3.client.keepalive(), off);
+        let lived = idle_for(&mut v3, Duration::from_secs(60), step);
+        assert!(lived <= Duration::from_secs(4), "{lived:?}");
+        assert_eq!(
+            v3.server_closed(),
+            Some(&CloseReason::Timeout(TimeoutKind::Idle))
+        );
+        assert!(matches!(
+            v3.client_closed(),
+            Some(CloseReason::Remote {
+                code: CloseCode::IdleTimeout,
+                ..
+            })
+        ));
+    }
+}
+
+#[test]
+fn a_version_4_clients_idle_timeout_is_not_shorter_than_the_servers_pings_need() {
+    // The server pings every 10 s and never times out; the client does not ping and
+    // would time out after 4 s of silence.
+    let client = KeepAlive {
+        ping_interval: None,
+        idle_timeout: Some(Duration::from_secs(4)),
+    };
+    let server = KeepAlive {
+        ping_interval: Some(Duration::from_secs(10)),
+        idle_timeout: None,
+    };
+    let step = Duration::from_millis(500);
+
+    let mut v4 = keepalive_pair(client, server, 4);
+    assert_eq!(
+        v4.client.keepalive(),
+        KeepAlive {
+            ping_interval: None,
+            idle_timeout: Some(Duration::from_secs(30)),
+        }
+    );
+    let lived = idle_for(&mut v4, Duration::from_secs(120), step);
+    assert_eq!(lived, Duration::from_secs(120), "{:?}", v4.client_closed());
+
+    let mut v3 = keepalive_pair(client, server, 3);
+    let lived = idle_for(&mut v3, Duration::from_secs(120), step);
+    assert!(lived <= Duration::from_secs(5), "{lived:?}");
+    assert_eq!(
+        v3.client_closed(),
+        Some(&CloseReason::Timeout(TimeoutKind::Idle))
+    );
+}
+
+#[test]
+fn following_the_server_only_ever_shortens_pings_and_lengthens_the_idle_timeout() {
+    let own = KeepAlive {
+        ping_interval: Some(Duration::from_secs(15)),
+        idle_timeout: Some(Duration::from_secs(45)),
+    };
+    // The defaults on both ends: nothing changes.
+    assert_eq!(
+        own.following(Some(Duration::from_secs(15)), Some(Duration::from_secs(45))),
+        own
+    );
+    // A server that says nothing: nothing changes.
+    assert_eq!(own.following(None, None), own);
+    // A strict server: the client pings at a third of its idle timeout.
+    assert_eq!(
+        own.following(None, Some(Duration::from_secs(6)))
+            .ping_interval,
+        Some(Duration::from_secs(2))
+    );
+    // A server that pings rarely: the client waits three of its intervals.
+    assert_eq!(
+        own.following(Some(Duration::from_secs(60)), None)
+            .idle_timeout,
+        Some(Duration::from_secs(180))
+    );
+}

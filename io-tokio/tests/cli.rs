@@ -930,3 +930,27 @@ fn serve_admin_serves_metrics_that_count_the_run() {
     assert_eq!(code, 200);
     assert_eq!(json(&health)["status"], "ok");
 }
+
+#[test]
+fn a_publisher_over_the_servers_rate_limit_is_told_rate_limited() {
+    // One token a second, bursts of 3: of 10 publications sent at once, 3 go (a few
+    // more only on a machine that stalls for seconds) and the rest are refused.
+    let server = Serve::start(&["--publish-rate", "1", "--publish-burst", "3"]);
+    let published = server.run(&["pub", "1", "--message", "x", "--repeat", "10"]);
+    assert_eq!(published.code, Some(1), "{published:?}");
+    let limited = published
+        .stdout
+        .lines()
+        .filter(|l| l.contains(": rate limited: over the publish rate limit of 1 per second"))
+        .count();
+    assert!((4..=7).contains(&limited), "{published:?}");
+    assert!(
+        published.stderr.contains("rate limited (not delivered"),
+        "{published:?}"
+    );
+    // Invalid settings are usage errors.
+    let zero = pushwire(&["serve", "--listen", "127.0.0.1:0", "--publish-rate", "0"]);
+    assert_eq!(zero.code, Some(2), "{zero:?}");
+    let burst_alone = pushwire(&["serve", "--listen", "127.0.0.1:0", "--publish-burst", "5"]);
+    assert_eq!(burst_alone.code, Some(2), "{burst_alone:?}");
+}

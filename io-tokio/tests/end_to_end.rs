@@ -232,6 +232,7 @@ async fn an_independent_tls_peer_completes_a_handshake_and_a_hello() {
         user_id: "tokio-rustls".into(),
         password: Bytes::from_static(b"MyPassword"),
         resume: None,
+        max_frame_size: None,
     })
     .encode(&mut hello);
     tls.write_all(&hello).await.unwrap();
@@ -518,6 +519,7 @@ async fn a_peer_trickling_a_frame_is_closed_at_the_idle_deadline() {
         user_id: "trickler".into(),
         password: Bytes::from_static(b"MyPassword"),
         resume: None,
+        max_frame_size: None,
     })
     .encode(&mut hello);
     raw.write_all(&hello).await.unwrap();

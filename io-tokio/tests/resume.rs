@@ -233,6 +233,7 @@ async fn stalled_client(addr: SocketAddr) -> TcpStream {
         user_id: "slow".into(),
         password: Bytes::from_static(b"pw"),
         resume: None,
+        max_frame_size: None,
     })
     .encode(&mut out);
     stream.write_all(&out).await.unwrap();

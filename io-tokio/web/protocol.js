@@ -468,6 +468,8 @@ const ENCODERS = {
     } else {
       w.bool(false);
     }
+    // Version 4: the client's frame limit, when it speaks version 4 or later.
+    if (m.maxVersion >= 4 && m.maxFrameSize != null) w.u32(m.maxFrameSize, "maxFrameSize");
   },
   welcome(w, m) {
     w.u16(m.version, "version");
@@ -481,6 +483,8 @@ const ENCODERS = {
     w.u32(m.pingIntervalMs, "pingIntervalMs");
     w.u32(m.sessionTimeoutMs, "sessionTimeoutMs");
     w.u32(m.replayCapacity, "replayCapacity");
+    // Version 4: the server's idle timeout; earlier Welcomes end here.
+    if (m.version >= 4) w.u32(m.idleTimeoutMs ?? 0, "idleTimeoutMs");
   },
   refused(w, m) {
     w.u16(m.code, "code");
@@ -774,6 +778,9 @@ const DECODERS = {
     if (r.bool("resume")) {
       resume = { token: r.bytes(16, "resume_token"), lastSeq: r.u64("last_seq") };
     }
+    // Version 4's field, from a client of version 4 or later, when anything follows
+    // the resume request (a started but cut field is Truncated).
+    const maxFrameSize = maxVersion >= 4 && r.pos < r.body.length ? r.u32("max_frame_size") : null;
     // Extension bytes of later versions are ignored, in the Hello only (section 4).
     r.pos = r.body.length;
     return {
@@ -784,18 +791,24 @@ const DECODERS = {
       userId,
       password,
       resume,
+      maxFrameSize,
     };
   },
-  welcome: (r) => ({
-    version: r.u16("version"),
-    sessionId: r.u64("session_id"),
-    resumeToken: r.bytes(16, "resume_token"),
-    resumed: r.bool("resumed"),
-    maxFrameSize: r.u32("max_frame_size"),
-    pingIntervalMs: r.u32("ping_interval_ms"),
-    sessionTimeoutMs: r.u32("session_timeout_ms"),
-    replayCapacity: r.u32("replay_capacity"),
-  }),
+  welcome(r) {
+    const version = r.u16("version");
+    return {
+      version,
+      sessionId: r.u64("session_id"),
+      resumeToken: r.bytes(16, "resume_token"),
+      resumed: r.bool("resumed"),
+      maxFrameSize: r.u32("max_frame_size"),
+      pingIntervalMs: r.u32("ping_interval_ms"),
+      sessionTimeoutMs: r.u32("session_timeout_ms"),
+      replayCapacity: r.u32("replay_capacity"),
+      // Version 4 appends the idle timeout; 0 (none announced) before.
+      idleTimeoutMs: version >= 4 ? r.u32("idle_timeout_ms") : 0,
+    };
+  },
   refused: (r) => ({ code: r.u16("code"), reason: r.text("reason", MAX_TEXT_BYTES) }),
   request: (r) => r.payload({ requestId: r.u64("request_id"), methodId: r.u32("method_id") }),
   response: (r) => r.payload({ requestId: r.u64("request_id") }),

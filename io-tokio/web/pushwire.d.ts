@@ -78,8 +78,8 @@ export interface GroupDescription {
 }
 
 export type Message =
-  | { type: "hello"; minVersion: number; maxVersion: number; serviceId: number; options: { echo: boolean; compression: boolean }; userId: string; password: Uint8Array; resume: { token: Uint8Array; lastSeq: U64 } | null }
-  | { type: "welcome"; version: number; sessionId: U64; resumeToken: Uint8Array; resumed: boolean; maxFrameSize: number; pingIntervalMs: number; sessionTimeoutMs: number; replayCapacity: number }
+  | { type: "hello"; minVersion: number; maxVersion: number; serviceId: number; options: { echo: boolean; compression: boolean }; userId: string; password: Uint8Array; resume: { token: Uint8Array; lastSeq: U64 } | null; maxFrameSize: number | null }
+  | { type: "welcome"; version: number; sessionId: U64; resumeToken: Uint8Array; resumed: boolean; maxFrameSize: number; pingIntervalMs: number; sessionTimeoutMs: number; replayCapacity: number; idleTimeoutMs: number }
   | { type: "refused"; code: number; reason: string }
   | { type: "request"; requestId: U64; methodId: number; payload: Uint8Array }
   | { type: "response"; requestId: U64; payload: Uint8Array }

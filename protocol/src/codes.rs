@@ -117,6 +117,14 @@ wire_code! {
         InvalidReceiver = 5,
         /// The command could not be processed for lack of resources; retry later.
         Busy = 6,
+        /// The connection is over the server's publish rate limit: the command (a
+        /// publication or user message) was not run; retry later. Defined in
+        /// version 4, sent to clients of any version (an older one decodes it as
+        /// `Other(7)`).
+        RateLimited = 7,
+        /// Version 4: the answer (a GroupList, say) would not fit the client's
+        /// frame limit (its Hello's `max_frame_size`), so it was not sent.
+        AnswerTooLarge = 8,
     }
 }
 
@@ -147,6 +155,9 @@ wire_code! {
         /// Version 3: the client cancelled the request; it did not start, or its
         /// handler stopped on the cancellation.
         Cancelled = 6,
+        /// Version 4: the result would not fit the client's frame limit (its
+        /// Hello's `max_frame_size`), so it was not sent.
+        ResultTooLarge = 7,
     }
 }
 

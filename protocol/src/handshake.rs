@@ -12,7 +12,7 @@ use std::fmt;
 use std::ops::RangeInclusive;
 
 /// The protocol version this crate speaks best.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Every protocol version this crate can speak.
 pub const SUPPORTED_VERSIONS: RangeInclusive<u16> = 1..=PROTOCOL_VERSION;
@@ -112,6 +112,13 @@ pub struct Hello {
     pub password: Bytes,
     /// Session to resume, if any.
     pub resume: Option<ResumeRequest>,
+    /// Version 4: the largest frame size (type byte plus body) the client accepts;
+    /// the server sends it no larger frame. On the wire only when `max_version` ≥ 4
+    /// (an encoder leaves it out otherwise, and a decoder reads the bytes after the
+    /// resume request as later versions' extensions, ignored, as before); in such a
+    /// Hello it may still be absent (nothing follows the resume request): `None`,
+    /// no limit announced.
+    pub max_frame_size: Option<u32>,
 }
 
 impl fmt::Debug for Hello {
@@ -124,7 +131,15 @@ impl fmt::Debug for Hello {
             .field("user_id", &self.user_id)
             .field("password", &format_args!("<{} bytes>", self.password.len()))
             .field("resume", &self.resume)
+            .field("max_frame_size", &self.max_frame_size)
             .finish()
+    }
+}
+
+impl Hello {
+    /// Whether `max_frame_size` goes on the wire.
+    fn announces_frame_limit(&self) -> bool {
+        self.max_frame_size.is_some() && self.max_version >= 4
     }
 }
 
@@ -138,6 +153,7 @@ impl Body for Hello {
             + self.password.len().min(MAX_PASSWORD_BYTES)
             + 1
             + if self.resume.is_some() { 16 + 8 } else { 0 }
+            + if self.announces_frame_limit() { 4 } else { 0 }
     }
 
     fn encode_body(&self, out: &mut BytesMut) {
@@ -159,6 +175,9 @@ impl Body for Hello {
                 out.put_slice(&resume.token.0);
                 out.put_u64(resume.last_seq);
             }
+        }
+        if let Some(max) = self.max_frame_size.filter(|_| self.max_version >= 4) {
+            out.put_u32(max);
         }
     }
 
@@ -189,6 +208,13 @@ impl Body for Hello {
         } else {
             None
         };
+        // Version 4's field, from a client of version 4 or later, when anything
+        // follows (then it must be whole).
+        let max_frame_size = if max_version >= 4 && r.remaining() > 0 {
+            Some(r.u32("max_frame_size")?)
+        } else {
+            None
+        };
         // Trailing bytes are extensions of a later version: ignored on purpose.
         let _extensions = r.rest();
         Ok(Hello {
@@ -199,6 +225,7 @@ impl Body for Hello {
             user_id,
             password,
             resume,
+            max_frame_size,
         })
     }
 }
@@ -222,11 +249,16 @@ pub struct Welcome {
     pub session_timeout_ms: u32,
     /// How many push events the server keeps for replay per session.
     pub replay_capacity: u32,
+    /// Version 4: the server's idle timeout in milliseconds (0: none): it closes a
+    /// connection from which no complete frame arrived for this long. On the wire
+    /// only when `version` ≥ 4; a Welcome of an earlier version leaves it out (an
+    /// encoder ignores it then) and decodes with 0.
+    pub idle_timeout_ms: u32,
 }
 
 impl Body for Welcome {
     fn body_len(&self) -> usize {
-        2 + 8 + 16 + 1 + 4 + 4 + 4 + 4
+        2 + 8 + 16 + 1 + 4 + 4 + 4 + 4 + if self.version >= 4 { 4 } else { 0 }
     }
 
     fn encode_body(&self, out: &mut BytesMut) {
@@ -238,11 +270,15 @@ impl Body for Welcome {
         out.put_u32(self.ping_interval_ms);
         out.put_u32(self.session_timeout_ms);
         out.put_u32(self.replay_capacity);
+        if self.version >= 4 {
+            out.put_u32(self.idle_timeout_ms);
+        }
     }
 
     fn decode_body(r: &mut Reader) -> Result<Self, DecodeError> {
+        let version = r.u16("version")?;
         let m = Welcome {
-            version: r.u16("version")?,
+            version,
             session_id: r.u64("session_id")?,
             resume_token: ResumeToken(r.array("resume_token")?),
             resumed: r.bool("resumed")?,
@@ -250,6 +286,12 @@ impl Body for Welcome {
             ping_interval_ms: r.u32("ping_interval_ms")?,
             session_timeout_ms: r.u32("session_timeout_ms")?,
             replay_capacity: r.u32("replay_capacity")?,
+            // The layout follows the version it announces, which comes first.
+            idle_timeout_ms: if version >= 4 {
+                r.u32("idle_timeout_ms")?
+            } else {
+                0
+            },
         };
         Ok(m)
     }
@@ -295,8 +337,10 @@ mod tests {
         assert_eq!(negotiate_version(1, 9), Some(PROTOCOL_VERSION));
         assert_eq!(negotiate_version(1, 2), Some(2));
         assert_eq!(negotiate_version(2, 2), Some(2));
-        assert_eq!(negotiate_version(3, 9), Some(3));
-        assert_eq!(negotiate_version(4, 9), None);
+        assert_eq!(negotiate_version(3, 9), Some(4));
+        assert_eq!(negotiate_version(3, 3), Some(3));
+        assert_eq!(negotiate_version(4, 9), Some(4));
+        assert_eq!(negotiate_version(5, 9), None);
         assert_eq!(negotiate_version(0, 0), None);
     }
 
@@ -310,6 +354,7 @@ mod tests {
             user_id: Text::from("alice"),
             password: Bytes::from_static(b"secret"),
             resume: None,
+            max_frame_size: None,
         };
         let shown = format!("{hello:?}");
         assert!(!shown.contains("secret"), "{shown}");

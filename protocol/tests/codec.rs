@@ -86,18 +86,22 @@ fn handshake() -> impl Strategy<Value = Message> {
             any::<(bool, bool)>(),
             user_id(),
             proptest::collection::vec(any::<u8>(), 0..=MAX_PASSWORD_BYTES),
-            resume()
+            resume(),
+            proptest::option::of(any::<u32>())
         )
             .prop_map(
-                |(a, b, service_id, (echo, compression), user_id, password, resume)| {
+                |(a, b, service_id, (echo, compression), user_id, password, resume, max_frame)| {
+                    let max_version = a.max(b);
                     Message::Hello(Hello {
                         min_version: a.min(b),
-                        max_version: a.max(b),
+                        max_version,
                         service_id,
                         options: ClientOptions { echo, compression },
                         user_id,
                         password: password.into(),
                         resume,
+                        // On the wire from version 4 only.
+                        max_frame_size: max_frame.filter(|_| max_version >= 4),
                     })
                 }
             ),
@@ -106,7 +110,7 @@ fn handshake() -> impl Strategy<Value = Message> {
             any::<u64>(),
             any::<[u8; 16]>(),
             any::<bool>(),
-            any::<[u32; 4]>()
+            any::<[u32; 5]>()
         )
             .prop_map(|(version, session_id, token, resumed, n)| {
                 Message::Welcome(Welcome {
@@ -118,6 +122,8 @@ fn handshake() -> impl Strategy<Value = Message> {
                     ping_interval_ms: n[1],
                     session_timeout_ms: n[2],
                     replay_capacity: n[3],
+                    // On the wire from version 4 only.
+                    idle_timeout_ms: if version >= 4 { n[4] } else { 0 },
                 })
             }),
         (any::<u16>(), short_text()).prop_map(|(c, reason)| Message::Refused(Refused {

@@ -127,6 +127,34 @@ const EXAMPLE_HELLO: &str = "\
 00                       # resume: none
 ";
 
+const EXAMPLE_HELLO_V4: &str = "\
+00 00 00 16              # length: 22 = 1 + 4 + 4 + 1 + 5 + 2 + 1 + 4
+01                       # type: Hello
+00 01                    # min_version: 1
+00 04                    # max_version: 4
+00 00 00 01              # service_id: 1
+03                       # options: echo, compression
+00 03 62 6f 62           # user_id: \"bob\"
+00 00                    # password: empty
+00                       # resume: none
+00 01 00 00              # max_frame_size: 65,536 (version 4)
+";
+
+const EXAMPLE_WELCOME_V4: &str = "\
+00 00 00 30              # length: 48 = 1 + 47
+02                       # type: Welcome
+00 04                    # version: 4
+00 00 00 00 00 00 00 2a  # session_id: 42
+a0 a1 a2 a3 a4 a5 a6 a7  # resume_token (16 bytes)
+a8 a9 aa ab ac ad ae af
+00                       # resumed: no
+00 10 00 00              # max_frame_size: 1 MiB
+00 00 3a 98              # ping_interval_ms: 15,000
+00 00 ea 60              # session_timeout_ms: 60,000
+00 00 04 00              # replay_capacity: 1,024
+00 00 af c8              # idle_timeout_ms: 45,000 (version 4)
+";
+
 const EXAMPLE_PUBLISH_COMPRESSED: &str = "\
 00 00 00 22              # length: 34 = 1 + 8 + 6 + 5 + 14
 a2                       # type: Publish (0x22) with the compressed bit (0x80)
@@ -219,6 +247,7 @@ fn hello() -> Message {
         user_id: Text::from("alice"),
         password: Bytes::from_static(b"secret"),
         resume: None,
+        max_frame_size: None,
     })
 }
 
@@ -283,6 +312,8 @@ fn the_specification_contains_the_worked_examples_verbatim() {
         ("Hello", EXAMPLE_HELLO),
         ("compressed Publish", EXAMPLE_PUBLISH_COMPRESSED),
         ("compressed Published", EXAMPLE_PUBLISHED_COMPRESSED),
+        ("version 4 Hello", EXAMPLE_HELLO_V4),
+        ("version 4 Welcome", EXAMPLE_WELCOME_V4),
     ] {
         assert!(
             spec.contains(example),
@@ -318,6 +349,7 @@ fn golden() -> Vec<(Message, &'static str)> {
                     ]),
                     last_seq: 42,
                 }),
+                max_frame_size: None,
             }),
             "00 00 00 2a              # length: 42
              01                       # Hello
@@ -343,6 +375,7 @@ fn golden() -> Vec<(Message, &'static str)> {
                 ping_interval_ms: 15_000,
                 session_timeout_ms: 60_000,
                 replay_capacity: 1024,
+                idle_timeout_ms: 0,
             }),
             "00 00 00 2c              # length: 44
              02                       # Welcome
@@ -354,6 +387,41 @@ fn golden() -> Vec<(Message, &'static str)> {
              00 00 3a 98              # ping_interval_ms 15000
              00 00 ea 60              # session_timeout_ms 60000
              00 00 04 00              # replay_capacity 1024",
+        ),
+        // Version 4: the Hello announces the client's frame limit, after the resume
+        // request; the Welcome appends the server's idle timeout.
+        (
+            Message::Hello(Hello {
+                min_version: 1,
+                max_version: 4,
+                service_id: 1,
+                options: ClientOptions {
+                    echo: true,
+                    compression: true,
+                },
+                user_id: Text::from("bob"),
+                password: Bytes::new(),
+                resume: None,
+                max_frame_size: Some(64 * 1024),
+            }),
+            EXAMPLE_HELLO_V4,
+        ),
+        (
+            Message::Welcome(Welcome {
+                version: 4,
+                session_id: 42,
+                resume_token: ResumeToken([
+                    0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xab, 0xac,
+                    0xad, 0xae, 0xaf,
+                ]),
+                resumed: false,
+                max_frame_size: 1024 * 1024,
+                ping_interval_ms: 15_000,
+                session_timeout_ms: 60_000,
+                replay_capacity: 1024,
+                idle_timeout_ms: 45_000,
+            }),
+            EXAMPLE_WELCOME_V4,
         ),
         (
             Message::Refused(Refused {
@@ -838,9 +906,11 @@ fn code_tables_are_frozen() {
         RejectCode::PayloadTooLarge,
         RejectCode::InvalidReceiver,
         RejectCode::Busy,
+        RejectCode::RateLimited,
+        RejectCode::AnswerTooLarge,
     ]
     .map(RejectCode::to_wire);
-    assert_eq!(reject, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(reject, [1, 2, 3, 4, 5, 6, 7, 8]);
 
     let lost =
         [SessionLostReason::Unknown, SessionLostReason::Expired].map(SessionLostReason::to_wire);
@@ -853,16 +923,17 @@ fn code_tables_are_frozen() {
         ErrorCode::GoingAway,
         ErrorCode::NoService,
         ErrorCode::Cancelled,
+        ErrorCode::ResultTooLarge,
     ]
     .map(ErrorCode::to_wire);
-    assert_eq!(error, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(error, [1, 2, 3, 4, 5, 6, 7]);
 
     // Values without a name are kept, not refused.
     assert_eq!(RefuseCode::from_wire(0), RefuseCode::Other(0));
-    assert_eq!(RejectCode::from_wire(7), RejectCode::Other(7));
+    assert_eq!(RejectCode::from_wire(9), RejectCode::Other(9));
     assert_eq!(SessionLostReason::from_wire(3), SessionLostReason::Other(3));
     assert_eq!(CloseCode::from_wire(12), CloseCode::Other(12));
-    assert_eq!(ErrorCode::from_wire(7), ErrorCode::Other(7));
+    assert_eq!(ErrorCode::from_wire(8), ErrorCode::Other(8));
 }
 
 #[test]
@@ -876,8 +947,8 @@ fn limits_are_frozen() {
     assert_eq!(MAX_PASSWORD_BYTES, 1024);
     assert_eq!(MAX_TEXT_BYTES, 4096);
     assert_eq!(MAX_GROUPS_PER_MESSAGE, 65_535);
-    assert_eq!(PROTOCOL_VERSION, 3);
-    assert_eq!(SUPPORTED_VERSIONS, 1..=3);
+    assert_eq!(PROTOCOL_VERSION, 4);
+    assert_eq!(SUPPORTED_VERSIONS, 1..=4);
 }
 
 // ---------------------------------------------------------------------------------
@@ -887,7 +958,7 @@ fn limits_are_frozen() {
 #[test]
 fn hello_ignores_unknown_option_bits_and_trailing_extensions() {
     let frame = hex(
-        "00 00 00 1d              # length: 29 = the example's 26 + 3
+        "00 00 00 21              # length: 33 = the example's 26 + 4 + 3
          01                       # Hello
          00 01 00 05              # versions 1..=5
          00 00 01 00              # service_id 256
@@ -895,6 +966,7 @@ fn hello_ignores_unknown_option_bits_and_trailing_extensions() {
          00 05 61 6c 69 63 65     # \"alice\"
          00 06 73 65 63 72 65 74  # \"secret\"
          00                       # resume: none
+         00 00 10 00              # max_frame_size 4096 (version 4)
          aa bb cc                 # fields of a later version: ignored",
     );
     let Message::Hello(decoded) = decode_frame(&frame) else {
@@ -905,11 +977,64 @@ fn hello_ignores_unknown_option_bits_and_trailing_extensions() {
     };
     expected.max_version = 5;
     expected.options.compression = true;
+    expected.max_frame_size = Some(4096);
     assert_eq!(decoded, expected);
-    // A server of versions 1..=2 meets a newer client at 2, and refuses one that
+    // A server of versions 1..=4 meets a newer client at 4, and refuses one that
     // speaks only later versions.
-    assert_eq!(negotiate_version(1, 5), Some(3));
-    assert_eq!(negotiate_version(4, 5), None);
+    assert_eq!(negotiate_version(1, 5), Some(4));
+    assert_eq!(negotiate_version(5, 5), None);
+}
+
+#[test]
+fn a_hello_up_to_version_3_keeps_every_trailing_byte_as_an_ignored_extension() {
+    // The bytes a version 4 Hello would read as max_frame_size are extensions to
+    // ignore when the client speaks at most version 3.
+    let frame = hex(
+        "00 00 00 1e              # length: 30 = the example's 26 + 4
+         01                       # Hello
+         00 01 00 03              # versions 1..=3
+         00 00 01 00              # service_id 256
+         01                       # options: echo
+         00 05 61 6c 69 63 65     # \"alice\"
+         00 06 73 65 63 72 65 74  # \"secret\"
+         00                       # resume: none
+         00 00 00 01              # not a frame limit: ignored",
+    );
+    let Message::Hello(decoded) = decode_frame(&frame) else {
+        panic!("expected a Hello");
+    };
+    assert_eq!(decoded.max_version, 3);
+    assert_eq!(decoded.max_frame_size, None);
+    // And an encoder leaves the field out of such a Hello.
+    let Message::Hello(mut hello) = hello() else {
+        unreachable!()
+    };
+    hello.max_frame_size = Some(4096);
+    let hello = Message::Hello(hello);
+    let mut wire = BytesMut::new();
+    hello.encode(&mut wire);
+    assert_eq!(
+        show(&wire),
+        show(&hex(EXAMPLE_HELLO)),
+        "a version 1 Hello has no frame limit on the wire"
+    );
+    assert_eq!(hello.encoded_len(), wire.len());
+}
+
+#[test]
+fn a_version_4_hello_with_a_partial_frame_limit_is_truncated() {
+    let bytes = hex("00 00 00 1c 01
+         00 01 00 04 00 00 01 00 01
+         00 05 61 6c 69 63 65
+         00 06 73 65 63 72 65 74
+         00
+         00 10                    # two of max_frame_size's four bytes");
+    let mut decoder = FrameDecoder::new(FrameLimits::default());
+    decoder.feed(&bytes);
+    assert!(matches!(
+        decoder.next_message(),
+        Err(DecodeError::Truncated { .. })
+    ));
 }
 
 // ---------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ fn describe(m: &Message) -> Value {
             "userId": h.user_id.as_str(),
             "password": hex(&h.password),
             "resume": h.resume.map(|r| json!({ "token": hex(&r.token.0), "lastSeq": s(r.last_seq) })),
+            "maxFrameSize": h.max_frame_size,
         }),
         Message::Welcome(w) => json!({
             "type": "welcome",
@@ -76,6 +77,7 @@ fn describe(m: &Message) -> Value {
             "pingIntervalMs": w.ping_interval_ms,
             "sessionTimeoutMs": w.session_timeout_ms,
             "replayCapacity": w.replay_capacity,
+            "idleTimeoutMs": w.idle_timeout_ms,
         }),
         Message::Refused(r) => {
             json!({ "type": "refused", "code": r.code.to_wire(), "reason": r.reason.as_str() })

@@ -162,6 +162,19 @@ impl Rejection {
         }
     }
 
+    /// Over the publish rate limit of `per_second` with bursts of `burst`.
+    pub(crate) fn rate_limited(per_second: u32, burst: u32) -> Self {
+        Self {
+            code: RejectCode::RateLimited,
+            groups: Vec::new(),
+            reason: format!(
+                "over the publish rate limit of {per_second} per second (bursts of {burst}); \
+                 not delivered, retry later"
+            )
+            .into(),
+        }
+    }
+
     fn not_authorized(groups: Vec<GroupId>, reason: Text) -> Self {
         Self {
             code: RejectCode::NotAuthorized,
@@ -673,6 +686,25 @@ impl<H: PushHooks> Hub<H> {
                 Message::PushRejected(rejection.into_push_rejected(command_id)),
             );
         }
+        Ok(())
+    }
+
+    /// Answers the client command `command_id` of `connection` with `rejection`
+    /// without running it (the node's publish rate limit).
+    pub(crate) fn reject_command(
+        &mut self,
+        connection: ConnectionId,
+        command_id: u64,
+        rejection: Rejection,
+    ) -> Result<(), HubError> {
+        let slot = self
+            .connections
+            .slot(connection)
+            .ok_or(HubError::UnknownConnection(connection))?;
+        self.answer(
+            slot,
+            Message::PushRejected(rejection.into_push_rejected(command_id)),
+        );
         Ok(())
     }
 

@@ -2,8 +2,11 @@
 //! slow-consumer policy that keeps it bounded whatever the client does.
 
 use bytes::BytesMut;
-use pushwire_protocol::{Gap, Message};
+use pushwire_protocol::{Gap, Message, MessageKind, PushRejected, RejectCode, Text};
 use std::collections::VecDeque;
+
+/// Bytes of a frame's length field.
+const LENGTH_LEN: usize = pushwire_protocol::FRAME_HEADER_LEN - 1;
 
 /// What to do when a connection's unwritten push frames exceed their limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -82,6 +85,11 @@ pub struct OutboundQueue {
     /// The connection accepts compressed payloads: deliveries of payloads that came
     /// compressed are queued in the sender's compressed form.
     accepts_compressed: bool,
+    /// Version 4: the largest frame size the client accepts; `None`: no limit of
+    /// its own announced.
+    max_frame: Option<usize>,
+    /// Frames over `max_frame` replaced by a Gap or a PushRejected.
+    replaced_total: u64,
 }
 
 impl OutboundQueue {
@@ -101,7 +109,25 @@ impl OutboundQueue {
             dropped_total: 0,
             gaps_total: 0,
             accepts_compressed: false,
+            max_frame: None,
+            replaced_total: 0,
         }
+    }
+
+    /// Version 4: the largest frame size (type byte plus body) the connection's
+    /// client accepts, from its Hello (`None`: unlimited, as before). From then on a
+    /// frame over it is never queued: a push event (Published, UserMessage,
+    /// Subscribed, Unsubscribed) is replaced by a Gap covering its sequence number,
+    /// so the receiver knows it missed it (never silent loss) and stays connected;
+    /// a command answer (GroupList, PushRejected) by a short PushRejected with
+    /// `RejectCode::AnswerTooLarge` for the same command.
+    pub fn set_max_frame_size(&mut self, max: Option<u32>) {
+        self.max_frame = max.map(|m| m as usize);
+    }
+
+    /// Frames replaced because they exceeded the client's frame limit.
+    pub fn replaced_total(&self) -> u64 {
+        self.replaced_total
     }
 
     /// Sets whether the connection accepts compressed payloads (its Hello asked for
@@ -188,6 +214,9 @@ impl OutboundQueue {
         let before = self.buf.len();
         write(&mut self.buf);
         let len = self.buf.len() - before;
+        if self.max_frame.is_some_and(|max| len > max + LENGTH_LEN) {
+            return self.replace_oversized(seq, before);
+        }
         self.bytes += len;
         if self.policy == SlowConsumerPolicy::DropOldest {
             self.entries.push_back(Entry {
@@ -211,6 +240,60 @@ impl OutboundQueue {
                 Queued::Ok
             }
         }
+    }
+
+    /// The frame written at `before` is over the client's limit: takes it back and
+    /// queues what stands for it (see [`set_max_frame_size`](Self::set_max_frame_size)).
+    fn replace_oversized(&mut self, seq: Option<u64>, before: usize) -> Queued {
+        let header = LENGTH_LEN;
+        let frame = &self.buf[before..];
+        let kind = frame.get(header).copied();
+        // Every command answer starts its body with the command id.
+        let command_id = frame
+            .get(header + 1..header + 9)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+        let size = frame.len() - header;
+        self.buf.truncate(before);
+        self.replaced_total += 1;
+        let limit = self.max_frame.unwrap_or_default();
+        let substitute = match (seq, kind, command_id) {
+            // The push event's entry keeps its sequence number: drop-oldest may
+            // still shed it, and its Gap then covers this one.
+            (Some(seq), _, _) => Message::Gap(Gap {
+                first: seq,
+                last: seq,
+            }),
+            (None, Some(kind), Some(command_id))
+                if matches!(
+                    MessageKind::from_wire(kind),
+                    Some(
+                        MessageKind::PushRejected
+                            | MessageKind::GroupList
+                            | MessageKind::UserMessageDelivered
+                            | MessageKind::PushTaken
+                    )
+                ) =>
+            {
+                Message::PushRejected(PushRejected {
+                    command_id,
+                    code: RejectCode::AnswerTooLarge,
+                    groups: Vec::new(),
+                    reason: Text::from(format!(
+                        "the answer ({size} bytes) exceeds your frame limit of {limit} bytes"
+                    )),
+                })
+            }
+            // Nothing else the node queues (Gap, SessionLost) comes near the least
+            // frame limit; should one, it is not sent rather than break the client.
+            _ => {
+                debug_assert!(
+                    false,
+                    "a notice of {size} bytes over a frame limit of {limit}"
+                );
+                return Queued::Ok;
+            }
+        };
+        self.encode(seq, 64, |out| substitute.encode(out))
     }
 
     /// Under [`SlowConsumerPolicy::DropOldest`], drops the oldest push events until at

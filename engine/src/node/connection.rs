@@ -115,6 +115,8 @@ pub struct NodeConnection {
     /// Flow control: the mailbox was congested and is now at or under its low-water
     /// mark; the node releases the connections held back for it.
     pub(super) drained: bool,
+    /// The publish rate limit's bucket; `None` without a limit.
+    pub(super) publish_bucket: Option<super::TokenBucket>,
     pub(super) close_reason: Option<CloseReason>,
     /// Whether the node was told this connection is over.
     pub(super) left: bool,
@@ -144,6 +146,9 @@ impl NodeConnection {
             config.slow_consumer_policy,
             waker,
         ));
+        let publish_bucket = config
+            .publish_rate
+            .map(|limit| super::TokenBucket::new(limit, now));
         Ok(Self {
             engine,
             config,
@@ -153,6 +158,7 @@ impl NodeConnection {
             decompressed: (0, 0),
             acked: None,
             drained: false,
+            publish_bucket,
             close_reason: None,
             left: false,
             alert_handled: false,

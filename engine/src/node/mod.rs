@@ -39,16 +39,18 @@
 mod admission;
 mod connection;
 mod mailbox;
+mod rate;
 mod report;
 
 pub use admission::{Admission, AdmissionLimits, Refusal};
 pub use connection::{ConnectionEvent, Member, NodeConnection};
+pub use rate::{RateLimit, RateLimitError, TokenBucket};
 pub use report::{ConnectionReport, NodeGauges};
 
 use crate::close::CloseReason;
 use crate::hub::{
     Actor, ConnectionId, ConnectionInfo, Hub, HubConfig, HubError, PushHooks, PushOutcome,
-    ResumeError, SlowConsumerPolicy,
+    Rejection, ResumeError, SlowConsumerPolicy,
 };
 use crate::server::{AuthRequest, Grant, ServerConfig};
 use bytes::Bytes;
@@ -151,6 +153,11 @@ pub struct NodeConfig {
     /// leaves only the slow-consumer policy at the hard limit, so a fast publisher
     /// can push a receiver that reads, but more slowly for a moment, over it.
     pub flow_control: Option<FlowControl>,
+    /// The publish rate limit per connection: Publish and SendUserMessage commands
+    /// (one token each, whatever the number of groups) over it are refused with
+    /// `RejectCode::RateLimited` and not delivered; the connection stays. `None`
+    /// (the default, like NATS and Centrifugo): no limit, and no cost.
+    pub publish_rate: Option<RateLimit>,
 }
 
 impl NodeConfig {
@@ -165,6 +172,7 @@ impl NodeConfig {
             services: BTreeSet::new(),
             close_grace: Duration::from_secs(2),
             flow_control: Some(FlowControl::default()),
+            publish_rate: None,
         }
     }
 }
@@ -384,6 +392,13 @@ pub struct NodeStats {
     /// `n` counts code `n`; the last slot counts every code from
     /// [`REJECT_CODE_SLOTS`]` - 1` up.
     pub push_rejected: [u64; REJECT_CODE_SLOTS],
+    /// Publications and user messages refused by the publish rate limit
+    /// ([`NodeConfig::publish_rate`]).
+    pub rate_limited: u64,
+    /// Frames over their receiver's own frame limit (protocol version 4), sent as
+    /// a Gap (push events) or a PushRejected `AnswerTooLarge` (command answers)
+    /// instead.
+    pub replaced_over_client_limit: u64,
 }
 
 /// Slots of [`NodeStats::push_rejected`].
@@ -456,6 +471,15 @@ fn command_id(command: &Message) -> Option<u64> {
         Message::Publish(m) => Some(m.command_id),
         Message::SendUserMessage(m) => Some(m.command_id),
         Message::ListGroups(m) => Some(m.command_id),
+        _ => None,
+    }
+}
+
+/// The id of a command the publish rate limit counts: Publish and SendUserMessage.
+fn rate_counted(command: &Message) -> Option<u64> {
+    match command {
+        Message::Publish(m) => Some(m.command_id),
+        Message::SendUserMessage(m) => Some(m.command_id),
         _ => None,
     }
 }
@@ -796,6 +820,11 @@ impl<H: PushHooks> Node<H> {
     /// drains (or its grace ends), so a held publisher overshoots by one command.
     /// A client of protocol version 2 or later is then told, with PushTaken, the
     /// last command that ran.
+    ///
+    /// With a [publish rate limit](NodeConfig::publish_rate), each Publish and
+    /// SendUserMessage first takes a token from the connection's bucket at `now`;
+    /// one that finds none is answered with a PushRejected `RateLimited` and not
+    /// run (it still counts as taken for PushTaken).
     pub fn handle_connection(&mut self, now: Instant, conn: &mut NodeConnection) {
         self.run_connection(now, conn, false);
     }
@@ -835,6 +864,24 @@ impl<H: PushHooks> Node<H> {
             };
             taken = command_id(&command.message).or(taken);
             self.stats.count_command(&command.message);
+            if let Some(bucket) = conn.publish_bucket.as_mut() {
+                if let Some(command_id) = rate_counted(&command.message) {
+                    if !bucket.try_take(now) {
+                        self.stats.rate_limited += 1;
+                        let limit = bucket.limit();
+                        // The session is attached (checked above): this cannot fail.
+                        let _ = self.hub.reject_command(
+                            session,
+                            command_id,
+                            Rejection::rate_limited(limit.rate(), limit.burst()),
+                        );
+                        if flow {
+                            self.deliver();
+                        }
+                        continue;
+                    }
+                }
+            }
             // Refusals are answered to the client inside the hub; an error here
             // means a message that is not a push command, which the engine does
             // not pass on (a corrupt compressed payload closed the connection before
@@ -1043,6 +1090,10 @@ impl<H: PushHooks> Node<H> {
             .lock()
             .queue_mut()
             .set_accepts_compressed(request.options.compression && request.version >= 3);
+        conn.mailbox
+            .lock()
+            .queue_mut()
+            .set_max_frame_size(conn.engine.client_max_frame_size());
         conn.member = Some(Member {
             session,
             user_id: request.user_id.clone(),
@@ -1107,7 +1158,9 @@ impl<H: PushHooks> Node<H> {
                 }
             }
             let drops = drop_oldest.then(|| DropCounts::of(state.queue()));
+            let replaced = state.queue().replaced_total();
             let over_limit = state.push_delivery(&delivery);
+            stats.replaced_over_client_limit += state.queue().replaced_total() - replaced;
             if let Some(before) = drops {
                 before.add_new(state.queue(), stats);
             }

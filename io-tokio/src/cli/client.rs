@@ -11,6 +11,7 @@ use crate::hello;
 use clap::{Args, Subcommand};
 use futures_core::Stream;
 use pushwire_protocol::GroupId;
+use pushwire_protocol::RejectCode;
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
@@ -479,17 +480,23 @@ pub(super) async fn publish(args: PubArgs) -> Result<(), CliError> {
         // Pipelined: each publication resolves when the server has taken it, and
         // the client's send window holds the rest back, so a server that slows this
         // publisher down (flow control) slows the loop down with it.
+        // A publication refused by the server's rate limit resolves with that
+        // refusal: it is counted (its Rejected event is printed below), the rest go on.
+        let settle = |outcome: Result<u64, PushError>| match outcome {
+            Err(e) if e.is_rate_limited() => Ok(()),
+            other => other.map(drop).map_err(push_failure),
+        };
         let mut in_flight = std::collections::VecDeque::new();
         for _ in 0..args.repeat {
             in_flight.push_back(client.publish(&args.groups, args.message.clone()));
             if in_flight.len() >= PUBLISH_PIPELINE {
                 if let Some(oldest) = in_flight.pop_front() {
-                    oldest.await.map_err(push_failure)?;
+                    settle(oldest.await)?;
                 }
             }
         }
         for publication in in_flight {
-            publication.await.map_err(push_failure)?;
+            settle(publication.await)?;
         }
         // The server answers ListGroups after handling everything sent before it, so
         // once the answer is here every refusal of a publication has arrived too.
@@ -503,10 +510,30 @@ pub(super) async fn publish(args: PubArgs) -> Result<(), CliError> {
         print_event(rejection, json);
     }
     if !rejections.is_empty() {
+        let rate_limited = rejections
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r,
+                    Event::Rejected {
+                        code: RejectCode::RateLimited,
+                        ..
+                    }
+                )
+            })
+            .count();
+        let limited = if rate_limited > 0 {
+            format!(
+                "; {rate_limited} rate limited (not delivered: the server's publish rate \
+                 limit, retry more slowly)"
+            )
+        } else {
+            String::new()
+        };
         return Err(CliError::new(
             Exit::Failure,
             format!(
-                "the server refused {} of {} publications (wholly or for some groups)",
+                "the server refused {} of {} publications (wholly or for some groups){limited}",
                 rejections.len(),
                 args.repeat
             ),

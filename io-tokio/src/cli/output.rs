@@ -8,7 +8,7 @@
 //! Messages are printed as UTF-8, invalid sequences replaced (lossy).
 
 use crate::client::Event;
-use pushwire_protocol::{GroupId, Sender};
+use pushwire_protocol::{GroupId, RejectCode, Sender};
 use serde::Serialize;
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -72,6 +72,12 @@ pub fn describe_event(event: &Event) -> String {
             format!("Gap: events {first}..={last} were lost")
         }
         Event::SessionLost { reason, text } => format!("Session lost ({reason:?}): {text}"),
+        Event::Rejected {
+            command_id,
+            code: RejectCode::RateLimited,
+            reason,
+            ..
+        } => format!("Rejected: command {command_id}: rate limited: {reason}"),
         Event::Rejected {
             command_id,
             code,

@@ -15,6 +15,8 @@
 //! max_connections_per_address = 1000  # IPv6: per /64 prefix
 //! max_handshaking = 256             # connections in their TLS handshake and Hello
 //! admin = "127.0.0.1:9090"          # /metrics, /healthz, /connz over plain HTTP
+//! publish_rate = 100                # publications + user messages per second and connection
+//! publish_burst = 200               # bursts of up to this many (default: publish_rate)
 //!
 //! [[groups]]
 //! id = 1
@@ -33,7 +35,7 @@ use super::users::{DevelopmentLogin, UserStore, Users};
 use super::{development_file, CliError, Exit, DEVELOPMENT_KEY_PASSWORD, DEVELOPMENT_PASSWORD};
 use crate::hello::{hello_world_service, HELLO_WORLD_SERVICE};
 use crate::server::{
-    AdminServer, AdmissionLimits, FlowControl, ServerBuilder, ServerError, ServerHandle,
+    AdminServer, AdmissionLimits, FlowControl, RateLimit, ServerBuilder, ServerError, ServerHandle,
 };
 use clap::Args;
 use pushwire_engine::hub::SlowConsumerPolicy;
@@ -145,6 +147,14 @@ pub struct ServeArgs {
     /// management address [default: off].
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
+    /// Publications and user messages per second that one connection may send on
+    /// average; over it a command is refused with `RateLimited` (7) and not
+    /// delivered [default: no limit].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub publish_rate: Option<u32>,
+    /// With --publish-rate: the largest burst at once [default: the rate].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub publish_burst: Option<u32>,
 }
 
 /// Parses `1048576`, `1024K`, `1024KiB`, `1M`, `1MiB` (K and M are binary, as the
@@ -225,6 +235,10 @@ pub struct ServeConfig {
     pub max_handshaking: Option<usize>,
     /// The admin listener's address.
     pub admin: Option<SocketAddr>,
+    /// Publish rate limit per connection, per second.
+    pub publish_rate: Option<u32>,
+    /// Its burst.
+    pub publish_burst: Option<u32>,
 }
 
 /// The `[outbound]` table of a `--config` file.
@@ -343,6 +357,7 @@ struct Settings {
     max_running_calls: usize,
     admission: AdmissionLimits,
     admin: Option<SocketAddr>,
+    publish_rate: Option<RateLimit>,
 }
 
 /// The server's outbound limit unless configured.
@@ -491,6 +506,18 @@ impl Settings {
                  at least 1",
             ));
         }
+        let publish_rate = match (
+            args.publish_rate.or(file.publish_rate),
+            args.publish_burst.or(file.publish_burst),
+        ) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(usage("publish_burst needs publish_rate"));
+            }
+            (Some(rate), burst) => Some(
+                RateLimit::new(rate, burst.unwrap_or(rate)).map_err(|e| usage(e.to_string()))?,
+            ),
+        };
         Ok(Self {
             listen,
             transport,
@@ -503,6 +530,7 @@ impl Settings {
             max_running_calls,
             admission,
             admin: args.admin.or(file.admin),
+            publish_rate,
         })
     }
 }
@@ -593,6 +621,16 @@ pub(super) async fn run(mut args: ServeArgs) -> Result<(), CliError> {
     };
     for (id, description) in &settings.groups {
         builder = builder.group(*id, description.as_str());
+    }
+    if let Some(limit) = settings.publish_rate {
+        builder = builder
+            .publish_rate_limit(limit.rate(), limit.burst())
+            .map_err(|e| usage(e.to_string()))?;
+        info!(
+            "publish rate limit: {} per second per connection, bursts of {}",
+            limit.rate(),
+            limit.burst()
+        );
     }
     let server = builder
         .max_outbound_bytes(settings.max_outbound)
@@ -810,6 +848,59 @@ mod tests {
         assert!(
             Settings::resolve(args(&["--max-handshaking", "0"]), ServeConfig::default()).is_err()
         );
+    }
+
+    #[test]
+    fn the_publish_rate_limit_comes_from_flags_over_the_file_and_must_be_positive() {
+        let default = Settings::resolve(args(&[]), ServeConfig::default()).unwrap();
+        assert_eq!(default.publish_rate, None);
+        let file = || {
+            ServeConfig::parse(
+                "publish_rate = 100
+publish_burst = 300
+",
+                Path::new("."),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            Settings::resolve(args(&[]), file()).unwrap().publish_rate,
+            Some(RateLimit::new(100, 300).unwrap())
+        );
+        assert_eq!(
+            Settings::resolve(args(&["--publish-rate", "5"]), file())
+                .unwrap()
+                .publish_rate,
+            Some(RateLimit::new(5, 300).unwrap())
+        );
+        // The burst defaults to the rate.
+        assert_eq!(
+            Settings::resolve(args(&["--publish-rate", "20"]), ServeConfig::default())
+                .unwrap()
+                .publish_rate,
+            Some(RateLimit::new(20, 20).unwrap())
+        );
+        assert!(try_args(&["--publish-rate", "0"]).is_err());
+        assert!(try_args(&["--publish-rate", "ten"]).is_err());
+        assert!(try_args(&["--publish-rate", "5", "--publish-burst", "0"]).is_err());
+        assert!(
+            Settings::resolve(args(&["--publish-burst", "5"]), ServeConfig::default()).is_err()
+        );
+        let zero = ServeConfig::parse(
+            "publish_rate = 0
+",
+            Path::new("."),
+        )
+        .unwrap();
+        assert!(Settings::resolve(args(&[]), zero).is_err());
+        let zero_burst = ServeConfig::parse(
+            "publish_rate = 3
+publish_burst = 0
+",
+            Path::new("."),
+        )
+        .unwrap();
+        assert!(Settings::resolve(args(&[]), zero_burst).is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use pushwire_engine::tls::{ClientTls, ServerAuthentication, TlsConfigError};
 use pushwire_engine::{CloseReason, KeepAlive};
 use pushwire_protocol::{
     ClientOptions, CloseCode, ErrorCode, GroupDescription, GroupId, GroupSelection, Message,
-    RefuseCode, Sender, Text,
+    RefuseCode, RejectCode, Sender, Text,
 };
 use rustls::pki_types::UnixTime;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -215,6 +215,20 @@ pub enum RequestError {
     Rejected(#[from] ClientError),
 }
 
+impl PushError {
+    /// Whether the server refused the command for its publish rate limit
+    /// (`RejectCode::RateLimited`): it was not delivered; retry later.
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(
+            self,
+            Self::Rejected {
+                code: pushwire_protocol::RejectCode::RateLimited,
+                ..
+            }
+        )
+    }
+}
+
 /// Why a push command failed.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum PushError {
@@ -259,6 +273,7 @@ pub struct ClientBuilder {
     compression: CompressionConfig,
     accept_compressed: bool,
     max_version: u16,
+    limits: pushwire_protocol::FrameLimits,
 }
 
 impl ClientBuilder {
@@ -277,7 +292,18 @@ impl ClientBuilder {
             compression: CompressionConfig::default(),
             accept_compressed: true,
             max_version: pushwire_protocol::PROTOCOL_VERSION,
+            limits: pushwire_protocol::FrameLimits::default(),
         }
+    }
+
+    /// The largest frame this client accepts from the server (default 1 MiB). With
+    /// protocol version 4 the Hello announces it and the server keeps to it: a
+    /// publication that would not fit arrives as an [`Event::Gap`] for its sequence
+    /// number, an RPC result as a `ResultTooLarge` server error, and the connection
+    /// stays. With an older server a larger frame ends the connection.
+    pub fn max_frame_size(mut self, limits: pushwire_protocol::FrameLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Decides whether to trust the server after seeing its certificate and the
@@ -426,6 +452,7 @@ impl ClientBuilder {
         };
         config.compression = self.compression;
         config.max_version = self.max_version;
+        config.limits = self.limits;
         config.keepalive = context.keepalive;
         config.handshake_timeout = context.connect_timeout;
         config.server_auth = if self.server_auth.is_some() {
@@ -806,7 +833,10 @@ impl Client {
     /// Publishes to chat groups. Resolves with the command id once the server has
     /// taken the publication (run it: delivered, or refused with an
     /// [`Event::Rejected`] before this resolves), or with a server of protocol
-    /// version 1 once it is queued. Inside a batch it resolves once queued in the
+    /// version 1 once it is queued. A publication the server refused as a whole for
+    /// its publish rate limit was not delivered to anyone: it resolves with
+    /// [`PushError::Rejected`] carrying `RejectCode::RateLimited` (after the
+    /// [`Event::Rejected`]), so a publisher can back off and retry. Inside a batch it resolves once queued in the
     /// batch. While the [send window](ClientBuilder::send_window) is full the
     /// publication waits in the client, in call order, and goes when the server has
     /// taken earlier ones; requests and batch calls made meanwhile do not wait for
@@ -974,6 +1004,9 @@ struct Untaken {
     command_id: u64,
     cost: usize,
     reply: Option<oneshot::Sender<Result<Answer, PushError>>>,
+    /// The server refused the whole command for its publish rate limit: the reply
+    /// is this error once the command is taken.
+    refused: Option<PushError>,
 }
 
 /// A reply to the application, released by [`Task::flush_events`]: whoever sees a
@@ -1391,6 +1424,7 @@ impl Task {
                 command_id,
                 cost,
                 reply,
+                refused: None,
             });
             return;
         }
@@ -1410,13 +1444,17 @@ impl Task {
                 command_id,
                 cost,
                 reply,
+                refused,
             } = self.untaken.pop_front().expect("looked at");
             self.window.give_back(cost);
             if let Some(reply) = reply {
                 // After the events received before the confirmation (a refusal of
                 // this very publication, say).
-                self.held_replies
-                    .push(HeldReply::Push(reply, Ok(Answer::Sent(command_id))));
+                let answer = match refused {
+                    Some(error) => Err(error),
+                    None => Ok(Answer::Sent(command_id)),
+                };
+                self.held_replies.push(HeldReply::Push(reply, answer));
             }
         }
     }
@@ -1552,13 +1590,23 @@ impl Task {
                 return;
             }
             Message::PushRejected(r) => {
+                let error = || PushError::Rejected {
+                    code: r.code,
+                    groups: r.groups.clone(),
+                    reason: r.reason.clone(),
+                };
                 if let Some(reply) = self.answers.remove(&r.command_id) {
-                    let error = PushError::Rejected {
-                        code: r.code,
-                        groups: r.groups.clone(),
-                        reason: r.reason.clone(),
-                    };
-                    self.held_replies.push(HeldReply::Push(reply, Err(error)));
+                    self.held_replies.push(HeldReply::Push(reply, Err(error())));
+                } else if r.code == RejectCode::RateLimited {
+                    // Not run at all: the publication resolves with the refusal
+                    // when the server confirms it (other refusals, which may be
+                    // partial, come as events only).
+                    if let Ok(i) = self
+                        .untaken
+                        .binary_search_by_key(&r.command_id, |u| u.command_id)
+                    {
+                        self.untaken[i].refused = Some(error());
+                    }
                 }
             }
             _ => {}

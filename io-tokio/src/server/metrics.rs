@@ -423,6 +423,12 @@ impl Collector for NodeSnapshot {
         push_rejections(e, &s.push_rejected)?;
         counter(
             e,
+            "replaced_over_client_limit",
+            "Frames over their receiver's own frame limit (protocol version 4), sent as a Gap or a refusal instead",
+            s.replaced_over_client_limit,
+        )?;
+        counter(
+            e,
             "payloads_decompressed",
             "Compressed payloads the server decompressed",
             s.payloads_decompressed,

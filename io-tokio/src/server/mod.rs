@@ -45,6 +45,7 @@ use pushwire_engine::node::{
     NodeConnection, NodeEvent, NodeStats, SessionEnd,
 };
 pub use pushwire_engine::node::{ConnectionReport, NodeGauges};
+pub use pushwire_engine::node::{RateLimit, RateLimitError};
 use pushwire_engine::server::{AuthRequest, ServerConfig, ServerTransport};
 use pushwire_engine::tls::{server_tls_config, CertificateInfo, ClientAuth};
 use pushwire_engine::{CloseReason, KeepAlive, TimeoutKind};
@@ -127,6 +128,7 @@ pub struct ServerBuilder {
     flow_control: Option<Option<FlowControl>>,
     max_running_requests: usize,
     max_version: u16,
+    publish_rate: Option<RateLimit>,
 }
 
 /// The callback told when connections join and leave the hub.
@@ -185,7 +187,23 @@ impl ServerBuilder {
             observer: None,
             slow_consumer_policy: SlowConsumerPolicy::default(),
             flow_control: None,
+            publish_rate: None,
         }
+    }
+
+    /// Limits every connection to `per_second` publications and user messages per
+    /// second on average, in bursts of up to `burst` (a token bucket per connection,
+    /// in the engine; a publication to several groups costs one). A command over it
+    /// is not delivered: its publisher gets a PushRejected with
+    /// `RejectCode::RateLimited` (7), its connection stays, and other connections
+    /// are not affected. Off by default. Fails for a zero rate or burst.
+    pub fn publish_rate_limit(
+        mut self,
+        per_second: u32,
+        burst: u32,
+    ) -> Result<Self, RateLimitError> {
+        self.publish_rate = Some(RateLimit::new(per_second, burst)?);
+        Ok(self)
     }
 
     /// Speaks at most this protocol version (default: the newest), as an older
@@ -390,6 +408,7 @@ impl ServerBuilder {
             ))
         });
         config.auto_subscribe = self.auto_subscribe;
+        config.publish_rate = self.publish_rate;
         config.services = self.services.keys().copied().collect();
         let hooks = LoggedHooks {
             app: self.hooks,

@@ -20,7 +20,15 @@ export const messages = [
   ["published from an IPv4 peer (PROTOCOL.md §11)", { type: "published", seq: 5n, sender: alice, groups: [1], payload: hi, compression: null }],
   [
     "hello (PROTOCOL.md §11)",
-    { type: "hello", minVersion: 1, maxVersion: 1, serviceId: 256, options: { echo: true, compression: false }, userId: "alice", password: new TextEncoder().encode("secret"), resume: null },
+    { type: "hello", minVersion: 1, maxVersion: 1, serviceId: 256, options: { echo: true, compression: false }, userId: "alice", password: new TextEncoder().encode("secret"), resume: null, maxFrameSize: null },
+  ],
+  [
+    "hello, version 4 (PROTOCOL.md §11)",
+    { type: "hello", minVersion: 1, maxVersion: 4, serviceId: 1, options: { echo: true, compression: true }, userId: "bob", password: new Uint8Array(0), resume: null, maxFrameSize: 65536 },
+  ],
+  [
+    "welcome, version 4 (PROTOCOL.md §11)",
+    { type: "welcome", version: 4, sessionId: 42n, resumeToken: Uint8Array.from({ length: 16 }, (_, i) => 0xa0 + i), resumed: false, maxFrameSize: 1048576, pingIntervalMs: 15000, sessionTimeoutMs: 60000, replayCapacity: 1024, idleTimeoutMs: 45000 },
   ],
   [
     "compressed publish (PROTOCOL.md §11)",
@@ -32,11 +40,11 @@ export const messages = [
   ],
   [
     "hello as the JS client sends it, resuming",
-    { type: "hello", minVersion: 1, maxVersion: 3, serviceId: 1, options: { echo: false, compression: false }, userId: "Zoë", password: new Uint8Array([0, 255, 10]), resume: { token, lastSeq: 18446744073709551615n } },
+    { type: "hello", minVersion: 1, maxVersion: 3, serviceId: 1, options: { echo: false, compression: false }, userId: "Zoë", password: new Uint8Array([0, 255, 10]), resume: { token, lastSeq: 18446744073709551615n }, maxFrameSize: null },
   ],
   [
     "welcome",
-    { type: "welcome", version: 3, sessionId: 0x1122334455667788n, resumeToken: token, resumed: true, maxFrameSize: 1048576, pingIntervalMs: 15000, sessionTimeoutMs: 120000, replayCapacity: 4096 },
+    { type: "welcome", version: 3, sessionId: 0x1122334455667788n, resumeToken: token, resumed: true, maxFrameSize: 1048576, pingIntervalMs: 15000, sessionTimeoutMs: 120000, replayCapacity: 4096, idleTimeoutMs: 0 },
   ],
   ["refused", { type: "refused", code: 1, reason: "bad credentials" }],
   ["refused, unknown code", { type: "refused", code: 999, reason: "" }],
@@ -83,7 +91,7 @@ export const nonCanonical = [
   [
     "hello with extension bytes and reserved option bits",
     "00 00 00 13 01 0001 0003 00000001 fd 0001 61 0000 00 ee ee ee",
-    { type: "hello", minVersion: 1, maxVersion: 3, serviceId: 1, options: { echo: true, compression: false }, userId: "a", password: new Uint8Array(0), resume: null },
+    { type: "hello", minVersion: 1, maxVersion: 3, serviceId: 1, options: { echo: true, compression: false }, userId: "a", password: new Uint8Array(0), resume: null, maxFrameSize: null },
   ],
 ];
 

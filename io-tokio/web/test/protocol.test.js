@@ -72,7 +72,7 @@ test("every worked example of PROTOCOL.md section 11 is a golden frame", () => {
   const spec = readFileSync(new URL("../../../protocol/PROTOCOL.md", import.meta.url), "utf8");
   const section = spec.slice(spec.indexOf("## 11. Worked examples"));
   const dumps = [...section.matchAll(/```text\n([\s\S]*?)```/g)].map((m) => toHex(fromHex(m[1])));
-  assert.equal(dumps.length, 6);
+  assert.equal(dumps.length, 8);
   const hexes = new Set(golden.messages.map((e) => e.hex));
   for (const dump of dumps) assert.ok(hexes.has(dump), `PROTOCOL.md example ${dump} not in golden.json`);
 });
@@ -209,25 +209,35 @@ function sender(rng) {
 const compression = (rng) => (rng.below(3) === 0 ? { algorithm: 1, originalLen: u32(rng) } : null);
 
 const GENERATORS = {
-  hello: (r) => ({
-    minVersion: r.below(2) + 1,
-    maxVersion: r.below(2) + 2,
-    serviceId: u32(r),
-    options: { echo: r.bool(), compression: r.bool() },
-    userId: randomText(r, 20),
-    password: bytes(r),
-    resume: r.bool() ? { token: r.bytes(16), lastSeq: u64(r) } : null,
-  }),
-  welcome: (r) => ({
-    version: r.below(3) + 1,
-    sessionId: u64(r),
-    resumeToken: r.bytes(16),
-    resumed: r.bool(),
-    maxFrameSize: u32(r),
-    pingIntervalMs: u32(r),
-    sessionTimeoutMs: u32(r),
-    replayCapacity: u32(r),
-  }),
+  hello: (r) => {
+    const maxVersion = r.below(3) + 2;
+    return {
+      minVersion: r.below(2) + 1,
+      maxVersion,
+      serviceId: u32(r),
+      options: { echo: r.bool(), compression: r.bool() },
+      userId: randomText(r, 20),
+      password: bytes(r),
+      resume: r.bool() ? { token: r.bytes(16), lastSeq: u64(r) } : null,
+      // Version 4's field: only a client of version 4 or later announces it.
+      maxFrameSize: maxVersion >= 4 && r.bool() ? u32(r) : null,
+    };
+  },
+  welcome: (r) => {
+    const version = r.below(4) + 1;
+    return {
+      version,
+      sessionId: u64(r),
+      resumeToken: r.bytes(16),
+      resumed: r.bool(),
+      maxFrameSize: u32(r),
+      pingIntervalMs: u32(r),
+      sessionTimeoutMs: u32(r),
+      replayCapacity: u32(r),
+      // On the wire from version 4; earlier Welcomes decode with 0.
+      idleTimeoutMs: version >= 4 ? u32(r) : 0,
+    };
+  },
   refused: (r) => ({ code: u16(r), reason: randomText(r, 30) }),
   request: (r) => ({ requestId: u64(r), methodId: u32(r), payload: bytes(r) }),
   response: (r) => ({ requestId: u64(r), payload: bytes(r) }),

@@ -200,6 +200,7 @@ export function welcome(overrides = {}) {
     pingIntervalMs: 15000,
     sessionTimeoutMs: 60000,
     replayCapacity: 1024,
+    idleTimeoutMs: 0,
     ...overrides,
   };
 }
