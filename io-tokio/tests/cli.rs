@@ -872,8 +872,11 @@ fn admin_get(addr: &str, path: &str) -> (u16, String) {
 }
 
 #[test]
-fn serve_admin_serves_metrics_that_count_the_run() {
-    let mut server = Serve::start(&["--admin", "127.0.0.1:0"]);
+fn serve_admin_with_a_users_file_serves_metrics_that_count_the_run() {
+    // The command: `pushwire serve --admin ADDR --users users.toml`.
+    let hash = hash_password("pw");
+    let users = TempFile::new("admin-users.toml", &permissions_file(&hash, "[1]"));
+    let mut server = Serve::start(&["--admin", "127.0.0.1:0", "--users", users.path()]);
     let admin_line = server.lines.next("pushwire serve").expect("the admin line");
     let admin = admin_line
         .strip_prefix("admin on http://")
@@ -890,6 +893,8 @@ fn serve_admin_serves_metrics_that_count_the_run() {
         "--json",
         "--user",
         "bob",
+        "--password",
+        "pw",
     ]);
     lines.next("sub").expect("sub joined");
     let (code, connz) = admin_get(&admin, "/connz?user=bob");
@@ -906,10 +911,26 @@ fn serve_admin_serves_metrics_that_count_the_run() {
             "--no-echo",
             "--user",
             "alice",
+            "--password",
+            "pw",
         ]);
         assert_eq!(published.code, Some(0), "{published:?}");
     }
     assert_eq!(wait(&mut sub, "sub").code(), Some(0), "{:?}", lines.seen);
+    // bob may publish to group 1 only, and has a wrong password once.
+    let refused = server.run(&[
+        "pub",
+        "2",
+        "--message",
+        "x",
+        "--user",
+        "bob",
+        "--password",
+        "pw",
+    ]);
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    let wrong = server.run(&["groups", "--user", "bob", "--password", "nope"]);
+    assert_eq!(wrong.code, Some(4), "{wrong:?}");
 
     let (code, text) = admin_get(&admin, "/metrics");
     assert_eq!(code, 200);
@@ -918,13 +939,18 @@ fn serve_admin_serves_metrics_that_count_the_run() {
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("no {name} in\n{text}"))
     };
-    assert_eq!(value("pushwire_in_msgs_total{kind=\"publication\"}"), 3.0);
+    assert_eq!(value("pushwire_in_msgs_total{kind=\"publication\"}"), 4.0);
     assert_eq!(value("pushwire_out_msgs_total{kind=\"publication\"}"), 3.0);
     assert_eq!(
-        value("pushwire_auth_permitted_total"),
-        4.0,
-        "bob and three alices"
+        value("pushwire_push_rejected_total{code=\"NotAuthorized\"}"),
+        1.0
     );
+    assert_eq!(
+        value("pushwire_auth_permitted_total"),
+        5.0,
+        "bob twice and three alices"
+    );
+    assert_eq!(value("pushwire_auth_refused_total"), 1.0);
     assert!(text.ends_with("# EOF\n"));
     let (code, health) = admin_get(&admin, "/healthz");
     assert_eq!(code, 200);

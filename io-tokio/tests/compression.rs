@@ -4,28 +4,19 @@
 //! decompress past the server's limit (a compression bomb) is refused with
 //! PayloadTooLarge and the publisher's connection goes on.
 
+mod common;
+
+use common::cert;
+
 use bytes::Bytes;
 use pushwire_protocol::RejectCode;
 use pushwire_tokio::client::{Client, ClientBuilder, ConnectionContext, Event, EventStream, Trust};
-use pushwire_tokio::server::{AuthDecision, Server, ServerBuilder};
-use std::path::PathBuf;
+use pushwire_tokio::server::{AuthDecision, Server};
 use std::time::Duration;
-
-fn cert(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../certs")
-        .join(name)
-}
 
 /// A TLS server with group 1, a 256 KiB payload limit, speaking up to `version`.
 async fn start(version: u16) -> Server {
-    ServerBuilder::new()
-        .tls_from_pem(
-            &cert("server.cert.pem"),
-            &cert("server.key.pem"),
-            Some("mypassword"),
-        )
-        .unwrap()
+    common::dev_tls_server()
         .group(1, "compressed")
         .max_payload(256 * 1024)
         .max_protocol_version(version)

@@ -1,5 +1,9 @@
 //! The server and client over real loopback sockets.
 
+mod common;
+
+use common::cert;
+
 use bytes::Bytes;
 use pushwire_engine::CloseReason;
 use pushwire_protocol::{CloseCode, GroupId, RefuseCode, Sender};
@@ -8,17 +12,10 @@ use pushwire_tokio::client::{
 };
 use pushwire_tokio::hello::{self, hello_world_service, HELLO_WORLD_SERVICE};
 use pushwire_tokio::server::{AuthDecision, Server, ServerBuilder};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn cert(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../certs")
-        .join(name)
-}
 
 fn builder(cert_file: &str, key_file: &str, attempts: Arc<AtomicUsize>) -> ServerBuilder {
     let password = (key_file == "server.key.pem").then_some("mypassword");

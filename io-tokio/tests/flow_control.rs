@@ -30,6 +30,10 @@
 //! cargo test -p pushwire-tokio --test flow_control -- --nocapture   # prints figures
 //! ```
 
+mod common;
+
+use common::cert;
+
 use bytes::Bytes;
 use pushwire_engine::CloseReason;
 use pushwire_protocol::CloseCode;
@@ -37,7 +41,7 @@ use pushwire_tokio::cli::event_json;
 use pushwire_tokio::client::{
     Client, ClientBuilder, ConnectionContext, Event, EventStream, Reconnect, Trust,
 };
-use pushwire_tokio::server::{AuthAttempt, AuthDecision, FlowControl, Server, ServerBuilder};
+use pushwire_tokio::server::{AuthAttempt, AuthDecision, FlowControl, Server};
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
@@ -65,20 +69,8 @@ const PUBLISH_BOUND: Duration = Duration::from_secs(60);
 /// Longest any one event may keep the reader waiting.
 const EVENT_WAIT: Duration = Duration::from_secs(20);
 
-fn cert(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../certs")
-        .join(name)
-}
-
 async fn start_server() -> Server {
-    ServerBuilder::new()
-        .tls_from_pem(
-            &cert("server.cert.pem"),
-            &cert("server.key.pem"),
-            Some("mypassword"),
-        )
-        .unwrap()
+    common::dev_tls_server()
         .group(1, "R&D Department")
         .authenticator(|attempt: &AuthAttempt<'_>| {
             if attempt.password == b"MyPassword" {

@@ -4,30 +4,21 @@
 //! with the default limit gets both; an RPC result over the limit ends as
 //! `ResultTooLarge`.
 
+mod common;
+
+use common::cert;
+
 use bytes::Bytes;
 use pushwire_protocol::{ErrorCode, FrameLimits};
 use pushwire_tokio::client::{
     Client, ClientBuilder, ConnectionContext, Event, EventStream, RequestError, Trust,
 };
 use pushwire_tokio::hello::{hello_world_service, ECHO, HELLO_WORLD_SERVICE};
-use pushwire_tokio::server::{AuthAttempt, AuthDecision, Server, ServerBuilder};
-use std::path::PathBuf;
+use pushwire_tokio::server::{AuthAttempt, AuthDecision, Server};
 use std::time::Duration;
 
-fn cert(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../certs")
-        .join(name)
-}
-
 async fn start() -> Server {
-    ServerBuilder::new()
-        .tls_from_pem(
-            &cert("server.cert.pem"),
-            &cert("server.key.pem"),
-            Some("mypassword"),
-        )
-        .unwrap()
+    common::dev_tls_server()
         .group(1, "mixed")
         .service(HELLO_WORLD_SERVICE, hello_world_service())
         .authenticator(|_: &AuthAttempt<'_>| AuthDecision::Permit)

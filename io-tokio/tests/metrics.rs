@@ -7,31 +7,22 @@
 //! project's `prometheus_client` (`.ci/run` installs one), its strict OpenMetrics
 //! parser must accept the whole text.
 
+mod common;
+
+use common::cert;
+
 use pushwire_tokio::client::{ClientBuilder, ConnectionContext, Event, EventStream, Trust};
 use pushwire_tokio::hello::{hello_world_service, ECHO, HELLO_WORLD_SERVICE};
-use pushwire_tokio::server::{AdminServer, AuthAttempt, AuthDecision, Server, ServerBuilder};
+use pushwire_tokio::server::{AdminServer, AuthAttempt, AuthDecision, Server};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn cert(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../certs")
-        .join(name)
-}
-
 async fn start() -> Server {
-    ServerBuilder::new()
-        .tls_from_pem(
-            &cert("server.cert.pem"),
-            &cert("server.key.pem"),
-            Some("mypassword"),
-        )
-        .unwrap()
+    common::dev_tls_server()
         .group(1, "one")
         .group(2, "two")
         .service(HELLO_WORLD_SERVICE, hello_world_service())

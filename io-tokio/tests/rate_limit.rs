@@ -4,11 +4,14 @@
 //! publisher on its own bucket and the subscriber are unaffected, and the subscriber
 //! receives exactly the publications the server accepted, in order.
 
+mod common;
+
+use common::cert;
+
 use bytes::Bytes;
 use pushwire_protocol::RejectCode;
 use pushwire_tokio::client::{Client, ClientBuilder, ConnectionContext, Event, EventStream, Trust};
 use pushwire_tokio::server::{AuthAttempt, AuthDecision, Server, ServerBuilder};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// One token a second: the test's own slowness adds at most a token or two.
@@ -17,20 +20,8 @@ const BURST: u32 = 10;
 /// The flood: well over the burst.
 const FLOOD: usize = 40;
 
-fn cert(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../certs")
-        .join(name)
-}
-
 async fn start() -> Server {
-    ServerBuilder::new()
-        .tls_from_pem(
-            &cert("server.cert.pem"),
-            &cert("server.key.pem"),
-            Some("mypassword"),
-        )
-        .unwrap()
+    common::dev_tls_server()
         .group(1, "limited")
         .publish_rate_limit(RATE, BURST)
         .unwrap()

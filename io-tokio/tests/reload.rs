@@ -1,29 +1,20 @@
 //! Reloading a running server over real loopback sockets: a new certificate for new
 //! connections while an old connection keeps working, and a new authenticator.
 
+mod common;
+
+use common::cert;
+
 use bytes::Bytes;
 use pushwire_protocol::{GroupId, RefuseCode};
 use pushwire_tokio::client::{Client, ConnectError, ConnectionContext, Event, EventStream, Trust};
 use pushwire_tokio::hello::{hello_world_service, ECHO, HELLO_WORLD_SERVICE};
 use pushwire_tokio::server::{AuthAttempt, AuthDecision, Permit, Server, ServerBuilder};
-use std::path::PathBuf;
 use std::time::Duration;
-
-fn cert(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../certs")
-        .join(name)
-}
 
 /// A server with the development certificate (signed by `ca.cert.pem`).
 async fn start() -> Server {
-    ServerBuilder::new()
-        .tls_from_pem(
-            &cert("server.cert.pem"),
-            &cert("server.key.pem"),
-            Some("mypassword"),
-        )
-        .unwrap()
+    common::dev_tls_server()
         .group(1, "R&D Department")
         .service(HELLO_WORLD_SERVICE, hello_world_service())
         .authenticator(|_: &AuthAttempt<'_>| AuthDecision::Permit)

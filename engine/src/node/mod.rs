@@ -425,11 +425,14 @@ impl NodeStats {
         match delivery.kind() {
             MessageKind::Published => self.deliveries_published += 1,
             MessageKind::UserMessage => self.deliveries_user_messages += 1,
+            MessageKind::PushRejected => {
+                self.deliveries_other += 1;
+                if let Some(code) = delivery.rejection() {
+                    let slot = usize::from(code.to_wire()).min(REJECT_CODE_SLOTS - 1);
+                    self.push_rejected[slot] += 1;
+                }
+            }
             _ => self.deliveries_other += 1,
-        }
-        if let Some(code) = delivery.rejection() {
-            let slot = usize::from(code.to_wire()).min(REJECT_CODE_SLOTS - 1);
-            self.push_rejected[slot] += 1;
         }
         self.bytes_delivered += delivery.frame_len() as u64;
     }
