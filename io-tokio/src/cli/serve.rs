@@ -723,7 +723,8 @@ pub(super) async fn run(mut args: ServeArgs) -> Result<(), CliError> {
         );
         info!(
             origins = ?settings.allowed_origins,
-            "browsers: WebSocket and the chat page on {bound} (a browser must trust the              server's certificate; for the development one, import certs/ca.cert.pem)"
+            "browsers: WebSocket and the chat page on {bound} (a browser must trust the \
+             server's certificate; for the development one, import certs/ca.cert.pem)"
         );
     }
     let _ = std::io::stdout().flush();
