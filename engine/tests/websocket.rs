@@ -637,3 +637,79 @@ fn native_clients_still_work_with_websocket_on() {
         .iter()
         .any(|e| matches!(e, ServerEvent::Authenticate(r) if r.user_id.as_str() == "bob")));
 }
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cases() -> u32 {
+        std::env::var("PUSHWIRE_PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64)
+    }
+
+    /// The upgrade, then the Hello in one masked binary message, as one byte string.
+    fn browser_bytes() -> Vec<u8> {
+        let mut ws = WebSocketContext::new(Role::Client, None);
+        let mut pipe = Pipe::default();
+        ws.write(&mut pipe, WsMessage::Binary(hello_bytes().into()))
+            .unwrap();
+        ws.flush(&mut pipe).unwrap();
+        let mut all = upgrade_request("").into_bytes();
+        all.extend_from_slice(&pipe.output);
+        all
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        /// Cut anywhere, the upgrade and the Hello give the same result.
+        #[test]
+        fn any_chunking_of_upgrade_and_hello_authenticates(
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8)
+        ) {
+            let all = browser_bytes();
+            let mut at: Vec<usize> = cuts.iter().map(|i| i.index(all.len())).collect();
+            at.push(0);
+            at.push(all.len());
+            at.sort();
+            let mut server = web_server(WebConfig::default());
+            let mut out = Vec::new();
+            for w in at.windows(2) {
+                server.handle_input(Instant::now(), &all[w[0]..w[1]]);
+                out.extend(drain(&mut server));
+            }
+            prop_assert!(out.starts_with(b"HTTP/1.1 101 "));
+            prop_assert!(events(&mut server)
+                .iter()
+                .any(|e| matches!(e, ServerEvent::Authenticate(_))));
+        }
+
+        /// Garbage as the request head, or after the upgrade, never panics: the
+        /// connection ends with one Closed, or waits for more.
+        #[test]
+        fn garbage_never_panics(
+            head in any::<bool>(),
+            bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+        ) {
+            let mut server = web_server(WebConfig::default());
+            let mut input = if head { b"G".to_vec() } else { upgrade_request("").into_bytes() };
+            input.extend_from_slice(&bytes);
+            server.handle_input(Instant::now(), &input);
+            let _ = drain(&mut server);
+            let closes = events(&mut server)
+                .iter()
+                .filter(|e| matches!(e, ServerEvent::Closed(_)))
+                .count();
+            prop_assert!(closes <= 1);
+            if closes == 0 {
+                // Still waiting: the deadline ends it.
+                let deadline = server.poll_timeout().expect("a deadline while waiting");
+                server.handle_timeout(deadline);
+                let _ = drain(&mut server);
+                prop_assert!(server.is_finished());
+            }
+        }
+    }
+}
