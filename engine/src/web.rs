@@ -536,9 +536,9 @@ fn decide(config: &WebConfig, request: &httparse::Request<'_, '_>) -> Decision {
     // Base64 of 16 bytes: 22 characters and "==".
     let valid_key = key.len() == 24
         && key.ends_with("==")
-        && key[..22]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+        && key.as_bytes()[..22]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
     if !valid_key {
         return Decision::Refuse(WebError::BadUpgrade(
             "Sec-WebSocket-Key is not 16 bytes in base64",
