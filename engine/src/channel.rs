@@ -3,11 +3,13 @@
 
 use crate::close::{CloseReason, ProtocolError, TimeoutKind};
 use crate::tls::{TlsError, TlsLink};
+use crate::web::{WebConfig, WebError, WebLayer, WebOutcome};
 use bytes::BytesMut;
 use pushwire_protocol::{
     Close, CloseCode, DecodeError, FrameDecoder, FrameLimits, Message, Ping, RawFrame, Text,
 };
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Keep-alive settings of one end.
@@ -70,6 +72,13 @@ impl KeepAlive {
 pub(crate) enum ChannelError {
     Tls(TlsError),
     Decode(DecodeError),
+    Web(WebError),
+}
+
+impl From<WebError> for ChannelError {
+    fn from(e: WebError) -> Self {
+        ChannelError::Web(e)
+    }
 }
 
 impl From<TlsError> for ChannelError {
@@ -83,12 +92,77 @@ impl From<ChannelError> for CloseReason {
         match e {
             ChannelError::Tls(t) => CloseReason::Tls(t),
             ChannelError::Decode(d) => CloseReason::Protocol(ProtocolError::Decode(d)),
+            ChannelError::Web(w) => CloseReason::Protocol(ProtocolError::Web(w)),
         }
     }
 }
 
+/// How pushwire's frames sit on the plaintext.
+enum Framing {
+    /// Directly (a native connection; every client).
+    Raw,
+    /// A server with WebSocket enabled before the first byte: it decides.
+    Undecided {
+        config: Arc<WebConfig>,
+        max_frame_size: u32,
+    },
+    /// Inside binary WebSocket messages, after an HTTP upgrade.
+    Web(Box<WebLayer>),
+}
+
+/// Feeds plaintext through the framing to `sink` (pushwire's frame decoder).
+fn deliver(
+    framing: &mut Framing,
+    plain: &[u8],
+    sink: &mut dyn FnMut(&[u8]) -> Result<(), ChannelError>,
+) -> Result<(), ChannelError> {
+    let Some(&first) = plain.first() else {
+        return Ok(());
+    };
+    if let Framing::Undecided {
+        config,
+        max_frame_size,
+    } = framing
+    {
+        *framing = if WebLayer::starts_http(first) {
+            Framing::Web(Box::new(WebLayer::new(config.clone(), *max_frame_size)))
+        } else {
+            Framing::Raw
+        };
+    }
+    match framing {
+        Framing::Web(web) => web.receive(plain, sink),
+        _ => sink(plain),
+    }
+}
+
+/// Feeds bytes to the frame decoder; returns whether a frame completed.
+fn decode_frames(
+    decoder: &mut FrameDecoder,
+    frames: &mut VecDeque<RawFrame>,
+    mut plain: &[u8],
+) -> Result<bool, ChannelError> {
+    let mut any = false;
+    while !plain.is_empty() {
+        let taken = decoder.feed(plain);
+        plain = &plain[taken..];
+        while let Some(frame) = decoder.next_frame().map_err(ChannelError::Decode)? {
+            frames.push_back(frame);
+            any = true;
+        }
+        if taken == 0 && !plain.is_empty() {
+            // The decoder refuses bytes only when it has an error to report.
+            decoder.next_frame().map_err(ChannelError::Decode)?;
+        }
+    }
+    Ok(any)
+}
+
 pub(crate) struct Channel {
     pub link: TlsLink,
+    framing: Framing,
+    /// WebSocket framing: the plaintext (HTTP answer, WebSocket frames) to encrypt.
+    wire: BytesMut,
     decoder: FrameDecoder,
     frames: VecDeque<RawFrame>,
     /// Plaintext frames queued since the last flush: encrypted together.
@@ -118,6 +192,8 @@ impl Channel {
     pub fn new(link: TlsLink, limits: FrameLimits, keepalive: KeepAlive, now: Instant) -> Self {
         Self {
             link,
+            framing: Framing::Raw,
+            wire: BytesMut::new(),
             decoder: FrameDecoder::new(limits),
             frames: VecDeque::new(),
             outbound: BytesMut::new(),
@@ -134,6 +210,16 @@ impl Channel {
             link_failed: false,
             release_pending: false,
         }
+    }
+
+    /// Server side: lets the connection be a browser's (an HTTP upgrade, then
+    /// pushwire inside WebSocket messages) if its first byte says so; see
+    /// [`crate::web`].
+    pub fn enable_web(&mut self, config: Arc<WebConfig>, max_frame_size: u32) {
+        self.framing = Framing::Undecided {
+            config,
+            max_frame_size,
+        };
     }
 
     /// Asks for the buffers' capacity to be given back once the next flush has
@@ -155,6 +241,9 @@ impl Channel {
         if self.outbound.is_empty() {
             self.outbound = BytesMut::new();
         }
+        if self.wire.is_empty() {
+            self.wire = BytesMut::new();
+        }
         if self.frames.is_empty() {
             self.frames = VecDeque::new();
         }
@@ -170,6 +259,11 @@ impl Channel {
             + self.frames.capacity() * std::mem::size_of::<RawFrame>()
             + self.decoder.buffer_capacity()
             + self.link.buffer_capacity()
+            + self.wire.capacity()
+            + match &self.framing {
+                Framing::Web(web) => web.buffer_capacity(),
+                _ => 0,
+            }
     }
 
     /// Starts keep-alive timing (once the connection is ready), counting from the
@@ -203,30 +297,32 @@ impl Channel {
         let last_rx = &mut self.last_rx;
         let decoder = &mut self.decoder;
         let frames = &mut self.frames;
+        let framing = &mut self.framing;
         let app_bytes = &mut self.app_bytes_received;
         let result = self
             .link
-            .receive(data, &mut self.transmit, &mut |mut plain: &[u8]| {
+            .receive(data, &mut self.transmit, &mut |plain: &[u8]| {
                 *app_bytes += plain.len() as u64;
-                while !plain.is_empty() {
-                    let taken = decoder.feed(plain);
-                    plain = &plain[taken..];
-                    while let Some(frame) = decoder.next_frame().map_err(ChannelError::Decode)? {
-                        frames.push_back(frame);
+                deliver(framing, plain, &mut |bytes| {
+                    if decode_frames(decoder, frames, bytes)? {
                         *last_rx = now;
                     }
-                    if taken == 0 && !plain.is_empty() {
-                        // The decoder refuses bytes only when it has an error to report.
-                        decoder.next_frame().map_err(ChannelError::Decode)?;
-                    }
-                }
-                Ok::<(), ChannelError>(())
+                    Ok(())
+                })
             });
         if let Err(e) = result {
             let reason = CloseReason::from(e);
             match reason {
                 CloseReason::Tls(_) => self.fail(reason),
                 _ => self.close_with(reason),
+            }
+        }
+        if let Framing::Web(web) = &mut self.framing {
+            if let Some(WebOutcome::Served(path)) = web.take_outcome() {
+                self.finish_after_queued(CloseReason::Local {
+                    code: CloseCode::Normal,
+                    reason: clamp_text(Text::from(format!("served HTTP GET {path}"))),
+                });
             }
         }
     }
@@ -236,7 +332,8 @@ impl Channel {
     /// message arriving with the close_notify is seen first.)
     pub fn check_peer_closed(&mut self) {
         let status = self.link.status();
-        if self.closed.is_none() && (status.closed || status.peer_closed) {
+        let web_closed = matches!(&self.framing, Framing::Web(web) if web.peer_closed());
+        if self.closed.is_none() && (status.closed || status.peer_closed || web_closed) {
             self.closed = Some(CloseReason::PeerClosed);
             self.link.request_close();
         }
@@ -351,28 +448,26 @@ impl Channel {
             let decoder = &mut self.decoder;
             let frames = &mut self.frames;
             let closing = self.closed.is_some();
+            let pending = match &mut self.framing {
+                Framing::Web(web) => {
+                    web.flush(&mut self.outbound, closing, &mut self.wire);
+                    &mut self.wire
+                }
+                _ => &mut self.outbound,
+            };
+            let framing = &mut self.framing;
             // Records arriving during a flush are only possible mid-handshake; frames
             // decoded here are kept for the next poll.
-            let result = self.link.flush(
-                &mut self.outbound,
-                &mut self.transmit,
-                &mut |mut plain: &[u8]| {
+            let result = self
+                .link
+                .flush(pending, &mut self.transmit, &mut |plain: &[u8]| {
                     if closing {
                         return Ok(());
                     }
-                    while !plain.is_empty() {
-                        let taken = decoder.feed(plain);
-                        plain = &plain[taken..];
-                        while let Some(f) = decoder.next_frame().map_err(ChannelError::Decode)? {
-                            frames.push_back(f);
-                        }
-                        if taken == 0 && !plain.is_empty() {
-                            decoder.next_frame().map_err(ChannelError::Decode)?;
-                        }
-                    }
-                    Ok::<(), ChannelError>(())
-                },
-            );
+                    deliver(framing, plain, &mut |bytes| {
+                        decode_frames(decoder, frames, bytes).map(|_| ())
+                    })
+                });
             if let Err(e) = result {
                 self.fail(e.into());
             }

@@ -1,6 +1,7 @@
 //! Why a connection ended.
 
 use crate::tls::{TlsError, Verdict};
+use crate::web::WebError;
 use pushwire_protocol::{CloseCode, CompressionError, DecodeError, RefuseCode, Text};
 use std::fmt;
 use thiserror::Error;
@@ -125,6 +126,9 @@ pub enum ProtocolError {
     /// A BatchBegin while a batch is open.
     #[error("batch nesting: BatchBegin inside an open batch")]
     NestedBatch,
+    /// A browser connection's HTTP request or WebSocket framing was refused.
+    #[error(transparent)]
+    Web(#[from] WebError),
 }
 
 impl ProtocolError {
@@ -132,6 +136,7 @@ impl ProtocolError {
     pub fn close_code(&self) -> CloseCode {
         match self {
             ProtocolError::Decode(d) => d.close_code(),
+            ProtocolError::Web(WebError::MessageTooLarge { .. }) => CloseCode::FrameTooLarge,
             _ => CloseCode::ProtocolError,
         }
     }

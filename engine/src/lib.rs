@@ -17,6 +17,8 @@
 //!   the slow-consumer policy, session expiry) and [`node::NodeConnection`] (per
 //!   connection: a `ServerConnection` and its mailbox). The tokio server and the
 //!   simulator both drive it.
+//! - [`web`]: the WebSocket transport for browsers, on the same port (an HTTP
+//!   upgrade told from a Hello by the first byte, then pushwire in binary messages).
 //!
 //! # How a publication travels
 //!
@@ -39,6 +41,7 @@ pub mod node;
 mod rpc;
 pub mod server;
 pub mod tls;
+pub mod web;
 
 pub use channel::KeepAlive;
 pub use close::{CloseReason, ProtocolError, TimeoutKind};

@@ -8,6 +8,7 @@ use crate::rpc::{
     DEFAULT_MAX_RUNNING_REQUESTS,
 };
 use crate::tls::{CertificateInfo, TlsError, TlsLink};
+use crate::web::WebConfig;
 use bytes::{Bytes, BytesMut};
 use pushwire_protocol::{
     negotiate_version, ClientOptions, CloseCode, FrameLimits, Hello, Message, Pong, RawFrame,
@@ -51,6 +52,11 @@ pub struct ServerConfig {
     /// speaks); a lower value makes it behave as an older server, for mixed-version
     /// deployments and tests.
     pub max_version: u16,
+    /// Browsers: accept WebSocket upgrades (and serve the configured pages) on this
+    /// same port, told from native connections by their first byte (see
+    /// [`crate::web`]). `None` (the default): off, and an HTTP request is a
+    /// protocol error like any other bytes that are not a Hello.
+    pub web: Option<Arc<WebConfig>>,
 }
 
 impl ServerConfig {
@@ -64,6 +70,7 @@ impl ServerConfig {
             max_outstanding_requests: DEFAULT_MAX_OUTSTANDING_REQUESTS,
             max_running_requests: DEFAULT_MAX_RUNNING_REQUESTS,
             max_version: PROTOCOL_VERSION,
+            web: None,
         }
     }
 }
@@ -196,7 +203,10 @@ impl ServerConnection {
             }
             ServerTransport::Plaintext => TlsLink::plaintext(),
         };
-        let channel = Channel::new(link, config.limits, config.keepalive, now);
+        let mut channel = Channel::new(link, config.limits, config.keepalive, now);
+        if let Some(web) = &config.web {
+            channel.enable_web(web.clone(), config.limits.max_frame_size());
+        }
         Ok(Self {
             hello_deadline: Some(now + config.hello_timeout),
             results: ResultQueue::new(config.max_outstanding_requests, config.max_running_requests),

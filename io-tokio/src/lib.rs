@@ -13,6 +13,7 @@ pub mod pool;
 mod read;
 pub mod server;
 pub mod transport;
+pub mod web;
 
 use pushwire_protocol::{
     MessageKind, Role, COMPRESSED_TYPE_BIT, PROTOCOL_VERSION, SUPPORTED_VERSIONS,

@@ -980,3 +980,23 @@ fn a_publisher_over_the_servers_rate_limit_is_told_rate_limited() {
     let burst_alone = pushwire(&["serve", "--listen", "127.0.0.1:0", "--publish-burst", "5"]);
     assert_eq!(burst_alone.code, Some(2), "{burst_alone:?}");
 }
+
+#[test]
+fn serve_web_prints_the_chat_url_and_origins_need_web() {
+    let mut server = Serve::start(&["--web", "--allowed-origin", "https://chat.example"]);
+    let port = server.addr.rsplit(':').next().unwrap().to_owned();
+    let line = server.lines.next("pushwire serve").expect("the web line");
+    assert_eq!(line, format!("web chat on https://localhost:{port}/"));
+    // Native clients still use the same port.
+    let published = server.run(&["pub", "1", "--message", "hi", "--user", "alice"]);
+    assert_eq!(published.code, Some(0), "{published:?}");
+
+    let refused = pushwire(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--allowed-origin",
+        "https://chat.example",
+    ]);
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+}

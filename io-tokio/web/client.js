@@ -505,7 +505,9 @@ export class PushwireClient extends EventTarget {
   }
 
   // Queues frames; they leave together, in one WebSocket message, at the end of the
-  // current task (many publishes in a loop make one message, not one each).
+  // current task (many publishes in a loop make one message, not one each). A server
+  // takes messages of at most its frame limit plus 4 bytes (PROTOCOL.md section 12):
+  // more is cut into several messages, which the server reads as one byte stream.
   _send(c, ...frames) {
     if (c.finished) return;
     for (const f of frames) {
@@ -535,8 +537,12 @@ export class PushwireClient extends EventTarget {
     }
     c.outbound = [];
     c.outboundBytes = 0;
+    // Before the Welcome only the Hello leaves, far below the least limit.
+    const max = (c.welcome?.maxFrameSize ?? MIN_MAX_FRAME_SIZE) + 4;
     try {
-      c.socket.send(data);
+      for (let at = 0; at < data.length; at += max) {
+        c.socket.send(data.length <= max ? data : data.subarray(at, at + max));
+      }
     } catch (e) {
       this._transportLost(c, `send failed: ${e?.message ?? e}`);
     }

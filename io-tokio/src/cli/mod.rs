@@ -74,7 +74,7 @@ const EXIT_CODES_HELP: &str = "Exit codes: 0 success, 1 other failure, 2 usage o
 pub enum Command {
     /// Run the server (TLS with the development certificates unless told otherwise)
     /// until Ctrl-C.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Subscribe to chat groups and print events (publications, user messages,
     /// presence, notices).
     Sub(SubArgs),
@@ -227,7 +227,7 @@ pub fn run(cli: Cli) -> Exit {
 
 async fn run_async(command: Command) -> Result<(), CliError> {
     match command {
-        Command::Serve(args) => serve::run(args).await,
+        Command::Serve(args) => serve::run(*args).await,
         Command::Sub(args) => client::sub(args).await,
         Command::Pub(args) => client::publish(args).await,
         Command::Send(args) => client::send(args).await,

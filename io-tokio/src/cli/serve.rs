@@ -17,6 +17,8 @@
 //! admin = "127.0.0.1:9090"          # /metrics, /healthz, /connz over plain HTTP
 //! publish_rate = 100                # publications + user messages per second and connection
 //! publish_burst = 200               # bursts of up to this many (default: publish_rate)
+//! web = true                        # browsers: WebSocket and the chat page on this port
+//! allowed_origins = ["https://chat.example.com"]  # default: same origin only
 //!
 //! [[groups]]
 //! id = 1
@@ -36,6 +38,7 @@ use super::{development_file, CliError, Exit, DEVELOPMENT_KEY_PASSWORD, DEVELOPM
 use crate::hello::{hello_world_service, HELLO_WORLD_SERVICE};
 use crate::server::{
     AdminServer, AdmissionLimits, FlowControl, RateLimit, ServerBuilder, ServerError, ServerHandle,
+    WebConfig,
 };
 use clap::Args;
 use pushwire_engine::hub::SlowConsumerPolicy;
@@ -155,6 +158,16 @@ pub struct ServeArgs {
     /// With --publish-rate: the largest burst at once [default: the rate].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub publish_burst: Option<u32>,
+    /// Browsers: accept WebSocket connections (`wss://`) on the listen port itself and
+    /// serve the chat page at `https://HOST:PORT/`; the URL is printed after
+    /// "listening on" [default: off].
+    #[arg(long)]
+    pub web: bool,
+    /// With --web: an origin whose pages may open a WebSocket, as
+    /// `https://chat.example.com` (repeatable; `*`: any) [default: the same origin
+    /// only, the page this server serves].
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
 }
 
 /// Parses `1048576`, `1024K`, `1024KiB`, `1M`, `1MiB` (K and M are binary, as the
@@ -239,6 +252,10 @@ pub struct ServeConfig {
     pub publish_rate: Option<u32>,
     /// Its burst.
     pub publish_burst: Option<u32>,
+    /// Browsers: WebSocket and the chat page on the listen port.
+    pub web: Option<bool>,
+    /// Origins allowed to open a WebSocket (default: same origin).
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// The `[outbound]` table of a `--config` file.
@@ -358,6 +375,8 @@ struct Settings {
     admission: AdmissionLimits,
     admin: Option<SocketAddr>,
     publish_rate: Option<RateLimit>,
+    web: bool,
+    allowed_origins: Vec<String>,
 }
 
 /// The server's outbound limit unless configured.
@@ -531,6 +550,12 @@ impl Settings {
             admission,
             admin: args.admin.or(file.admin),
             publish_rate,
+            web: args.web || file.web.unwrap_or(false),
+            allowed_origins: if args.allowed_origins.is_empty() {
+                file.allowed_origins.unwrap_or_default()
+            } else {
+                args.allowed_origins
+            },
         })
     }
 }
@@ -632,6 +657,15 @@ pub(super) async fn run(mut args: ServeArgs) -> Result<(), CliError> {
             limit.burst()
         );
     }
+    if settings.web {
+        builder = builder.websocket(WebConfig {
+            allowed_origins: settings.allowed_origins.clone(),
+            pages: crate::web::chat_pages(),
+            ..WebConfig::default()
+        });
+    } else if !settings.allowed_origins.is_empty() {
+        return Err(usage("--allowed-origin needs --web"));
+    }
     let server = builder
         .max_outbound_bytes(settings.max_outbound)
         .slow_consumer_policy(settings.slow_consumer)
@@ -667,6 +701,32 @@ pub(super) async fn run(mut args: ServeArgs) -> Result<(), CliError> {
         }
         None => None,
     };
+    if settings.web {
+        let scheme = match settings.transport {
+            Transport::Plaintext => "http",
+            Transport::Tls { .. } => "https",
+        };
+        // The development certificate names localhost: a loopback address is
+        // shown by that name, so the browser's check passes.
+        let host = if bound.ip().is_loopback() || bound.ip().is_unspecified() {
+            "localhost".to_owned()
+        } else {
+            match bound.ip() {
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            }
+        };
+        let _ = writeln!(
+            std::io::stdout(),
+            "web chat on {scheme}://{host}:{}/",
+            bound.port()
+        );
+        info!(
+            origins = ?settings.allowed_origins,
+            "browsers: WebSocket and the chat page on {bound} (a browser must trust the \
+             server's certificate; for the development one, import certs/ca.cert.pem)"
+        );
+    }
     let _ = std::io::stdout().flush();
     info!(
         groups = ?settings.groups.iter().map(|(id, _)| *id).collect::<Vec<_>>(),

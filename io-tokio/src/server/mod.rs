@@ -48,6 +48,7 @@ pub use pushwire_engine::node::{ConnectionReport, NodeGauges};
 pub use pushwire_engine::node::{RateLimit, RateLimitError};
 use pushwire_engine::server::{AuthRequest, ServerConfig, ServerTransport};
 use pushwire_engine::tls::{server_tls_config, CertificateInfo, ClientAuth};
+pub use pushwire_engine::web::{WebConfig, WebPage};
 use pushwire_engine::{CloseReason, KeepAlive, TimeoutKind};
 use pushwire_protocol::{
     CloseCode, ErrorCode, FrameLimits, GroupDescription, GroupId, ResumeToken, Text,
@@ -129,6 +130,7 @@ pub struct ServerBuilder {
     max_running_requests: usize,
     max_version: u16,
     publish_rate: Option<RateLimit>,
+    web: Option<WebConfig>,
 }
 
 /// The callback told when connections join and leave the hub.
@@ -188,7 +190,30 @@ impl ServerBuilder {
             slow_consumer_policy: SlowConsumerPolicy::default(),
             flow_control: None,
             publish_rate: None,
+            web: None,
         }
+    }
+
+    /// Accepts browsers on the same port: WebSocket upgrades (`wss://` with TLS),
+    /// then pushwire in binary messages, and the static `pages` of `web` for plain
+    /// `GET`s (see [`pushwire_engine::web`] for the why and the rules). Off by
+    /// default.
+    pub fn websocket(mut self, web: WebConfig) -> Self {
+        self.web = Some(web);
+        self
+    }
+
+    /// With [`websocket`](Self::websocket): the origins whose pages may open a
+    /// WebSocket (`https://chat.example.com`; `*`: any). None given: the same origin
+    /// only. Turns WebSocket on if it was off.
+    pub fn allowed_origins<I, S>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let web = self.web.get_or_insert_with(WebConfig::default);
+        web.allowed_origins = origins.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Limits every connection to `per_second` publications and user messages per
@@ -397,6 +422,7 @@ impl ServerBuilder {
         server.keepalive = self.keepalive;
         server.max_running_requests = self.max_running_requests;
         server.max_version = self.max_version;
+        server.web = self.web.map(Arc::new);
         let mut config = NodeConfig::new(server);
         config.hub = self.hub;
         config.max_outbound_bytes = self.max_outbound_bytes;

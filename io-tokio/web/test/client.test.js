@@ -253,6 +253,18 @@ test("a frame over the server's limit is refused before it is sent", async () =>
   assert.equal(s.client.state, "ready");
 });
 
+test("coalesced frames leave in messages of at most the server's frame limit plus 4", async () => {
+  const s = await ready({}, { maxFrameSize: 4096 });
+  const before = s.socket.sent.length;
+  for (let i = 0; i < 10; i++) s.client.publish([1], new Uint8Array(3000));
+  await settle();
+  const messages = s.socket.sent.slice(before);
+  assert.ok(messages.length > 1, "more than one message");
+  for (const m of messages) assert.ok(m.length <= 4100, `a message of ${m.length} bytes`);
+  const publishes = s.socket.frames.filter((f) => f.type === "publish");
+  assert.equal(publishes.length, 10, "the byte stream is whole");
+});
+
 test("events: publications, user messages, presence, gap; senders; Ack every 32 events", async () => {
   const s = await ready();
   const me = { kind: "peer", self: true, userId: "alice", address: "2001:db8::1", port: 443, serviceId: 1 };
