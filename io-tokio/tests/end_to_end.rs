@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::cert;
+use common::{cert, next_event as next};
 
 use bytes::Bytes;
 use pushwire_engine::CloseReason;
@@ -57,20 +57,6 @@ async fn connect(server: &Server, user: &str) -> (Client, EventStream) {
     Client::connect(context(server, user, "MyPassword"))
         .await
         .unwrap()
-}
-
-/// Waits for the next event matching `pick`, skipping others; fails after 5 s.
-async fn next<T>(events: &mut EventStream, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
-    tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let event = events.recv().await.expect("event stream ended");
-            if let Some(t) = pick(&event) {
-                return t;
-            }
-        }
-    })
-    .await
-    .expect("timed out waiting for an event")
 }
 
 fn published(event: &Event) -> Option<(String, Vec<GroupId>, String, bool)> {

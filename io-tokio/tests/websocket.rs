@@ -3,6 +3,10 @@
 //! `ServerBuilder` server with WebSocket on, next to a native `Client`: upgrade,
 //! Hello, publications both ways, a user message, a refused Origin, the chat page.
 
+mod common;
+
+use common::{cert, next_event};
+
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use pushwire_engine::credentials::load_root_store;
@@ -12,8 +16,7 @@ use pushwire_protocol::{
 };
 use pushwire_tokio::client::{Client, ConnectionContext, Event, EventStream, Trust};
 use pushwire_tokio::hello::{hello_world_service, HELLO_WORLD_SERVICE};
-use pushwire_tokio::server::{AuthDecision, Server, ServerBuilder, WebConfig};
-use std::path::PathBuf;
+use pushwire_tokio::server::{AuthDecision, Server, WebConfig};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,20 +26,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 
-fn cert(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../certs")
-        .join(name)
-}
-
 async fn start(web: WebConfig) -> Server {
-    ServerBuilder::new()
-        .tls_from_pem(
-            &cert("server.cert.pem"),
-            &cert("server.key.pem"),
-            Some("mypassword"),
-        )
-        .unwrap()
+    common::dev_tls_server()
         .group(1, "R&D Department")
         .group(2, "Sales Department")
         .group(3, "Management Department")
@@ -152,19 +143,6 @@ async fn native(server: &Server, user: &str) -> (Client, EventStream) {
     let mut cc = ConnectionContext::new("localhost", addr.port(), user, "MyPassword");
     cc.trust = Trust::CaFiles(vec![cert("ca.cert.pem")]);
     Client::connect(cc).await.unwrap()
-}
-
-async fn next_event<T>(events: &mut EventStream, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
-    tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let event = events.recv().await.expect("event stream ended");
-            if let Some(t) = pick(&event) {
-                return t;
-            }
-        }
-    })
-    .await
-    .expect("timed out waiting for an event")
 }
 
 #[tokio::test]

@@ -2,8 +2,10 @@
 //! server builder that uses them. Each test file uses part of it.
 #![allow(dead_code)]
 
+use pushwire_tokio::client::{Event, EventStream};
 use pushwire_tokio::server::ServerBuilder;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// A file of the development certificates (`certs/`).
 pub fn cert(name: &str) -> PathBuf {
@@ -21,4 +23,21 @@ pub fn dev_tls_server() -> ServerBuilder {
             Some("mypassword"),
         )
         .expect("the development certificate loads")
+}
+
+/// Waits for the next event that `pick` accepts, skipping the others; fails after 5 s.
+pub async fn next_event<T>(
+    events: &mut EventStream,
+    mut pick: impl FnMut(&Event) -> Option<T>,
+) -> T {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let event = events.recv().await.expect("event stream ended");
+            if let Some(t) = pick(&event) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for an event")
 }
