@@ -42,8 +42,11 @@
 //! Hello, authentication, limits, flow control and keep-alive are pushwire's, inside
 //! the messages, exactly as on a native connection.
 //!
-//! tungstenite links `rand` for the masks of its client role; the server role never
-//! masks, so the engine still never draws OS randomness.
+//! tungstenite links `rand` for the masks of its client role (it has no feature to
+//! leave it out); the server role never masks, so the engine never calls it and still
+//! draws no OS randomness. `engine/tests/websocket.rs` reads every server frame with a
+//! client-role context, which refuses masked frames from a server, so a masking
+//! server would fail those tests.
 
 use bytes::{Bytes, BytesMut};
 use std::io::{self, Read, Write};

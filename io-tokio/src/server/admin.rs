@@ -102,7 +102,6 @@ struct Response {
     status: &'static str,
     content_type: &'static str,
     body: String,
-    allow: bool,
 }
 
 impl Response {
@@ -111,7 +110,6 @@ impl Response {
             status,
             content_type,
             body,
-            allow: false,
         }
     }
 
@@ -141,14 +139,13 @@ async fn serve_one(handle: &ServerHandle, mut stream: TcpStream) {
                 let method = request.method.unwrap_or_default();
                 let target = request.path.unwrap_or_default();
                 let head_only = method == "HEAD";
-                let mut response = route(handle, method, target);
+                let response = route(handle, method, target);
                 if head_only {
                     // The length of what a GET would get, without the body.
                     let len = response.body.len();
                     write_response(&mut stream, &response, Some(len)).await;
                     return;
                 }
-                response.allow |= response.status.starts_with("405");
                 break response;
             }
             Ok(httparse::Status::Partial) if head.len() < MAX_HEAD_BYTES => continue,
@@ -166,7 +163,8 @@ async fn serve_one(handle: &ServerHandle, mut stream: TcpStream) {
 
 async fn write_response(stream: &mut TcpStream, response: &Response, head_of: Option<usize>) {
     let len = head_of.unwrap_or(response.body.len());
-    let allow = if response.allow {
+    // A 405 says which methods the admin pages take.
+    let allow = if response.status.starts_with("405") {
         "Allow: GET, HEAD\r\n"
     } else {
         ""

@@ -24,7 +24,6 @@ use pushwire_engine::node::{NodeGauges, NodeStats, Refusal, REJECT_CODE_SLOTS};
 use pushwire_protocol::RejectCode;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
 
 /// The labels of a request's latency: the service and the method.
 type MethodLabels = [(&'static str, u32); 2];
@@ -203,11 +202,6 @@ impl MethodHistograms {
             .or_insert_with(|| metrics.request_histogram(service, method))
             .clone()
     }
-}
-
-/// Records a call's latency when it ends.
-pub(crate) fn observe(histogram: &Histogram, elapsed: Duration) {
-    histogram.observe(elapsed.as_secs_f64());
 }
 
 /// The node's numbers at one scrape.

@@ -972,7 +972,7 @@ async fn run_connection<S: ByteStream>(handle: &ServerHandle, stream: S, peer: S
                     tokio::spawn(
                         async move {
                             let result = service.call(call).await;
-                            metrics::observe(&histogram, started.elapsed());
+                            histogram.observe(started.elapsed().as_secs_f64());
                             let _ = results_tx.send((request_id, result));
                         }
                         .in_current_span(),
