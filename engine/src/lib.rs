@@ -17,6 +17,8 @@
 //!   the slow-consumer policy, session expiry) and [`node::NodeConnection`] (per
 //!   connection: a `ServerConnection` and its mailbox). The tokio server and the
 //!   simulator both drive it.
+//! - [`cluster`]: several nodes as one server through a backplane (Redis): the
+//!   records nodes exchange, holes turned into Gaps, presence and users across nodes.
 //! - [`web`]: the WebSocket transport for browsers, on the same port (an HTTP
 //!   upgrade told from a Hello by the first byte, then pushwire in binary messages).
 //!
@@ -35,6 +37,7 @@
 mod channel;
 pub mod client;
 mod close;
+pub mod cluster;
 pub mod credentials;
 pub mod hub;
 pub mod node;

@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod backplane;
 pub mod engine_level;
 pub mod history;
 pub mod oracle;

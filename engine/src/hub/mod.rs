@@ -39,6 +39,7 @@
 //! (rejections, then UserMessageDelivered). Deliveries of successive operations come
 //! out in operation order, so each receiver sees events in the order they happened.
 
+mod cluster;
 mod connections;
 mod events;
 #[cfg(all(feature = "fault-injection", debug_assertions))]
@@ -65,6 +66,8 @@ use pushwire_protocol::{
     MAX_GROUPS_PER_MESSAGE, MAX_USER_ID_CHARS,
 };
 
+pub use cluster::JournalEntry;
+pub(crate) use connections::user_key as user_key_of;
 pub use connections::{ConnectionId, ConnectionInfo};
 pub use events::{Delivery, EventGroups, PushEvent};
 pub use hooks::{Actor, AllowAll, HookContext, Origin, PushHooks, Verdict};
@@ -362,6 +365,10 @@ pub struct Hub<H = AllowAll> {
     tokens: std::collections::BTreeMap<[u8; 16], ConnectionId>,
     /// Detached sessions by expiry.
     expiries: std::collections::BTreeSet<(std::time::Instant, ConnectionId)>,
+    /// What the other nodes of a cluster must hear; `None` when not clustered.
+    journal: Option<Vec<JournalEntry>>,
+    /// Sessions per user (by [`user_key`]) on the other nodes of a cluster.
+    remote_users: std::collections::BTreeMap<String, u32>,
     #[cfg(all(feature = "fault-injection", debug_assertions))]
     fault: fault::FaultState,
 }
@@ -384,6 +391,8 @@ impl<H: PushHooks> Hub<H> {
             outbox,
             tokens: Default::default(),
             expiries: Default::default(),
+            journal: None,
+            remote_users: Default::default(),
             #[cfg(all(feature = "fault-injection", debug_assertions))]
             fault: fault::FaultState::default(),
         }
@@ -420,6 +429,7 @@ impl<H: PushHooks> Hub<H> {
     pub fn connect(&mut self, info: ConnectionInfo) -> ConnectionId {
         let (id, slot) = self.connections.insert(info);
         self.hooks.on_join(id, &self.connections.at(slot).info);
+        self.journal(|| JournalEntry::Member(id));
         id
     }
 
@@ -458,6 +468,7 @@ impl<H: PushHooks> Hub<H> {
             outcome.groups = left.to_vec();
         }
         self.hooks.on_leave(connection, &leaving.info);
+        self.journal(|| JournalEntry::MemberGone(connection));
         Ok(outcome)
     }
 
@@ -510,7 +521,9 @@ impl<H: PushHooks> Hub<H> {
         match self.groups.entry(group) {
             Entry::Occupied(_) => Err(HubError::GroupExists(group)),
             Entry::Vacant(entry) => {
-                entry.insert(Group::new(description.into()));
+                let description = description.into();
+                entry.insert(Group::new(description.clone()));
+                self.journal(|| JournalEntry::GroupAdded(group, description));
                 Ok(())
             }
         }
@@ -523,6 +536,16 @@ impl<H: PushHooks> Hub<H> {
     /// that has left a group keeps no view of its members. Returns the former
     /// members, ascending.
     pub fn remove_group(&mut self, group: GroupId) -> Result<Vec<ConnectionId>, HubError> {
+        self.remove_group_as(group, true)
+    }
+
+    /// [`remove_group`](Self::remove_group); `journaled`: the removal itself goes to
+    /// the journal (not when another node removed it).
+    fn remove_group_as(
+        &mut self,
+        group: GroupId,
+        journaled: bool,
+    ) -> Result<Vec<ConnectionId>, HubError> {
         let members: Vec<(ConnectionId, Slot)> = self
             .groups
             .get(&group)
@@ -549,6 +572,12 @@ impl<H: PushHooks> Hub<H> {
             let shared = Presence::Left.shared(sender, list.clone());
             let event = StoredEvent::whole(member.take_seq(), shared);
             self.outbox.deliver(member, event, frame_len);
+        }
+        if journaled {
+            self.journal(|| JournalEntry::GroupRemoved(group));
+        }
+        for &(id, _) in &members {
+            self.journal(|| JournalEntry::Member(id));
         }
         Ok(members.into_iter().map(|(id, _)| id).collect())
     }
@@ -876,6 +905,7 @@ impl<H: PushHooks> Hub<H> {
         let sender = connection.sender.clone();
         self.tell_member(Presence::Joined, slot, &joined);
         outcome.reached = self.tell_members(Presence::Joined, &sender, member, &joined);
+        self.journal(|| JournalEntry::Member(member));
         outcome.groups = joined.to_vec();
         Ok(outcome)
     }
@@ -933,6 +963,7 @@ impl<H: PushHooks> Hub<H> {
         let sender = connection.sender.clone();
         self.tell_member(Presence::Left, slot, &left);
         outcome.reached = self.tell_members(Presence::Left, &sender, member, &left);
+        self.journal(|| JournalEntry::Member(member));
         outcome.groups = left.to_vec();
         Ok(outcome)
     }
@@ -999,6 +1030,13 @@ impl<H: PushHooks> Hub<H> {
             Actor::Connection(id) => Some(id),
             Actor::Server => None,
         };
+        if let Some(journal) = self.journal.as_mut() {
+            journal.push(JournalEntry::Publication {
+                sender: sender.clone(),
+                groups: targets.clone(),
+                payload: payload.clone(),
+            });
+        }
         // Encoded once; every receiver's copy shares it.
         let shared = Arc::new(SharedEvent::publication(
             sender,
@@ -1093,7 +1131,14 @@ impl<H: PushHooks> Hub<H> {
                 outbox.deliver(to, event, len);
                 reached += 1;
             });
-        outcome.reached = reached;
+        outcome.reached = reached + self.remote_user_sessions(receiver);
+        if let Some(journal) = self.journal.as_mut() {
+            journal.push(JournalEntry::UserMessage {
+                sender,
+                receiver: receiver.into(),
+                payload,
+            });
+        }
         Ok(outcome)
     }
 

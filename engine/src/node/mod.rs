@@ -48,6 +48,10 @@ pub use rate::{RateLimit, RateLimitError, TokenBucket};
 pub use report::{ConnectionReport, NodeGauges};
 
 use crate::close::CloseReason;
+use crate::cluster::{
+    BackplaneInput, BackplaneRequest, Cluster, ClusterConfig, ClusterConfigError, ClusterEvent,
+    ReadPosition,
+};
 use crate::hub::{
     Actor, ConnectionId, ConnectionInfo, Hub, HubConfig, HubError, PushHooks, PushOutcome,
     Rejection, ResumeError, SlowConsumerPolicy,
@@ -158,6 +162,9 @@ pub struct NodeConfig {
     /// `RejectCode::RateLimited` and not delivered; the connection stays. `None`
     /// (the default, like NATS and Centrifugo): no limit, and no cost.
     pub publish_rate: Option<RateLimit>,
+    /// This node's place in a cluster (see [`crate::cluster`]); `None`: a node on
+    /// its own, which keeps no journal and pays nothing for clustering.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl NodeConfig {
@@ -173,6 +180,7 @@ impl NodeConfig {
             close_grace: Duration::from_secs(2),
             flow_control: Some(FlowControl::default()),
             publish_rate: None,
+            cluster: None,
         }
     }
 }
@@ -204,6 +212,9 @@ pub enum NodeConfigError {
         /// Outbound limit.
         outbound: usize,
     },
+    /// The cluster settings cannot work.
+    #[error(transparent)]
+    Cluster(#[from] ClusterConfigError),
     /// A held publisher is not read; it must not be taken for dead meanwhile.
     #[error(
         "the flow control's grace ({grace:?}) must be shorter than the keep-alive idle \
@@ -292,6 +303,8 @@ pub enum NodeEvent {
         /// Why.
         end: SessionEnd,
     },
+    /// Something happened in the cluster (a clustered node only).
+    Cluster(ClusterEvent),
     /// A connection went over its outbound limit under
     /// [`SlowConsumerPolicy::Disconnect`] and is being closed, its session kept.
     SlowConsumer {
@@ -547,6 +560,8 @@ pub struct Node<H = crate::hub::AllowAll> {
     actor: Option<Arc<Mailbox>>,
     /// The latest `now` the node was given.
     clock: Option<Instant>,
+    /// The cluster half of a clustered node.
+    cluster: Option<Cluster>,
 }
 
 impl<H: PushHooks> Node<H> {
@@ -569,11 +584,20 @@ impl<H: PushHooks> Node<H> {
                 }
             }
         }
+        let cluster = match &config.cluster {
+            Some(c) => Some(Cluster::new(c.clone(), config.hub.max_payload_bytes)?),
+            None => None,
+        };
+        let mut hub = Hub::new(config.hub.clone(), hooks);
+        if cluster.is_some() {
+            hub.enable_journal();
+        }
         Ok(Self {
+            cluster,
             congestion: BTreeMap::new(),
             actor: None,
             clock: None,
-            hub: Hub::new(config.hub.clone(), hooks),
+            hub,
             config: Arc::new(config),
             mailboxes: BTreeMap::new(),
             attachments: BTreeMap::new(),
@@ -629,10 +653,11 @@ impl<H: PushHooks> Node<H> {
                 .filter_map(|c| c.deadline(flow.grace))
                 .min()
         });
-        match (self.hub.poll_timeout(), congestion) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let cluster = self.cluster.as_ref().and_then(Cluster::poll_timeout);
+        [self.hub.poll_timeout(), congestion, cluster]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Ends every detached session whose timeout has passed (the other members of
@@ -641,6 +666,9 @@ impl<H: PushHooks> Node<H> {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.clock = Some(now);
         self.expire_congestion(now);
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.handle_timeout(now, &mut self.hub);
+        }
         for (session, info) in self.hub.handle_timeout(now) {
             self.mailboxes.remove(&session);
             self.attachments.remove(&session);
@@ -971,6 +999,46 @@ impl<H: PushHooks> Node<H> {
         self.dispatch();
     }
 
+    // --- The backplane port (a clustered node) -------------------------------------
+
+    /// What the backplane tells a clustered node ([`crate::cluster`]); ignored by a
+    /// node on its own.
+    pub fn handle_backplane(&mut self, now: Instant, input: BackplaneInput) {
+        self.clock = Some(now);
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.handle_input(now, input, &mut self.hub);
+            self.dispatch();
+        }
+    }
+
+    /// The next piece of work for the backplane, in order; `None` when there is
+    /// none (or the backplane is down). Changes after every call of the node.
+    pub fn poll_backplane(&mut self) -> Option<BackplaneRequest> {
+        self.cluster.as_mut()?.poll_request()
+    }
+
+    /// Which peers' logs to read, from where (empty for a node on its own, or while
+    /// the backplane is down). Changes after every call of the node.
+    pub fn backplane_reads(&self) -> Vec<ReadPosition> {
+        self.cluster
+            .as_ref()
+            .map(Cluster::reads)
+            .unwrap_or_default()
+    }
+
+    /// The waker woken whenever work for the backplane appears (a record to
+    /// append, a directory or snapshot to read), whichever call made it.
+    pub fn set_backplane_waker(&mut self, waker: std::task::Waker) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.set_waker(waker);
+        }
+    }
+
+    /// The cluster half, to read (peers, stats); `None` for a node on its own.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
     // --- The server API ------------------------------------------------------------
 
     /// Publishes `payload` to `groups`, as the server ([`Actor::Server`]) or on
@@ -1116,6 +1184,12 @@ impl<H: PushHooks> Node<H> {
     /// holding the acting connection back for them. Receivers are woken later, by
     /// [`wake`](Self::wake), once per call of the node.
     fn deliver(&mut self) -> DeliveryCounts {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.collect(self.clock, &mut self.hub);
+            while let Some(event) = cluster.poll_event() {
+                self.events.push_back(NodeEvent::Cluster(event));
+            }
+        }
         let high_water = self.config.flow_control.map(|f| f.high_water);
         let drop_oldest = self.config.slow_consumer_policy == SlowConsumerPolicy::DropOldest;
         let Self {

@@ -755,6 +755,7 @@ impl ServerHandle {
 
 fn log_node_event(event: &NodeEvent) {
     match event {
+        NodeEvent::Cluster(event) => info!("cluster: {event}"),
         NodeEvent::SessionStarted {
             session,
             user_id,
