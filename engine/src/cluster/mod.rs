@@ -457,6 +457,11 @@ impl Cluster {
         self.peers.iter().map(|(n, p)| (n, p.epoch, p.alive))
     }
 
+    /// Records made and not yet confirmed written by the backplane.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
     /// Sessions of other nodes this node knows of (for the operator).
     pub fn remote_sessions(&self) -> usize {
         self.peers.values().map(|p| p.members.len()).sum()

@@ -19,6 +19,8 @@
 //! publish_burst = 200               # bursts of up to this many (default: publish_rate)
 //! web = true                        # browsers: WebSocket and the chat page on this port
 //! allowed_origins = ["https://chat.example.com"]  # default: same origin only
+//! cluster = "redis://127.0.0.1:6379"  # one node of a cluster sharing this Redis
+//! node_id = "eu-1"                  # unique in the cluster (default: HOSTNAME-PORT)
 //!
 //! [[groups]]
 //! id = 1
@@ -37,8 +39,8 @@ use super::users::{DevelopmentLogin, UserStore, Users};
 use super::{development_file, CliError, Exit, DEVELOPMENT_KEY_PASSWORD, DEVELOPMENT_PASSWORD};
 use crate::hello::{hello_world_service, HELLO_WORLD_SERVICE};
 use crate::server::{
-    AdminServer, AdmissionLimits, FlowControl, RateLimit, ServerBuilder, ServerError, ServerHandle,
-    WebConfig,
+    random_epoch, AdminServer, AdmissionLimits, ClusterConfig, FlowControl, RateLimit,
+    ServerBuilder, ServerError, ServerHandle, WebConfig,
 };
 use clap::Args;
 use pushwire_engine::hub::SlowConsumerPolicy;
@@ -168,6 +170,14 @@ pub struct ServeArgs {
     /// only, the page this server serves].
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     pub allowed_origins: Vec<String>,
+    /// Be one node of a cluster: share groups, presence and users with every
+    /// server on this Redis (`redis://HOST:PORT`) [default: a server on its own].
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+    /// With --cluster: this node's id, unique in the cluster, 1 to 64 of
+    /// `A-Z a-z 0-9 - _ .` [default: HOSTNAME-PORT].
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
 }
 
 /// Parses `1048576`, `1024K`, `1024KiB`, `1M`, `1MiB` (K and M are binary, as the
@@ -256,6 +266,10 @@ pub struct ServeConfig {
     pub web: Option<bool>,
     /// Origins allowed to open a WebSocket (default: same origin).
     pub allowed_origins: Option<Vec<String>>,
+    /// The cluster's Redis URL.
+    pub cluster: Option<String>,
+    /// This node's id in the cluster.
+    pub node_id: Option<String>,
 }
 
 /// The `[outbound]` table of a `--config` file.
@@ -377,6 +391,32 @@ struct Settings {
     publish_rate: Option<RateLimit>,
     web: bool,
     allowed_origins: Vec<String>,
+    /// The cluster's Redis URL and this node's id (`None`: HOSTNAME-PORT).
+    cluster: Option<(String, Option<String>)>,
+}
+
+/// This machine's host name (letters, digits, `-`, `_`, `.` kept) and the port: a
+/// node id that stays the same across restarts of the same server.
+fn default_node_id(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(50)
+        .collect();
+    let host = if host.is_empty() {
+        "node".to_owned()
+    } else {
+        host
+    };
+    if port == 0 {
+        // Any free port: no two such servers may share an id.
+        return format!("{host}-{:08x}", random_epoch() as u32);
+    }
+    format!("{host}-{port}")
 }
 
 /// The server's outbound limit unless configured.
@@ -556,6 +596,11 @@ impl Settings {
             } else {
                 args.allowed_origins
             },
+            cluster: match (args.cluster.or(file.cluster), args.node_id.or(file.node_id)) {
+                (Some(url), node_id) => Some((url, node_id)),
+                (None, Some(_)) => return Err(usage("--node-id needs --cluster")),
+                (None, None) => None,
+            },
         })
     }
 }
@@ -665,6 +710,15 @@ pub(super) async fn run(mut args: ServeArgs) -> Result<(), CliError> {
         });
     } else if !settings.allowed_origins.is_empty() {
         return Err(usage("--allowed-origin needs --web"));
+    }
+    if let Some((url, node_id)) = &settings.cluster {
+        let node_id = node_id
+            .clone()
+            .unwrap_or_else(|| default_node_id(settings.listen.port()));
+        let config = ClusterConfig::new(node_id.as_str(), random_epoch());
+        config.check().map_err(|e| usage(e.to_string()))?;
+        info!(node = %node_id, epoch = %format!("{:016x}", config.epoch), "cluster through {url}");
+        builder = builder.cluster(url.clone(), config);
     }
     let server = builder
         .max_outbound_bytes(settings.max_outbound)

@@ -19,6 +19,7 @@
 
 mod admin;
 mod auth;
+mod cluster;
 pub(crate) mod hooks;
 mod metrics;
 mod service;
@@ -26,6 +27,8 @@ mod service;
 pub use admin::{AdminError, AdminServer};
 
 pub use auth::{AuthAttempt, AuthDecision, Authenticator, DenyAll};
+pub use cluster::MAX_LOG_LEN;
+pub use pushwire_engine::cluster::ClusterConfig;
 pub use service::{service_fn, Call, CallFuture, Cancellation, Service};
 
 use crate::read::{read_with, Input};
@@ -95,6 +98,9 @@ pub enum ServerError {
     /// Limits that do not fit together (the replay buffer over the outbound limit).
     #[error(transparent)]
     Node(#[from] NodeConfigError),
+    /// The cluster's Redis URL does not parse.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// A certificate reload on a server that has no TLS (plaintext).
     #[error("the server runs without TLS: there is no certificate to replace")]
     NotTls,
@@ -131,6 +137,8 @@ pub struct ServerBuilder {
     max_version: u16,
     publish_rate: Option<RateLimit>,
     web: Option<WebConfig>,
+    /// The Redis URL and this node's place in the cluster.
+    cluster: Option<(String, ClusterConfig)>,
 }
 
 /// The callback told when connections join and leave the hub.
@@ -191,7 +199,18 @@ impl ServerBuilder {
             flow_control: None,
             publish_rate: None,
             web: None,
+            cluster: None,
         }
+    }
+
+    /// Makes this server one node of a cluster that shares groups, presence and
+    /// users through the Redis at `redis_url` (`redis://host:port`); see
+    /// [`pushwire_engine::cluster`] for what holds across nodes. `config.node` must
+    /// be unique in the cluster; `config.epoch` should be fresh for every start
+    /// ([`ClusterConfig::new`] with [`random_epoch`]).
+    pub fn cluster(mut self, redis_url: impl Into<String>, config: ClusterConfig) -> Self {
+        self.cluster = Some((redis_url.into(), config));
+        self
     }
 
     /// Accepts browsers on the same port: WebSocket upgrades (`wss://` with TLS),
@@ -436,6 +455,7 @@ impl ServerBuilder {
         config.auto_subscribe = self.auto_subscribe;
         config.publish_rate = self.publish_rate;
         config.services = self.services.keys().copied().collect();
+        config.cluster = self.cluster.as_ref().map(|(_, c)| c.clone());
         let hooks = LoggedHooks {
             app: self.hooks,
             observer: self.observer,
@@ -463,11 +483,19 @@ impl ServerBuilder {
         let handle = ServerHandle { shared };
         let accept = tokio::spawn(accept_loop(handle.clone(), listener));
         let timer = tokio::spawn(expire_sessions(handle.clone()));
+        let cluster = match &self.cluster {
+            Some((url, config)) => {
+                cluster::spawn(handle.clone(), url, config.node.clone(), config.epoch)
+                    .map_err(|e| ServerError::Cluster(e.to_string()))?
+            }
+            None => Vec::new(),
+        };
         Ok(Server {
             handle,
             local_addr,
             accept,
             timer,
+            cluster,
             grace: self.shutdown_grace,
         })
     }
@@ -479,6 +507,8 @@ pub struct Server {
     local_addr: Option<SocketAddr>,
     accept: tokio::task::JoinHandle<()>,
     timer: tokio::task::JoinHandle<()>,
+    /// The backplane's writer and reader (a clustered server).
+    cluster: Vec<tokio::task::JoinHandle<()>>,
     grace: Duration,
 }
 
@@ -502,17 +532,44 @@ impl Server {
         let shared = &self.handle.shared;
         shared.shutdown.send_replace(true);
         let deadline = tokio::time::Instant::now() + self.grace;
-        loop {
+        let open = loop {
             let notified = shared.all_closed.notified();
             let live = shared.live.load(Ordering::Acquire);
             if live == 0 {
-                return 0;
+                break 0;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return shared.live.load(Ordering::Acquire);
+                break shared.live.load(Ordering::Acquire);
+            }
+        };
+        if !self.cluster.is_empty() {
+            // The sessions' departures reach the other nodes now rather than after
+            // their liveness timeout, if Redis takes them within a second.
+            let flush = tokio::time::Instant::now() + Duration::from_secs(1);
+            while tokio::time::Instant::now() < flush
+                && self
+                    .handle
+                    .with_node(|n| n.cluster().is_some_and(|c| c.backlog_len() > 0))
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            for task in &self.cluster {
+                task.abort();
             }
         }
+        open
     }
+}
+
+/// A fresh incarnation number for [`ClusterConfig::epoch`], from the crypto
+/// provider's CSPRNG.
+pub fn random_epoch() -> u64 {
+    let mut bytes = [0u8; 8];
+    let random = rustls::crypto::ring::default_provider().secure_random;
+    if random.fill(&mut bytes).is_err() {
+        warn!("system random number generator failed");
+    }
+    u64::from_be_bytes(bytes)
 }
 
 /// What the server keeps for all connections: the node behind one lock, and what the
