@@ -64,6 +64,7 @@ fn e2e(c: &mut Criterion) {
                                 trust: trust.clone(),
                                 password: "MyPassword".to_owned(),
                                 batch: None,
+                                sub_servers: Vec::new(),
                             };
                             let report = run_workload(&target, &workload(subs, iters * BATCH))
                                 .await

@@ -161,6 +161,10 @@ pub struct BenchArgs {
     /// `commit_batching`), so each batch leaves in one write [default: no batches].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub batch: Option<u32>,
+    /// Subscribers connect to these servers, round-robin (other nodes of a cluster
+    /// with --server, say), while publishers stay on --server [default: --server].
+    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',', requires = "server")]
+    pub sub_servers: Vec<ServerAddress>,
 }
 
 /// One benchmark run: who publishes what to whom.
@@ -889,12 +893,30 @@ pub struct PushwireTarget {
     pub password: String,
     /// Publishers wrap every this many messages in a client batch; `None`: no batches.
     pub batch: Option<u32>,
+    /// Where subscribers connect, round-robin; empty: `host` and `port`.
+    pub sub_servers: Vec<(String, u16)>,
 }
 
 impl PushwireTarget {
     fn context(&self, user: String) -> ConnectionContext {
+        self.context_at(&self.host, self.port, user)
+    }
+
+    /// The context of subscriber `index`.
+    fn subscriber_context(&self, index: usize) -> ConnectionContext {
+        let user = format!("bench-sub-{index}");
+        match self.sub_servers.len() {
+            0 => self.context(user),
+            n => {
+                let (host, port) = &self.sub_servers[index % n];
+                self.context_at(host, *port, user)
+            }
+        }
+    }
+
+    fn context_at(&self, host: &str, port: u16, user: String) -> ConnectionContext {
         let mut context =
-            ConnectionContext::new(self.host.clone(), self.port, user, self.password.clone());
+            ConnectionContext::new(host.to_owned(), port, user, self.password.clone());
         context.trust = self.trust.clone();
         context.service_id = HELLO_WORLD_SERVICE;
         context.echo = false;
@@ -1001,7 +1023,7 @@ impl BenchTarget for PushwireTarget {
     ) -> Result<Client, CliError> {
         let (joined_tx, joined) = oneshot::channel();
         let mut joined_tx = Some(joined_tx);
-        let (client, events) = ClientBuilder::new(self.context(format!("bench-sub-{index}")))
+        let (client, events) = ClientBuilder::new(self.subscriber_context(index))
             .on_publish(move |_, _, payload| recorder.record(payload))
             .on_subscribe(move |sender, _| {
                 if sender.is_self() {
@@ -1139,6 +1161,11 @@ pub(super) async fn run(args: BenchArgs) -> Result<(), CliError> {
         trust,
         password: args.password.clone(),
         batch: args.batch,
+        sub_servers: args
+            .sub_servers
+            .iter()
+            .map(|a| (a.host.clone(), a.port))
+            .collect(),
     };
     let batches = args
         .batch
