@@ -32,6 +32,9 @@ pub struct ModelRedis {
     pub max_log_len: usize,
     /// Most records one read returns (`COUNT`).
     pub read_count: usize,
+    /// Reads return the entry at the reader's position again (at-least-once
+    /// delivery, as after a retried read): the reader must drop the duplicate.
+    pub repeat_last: bool,
     /// Appends, reads and snapshots served (what one Redis would do, for the cost
     /// estimates).
     pub commands: u64,
@@ -45,6 +48,7 @@ impl ModelRedis {
             directory: BTreeMap::new(),
             max_log_len,
             read_count: 256,
+            repeat_last: false,
             commands: 0,
         }
     }
@@ -151,13 +155,18 @@ impl ModelRedis {
     /// What a blocking read at `position` returns now (`None`: nothing new).
     pub fn read(&mut self, position: &ReadPosition) -> Option<BackplaneInput> {
         let inc = self.keys.get(&(position.node.clone(), position.epoch))?;
+        let from = if self.repeat_last {
+            position.after.max(1)
+        } else {
+            position.after + 1
+        };
         let records: Vec<(u64, Bytes)> = inc
             .log
-            .range(position.after + 1..)
+            .range(from..)
             .take(self.read_count)
             .map(|(id, r)| (*id, r.clone()))
             .collect();
-        if records.is_empty() {
+        if records.iter().all(|(id, _)| *id <= position.after) {
             return None;
         }
         self.commands += 1;

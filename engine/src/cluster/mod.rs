@@ -43,12 +43,18 @@
 //! - **Presence is state, not a stream of changes** (G6). A member record carries
 //!   the session's whole group set; the reader diffs it against what it knew and
 //!   tells local members the difference. A snapshot at seq `S` gives the whole view;
-//!   member records up to `S` are then already in it, later ones apply on top.
+//!   member records up to `S` are then already in it, later ones apply on top. After a
+//!   snapshot, members whose groups did not change are announced again (Subscribed
+//!   with all their groups): the hole may have held a leave and a join that a local
+//!   member should have seen, and a view built from presence must come out whole.
 //! - **Liveness**: a node writes a heartbeat when it has said nothing for
 //!   [`ClusterConfig::heartbeat`]; a peer unheard for [`ClusterConfig::liveness`] is
 //!   taken for gone and its members leave every local view (Unsubscribed). A node
 //!   whose own backplane has been away that long drops every peer the same way.
-//!   When a peer is heard again, its state is read again and its members come back.
+//!   Either way every local session gets a Gap: a peer that went quiet may have
+//!   accepted events it never wrote (it was cut off, then died), and nobody can tell.
+//!   When a peer is heard again, its state is read again and its members come back,
+//!   and its log is read on from where it was (what it held back arrives late).
 //! - **Incarnations**: a restarted node has a new epoch and a new log from seq 1;
 //!   readers drop the old incarnation's members and read the new one from its
 //!   start. A peer seen for the first time is read from its start too, except those
@@ -329,6 +335,19 @@ impl std::fmt::Display for ClusterEvent {
     }
 }
 
+/// Deliberate misbehaviour of the cluster, for the simulator's proof that its
+/// cluster oracle catches each kind of bug. Arming one works only in debug builds
+/// with the `fault-injection` feature (it panics in others).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterFault {
+    /// A hole in a peer's log is stepped over without a Gap.
+    IgnoreHoles,
+    /// A record seen before is applied again.
+    AcceptDuplicates,
+    /// A publication to several groups is delivered once per target group.
+    CopyPerGroup,
+}
+
 /// Running totals of the cluster's work.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClusterStats {
@@ -389,6 +408,8 @@ pub struct Cluster {
     stats: ClusterStats,
     /// Woken when work for the backplane appears.
     waker: Option<Waker>,
+    /// An armed fault (the simulator's oracle tests).
+    fault: Option<ClusterFault>,
 }
 
 impl Cluster {
@@ -415,7 +436,19 @@ impl Cluster {
             events: VecDeque::new(),
             stats: ClusterStats::default(),
             waker: None,
+            fault: None,
         })
+    }
+
+    /// Arms a deliberate misbehaviour (see [`ClusterFault`]).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn inject_fault(&mut self, fault: ClusterFault) {
+        #[cfg(debug_assertions)]
+        {
+            self.fault = Some(fault);
+        }
+        #[cfg(not(debug_assertions))]
+        panic!("fault injection ({fault:?}) works only in debug builds");
     }
 
     /// Sets the waker woken whenever a request for the backplane appears.
@@ -735,9 +768,14 @@ impl Cluster {
                     continue;
                 }
                 Some(_) => {
-                    // A new incarnation: the old one is gone.
+                    // A new incarnation: the old one is gone, with whatever it had
+                    // not written yet.
                     let old = self.peers.remove(node).expect("matched");
+                    let was_alive = old.alive;
                     self.lose_peer(node, old, hub);
+                    if was_alive {
+                        self.gap_for_lost_peers(hub);
+                    }
                 }
                 None => {}
             }
@@ -883,13 +921,26 @@ impl Cluster {
             let Some(next) = peer.next() else {
                 return;
             };
-            if seq < next {
-                self.stats.duplicates += 1;
-                continue;
-            }
             let decoded = Record::decode(&bytes, self.max_payload)
                 .ok()
                 .filter(|r| r.epoch == epoch && r.seq == seq);
+            if seq < next {
+                self.stats.duplicates += 1;
+                if self.fault == Some(ClusterFault::AcceptDuplicates) {
+                    if let Some(record) = decoded {
+                        self.apply(node, record, hub);
+                    }
+                }
+                continue;
+            }
+            if seq > next && self.fault == Some(ClusterFault::IgnoreHoles) {
+                if let Some(record) = decoded {
+                    let peer = self.peers.get_mut(node).expect("looked up");
+                    peer.skip_to(seq + 1);
+                    self.apply(node, record, hub);
+                    continue;
+                }
+            }
             if seq > next || decoded.is_none() {
                 if decoded.is_none() {
                     self.stats.undecodable += 1;
@@ -955,6 +1006,12 @@ impl Cluster {
                 payload,
             } => {
                 self.stats.remote_publications += 1;
+                if self.fault == Some(ClusterFault::CopyPerGroup) && groups.len() > 1 {
+                    for group in &groups {
+                        hub.remote_publication(sender.clone(), &[*group], payload.clone());
+                    }
+                    return;
+                }
                 self.stats.remote_deliveries +=
                     u64::from(hub.remote_publication(sender, &groups, payload));
             }
@@ -1034,8 +1091,13 @@ impl Cluster {
                 .filter(|(_, p)| p.alive && now >= p.last_heard + self.config.liveness)
                 .map(|(n, _)| n.clone())
                 .collect();
-            for node in silent {
-                self.kill_peer(&node, hub);
+            if !silent.is_empty() {
+                for node in silent {
+                    self.kill_peer(&node, hub);
+                }
+                // What it made and had not written yet (it may have been cut off
+                // rather than dead) is lost if it never comes back: say so.
+                self.gap_for_lost_peers(hub);
             }
         } else if !self.isolated
             && self
@@ -1044,10 +1106,20 @@ impl Cluster {
         {
             self.isolated = true;
             let all: Vec<Text> = self.peers.keys().cloned().collect();
-            for node in all {
-                self.kill_peer(&node, hub);
+            if !all.is_empty() {
+                for node in all {
+                    self.kill_peer(&node, hub);
+                }
+                self.gap_for_lost_peers(hub);
             }
         }
+    }
+
+    /// Peers were taken for gone: events they accepted and had not written to the
+    /// backplane (while cut off, say) may never come. Every local session gets one
+    /// Gap for them, once per batch of losses.
+    fn gap_for_lost_peers<H: PushHooks>(&mut self, hub: &mut Hub<H>) {
+        hub.cluster_gap();
     }
 
     /// A peer unheard too long: its members leave; its position is kept, so its

@@ -163,7 +163,25 @@ impl Peer {
             changes.extend(self.set_member(session, None));
         }
         for (session, state) in members {
-            changes.extend(self.set_member(session, Some(state)));
+            let unchanged = self
+                .members
+                .get(&session)
+                .is_some_and(|m| m.sender == state.0 && m.groups == state.1);
+            if unchanged {
+                // A snapshot follows a hole (or a return): what the lost records
+                // said is unknown, so the member is announced again, with all its
+                // groups, for the views built from presence to be whole.
+                let m = &self.members[&session];
+                changes.push(Change {
+                    sender: m.sender.clone(),
+                    user_key: m.user_key.clone(),
+                    joined: m.groups.clone(),
+                    left: Vec::new(),
+                    sessions_delta: 0,
+                });
+            } else {
+                changes.extend(self.set_member(session, Some(state)));
+            }
         }
         changes
     }

@@ -1099,6 +1099,15 @@ impl<H: PushHooks> Node<H> {
         self.with_hub(|hub| hub.remove_group(group))
     }
 
+    /// Injects a fault into the cluster half (the simulator's cluster oracle tests);
+    /// a node on its own ignores it.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_cluster_fault(&mut self, fault: crate::cluster::ClusterFault) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.inject_fault(fault);
+        }
+    }
+
     /// Injects a fault into the hub (the simulator's oracle tests).
     #[cfg(feature = "fault-injection")]
     pub fn inject_fault(&mut self, fault: crate::hub::HubFault) {

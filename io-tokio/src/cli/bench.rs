@@ -163,7 +163,12 @@ pub struct BenchArgs {
     pub batch: Option<u32>,
     /// Subscribers connect to these servers, round-robin (other nodes of a cluster
     /// with --server, say), while publishers stay on --server [default: --server].
-    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',', requires = "server")]
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        value_delimiter = ',',
+        requires = "server"
+    )]
     pub sub_servers: Vec<ServerAddress>,
 }
 
