@@ -563,6 +563,39 @@ fn a_redis_restart_that_loses_everything_is_a_gap_and_service_resumes() {
 }
 
 #[test]
+fn groups_registered_or_removed_at_run_time_are_cluster_wide() {
+    let mut w = World::new(2, 10_000);
+    let alice = w.join(0, "alice", &[]);
+    let bob = w.join(1, "bob", &[]);
+    w.nodes[0].node.add_group(GroupId(9), "nine").unwrap();
+    w.settle();
+    assert_eq!(
+        w.nodes[1]
+            .node
+            .hub()
+            .group_description(GroupId(9))
+            .map(|d| d.as_str()),
+        Some("nine")
+    );
+    w.command(bob, PushCommand::Subscribe(vec![GroupId(9)]));
+    w.publish(alice, &[9], "to nine");
+    assert_eq!(w.published(bob), [("to nine".to_owned(), vec![9])]);
+    // Removed on n1: bob, on n2, leaves it there too.
+    w.nodes[0].node.remove_group(GroupId(9)).unwrap();
+    w.settle();
+    assert!(w.nodes[1]
+        .node
+        .hub()
+        .group_description(GroupId(9))
+        .is_none());
+    let left = w.pushes(bob).into_iter().any(
+        |m| matches!(m, Message::Unsubscribed(u) if u.sender.is_self() && u.groups == [GroupId(9)]),
+    );
+    assert!(left, "bob was told he left group 9");
+    w.assert_sequence_complete(bob);
+}
+
+#[test]
 fn a_record_that_does_not_decode_is_a_gap_not_a_crash() {
     let mut w = World::new(2, 10_000);
     let alice = w.join(0, "alice", &[1]);
@@ -706,6 +739,8 @@ fn random_run(seed: u64, fault: Option<ClusterFault>, kills: bool) -> (Vec<Strin
     let mut rng = Rng::new(seed);
     let nodes = rng.range_inclusive(2, 4) as usize;
     let mut w = World::new(nodes, rng.range_inclusive(6, 64) as usize);
+    // Slow readers: some runs read a few records at a time.
+    w.redis.read_count = rng.range_inclusive(1, 256) as usize;
     if let Some(fault) = fault {
         for n in &mut w.nodes {
             n.node.inject_cluster_fault(fault);
@@ -788,7 +823,10 @@ fn random_run(seed: u64, fault: Option<ClusterFault>, kills: bool) -> (Vec<Strin
                 }
             }
             9 if rng.chance(1, 3) => {
-                w.redis.lose_everything();
+                // Redis restarts, with its data (a connection blip) or without.
+                if rng.chance(1, 2) {
+                    w.redis.lose_everything();
+                }
                 let now = w.now;
                 for n in w.nodes.iter_mut().filter(|n| n.running && n.linked) {
                     n.node.handle_backplane(now, BackplaneInput::Down);

@@ -163,25 +163,20 @@ impl Peer {
             changes.extend(self.set_member(session, None));
         }
         for (session, state) in members {
-            let unchanged = self
-                .members
-                .get(&session)
-                .is_some_and(|m| m.sender == state.0 && m.groups == state.1);
-            if unchanged {
+            let known = self.members.contains_key(&session);
+            // One change for a known member, even when nothing differs.
+            let mut session_changes = self.set_member(session, Some(state));
+            if known {
                 // A snapshot follows a hole (or a return): what the lost records
-                // said is unknown, so the member is announced again, with all its
-                // groups, for the views built from presence to be whole.
-                let m = &self.members[&session];
-                changes.push(Change {
-                    sender: m.sender.clone(),
-                    user_key: m.user_key.clone(),
-                    joined: m.groups.clone(),
-                    left: Vec::new(),
-                    sessions_delta: 0,
-                });
-            } else {
-                changes.extend(self.set_member(session, Some(state)));
+                // said is unknown (a leave and a join again, say), so a member seen
+                // before is announced again with all its groups, changed or not,
+                // for the views built from presence to be whole.
+                let groups = self.members[&session].groups.clone();
+                for change in &mut session_changes {
+                    change.joined = groups.clone();
+                }
             }
+            changes.extend(session_changes);
         }
         changes
     }

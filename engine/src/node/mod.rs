@@ -1091,7 +1091,8 @@ impl<H: PushHooks> Node<H> {
         group: GroupId,
         description: impl Into<Text>,
     ) -> Result<(), HubError> {
-        self.hub.add_group(group, description)
+        // Through the dispatch: a clustered node tells the others.
+        self.with_hub(|hub| hub.add_group(group, description))
     }
 
     /// Removes a chat group; its members are unsubscribed, with notifications.
