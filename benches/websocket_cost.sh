@@ -53,6 +53,7 @@ trap cleanup EXIT
 
 start_server() { # tag; sets SERVER_PID and ADDR
   local out="$LOG_DIR/serve-$1.out"
+  : >"$out" # before the server's own redirection, which runs in the background job
   RUST_LOG=warn "$BIN" serve --web --listen 127.0.0.1:0 >"$out" 2>"$LOG_DIR/serve-$1.err" &
   SERVER_PID=$!
   ADDR=""
