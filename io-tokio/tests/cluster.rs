@@ -117,12 +117,15 @@ struct Node {
     child: Child,
     port: u16,
     log: Arc<Mutex<String>>,
+    /// The admin listener's address.
+    admin: String,
 }
 
 impl Node {
     fn start(redis: &Redis, id: &str) -> Node {
         let mut child = Command::new(PUSHWIRE)
             .args(["serve", "--plaintext", "--listen", "127.0.0.1:0"])
+            .args(["--admin", "127.0.0.1:0"])
             .args(["--cluster", &redis.url(), "--node-id", id])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -148,12 +151,35 @@ impl Node {
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("serve said {first:?}: {}", log.lock().unwrap()));
         let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        let mut second = String::new();
+        stdout.read_line(&mut second).unwrap();
+        let admin = second
+            .trim()
+            .strip_prefix("admin on http://")
+            .and_then(|a| a.strip_suffix("/metrics"))
+            .unwrap_or_else(|| panic!("serve said {second:?}"))
+            .to_owned();
         // Keep reading stdout so the process never blocks on it.
         std::thread::spawn(move || {
             let mut sink = String::new();
             let _ = stdout.read_to_string(&mut sink);
         });
-        Node { child, port, log }
+        Node {
+            child,
+            port,
+            log,
+            admin,
+        }
+    }
+
+    /// The node's `/metrics` page.
+    fn metrics(&self) -> String {
+        let mut s = TcpStream::connect(&self.admin).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut page = String::new();
+        s.read_to_string(&mut page).unwrap();
+        page
     }
 
     fn kill(&mut self) {
@@ -396,6 +422,21 @@ async fn three_nodes_share_groups_presence_and_users_and_survive_redis_and_node_
             );
         }
         eprintln!("{who}: {} of 150 messages, {gaps} gaps", got.len());
+    }
+
+    // The operator sees the cluster in /metrics: both peers alive, the holes the
+    // Redis restart made.
+    let page = n1.metrics();
+    assert!(page.contains("pushwire_cluster_peers_alive 2"), "{page}");
+    assert!(page.contains("pushwire_cluster_backplane_up 1"), "{page}");
+    let holes: u64 = n2
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("pushwire_cluster_holes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("n2 reports its holes");
+    if bob_seen.iter().any(|e| matches!(e, Event::Gap { .. })) {
+        assert!(holes > 0, "bob got a gap, so n2 found a hole");
     }
 
     // n3 dies without a word: after the liveness timeout carol leaves alice's view.

@@ -56,15 +56,20 @@ struct World {
 }
 
 fn node(name: &str, epoch: u64, now: Instant) -> ClusterNode {
+    node_with(ClusterConfig::new(name, epoch), now)
+}
+
+fn node_with(cluster: ClusterConfig, now: Instant) -> ClusterNode {
+    let (name, epoch) = (cluster.node.clone(), cluster.epoch);
     let mut config = NodeConfig::new(ServerConfig::new(ServerTransport::Plaintext));
-    config.cluster = Some(ClusterConfig::new(name, epoch));
+    config.cluster = Some(cluster);
     let mut node = Node::new(config, AllowAll).expect("valid config");
     for g in 1..=3 {
         node.add_group(GroupId(g), format!("group {g}")).unwrap();
     }
     // Groups from the configuration are not news for the other nodes.
     let mut n = ClusterNode {
-        name: name.into(),
+        name,
         epoch,
         node,
         linked: true,
@@ -593,6 +598,23 @@ fn groups_registered_or_removed_at_run_time_are_cluster_wide() {
     );
     assert!(left, "bob was told he left group 9");
     w.assert_sequence_complete(bob);
+}
+
+#[test]
+fn a_node_keeps_at_most_its_limit_of_remote_sessions() {
+    let mut w = World::new(1, 10_000);
+    let mut limited = ClusterConfig::new("n2", 200);
+    limited.max_remote_sessions = 2;
+    w.nodes.push(node_with(limited, w.now));
+    w.advance(Duration::from_secs(2));
+    let watcher = w.join(1, "watcher", &[1]);
+    for i in 0..4 {
+        w.join(0, &format!("m{i}"), &[1]);
+    }
+    assert_eq!(w.view(watcher, 1).len(), 2, "{:?}", w.view(watcher, 1));
+    let cluster = w.nodes[1].node.cluster().unwrap();
+    assert_eq!(cluster.remote_sessions(), 2);
+    assert!(cluster.stats().remote_sessions_refused >= 2);
 }
 
 #[test]

@@ -97,6 +97,12 @@ pub struct ClusterConfig {
     pub max_backlog_bytes: usize,
     /// Most records held for one peer while its state is being read. Default 10,000.
     pub max_held_records: usize,
+    /// Most sessions of other nodes this node keeps in its view (all peers
+    /// together): the backplane is input like any other, and a writer that floods
+    /// it with member records must not grow this node without bound. Members
+    /// beyond are not seen (counted in [`ClusterStats::remote_sessions_refused`]).
+    /// Default 1,000,000.
+    pub max_remote_sessions: usize,
 }
 
 /// A [`ClusterConfig`] that cannot work.
@@ -127,6 +133,7 @@ impl ClusterConfig {
             max_backlog_records: 100_000,
             max_backlog_bytes: 64 * 1024 * 1024,
             max_held_records: 10_000,
+            max_remote_sessions: 1_000_000,
         }
     }
 
@@ -363,6 +370,9 @@ pub struct ClusterStats {
     pub undecodable: u64,
     /// Records dropped from this node's backlog.
     pub backlog_dropped: u64,
+    /// Peers' sessions left out of the view: over
+    /// [`ClusterConfig::max_remote_sessions`].
+    pub remote_sessions_refused: u64,
     /// Publications from peers delivered here (records, not deliveries).
     pub remote_publications: u64,
     /// Deliveries those made.
@@ -866,6 +876,23 @@ impl Cluster {
                     Err(_) => undecodable += 1,
                 }
             }
+            // Within the bound on remote sessions (those already seen stay).
+            let room = self
+                .config
+                .max_remote_sessions
+                .saturating_sub(self.peers.values().map(|p| p.members.len()).sum::<usize>());
+            let mut admitted = 0;
+            let before = members.len();
+            let peer = self.peers.get_mut(node).expect("looked up");
+            members.retain(|session, _| {
+                let keep = peer.members.contains_key(session) || admitted < room;
+                if keep && !peer.members.contains_key(session) {
+                    admitted += 1;
+                }
+                keep
+            });
+            self.stats.remote_sessions_refused += (before - members.len()) as u64;
+            let peer = self.peers.get_mut(node).expect("looked up");
             let changes = peer.apply_snapshot(snapshot.seq, members);
             self.apply_changes(node, changes, hub);
         } else {
@@ -979,7 +1006,22 @@ impl Cluster {
         }
     }
 
+    /// Whether a peer's session not yet in the view may join it.
+    fn room_for_remote_session(&mut self) -> bool {
+        if self.remote_sessions() < self.config.max_remote_sessions {
+            return true;
+        }
+        self.stats.remote_sessions_refused += 1;
+        false
+    }
+
     fn apply<H: PushHooks>(&mut self, node: &Text, record: Record, hub: &mut Hub<H>) {
+        if let RecordBody::Member { session, .. } = &record.body {
+            let known = self.peers[node].members.contains_key(session);
+            if !known && !self.room_for_remote_session() {
+                return;
+            }
+        }
         let peer = self.peers.get_mut(node).expect("applied for a known peer");
         let covered = peer.covered_by_snapshot(record.seq);
         match record.body {

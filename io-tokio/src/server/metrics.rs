@@ -20,6 +20,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use pushwire_engine::cluster::ClusterStats;
 use pushwire_engine::node::{NodeGauges, NodeStats, Refusal, REJECT_CODE_SLOTS};
 use pushwire_protocol::RejectCode;
 use std::collections::BTreeMap;
@@ -204,11 +205,113 @@ impl MethodHistograms {
     }
 }
 
+/// A clustered node's cluster numbers at one scrape.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClusterSnapshot {
+    pub stats: ClusterStats,
+    pub up: bool,
+    pub peers: usize,
+    pub peers_alive: usize,
+    pub backlog: usize,
+    pub remote_sessions: usize,
+}
+
+impl ClusterSnapshot {
+    pub(crate) fn of(cluster: &pushwire_engine::cluster::Cluster) -> Self {
+        Self {
+            stats: *cluster.stats(),
+            up: cluster.is_up(),
+            peers: cluster.peers().count(),
+            peers_alive: cluster.peers().filter(|(_, _, alive)| *alive).count(),
+            backlog: cluster.backlog_len(),
+            remote_sessions: cluster.remote_sessions(),
+        }
+    }
+
+    fn encode(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let s = &self.stats;
+        gauge(
+            e,
+            "cluster_backplane_up",
+            "1 while Redis is reachable",
+            usize::from(self.up),
+        )?;
+        gauge(e, "cluster_peers", "Other nodes known", self.peers)?;
+        gauge(
+            e,
+            "cluster_peers_alive",
+            "Other nodes heard within the liveness timeout",
+            self.peers_alive,
+        )?;
+        gauge(
+            e,
+            "cluster_backlog_records",
+            "Records not yet confirmed written to Redis",
+            self.backlog,
+        )?;
+        gauge(
+            e,
+            "cluster_remote_sessions",
+            "Sessions of other nodes in this node's view",
+            self.remote_sessions,
+        )?;
+        counter(
+            e,
+            "cluster_records_out",
+            "Records this node made",
+            s.records_out,
+        )?;
+        counter(
+            e,
+            "cluster_records_in",
+            "Records of other nodes applied",
+            s.records_in,
+        )?;
+        counter(
+            e,
+            "cluster_duplicates",
+            "Records of other nodes dropped as already seen",
+            s.duplicates,
+        )?;
+        counter(
+            e,
+            "cluster_holes",
+            "Holes found in other nodes' logs (each a Gap to every local session)",
+            s.holes,
+        )?;
+        counter(
+            e,
+            "cluster_undecodable_records",
+            "Records that did not decode",
+            s.undecodable,
+        )?;
+        counter(
+            e,
+            "cluster_backlog_dropped",
+            "Records dropped from the backlog while Redis was away too long",
+            s.backlog_dropped,
+        )?;
+        counter(
+            e,
+            "cluster_remote_sessions_refused",
+            "Sessions of other nodes left out of the view (over the limit)",
+            s.remote_sessions_refused,
+        )?;
+        counter(
+            e,
+            "cluster_remote_deliveries",
+            "Deliveries of other nodes' publications",
+            s.remote_deliveries,
+        )
+    }
+}
+
 /// The node's numbers at one scrape.
 #[derive(Debug)]
 struct NodeSnapshot {
     stats: NodeStats,
     gauges: NodeGauges,
+    cluster: Option<ClusterSnapshot>,
     /// Hellos the application's authenticator refused (counted by the shell).
     auth_refused: u64,
 }
@@ -427,18 +530,27 @@ impl Collector for NodeSnapshot {
             "Compressed payloads the server decompressed",
             s.payloads_decompressed,
         )?;
+        if let Some(cluster) = &self.cluster {
+            cluster.encode(e)?;
+        }
         Ok(())
     }
 }
 
 /// The whole exposition: the shell's counters and the node's `stats` and `gauges`,
 /// with the `pushwire_` prefix, ending with `# EOF`.
-pub(crate) fn render(shell: &ShellMetrics, stats: NodeStats, gauges: NodeGauges) -> String {
+pub(crate) fn render(
+    shell: &ShellMetrics,
+    stats: NodeStats,
+    gauges: NodeGauges,
+    cluster: Option<ClusterSnapshot>,
+) -> String {
     let mut registry = Registry::with_prefix("pushwire");
     shell.register(&mut registry);
     registry.register_collector(Box::new(NodeSnapshot {
         stats,
         gauges,
+        cluster,
         auth_refused: shell.auth_refused.get(),
     }));
     let mut out = String::new();

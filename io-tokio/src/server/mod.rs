@@ -797,11 +797,15 @@ impl ServerHandle {
     /// with `# EOF`), as the admin listener's `/metrics` serves them. The node's
     /// numbers are copied under one hold of its lock.
     pub fn metrics_text(&self) -> String {
-        let (stats, gauges) = {
+        let (stats, gauges, cluster) = {
             let node = lock(&self.shared.node);
-            (*node.stats(), node.gauges())
+            (
+                *node.stats(),
+                node.gauges(),
+                node.cluster().map(metrics::ClusterSnapshot::of),
+            )
         };
-        metrics::render(&self.shared.metrics, stats, gauges)
+        metrics::render(&self.shared.metrics, stats, gauges, cluster)
     }
 
     /// Whether the server is shutting down (the admin listener's `/healthz` says so).
