@@ -9,7 +9,8 @@
 //! Then randomized runs: 2 to 4 nodes, clients joining, subscribing, leaving groups,
 //! publishing to several groups, messaging users; nodes cut off from Redis and back,
 //! Redis losing everything, a node killed, reads that deliver a record twice, logs
-//! trimmed short; time advanced by up to 7 s at once. The cluster oracle
+//! trimmed short, clients moving to another node with their resume token (which must
+//! give SessionLost there); time advanced by up to 7 s at once. The cluster oracle
 //! ([`check`]) holds every surviving client to G1–G6 across the cluster, and each
 //! injected [`ClusterFault`] must be caught. `PUSHWIRE_CLUSTER_CASES` sets the number
 //! of runs (default 300; `.ci/run` adds 5,000 in release), `PUSHWIRE_CLUSTER_SEED`
@@ -34,6 +35,8 @@ struct Client {
     client: ClientConnection,
     conn: NodeConnection,
     events: Vec<ClientEvent>,
+    /// The node was told the connection finished.
+    told_node: bool,
 }
 
 struct ClusterNode {
@@ -187,6 +190,12 @@ impl World {
             c.events.push(event);
             progress = true;
         }
+        if c.conn.is_finished() && !c.told_node {
+            c.told_node = true;
+            c.client.handle_transport_closed();
+            node.handle_connection_closed(now, &mut c.conn);
+            progress = true;
+        }
         progress
     }
 
@@ -213,6 +222,12 @@ impl World {
 
     /// Connects `user` to node `n` and subscribes it to `groups`.
     fn join(&mut self, n: usize, user: &str, groups: &[u32]) -> usize {
+        let config = ClientConfig::new(ClientTransport::Plaintext, user, b"pw");
+        self.join_with(n, config, groups)
+    }
+
+    /// Connects a client with `config` to node `n` and subscribes it to `groups`.
+    fn join_with(&mut self, n: usize, config: ClientConfig, groups: &[u32]) -> usize {
         let peer = format!("10.0.{}.{}:4000", n, self.clients.len())
             .parse()
             .unwrap();
@@ -220,7 +235,6 @@ impl World {
             .node
             .connection(peer, self.now, Waker::noop().clone())
             .unwrap();
-        let config = ClientConfig::new(ClientTransport::Plaintext, user, b"pw");
         let client =
             ClientConnection::new(config, self.now, rustls::pki_types::UnixTime::now()).unwrap();
         self.clients.push(Client {
@@ -228,6 +242,7 @@ impl World {
             client,
             conn,
             events: Vec::new(),
+            told_node: false,
         });
         let i = self.clients.len() - 1;
         self.settle();
@@ -705,6 +720,10 @@ struct Trace {
     /// id → receiver user.
     user_messages: BTreeMap<u64, String>,
     killed: BTreeSet<usize>,
+    /// Clients that left their node to come back on another (as a new client).
+    moved: BTreeSet<usize>,
+    /// The clients that came back so: each must have been told its session is lost.
+    failovers: Vec<usize>,
     steps: usize,
 }
 
@@ -754,6 +773,7 @@ struct Coverage {
     duplicates_dropped: u64,
     peers_lost: u64,
     gaps_seen: u64,
+    failovers: u64,
 }
 
 /// One randomized run of `seed`; returns the oracle's complaints and what it exercised.
@@ -772,7 +792,9 @@ fn random_run(seed: u64, fault: Option<ClusterFault>, kills: bool) -> (Vec<Strin
     let mut next_id = 0u64;
     let mut killed_one = false;
     let steps = rng.range_inclusive(20, 60) as usize;
-    let live = |w: &World, t: &Trace, i: usize| !t.killed.contains(&w.clients[i].node);
+    let live = |w: &World, t: &Trace, i: usize| {
+        !t.killed.contains(&w.clients[i].node) && !t.moved.contains(&i)
+    };
     for step in 1..=steps {
         t.steps = step;
         w.redis.repeat_last = rng.chance(1, 4);
@@ -856,6 +878,45 @@ fn random_run(seed: u64, fault: Option<ClusterFault>, kills: bool) -> (Vec<Strin
                 }
                 w.settle();
             }
+            11 if clients > 0 && rng.chance(1, 2) => {
+                // A client moves: it says goodbye to its node and comes back on
+                // another with its resume token, which that node does not know.
+                let i = rng.range_inclusive(0, clients as u64 - 1) as usize;
+                let from = w.clients[i].node;
+                let others: Vec<usize> = (0..w.nodes.len())
+                    .filter(|&n| n != from && w.nodes[n].running)
+                    .collect();
+                if live(&w, &t, i) && !w.clients[i].told_node && !others.is_empty() {
+                    let to = others[rng.range_inclusive(0, others.len() as u64 - 1) as usize];
+                    let resume = pushwire_protocol::ResumeRequest {
+                        token: w.clients[i].client.welcome().expect("ready").resume_token,
+                        last_seq: w.clients[i].client.last_seq(),
+                    };
+                    let groups: Vec<u32> = (1..=3).filter(|g| t.member_at(i, *g, step)).collect();
+                    w.clients[i]
+                        .client
+                        .close(pushwire_protocol::CloseCode::Normal, "moving");
+                    w.settle();
+                    for g in &groups {
+                        t.members[i].push((step, *g, false));
+                    }
+                    t.moved.insert(i);
+                    let config = ClientConfig {
+                        resume: Some(resume),
+                        ..ClientConfig::new(
+                            ClientTransport::Plaintext,
+                            user_of(w.clients.len()),
+                            b"pw",
+                        )
+                    };
+                    // Its groups again, as a client told its session is lost does.
+                    let j = w.join_with(to, config, &groups);
+                    t.members
+                        .push(groups.iter().map(|g| (step, *g, true)).collect());
+                    assert_eq!(j, t.members.len() - 1);
+                    t.failovers.push(j);
+                }
+            }
             10 if kills && !killed_one && w.nodes.len() > 2 => {
                 let n = rng.range_inclusive(0, w.nodes.len() as u64 - 1) as usize;
                 w.nodes[n].running = false;
@@ -890,6 +951,7 @@ fn random_run(seed: u64, fault: Option<ClusterFault>, kills: bool) -> (Vec<Strin
             .count() as u64;
     }
     coverage.gaps_seen = (0..w.clients.len()).map(|i| w.gaps(i) as u64).sum();
+    coverage.failovers = t.failovers.len() as u64;
     let complaints = check(&w, &t);
     if !complaints.is_empty() && std::env::var_os("PUSHWIRE_CLUSTER_VERBOSE").is_some() {
         eprintln!("nodes {}, killed {:?}", w.nodes.len(), t.killed);
@@ -920,6 +982,9 @@ fn check(w: &World, t: &Trace) -> Vec<String> {
         }
         let me = user_of(r);
         let pushes = w.pushes(r);
+        if t.failovers.contains(&r) && !matches!(pushes.first(), Some(Message::SessionLost(_))) {
+            complaints.push(format!("{me}: failed over without SessionLost first"));
+        }
         // G5: the session's sequence numbers, each covered once.
         let mut next = 1;
         for m in &pushes {
@@ -1071,6 +1136,7 @@ fn randomized_cluster_runs_keep_every_guarantee() {
         total.duplicates_dropped += c.duplicates_dropped;
         total.peers_lost += c.peers_lost;
         total.gaps_seen += c.gaps_seen;
+        total.failovers += c.failovers;
         assert!(
             complaints.is_empty(),
             "seed {seed}: {complaints:#?}\nreplay: PUSHWIRE_CLUSTER_SEED={seed} \
@@ -1085,6 +1151,10 @@ fn randomized_cluster_runs_keep_every_guarantee() {
         assert!(total.duplicates_dropped > 0, "{total:?}");
         assert!(total.peers_lost > 0, "{total:?}");
         assert!(total.gaps_seen > 0, "{total:?}");
+        assert!(
+            total.failovers > 0,
+            "no client moved between nodes: {total:?}"
+        );
     }
 }
 
