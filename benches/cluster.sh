@@ -91,6 +91,13 @@ run_case() {
   result=$(grep '^result' "$LOG_DIR/bench-$label-$mode.txt")
   local msgs=$MSGS
   [ "$mode" = rate ] && msgs=$((RATE * 3))
+  local delivered expected
+  delivered=$(sed -n 's/.* delivered=\([0-9]*\).*/\1/p' <<<"$result")
+  expected=$(sed -n 's/.* expected=\([0-9]*\).*/\1/p' <<<"$result")
+  if [ "$delivered" != "$expected" ]; then
+    echo "$label $mode: delivered $delivered of $expected" >&2
+    exit 1
+  fi
   local rate p50 p99
   rate=$(sed -n 's/.*delivered_rate=\([0-9]*\).*/\1/p' <<<"$result")
   p50=$(sed -n 's/.*p50_us=\([0-9.]*\).*/\1/p' <<<"$result")

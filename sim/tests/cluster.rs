@@ -296,6 +296,11 @@ impl World {
             .collect()
     }
 
+    /// The payloads of every Published client `i` got (not its echoes), in order.
+    fn payloads(&self, i: usize) -> Vec<String> {
+        self.published(i).into_iter().map(|(p, _)| p).collect()
+    }
+
     /// Who client `i` sees in `group`, from its presence events since it last joined
     /// it, sorted.
     fn view(&self, i: usize, group: u32) -> Vec<String> {
@@ -511,7 +516,7 @@ fn a_node_cut_off_while_the_log_is_trimmed_past_it_gives_its_sessions_a_gap() {
     assert_eq!(w.published(bob).len(), 1, "nothing while cut off");
     w.relink(1);
     assert_eq!(w.gaps(bob), 1, "one gap for the trimmed records");
-    let got: Vec<String> = w.published(bob).into_iter().map(|(p, _)| p).collect();
+    let got = w.payloads(bob);
     assert_eq!(got.first().map(String::as_str), Some("before"));
     assert!(
         got.len() > 2 && got.last().map(String::as_str) == Some("m19"),
@@ -520,10 +525,7 @@ fn a_node_cut_off_while_the_log_is_trimmed_past_it_gives_its_sessions_a_gap() {
     w.assert_sequence_complete(bob);
     // Service resumes by itself.
     w.publish(alice, &[1], "after");
-    assert_eq!(
-        w.published(bob).last().map(|(p, _)| p.as_str()),
-        Some("after")
-    );
+    assert_eq!(w.payloads(bob).last().map(String::as_str), Some("after"));
 }
 
 #[test]
@@ -537,7 +539,7 @@ fn a_short_cut_loses_nothing_and_gives_no_gap() {
     }
     w.advance(Duration::from_secs(2));
     w.relink(0);
-    let got: Vec<String> = w.published(bob).into_iter().map(|(p, _)| p).collect();
+    let got = w.payloads(bob);
     assert_eq!(got, ["m0", "m1", "m2", "m3", "m4"]);
     assert_eq!(w.gaps(bob), 0);
     assert_eq!(w.view(alice, 1), ["bob"]);
@@ -566,7 +568,7 @@ fn a_redis_restart_that_loses_everything_is_a_gap_and_service_resumes() {
     w.settle();
     w.publish(alice, &[1], "three");
     w.advance(Duration::from_secs(2));
-    let got: Vec<String> = w.published(bob).into_iter().map(|(p, _)| p).collect();
+    let got = w.payloads(bob);
     assert_eq!(got, ["one", "three"]);
     assert_eq!(w.gaps(bob), 1, "\"two\" is covered by a gap");
     w.assert_sequence_complete(bob);
@@ -647,7 +649,7 @@ fn a_record_that_does_not_decode_is_a_gap_not_a_crash() {
     assert_eq!(w.gaps(bob), 1);
     w.assert_sequence_complete(bob);
     w.publish(alice, &[1], "three");
-    let got: Vec<String> = w.published(bob).into_iter().map(|(p, _)| p).collect();
+    let got = w.payloads(bob);
     assert_eq!(got.first().map(String::as_str), Some("one"));
     assert_eq!(got.last().map(String::as_str), Some("three"));
 }
@@ -668,7 +670,7 @@ fn a_restarted_node_is_a_new_incarnation_its_old_members_leave() {
     assert_eq!(w.view(alice, 1), ["erin"]);
     w.publish(erin, &[1], "from the new n2");
     assert_eq!(
-        w.published(alice).last().map(|(p, _)| p.as_str()),
+        w.payloads(alice).last().map(String::as_str),
         Some("from the new n2")
     );
 }
@@ -690,7 +692,7 @@ fn a_node_cut_off_past_the_liveness_timeout_loses_its_peers_and_gets_them_back()
     // lost (the log still held it). One gap each when the other went quiet: neither
     // could tell then whether the other had lost anything.
     assert_eq!(w.view(alice, 1), ["bob"]);
-    let got: Vec<String> = w.published(bob).into_iter().map(|(p, _)| p).collect();
+    let got = w.payloads(bob);
     assert_eq!(got, ["while away"]);
     assert_eq!(w.gaps(bob), 1);
     assert_eq!(w.gaps(alice), 1);

@@ -71,7 +71,7 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pushwire_protocol::{GroupId, Sender, Text};
+use pushwire_protocol::{Sender, Text};
 
 use crate::hub::{Hub, JournalEntry, PushHooks};
 use peers::Peer;
@@ -412,8 +412,6 @@ pub struct Cluster {
     last_append: Option<Instant>,
     next_discovery: Option<Instant>,
     peers: BTreeMap<Text, Peer>,
-    /// Remote sessions per user key, as the peers' views add up.
-    remote_users: BTreeMap<String, u32>,
     events: VecDeque<ClusterEvent>,
     stats: ClusterStats,
     /// Woken when work for the backplane appears.
@@ -442,7 +440,6 @@ impl Cluster {
             last_append: None,
             next_discovery: None,
             peers: BTreeMap::new(),
-            remote_users: BTreeMap::new(),
             events: VecDeque::new(),
             stats: ClusterStats::default(),
             waker: None,
@@ -570,7 +567,13 @@ impl Cluster {
 
     /// Turns what the hub journaled into records for the backplane.
     pub(crate) fn collect<H: PushHooks>(&mut self, now: Option<Instant>, hub: &mut Hub<H>) {
-        for entry in hub.take_journal() {
+        let mut journal = hub.take_journal();
+        // A member's record carries its state at this call, so the same session's
+        // consecutive entries (a join and its auto-subscription, say) make one.
+        journal.dedup_by(
+            |b, a| matches!((a, b), (JournalEntry::Member(x), JournalEntry::Member(y)) if x == y),
+        );
+        for entry in journal {
             let (body, state) = match entry {
                 JournalEntry::Member(session) => {
                     let key = format!("m:{}", session.0);
@@ -630,7 +633,7 @@ impl Cluster {
 
     /// Makes the next record and queues it for the backplane.
     fn make(&mut self, now: Option<Instant>, body: RecordBody, state_key: Option<String>) {
-        // Consecutive identical member states (two changes in one call) say nothing new.
+        // A removal deletes its state entry; every other state record is the value.
         let removal = matches!(
             body,
             RecordBody::MemberGone { .. } | RecordBody::GroupRemoved { .. }
@@ -894,7 +897,7 @@ impl Cluster {
             self.stats.remote_sessions_refused += (before - members.len()) as u64;
             let peer = self.peers.get_mut(node).expect("looked up");
             let changes = peer.apply_snapshot(snapshot.seq, members);
-            self.apply_changes(node, changes, hub);
+            apply_changes(changes, hub);
         } else {
             self.peers
                 .get_mut(node)
@@ -915,7 +918,6 @@ impl Cluster {
         records: Vec<(u64, Bytes)>,
         hub: &mut Hub<H>,
     ) {
-        let max_held = self.config.max_held_records;
         let mut records = records.into_iter();
         while let Some((seq, bytes)) = records.next() {
             let Some(peer) = self.peers.get_mut(node).filter(|p| p.epoch == epoch) else {
@@ -926,40 +928,30 @@ impl Cluster {
                 peer.alive = true;
                 peer.stale_view = true;
             }
-            if peer.is_snapshotting() {
-                let rest: Vec<(u64, Bytes)> = std::iter::once((seq, bytes))
-                    .chain(records.by_ref())
-                    .collect();
-                peer.hold(rest, max_held);
-                return;
-            }
-            if peer.stale_view {
-                // Back from the dead: the view is rebuilt from its state first.
-                peer.stale_view = false;
-                let rest: Vec<(u64, Bytes)> = std::iter::once((seq, bytes))
-                    .chain(records.by_ref())
-                    .collect();
-                self.ask_snapshot(node);
-                if let Some(peer) = self.peers.get_mut(node) {
-                    peer.hold(rest, max_held);
-                }
+            // Back from the dead, the view is rebuilt from the peer's state first.
+            if peer.is_snapshotting() || std::mem::take(&mut peer.stale_view) {
+                let rest = std::iter::once((seq, bytes)).chain(records).collect();
+                self.hold_until_snapshot(node, rest);
                 return;
             }
             let Some(next) = peer.next() else {
                 return;
             };
-            let decoded = Record::decode(&bytes, self.max_payload)
-                .ok()
-                .filter(|r| r.epoch == epoch && r.seq == seq);
+            let decode = |bytes: &Bytes| {
+                Record::decode(bytes, self.max_payload)
+                    .ok()
+                    .filter(|r| r.epoch == epoch && r.seq == seq)
+            };
             if seq < next {
                 self.stats.duplicates += 1;
                 if self.fault == Some(ClusterFault::AcceptDuplicates) {
-                    if let Some(record) = decoded {
+                    if let Some(record) = decode(&bytes) {
                         self.apply(node, record, hub);
                     }
                 }
                 continue;
             }
+            let decoded = decode(&bytes);
             if seq > next && self.fault == Some(ClusterFault::IgnoreHoles) {
                 if let Some(record) = decoded {
                     let peer = self.peers.get_mut(node).expect("looked up");
@@ -983,19 +975,14 @@ impl Cluster {
                 // Past the hole (and past a record that does not decode), then the
                 // peer's state is read again before the rest applies.
                 let peer = self.peers.get_mut(node).expect("looked up");
-                let rest: Vec<(u64, Bytes)> = if decoded.is_some() {
+                let rest = if decoded.is_some() {
                     peer.skip_to(seq);
-                    std::iter::once((seq, bytes))
-                        .chain(records.by_ref())
-                        .collect()
+                    std::iter::once((seq, bytes)).chain(records).collect()
                 } else {
                     peer.skip_to(seq + 1);
-                    records.by_ref().collect()
+                    records.collect()
                 };
-                self.ask_snapshot(node);
-                if let Some(peer) = self.peers.get_mut(node) {
-                    peer.hold(rest, max_held);
-                }
+                self.hold_until_snapshot(node, rest);
                 return;
             }
             let record = decoded.expect("checked");
@@ -1013,6 +1000,16 @@ impl Cluster {
         }
         self.stats.remote_sessions_refused += 1;
         false
+    }
+
+    /// Asks for the peer's state (unless asked already) and keeps `rest` of its
+    /// records until the answer.
+    fn hold_until_snapshot(&mut self, node: &Text, rest: Vec<(u64, Bytes)>) {
+        self.ask_snapshot(node);
+        let max_held = self.config.max_held_records;
+        if let Some(peer) = self.peers.get_mut(node) {
+            peer.hold(rest, max_held);
+        }
     }
 
     fn apply<H: PushHooks>(&mut self, node: &Text, record: Record, hub: &mut Hub<H>) {
@@ -1033,13 +1030,13 @@ impl Cluster {
             } => {
                 if !covered {
                     let changes = peer.set_member(session, Some((Sender::Peer(sender), groups)));
-                    self.apply_changes(node, changes, hub);
+                    apply_changes(changes, hub);
                 }
             }
             RecordBody::MemberGone { session } => {
                 if !covered {
                     let changes = peer.set_member(session, None);
-                    self.apply_changes(node, changes, hub);
+                    apply_changes(changes, hub);
                 }
             }
             RecordBody::Publication {
@@ -1075,39 +1072,10 @@ impl Cluster {
         }
     }
 
-    /// Tells local members what changed in a peer's view, and counts users.
-    fn apply_changes<H: PushHooks>(
-        &mut self,
-        _node: &Text,
-        changes: Vec<peers::Change>,
-        hub: &mut Hub<H>,
-    ) {
-        for change in changes {
-            if !change.left.is_empty() {
-                hub.remote_presence(false, change.sender.clone(), &change.left);
-            }
-            if !change.joined.is_empty() {
-                hub.remote_presence(true, change.sender.clone(), &change.joined);
-            }
-            if change.sessions_delta != 0 {
-                let count = self
-                    .remote_users
-                    .entry(change.user_key.clone())
-                    .or_insert(0);
-                *count = count.saturating_add_signed(change.sessions_delta);
-                let count = *count;
-                if count == 0 {
-                    self.remote_users.remove(&change.user_key);
-                }
-                hub.set_remote_user_sessions(&change.user_key, count);
-            }
-        }
-    }
-
     /// `peer` is gone: its members leave every local view.
     fn lose_peer<H: PushHooks>(&mut self, node: &Text, mut peer: Peer, hub: &mut Hub<H>) {
         let changes = peer.drop_view();
-        self.apply_changes(node, changes, hub);
+        apply_changes(changes, hub);
         self.events.push_back(ClusterEvent::PeerLost {
             node: node.clone(),
             epoch: peer.epoch,
@@ -1177,7 +1145,7 @@ impl Cluster {
         peer.stale_view = true;
         let changes = peer.drop_view();
         let epoch = peer.epoch;
-        self.apply_changes(node, changes, hub);
+        apply_changes(changes, hub);
         self.events.push_back(ClusterEvent::PeerLost {
             node: node.clone(),
             epoch,
@@ -1185,5 +1153,18 @@ impl Cluster {
     }
 }
 
-/// The remote sessions' groups, for a test's or the operator's view.
-pub type RemoteMembers = BTreeMap<u64, (Sender, Vec<GroupId>)>;
+/// Tells local members what changed in a peer's view, and the hub how many sessions
+/// each user has elsewhere.
+fn apply_changes<H: PushHooks>(changes: Vec<peers::Change>, hub: &mut Hub<H>) {
+    for change in changes {
+        if !change.left.is_empty() {
+            hub.remote_presence(false, change.sender.clone(), &change.left);
+        }
+        if !change.joined.is_empty() {
+            hub.remote_presence(true, change.sender.clone(), &change.joined);
+        }
+        if change.sessions_delta != 0 {
+            hub.add_remote_user_sessions(&change.user_key, change.sessions_delta);
+        }
+    }
+}

@@ -12,8 +12,7 @@ use bytes::Bytes;
 use pushwire_protocol::{Gap, GroupId, PeerSender, Sender, Text};
 
 use super::connections::user_key;
-use super::events::{frame_len, Delivery, PushEvent, SharedEvent, StoredEvent, GROUP_ID_WIRE_LEN};
-use super::groups::for_each_member_of_any;
+use super::events::{frame_len, Delivery, PushEvent, SharedEvent, StoredEvent};
 use super::{ConnectionId, Hub, Presence, PushHooks};
 
 /// Something that happened on this node that the other nodes of its cluster must
@@ -78,14 +77,14 @@ impl<H: PushHooks> Hub<H> {
         Some((sender, connection.groups.iter().copied().collect()))
     }
 
-    /// How many sessions of `user_id` the other nodes have, as this node knows them:
-    /// added to the reach of every user message to that user.
-    pub fn set_remote_user_sessions(&mut self, user_id: &str, sessions: u32) {
-        let key = user_key(user_id);
-        if sessions == 0 {
-            self.remote_users.remove(&key);
-        } else {
-            self.remote_users.insert(key, sessions);
+    /// The user whose id lowercases (Unicode) to `user_key` has
+    /// `delta` more sessions on the other nodes, as this node knows them: added to
+    /// the reach of every user message to that user.
+    pub fn add_remote_user_sessions(&mut self, user_key: &str, delta: i32) {
+        let count = self.remote_users.entry(user_key.to_owned()).or_insert(0);
+        *count = count.saturating_add_signed(delta);
+        if *count == 0 {
+            self.remote_users.remove(user_key);
         }
     }
 
@@ -118,17 +117,7 @@ impl<H: PushHooks> Hub<H> {
             payload,
             None,
         ));
-        let connections = &mut self.connections;
-        let outbox = &mut self.outbox;
-        let mut reached = 0;
-        for_each_member_of_any(&self.groups, &targets, None, |_, slot, positions| {
-            let receiver = connections.at_mut(slot);
-            let len = base_len + GROUP_ID_WIRE_LEN * positions.len();
-            let event = StoredEvent::shared(receiver.take_seq(), &shared, positions);
-            outbox.deliver(receiver, event, len);
-            reached += 1;
-        });
-        reached
+        self.fan_out(&targets, None, &shared, base_len, false)
     }
 
     /// A user message from another node, to every local session of `receiver`.
@@ -164,19 +153,7 @@ impl<H: PushHooks> Hub<H> {
         } else {
             Presence::Left
         };
-        let base_len = frame_len::presence_base(&sender);
-        let shared = presence.shared(sender, groups.clone());
-        let connections = &mut self.connections;
-        let outbox = &mut self.outbox;
-        let mut reached = 0;
-        for_each_member_of_any(&self.groups, &groups, None, |_, slot, positions| {
-            let receiver = connections.at_mut(slot);
-            let len = base_len + GROUP_ID_WIRE_LEN * positions.len();
-            let event = StoredEvent::shared(receiver.take_seq(), &shared, positions);
-            outbox.deliver(receiver, event, len);
-            reached += 1;
-        });
-        reached
+        self.tell_members(presence, &sender, None, &groups)
     }
 
     /// Events from another node may have been lost: every session here gets a Gap

@@ -312,7 +312,7 @@ impl Outbox {
 
 /// Which presence event a membership change produces.
 #[derive(Debug, Clone, Copy)]
-enum Presence {
+pub(super) enum Presence {
     Joined,
     Left,
 }
@@ -464,7 +464,8 @@ impl<H: PushHooks> Hub<H> {
         let mut outcome = PushOutcome::default();
         if !left.is_empty() {
             let left: Arc<[GroupId]> = left.into();
-            outcome.reached = self.tell_members(Presence::Left, &leaving.sender, connection, &left);
+            outcome.reached =
+                self.tell_members(Presence::Left, &leaving.sender, Some(connection), &left);
             outcome.groups = left.to_vec();
         }
         self.hooks.on_leave(connection, &leaving.info);
@@ -904,7 +905,7 @@ impl<H: PushHooks> Hub<H> {
         let joined: Arc<[GroupId]> = joined.into();
         let sender = connection.sender.clone();
         self.tell_member(Presence::Joined, slot, &joined);
-        outcome.reached = self.tell_members(Presence::Joined, &sender, member, &joined);
+        outcome.reached = self.tell_members(Presence::Joined, &sender, Some(member), &joined);
         self.journal(|| JournalEntry::Member(member));
         outcome.groups = joined.to_vec();
         Ok(outcome)
@@ -962,7 +963,7 @@ impl<H: PushHooks> Hub<H> {
         let left: Arc<[GroupId]> = left.into();
         let sender = connection.sender.clone();
         self.tell_member(Presence::Left, slot, &left);
-        outcome.reached = self.tell_members(Presence::Left, &sender, member, &left);
+        outcome.reached = self.tell_members(Presence::Left, &sender, Some(member), &left);
         self.journal(|| JournalEntry::Member(member));
         outcome.groups = left.to_vec();
         Ok(outcome)
@@ -1044,17 +1045,7 @@ impl<H: PushHooks> Hub<H> {
             payload,
             compressed,
         ));
-        let connections = &mut self.connections;
-        let outbox = &mut self.outbox;
-        let mut reached = 0;
-        for_each_member_of_any(&self.groups, &targets, skip, |_, slot, positions| {
-            let receiver = connections.at_mut(slot);
-            let len = base_len + GROUP_ID_WIRE_LEN * positions.len();
-            let event = StoredEvent::shared(receiver.take_seq(), &shared, positions);
-            outbox.deliver(receiver, event, len);
-            reached += 1;
-        });
-        outcome.reached = reached;
+        outcome.reached = self.fan_out(&targets, skip, &shared, base_len, false);
         outcome.groups = targets.to_vec();
         Ok(outcome)
     }
@@ -1153,34 +1144,50 @@ impl<H: PushHooks> Hub<H> {
         self.outbox.deliver(member, event, len);
     }
 
-    /// Presence events to every other member of `groups`, each listing the groups it
-    /// shares with `member`. Returns how many were told.
-    fn tell_members(
+    /// Presence events to every member of `groups` but `member`, each listing the
+    /// groups it shares with the sender. Returns how many were told.
+    pub(super) fn tell_members(
         &mut self,
         presence: Presence,
         sender: &Sender,
-        member: ConnectionId,
+        member: Option<ConnectionId>,
         groups: &Arc<[GroupId]>,
     ) -> u32 {
         let base_len = frame_len::presence_base(sender);
         // Encoded once; every receiver's copy shares it.
         let shared = presence.shared(sender.clone(), groups.clone());
+        self.fan_out(groups, member, &shared, base_len, true)
+    }
+
+    /// Queues `shared` to every member of any of `targets` (registered groups) but
+    /// `skip`: each once, with the targets it is in and its next sequence number.
+    /// `base_len` is the frame's length without the group list. Returns how many.
+    pub(super) fn fan_out(
+        &mut self,
+        targets: &Arc<[GroupId]>,
+        skip: Option<ConnectionId>,
+        shared: &Arc<SharedEvent>,
+        base_len: usize,
+        presence: bool,
+    ) -> u32 {
         let connections = &mut self.connections;
         let outbox = &mut self.outbox;
         let mut reached = 0;
         #[cfg(all(feature = "fault-injection", debug_assertions))]
         let fault = &mut self.fault;
-        for_each_member_of_any(&self.groups, groups, Some(member), |_, slot, positions| {
+        for_each_member_of_any(&self.groups, targets, skip, |_, slot, positions| {
             #[cfg(all(feature = "fault-injection", debug_assertions))]
-            if fault.skip_presence() {
+            if presence && fault.skip_presence() {
                 return;
             }
             let receiver = connections.at_mut(slot);
             let len = base_len + GROUP_ID_WIRE_LEN * positions.len();
-            let event = StoredEvent::shared(receiver.take_seq(), &shared, positions);
+            let event = StoredEvent::shared(receiver.take_seq(), shared, positions);
             outbox.deliver(receiver, event, len);
             reached += 1;
         });
+        #[cfg(not(all(feature = "fault-injection", debug_assertions)))]
+        let _ = presence;
         reached
     }
 

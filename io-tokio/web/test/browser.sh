@@ -7,18 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 
-if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
-  echo "== installing Debian's chromium and chromium-driver"
-  apt-get update
-  apt-get install -y chromium chromium-driver
-fi
-
-export PYTHONPATH="$PWD/target/browser-python${PYTHONPATH:+:$PYTHONPATH}"
-if ! python3 -c 'import selenium, sys; sys.exit(not selenium.__version__.startswith("4."))' 2>/dev/null; then
-  echo "== installing Selenium into target/browser-python"
-  python3 -m pip install --quiet --disable-pip-version-check --upgrade \
-    --target target/browser-python selenium==4.27.1
-fi
+source io-tokio/web/test/browser-setup.sh
 
 if [ -z "${PUSHWIRE_BIN:-}" ]; then
   cargo build --locked --quiet -p pushwire-tokio --bin pushwire

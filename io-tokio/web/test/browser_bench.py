@@ -20,18 +20,14 @@ table of the medians.
 """
 
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
-
 sys.path.insert(0, os.path.dirname(__file__))
-from browser_test import CHROMEDRIVER, CHROMIUM, CERT, ROOT, spki_hash  # noqa: E402
+from browser_test import CERT, CHROMIUM, ROOT, headless_chromium, spki_hash, stop_process  # noqa: E402
 
 BIN = os.environ.get("PUSHWIRE_BIN") or os.path.join(ROOT, "target", "release", "pushwire")
 RUNS = int(os.environ.get("RUNS", "3"))
@@ -88,36 +84,10 @@ def start_server():
     return proc, addr, url
 
 
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def browser(workdir):
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        f"--user-data-dir={tempfile.mkdtemp(prefix='bench-', dir=workdir)}",
-        # Trust exactly the development server's key (see browser_test.py).
-        f"--ignore-certificate-errors-spki-list={spki_hash(CERT)}",
-        "--no-first-run",
-        "--no-default-browser-check",
-    ):
-        options.add_argument(arg)
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        options.add_argument("--no-sandbox")
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(15)
-    driver.set_script_timeout(15)
-    return driver
+    return headless_chromium(
+        tempfile.mkdtemp(prefix="bench-", dir=workdir), spki_hash(CERT), 15
+    )
 
 
 def one_run(driver, size, msgs):
@@ -160,7 +130,7 @@ def one_run(driver, size, msgs):
             "pub_seconds": pub_seconds,
         }
     finally:
-        stop(server)
+        stop_process(server)
 
 
 def main():

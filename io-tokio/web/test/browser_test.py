@@ -83,6 +83,49 @@ def spki_hash(cert_path):
     ).stdout.decode().strip()
 
 
+def stop_process(proc, sig=signal.SIGTERM):
+    """Sends `sig` and waits up to 5 s, then kills: a process never outlives a run."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def headless_chromium(profile_dir, spki, timeout, extra_args=(), log_console=False):
+    """Headless Chromium through chromedriver, trusting exactly the key hashing to `spki`."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        f"--user-data-dir={profile_dir}",
+        # Trust exactly the server's key, nothing else: Chromium skips certificate
+        # errors only for a chain holding a certificate whose SubjectPublicKeyInfo
+        # hashes to this value (the flag is honoured only with --user-data-dir).
+        # Every other certificate is still checked, unlike with
+        # --ignore-certificate-errors or acceptInsecureCerts. No NSS database and
+        # no `certutil` needed.
+        f"--ignore-certificate-errors-spki-list={spki}",
+        "--no-first-run",
+        "--no-default-browser-check",
+        *extra_args,
+    ):
+        options.add_argument(arg)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        options.add_argument("--no-sandbox")  # Chromium refuses to run as root otherwise
+    if log_console:
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(timeout)
+    driver.set_script_timeout(timeout)
+    return driver
+
+
 class Server:
     """One `pushwire serve --web` process on a given port; stderr kept in a file."""
 
@@ -119,14 +162,7 @@ class Server:
             raise AssertionError(f"{self.name} exited with {code} before its URL: {lines}")
 
     def stop(self):
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
     def kill(self):
         if self.proc is not None and self.proc.poll() is None:
@@ -174,13 +210,7 @@ class Cli:
         # SIGINT, as Ctrl-C: `sub` closes its connection normally, so the server ends
         # its session at once (and tells the group). After a drop without a Close
         # (SIGTERM, SIGKILL) the session would be kept for a resume instead.
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, signal.SIGINT)
 
 
 def run_cli(*args):
@@ -196,31 +226,13 @@ class Page:
 
     def __init__(self, name, spki, workdir):
         self.name = name
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for arg in (
-            "--headless=new",
-            "--disable-dev-shm-usage",
-            "--disable-gpu",
-            "--window-size=1100,900",
-            f"--user-data-dir={tempfile.mkdtemp(prefix=f'{name}-', dir=workdir)}",
-            # Trust exactly the server's key, nothing else: Chromium skips certificate
-            # errors only for a chain holding a certificate whose SubjectPublicKeyInfo
-            # hashes to this value (the flag is honoured only with --user-data-dir).
-            # Every other certificate is still checked, unlike with
-            # --ignore-certificate-errors or acceptInsecureCerts. No NSS database and
-            # no `certutil` needed.
-            f"--ignore-certificate-errors-spki-list={spki}",
-            "--no-first-run",
-            "--no-default-browser-check",
-        ):
-            options.add_argument(arg)
-        if hasattr(os, "geteuid") and os.geteuid() == 0:
-            options.add_argument("--no-sandbox")  # Chromium refuses to run as root otherwise
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        self.driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-        self.driver.set_page_load_timeout(WAIT)
-        self.driver.set_script_timeout(WAIT)
+        self.driver = headless_chromium(
+            tempfile.mkdtemp(prefix=f"{name}-", dir=workdir),
+            spki,
+            WAIT,
+            extra_args=("--window-size=1100,900",),
+            log_console=True,
+        )
 
     def el(self, id_):
         return self.driver.find_element(By.ID, id_)
