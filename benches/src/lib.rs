@@ -20,6 +20,7 @@ pub fn sample_sender(is_self: bool) -> Sender {
         port: 51_234,
         service_id: 1,
         is_self,
+        node: None,
     })
 }
 

@@ -37,6 +37,7 @@ fn published(seq: u64) -> Message {
             port: 4000,
             service_id: 1,
             is_self: false,
+            node: None,
         }),
         groups: vec![GroupId(1)],
         payload: Bytes::from(seq.to_be_bytes().to_vec()),

@@ -327,6 +327,20 @@ async fn three_nodes_share_groups_presence_and_users_and_survive_redis_and_node_
         at_carol.iter().filter_map(pick).collect::<Vec<_>>(),
         [("alice".to_owned(), vec![1, 2], "to both".to_owned())]
     );
+    // Protocol version 5: the sender names the node the publisher is on.
+    let nodes = |events: &[Event]| {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Published { sender, .. } if !sender.is_self() => {
+                    Some(sender.node().map(|n| n.to_string()))
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(nodes(&at_bob), [Some("n1".to_owned())]);
+    assert_eq!(nodes(&at_carol), [Some("n1".to_owned())]);
 
     // A user message reaches every session of the user on every node, counted.
     let (_d1, mut d1_events) = connect(&n2, "dave").await;

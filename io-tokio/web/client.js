@@ -626,6 +626,8 @@ export class PushwireClient extends EventTarget {
         userId: o.userId,
         password: o.password,
         resume,
+        // Version 4: the frames this client accepts (its decoder's limit).
+        maxFrameSize: o.maxFrameSize,
       }),
     );
     c.state = "helloSent";
@@ -790,9 +792,15 @@ export class PushwireClient extends EventTarget {
       this._acked = 0n;
     }
     this._state = "ready";
-    const ping = this._options.keepalive.pingIntervalMs ?? (w.pingIntervalMs || 15000);
+    // Version 4 (PROTOCOL.md, Ping): follow the server's timing, so that it never
+    // takes an idle but healthy page for dead: ping at least every third of its idle
+    // timeout, and wait for it at least three of its ping intervals.
+    let ping = this._options.keepalive.pingIntervalMs ?? (w.pingIntervalMs || 15000);
+    if (w.version >= 4 && w.idleTimeoutMs > 0) ping = Math.min(ping, Math.floor(w.idleTimeoutMs / 3));
+    let idle = this._options.keepalive.idleTimeoutMs ?? 3 * ping;
+    if (w.version >= 4 && w.pingIntervalMs > 0) idle = Math.max(idle, 3 * w.pingIntervalMs);
     c.pingIntervalMs = ping;
-    c.idleTimeoutMs = this._options.keepalive.idleTimeoutMs ?? 3 * ping;
+    c.idleTimeoutMs = idle;
     c.lastRx = this._timers.now();
     this._armTimer(c);
     const detail = {

@@ -9,7 +9,7 @@
 // tokens are `Uint8Array`s; texts are strings.
 
 /** Highest protocol version this module speaks. */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 5;
 /** Lowest protocol version this module speaks. */
 export const MIN_PROTOCOL_VERSION = 1;
 
@@ -29,6 +29,8 @@ export const MAX_PASSWORD_BYTES = 1024;
 export const MAX_TEXT_BYTES = 4096;
 /** Most group ids in one `groups` list (the width of its count). */
 export const MAX_GROUPS = 65535;
+/** Version 5: largest cluster node id in a sender, in bytes. */
+export const MAX_NODE_ID_BYTES = 64;
 /** Bit of the type byte that marks a compressed payload (version 3). */
 export const COMPRESSED_TYPE_BIT = 0x80;
 
@@ -438,12 +440,14 @@ function writeSender(w, sender) {
   if (countChars(sender.userId) > MAX_USER_ID_CHARS) {
     throw new PushwireEncodeError(`sender user id over ${MAX_USER_ID_CHARS} characters`);
   }
+  const hasNode = sender.node != null;
   w.u8(addr.length === 4 ? 4 : 6);
-  w.u8(sender.self ? 1 : 0);
+  w.u8((sender.self ? 0x01 : 0) | (hasNode ? 0x02 : 0));
   w.text(sender.userId, MAX_USER_ID_BYTES, "sender user_id");
   w.raw(addr);
   w.u16(sender.port, "sender port");
   w.u32(sender.serviceId, "sender service_id");
+  if (hasNode) w.text(sender.node, MAX_NODE_ID_BYTES, "sender node");
 }
 
 const ENCODERS = {
@@ -734,12 +738,15 @@ class Reader {
     if (tag === 0) return { kind: "server" };
     if (tag !== 4 && tag !== 6) throw this.fail("InvalidValue", "sender", `sender has invalid value ${tag}`);
     const flags = this.u8("sender flags");
-    if (flags & ~0x01) throw this.fail("InvalidValue", "sender flags", `sender flags has invalid value ${flags}`);
+    if (flags & ~0x03) throw this.fail("InvalidValue", "sender flags", `sender flags has invalid value ${flags}`);
     const userId = this.userId("sender user_id");
     const address = formatAddress(this.bytes(tag === 4 ? 4 : 16, "sender address"));
     const port = this.u16("sender port");
     const serviceId = this.u32("sender service_id");
-    return { kind: "peer", self: (flags & 0x01) !== 0, userId, address, port, serviceId };
+    const sender = { kind: "peer", self: (flags & 0x01) !== 0, userId, address, port, serviceId };
+    // Version 5: the cluster node the sender is on (present only when named).
+    if (flags & 0x02) sender.node = this.text("sender node", MAX_NODE_ID_BYTES);
+    return sender;
   }
 
   // The rest of the frame, after the compression header when the type byte marks one.

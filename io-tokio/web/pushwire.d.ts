@@ -3,7 +3,7 @@
 
 // ------------------------------------------------------------------ codec
 
-export const PROTOCOL_VERSION: 3;
+export const PROTOCOL_VERSION: 5;
 export const MIN_PROTOCOL_VERSION: 1;
 export const DEFAULT_MAX_FRAME_SIZE: number;
 export const MIN_MAX_FRAME_SIZE: number;
@@ -13,6 +13,7 @@ export const MAX_USER_ID_BYTES: number;
 export const MAX_PASSWORD_BYTES: number;
 export const MAX_TEXT_BYTES: number;
 export const MAX_GROUPS: number;
+export const MAX_NODE_ID_BYTES: number;
 export const COMPRESSED_TYPE_BIT: number;
 
 export type MessageTypeName =
@@ -64,6 +65,11 @@ export interface PeerSender {
   address: string;
   port: number;
   serviceId: number;
+  /**
+   * Version 5: the cluster node the sender is connected to, when the server is
+   * clustered (absent otherwise).
+   */
+  node?: string;
 }
 
 /** How a payload is compressed (version 3); this client refuses such frames. */

@@ -12,7 +12,7 @@ use std::fmt;
 use std::ops::RangeInclusive;
 
 /// The protocol version this crate speaks best.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Every protocol version this crate can speak.
 pub const SUPPORTED_VERSIONS: RangeInclusive<u16> = 1..=PROTOCOL_VERSION;
@@ -337,10 +337,12 @@ mod tests {
         assert_eq!(negotiate_version(1, 9), Some(PROTOCOL_VERSION));
         assert_eq!(negotiate_version(1, 2), Some(2));
         assert_eq!(negotiate_version(2, 2), Some(2));
-        assert_eq!(negotiate_version(3, 9), Some(4));
+        assert_eq!(negotiate_version(3, 9), Some(5));
+        assert_eq!(negotiate_version(3, 4), Some(4));
         assert_eq!(negotiate_version(3, 3), Some(3));
-        assert_eq!(negotiate_version(4, 9), Some(4));
-        assert_eq!(negotiate_version(5, 9), None);
+        assert_eq!(negotiate_version(4, 9), Some(5));
+        assert_eq!(negotiate_version(5, 9), Some(5));
+        assert_eq!(negotiate_version(6, 9), None);
         assert_eq!(negotiate_version(0, 0), None);
     }
 

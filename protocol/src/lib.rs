@@ -66,7 +66,8 @@ pub use handshake::{
 };
 pub use limits::{
     FrameLimits, LimitError, DEFAULT_MAX_FRAME_SIZE, HARD_MAX_FRAME_SIZE, MAX_GROUPS_PER_MESSAGE,
-    MAX_PASSWORD_BYTES, MAX_TEXT_BYTES, MAX_USER_ID_BYTES, MAX_USER_ID_CHARS, MIN_MAX_FRAME_SIZE,
+    MAX_NODE_ID_BYTES, MAX_PASSWORD_BYTES, MAX_TEXT_BYTES, MAX_USER_ID_BYTES, MAX_USER_ID_CHARS,
+    MIN_MAX_FRAME_SIZE,
 };
 pub use push::{
     encode_publish_prefix, encode_published_prefix, patch_seq, Gap, GroupDescription, GroupId,

@@ -21,6 +21,10 @@ pub const MAX_USER_ID_CHARS: usize = 255;
 /// ... and therefore at most 1,020 bytes of UTF-8.
 pub const MAX_USER_ID_BYTES: usize = MAX_USER_ID_CHARS * 4;
 
+/// *Version 5*: largest cluster node id in a sender, in bytes (a node id is 1 to 64
+/// characters of `A-Z a-z 0-9 - _ .`; decoders check only the length and UTF-8).
+pub const MAX_NODE_ID_BYTES: usize = 64;
+
 /// Largest password, in bytes.
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 

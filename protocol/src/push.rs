@@ -5,7 +5,7 @@ use crate::codes::{RejectCode, SessionLostReason};
 use crate::compression::Compression;
 use crate::error::DecodeError;
 use crate::frame::{put_header_byte, Body, MessageKind};
-use crate::limits::{MAX_TEXT_BYTES, MAX_USER_ID_BYTES, MAX_USER_ID_CHARS};
+use crate::limits::{MAX_NODE_ID_BYTES, MAX_TEXT_BYTES, MAX_USER_ID_BYTES, MAX_USER_ID_CHARS};
 use crate::text::Text;
 use crate::wire::{
     compression_bits, groups_len, payload_len, put_compression_header, put_groups, put_payload,
@@ -47,6 +47,21 @@ pub struct PeerSender {
     pub service_id: u32,
     /// Set on the copy an event's own originator receives (the echo).
     pub is_self: bool,
+    /// *Version 5*: the id of the cluster node the sender is connected to, on events
+    /// from a clustered server (at most [`MAX_NODE_ID_BYTES`] bytes). `None` from a
+    /// server that is not clustered, and always on connections below version 5 (the
+    /// server leaves it out for them: see [`PeerSender::without_node`]).
+    pub node: Option<Text>,
+}
+
+impl PeerSender {
+    /// The same sender without its node, as receivers below version 5 see it.
+    pub fn without_node(&self) -> PeerSender {
+        PeerSender {
+            node: None,
+            ..self.clone()
+        }
+    }
 }
 
 impl Sender {
@@ -54,10 +69,34 @@ impl Sender {
     const TAG_PEER_V4: u8 = 4;
     const TAG_PEER_V6: u8 = 6;
     const FLAG_SELF: u8 = 0b0000_0001;
+    const FLAG_NODE: u8 = 0b0000_0010;
 
     /// Whether the receiver is the event's originator.
     pub fn is_self(&self) -> bool {
         matches!(self, Sender::Peer(p) if p.is_self)
+    }
+
+    /// The cluster node of a peer sender, when the server named it (version 5).
+    pub fn node(&self) -> Option<&Text> {
+        match self {
+            Sender::Peer(p) => p.node.as_ref(),
+            Sender::Server => None,
+        }
+    }
+
+    /// Bytes the node adds to this sender's encoding (0 without one): what a
+    /// receiver below version 5, which gets the sender without it, saves.
+    pub fn node_len(&self) -> usize {
+        self.node()
+            .map_or(0, |node| text_len(node, MAX_NODE_ID_BYTES))
+    }
+
+    /// The sender as a receiver below version 5 sees it: without the node.
+    pub fn without_node(&self) -> Sender {
+        match self {
+            Sender::Peer(p) if p.node.is_some() => Sender::Peer(p.without_node()),
+            other => other.clone(),
+        }
     }
 
     fn encoded_len(&self) -> usize {
@@ -68,7 +107,7 @@ impl Sender {
                     IpAddr::V4(_) => 4,
                     IpAddr::V6(_) => 16,
                 };
-                1 + 1 + text_len(&p.user_id, MAX_USER_ID_BYTES) + addr + 2 + 4
+                1 + 1 + text_len(&p.user_id, MAX_USER_ID_BYTES) + addr + 2 + 4 + self.node_len()
             }
         }
     }
@@ -85,7 +124,14 @@ impl Sender {
                     p.user_id.as_str().chars().count() <= MAX_USER_ID_CHARS,
                     "sender user id over {MAX_USER_ID_CHARS} characters"
                 );
-                out.put_u8(if p.is_self { Self::FLAG_SELF } else { 0 });
+                let mut flags = 0;
+                if p.is_self {
+                    flags |= Self::FLAG_SELF;
+                }
+                if p.node.is_some() {
+                    flags |= Self::FLAG_NODE;
+                }
+                out.put_u8(flags);
                 put_text(out, &p.user_id, MAX_USER_ID_BYTES);
                 match p.addr {
                     IpAddr::V4(a) => out.put_slice(&a.octets()),
@@ -93,6 +139,9 @@ impl Sender {
                 }
                 out.put_u16(p.port);
                 out.put_u32(p.service_id);
+                if let Some(node) = &p.node {
+                    put_text(out, node, MAX_NODE_ID_BYTES);
+                }
             }
         }
     }
@@ -106,7 +155,7 @@ impl Sender {
             return Err(r.invalid("sender", tag.into()));
         }
         let flags = r.u8("sender flags")?;
-        if flags & !Self::FLAG_SELF != 0 {
+        if flags & !(Self::FLAG_SELF | Self::FLAG_NODE) != 0 {
             return Err(r.invalid("sender flags", flags.into()));
         }
         let user_id = r.text("sender user_id", MAX_USER_ID_BYTES)?;
@@ -128,12 +177,20 @@ impl Sender {
         } else {
             IpAddr::from(r.array::<16>("sender address")?)
         };
+        let port = r.u16("sender port")?;
+        let service_id = r.u32("sender service_id")?;
+        let node = if flags & Self::FLAG_NODE != 0 {
+            Some(r.text("sender node", MAX_NODE_ID_BYTES)?)
+        } else {
+            None
+        };
         Ok(Sender::Peer(PeerSender {
             user_id,
             addr,
-            port: r.u16("sender port")?,
-            service_id: r.u32("sender service_id")?,
+            port,
+            service_id,
             is_self: flags & Self::FLAG_SELF != 0,
+            node,
         }))
     }
 }

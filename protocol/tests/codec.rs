@@ -60,11 +60,24 @@ fn groups() -> impl Strategy<Value = Vec<GroupId>> {
 fn sender() -> impl Strategy<Value = Sender> {
     prop_oneof![
         1 => Just(Sender::Server),
-        4 => (user_id(), any::<IpAddr>(), any::<u16>(), any::<u32>(), any::<bool>()).prop_map(
-            |(user_id, addr, port, service_id, is_self)| {
-                Sender::Peer(PeerSender { user_id, addr, port, service_id, is_self })
-            }
-        ),
+        4 => (
+            user_id(),
+            any::<IpAddr>(),
+            any::<u16>(),
+            any::<u32>(),
+            any::<bool>(),
+            proptest::option::of("[A-Za-z0-9._-]{1,64}"),
+        )
+            .prop_map(|(user_id, addr, port, service_id, is_self, node)| {
+                Sender::Peer(PeerSender {
+                    user_id,
+                    addr,
+                    port,
+                    service_id,
+                    is_self,
+                    node: node.map(Text::from),
+                })
+            }),
     ]
 }
 
@@ -602,6 +615,7 @@ fn published_prefix_plus_payload_equals_the_full_encoding() {
         port: 4000,
         service_id: 1,
         is_self: false,
+        node: Some(Text::from("node-a")),
     });
     for compression in [None, Some(lz4(1000))] {
         let message = Published {

@@ -232,6 +232,7 @@ fn alice_v4(is_self: bool) -> Sender {
         port: 50_000,
         service_id: 1,
         is_self,
+        node: None,
     })
 }
 
@@ -580,6 +581,7 @@ fn golden() -> Vec<(Message, &'static str)> {
                     port: 1234,
                     service_id: 1,
                     is_self: false,
+                    node: None,
                 }),
                 groups: vec![GroupId(1)],
             }),
@@ -609,6 +611,7 @@ fn golden() -> Vec<(Message, &'static str)> {
                     port: 443,
                     service_id: 2,
                     is_self: true,
+                    node: None,
                 }),
                 groups: vec![GroupId(2), GroupId(3)],
                 payload: Bytes::from_static(b"x"),
@@ -650,6 +653,29 @@ fn golden() -> Vec<(Message, &'static str)> {
              04 00 00 05 61 6c 69 63 65     # peer IPv4, not self, \"alice\"
              c0 a8 01 0a c3 50 00 00 00 01  # 192.168.1.10, port 50000, service 1
              68 65 79                       # payload \"hey\"",
+        ),
+        (
+            Message::Published(Published {
+                seq: 11,
+                sender: Sender::Peer(PeerSender {
+                    node: Some(Text::from("n2")),
+                    ..match alice_v4(false) {
+                        Sender::Peer(p) => p,
+                        Sender::Server => unreachable!(),
+                    }
+                }),
+                groups: vec![GroupId(1)],
+                payload: Bytes::from_static(b"hi"),
+                compression: None,
+            }),
+            "00 00 00 28 32
+             00 00 00 00 00 00 00 0b        # seq 11
+             04 02                          # peer IPv4, not self, node follows (version 5)
+             00 05 61 6c 69 63 65           # \"alice\"
+             c0 a8 01 0a c3 50 00 00 00 01  # 192.168.1.10, port 50000, service 1
+             00 02 6e 32                    # node \"n2\"
+             00 01 00 00 00 01              # groups [1]
+             68 69                          # payload \"hi\"",
         ),
         (
             Message::UserMessage(UserMessage {
@@ -947,8 +973,9 @@ fn limits_are_frozen() {
     assert_eq!(MAX_PASSWORD_BYTES, 1024);
     assert_eq!(MAX_TEXT_BYTES, 4096);
     assert_eq!(MAX_GROUPS_PER_MESSAGE, 65_535);
-    assert_eq!(PROTOCOL_VERSION, 4);
-    assert_eq!(SUPPORTED_VERSIONS, 1..=4);
+    assert_eq!(MAX_NODE_ID_BYTES, 64);
+    assert_eq!(PROTOCOL_VERSION, 5);
+    assert_eq!(SUPPORTED_VERSIONS, 1..=5);
 }
 
 // ---------------------------------------------------------------------------------
@@ -960,7 +987,7 @@ fn hello_ignores_unknown_option_bits_and_trailing_extensions() {
     let frame = hex(
         "00 00 00 21              # length: 33 = the example's 26 + 4 + 3
          01                       # Hello
-         00 01 00 05              # versions 1..=5
+         00 01 00 06              # versions 1..=6
          00 00 01 00              # service_id 256
          ff                       # options: echo, compression, six unknown bits
          00 05 61 6c 69 63 65     # \"alice\"
@@ -975,14 +1002,14 @@ fn hello_ignores_unknown_option_bits_and_trailing_extensions() {
     let Message::Hello(mut expected) = hello() else {
         unreachable!()
     };
-    expected.max_version = 5;
+    expected.max_version = 6;
     expected.options.compression = true;
     expected.max_frame_size = Some(4096);
     assert_eq!(decoded, expected);
-    // A server of versions 1..=4 meets a newer client at 4, and refuses one that
+    // A server of versions 1..=5 meets a newer client at 5, and refuses one that
     // speaks only later versions.
-    assert_eq!(negotiate_version(1, 5), Some(4));
-    assert_eq!(negotiate_version(5, 5), None);
+    assert_eq!(negotiate_version(1, 6), Some(5));
+    assert_eq!(negotiate_version(6, 6), None);
 }
 
 #[test]
@@ -1149,12 +1176,12 @@ fn bad_frames_are_refused_with_the_specified_error() {
             CloseCode::ProtocolError,
         ),
         (
-            "00 00 00 0c 33 00 00 00 00 00 00 00 01 04 02 00  # reserved sender flag",
+            "00 00 00 0c 33 00 00 00 00 00 00 00 01 04 04 00  # reserved sender flag",
             default,
             DecodeError::InvalidValue {
                 kind: MessageKind::UserMessage,
                 field: "sender flags",
-                value: 2,
+                value: 4,
             },
             CloseCode::ProtocolError,
         ),

@@ -5,7 +5,8 @@
 //!
 //! The JSON form: field names in camelCase as the JS messages have them, `u64` fields
 //! as decimal strings, byte fields as hex, senders as `{"kind": "server"}` or
-//! `{"kind": "peer", "self", "userId", "address", "port", "serviceId"}`.
+//! `{"kind": "peer", "self", "userId", "address", "port", "serviceId"}` (and `"node"`
+//! when a clustered server named it, version 5).
 
 use bytes::BytesMut;
 use pushwire_protocol::*;
@@ -33,15 +34,22 @@ fn groups(gs: &[GroupId]) -> Value {
 fn sender(s: &Sender) -> Value {
     match s {
         Sender::Server => json!({ "kind": "server" }),
-        Sender::Peer(p) => json!({
-            "kind": "peer",
-            "self": p.is_self,
-            "userId": p.user_id.as_str(),
-            // Compared as addresses, not text (see `same_address`).
-            "address": p.addr.to_string(),
-            "port": p.port,
-            "serviceId": p.service_id,
-        }),
+        Sender::Peer(p) => {
+            let mut peer = json!({
+                "kind": "peer",
+                "self": p.is_self,
+                "userId": p.user_id.as_str(),
+                // Compared as addresses, not text (see `same_address`).
+                "address": p.addr.to_string(),
+                "port": p.port,
+                "serviceId": p.service_id,
+            });
+            // Version 5: present only when the server named the node, as in JS.
+            if let Some(node) = &p.node {
+                peer["node"] = json!(node.as_str());
+            }
+            peer
+        }
     }
 }
 

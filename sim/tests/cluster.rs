@@ -382,6 +382,70 @@ impl World {
     }
 }
 
+/// The node a push names in its sender, for every push from a peer other than
+/// the receiver itself.
+fn named_nodes(pushes: &[&Message]) -> Vec<(String, Option<String>)> {
+    pushes
+        .iter()
+        .filter_map(|m| {
+            let sender = match m {
+                Message::Published(p) => &p.sender,
+                Message::Subscribed(p) => &p.sender,
+                Message::Unsubscribed(p) => &p.sender,
+                Message::UserMessage(u) => &u.sender,
+                _ => return None,
+            };
+            match sender {
+                Sender::Peer(p) if !p.is_self => Some((
+                    p.user_id.to_string(),
+                    p.node.as_ref().map(|n| n.to_string()),
+                )),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn senders_name_their_node_to_version_5_clients_and_not_to_older_ones() {
+    let mut w = World::new(2, 10_000);
+    let old = |user: &str| {
+        let mut config = ClientConfig::new(ClientTransport::Plaintext, user, b"pw");
+        config.max_version = 4;
+        config
+    };
+    let alice = w.join(0, "alice", &[1]);
+    let old_here = w.join_with(0, old("olga"), &[1]);
+    let carol = w.join(1, "carol", &[1]);
+    let old_there = w.join_with(1, old("oscar"), &[1]);
+    w.publish(alice, &[1], "hello");
+    w.publish(carol, &[1], "back");
+    let n = |s: &str| Some(s.to_owned());
+    let who = |pushes: Vec<(String, Option<String>)>, user: &str| -> Vec<Option<String>> {
+        pushes
+            .into_iter()
+            .filter(|(u, _)| u == user)
+            .map(|(_, node)| node)
+            .collect()
+    };
+    // Presence and publications alike: from this node and through the cluster.
+    let at_carol = named_nodes(&w.pushes(carol));
+    assert!(!who(at_carol.clone(), "alice").is_empty());
+    assert!(who(at_carol.clone(), "alice").iter().all(|x| *x == n("n1")));
+    assert!(who(at_carol, "oscar").iter().all(|x| *x == n("n2")));
+    let at_alice = named_nodes(&w.pushes(alice));
+    assert!(who(at_alice.clone(), "olga").iter().all(|x| *x == n("n1")));
+    assert!(!who(at_alice.clone(), "carol").is_empty());
+    assert!(who(at_alice, "carol").iter().all(|x| *x == n("n2")));
+    for old in [old_here, old_there] {
+        let seen = named_nodes(&w.pushes(old));
+        assert!(seen.len() >= 2, "{seen:?}");
+        assert!(seen.iter().all(|(_, node)| node.is_none()), "{seen:?}");
+        assert_eq!(w.published(old).len(), 2);
+        w.assert_sequence_complete(old);
+    }
+}
+
 #[test]
 fn a_publication_reaches_every_member_on_every_node_once_with_the_targets_it_is_in() {
     let mut w = World::new(3, 10_000);
@@ -409,6 +473,7 @@ fn a_publication_reaches_every_member_on_every_node_once_with_the_targets_it_is_
         Some(Sender::Peer(p)) => {
             assert_eq!(p.user_id.as_str(), "alice");
             assert_eq!(p.addr.to_string(), "10.0.0.0");
+            assert_eq!(p.node.as_ref().map(Text::as_str), Some("n1"));
         }
         other => panic!("{other:?}"),
     }
@@ -1062,6 +1127,14 @@ fn check(w: &World, t: &Trace) -> Vec<String> {
             };
             if from != user_of(*publisher) {
                 complaints.push(format!("G1 {me}: {text} says it is from {from}"));
+            }
+            // Version 5: the sender names the node its publisher is on.
+            let publisher_node = &w.nodes[w.clients[*publisher].node].name;
+            if sender.node() != Some(publisher_node) {
+                complaints.push(format!(
+                    "G1 {me}: {text} names node {:?}, its publisher is on {publisher_node}",
+                    sender.node()
+                ));
             }
             let listed: Vec<u32> = groups.expect("a publication").iter().map(|g| g.0).collect();
             if listed.is_empty() || listed.iter().any(|g| !targets.contains(g)) {

@@ -264,6 +264,7 @@ fn alice() -> Sender {
         port: 50_000,
         service_id: 1,
         is_self: false,
+        node: None,
     })
 }
 

@@ -859,7 +859,7 @@ impl Cluster {
         if let Some(snapshot) = snapshot {
             let mut members = BTreeMap::new();
             for value in &snapshot.entries {
-                match Record::decode(value, max_payload) {
+                match Record::decode(value, max_payload).map(|r| r.from_node(node)) {
                     Ok(Record {
                         body:
                             RecordBody::Member {
@@ -941,6 +941,7 @@ impl Cluster {
                 Record::decode(bytes, self.max_payload)
                     .ok()
                     .filter(|r| r.epoch == epoch && r.seq == seq)
+                    .map(|r| r.from_node(node))
             };
             if seq < next {
                 self.stats.duplicates += 1;

@@ -182,6 +182,25 @@ impl Record {
         }
     }
 
+    /// The record as read from `node`'s log: every client sender in it names that
+    /// node (a record does not carry its writer's id; the log it is in does).
+    pub fn from_node(mut self, node: &Text) -> Record {
+        let peer = match &mut self.body {
+            RecordBody::Member { sender, .. } => Some(sender),
+            RecordBody::Publication { sender, .. } | RecordBody::UserMessage { sender, .. } => {
+                match sender {
+                    Sender::Peer(peer) => Some(peer),
+                    Sender::Server => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some(peer) = peer {
+            peer.node = Some(node.clone());
+        }
+        self
+    }
+
     /// Reads a record; `max_payload` bounds publications and user messages.
     pub fn decode(bytes: &Bytes, max_payload: usize) -> Result<Record, RecordError> {
         let mut r = Reader { bytes, at: 0 };
@@ -338,6 +357,8 @@ impl Reader<'_> {
             port: self.u16("port")?,
             service_id: self.u32("service")?,
             is_self: false,
+            // The log's owner: named by `Record::from_node`, not by the record.
+            node: None,
         })
     }
 
@@ -391,6 +412,7 @@ mod tests {
             port: 40_001,
             service_id: 0x1000_0001,
             is_self: false,
+            node: None,
         }
     }
 

@@ -48,10 +48,12 @@ pub enum JournalEntry {
 }
 
 impl<H: PushHooks> Hub<H> {
-    /// Starts keeping the journal (a clustered node); without it the hub keeps none
-    /// and pays nothing.
-    pub fn enable_journal(&mut self) {
+    /// Starts keeping the journal (a clustered node, `node` its id, named from now on
+    /// in the sender of every event its connections cause); without it the hub keeps
+    /// none and pays nothing.
+    pub fn enable_journal(&mut self, node: Text) {
         self.journal.get_or_insert_with(Vec::new);
+        self.node = Some(node);
     }
 
     /// Takes the entries journaled since the last call, oldest first.

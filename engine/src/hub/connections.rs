@@ -56,15 +56,21 @@ impl ConnectionInfo {
         self
     }
 
-    /// This connection as the sender of an event; `is_self` on its own copy.
+    /// This connection as the sender of an event on a server that is not
+    /// clustered; `is_self` on its own copy.
     pub fn sender(&self, is_self: bool) -> Sender {
-        Sender::Peer(PeerSender {
+        Sender::Peer(self.peer(is_self))
+    }
+
+    fn peer(&self, is_self: bool) -> PeerSender {
+        PeerSender {
             user_id: self.user_id.clone(),
             addr: self.addr,
             port: self.port,
             service_id: self.service_id,
             is_self,
-        })
+            node: None,
+        }
     }
 }
 
@@ -110,7 +116,13 @@ impl Connection {
 
     /// The sender as this connection itself sees it (the echo's sender).
     pub(crate) fn self_sender(&self) -> Sender {
-        self.info.sender(true)
+        match &self.sender {
+            Sender::Peer(peer) => Sender::Peer(PeerSender {
+                is_self: true,
+                ..peer.clone()
+            }),
+            Sender::Server => unreachable!("a connection's sender is a peer"),
+        }
     }
 }
 
@@ -128,13 +140,22 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
-    pub(crate) fn insert(&mut self, info: ConnectionInfo) -> (ConnectionId, Slot) {
+    /// Adds a connection; `node`: the cluster node it is on, named in its sender
+    /// (version 5), when the hub is clustered.
+    pub(crate) fn insert(
+        &mut self,
+        info: ConnectionInfo,
+        node: Option<Text>,
+    ) -> (ConnectionId, Slot) {
         self.next_id += 1;
         let id = ConnectionId(self.next_id);
         let user_key = user_key(info.user_id.as_str());
         let connection = Connection {
             id,
-            sender: info.sender(false),
+            sender: Sender::Peer(PeerSender {
+                node,
+                ..info.peer(false)
+            }),
             info,
             user_key: user_key.clone(),
             groups: BTreeSet::new(),

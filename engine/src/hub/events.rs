@@ -230,6 +230,16 @@ impl PushEvent {
         }
     }
 
+    fn sender_mut(&mut self) -> Option<&mut Sender> {
+        match self {
+            PushEvent::Subscribed { sender, .. }
+            | PushEvent::Unsubscribed { sender, .. }
+            | PushEvent::Published { sender, .. }
+            | PushEvent::UserMessage { sender, .. } => Some(sender),
+            _ => None,
+        }
+    }
+
     /// The groups, for presence events and publications.
     pub fn groups(&self) -> Option<&EventGroups> {
         match self {
@@ -265,14 +275,23 @@ impl PushEvent {
     /// fan-out fast path, is written without building a [`Message`] (no group list
     /// allocated); the other events go through [`PushEvent::into_message`].
     pub fn encode(&self, out: &mut bytes::BytesMut) {
-        self.encode_for(out, false);
+        self.encode_for(out, EventForm::PLAIN);
     }
 
-    /// Appends the encoded frame to `out` for a receiver that accepts compressed
-    /// payloads (`accepts_compressed`) or not: an event that came compressed goes to
-    /// the first in the sender's compressed form, untouched; everything else is
+    /// Appends the encoded frame to `out` in the receiver's `form`: an event that
+    /// came compressed goes to a receiver that accepts compressed payloads in the
+    /// sender's compressed form, untouched; a receiver that does not take senders'
+    /// nodes (below version 5) gets the sender without it; everything else is
     /// encoded as by [`PushEvent::encode`].
-    pub fn encode_for(&self, out: &mut bytes::BytesMut, accepts_compressed: bool) {
+    pub fn encode_for(&self, out: &mut bytes::BytesMut, form: EventForm) {
+        if !form.sender_node && self.sender().is_some_and(|s| s.node().is_some()) {
+            let mut event = self.clone();
+            if let Some(sender) = event.sender_mut() {
+                *sender = sender.without_node();
+            }
+            return event.encode_for(out, form);
+        }
+        let accepts_compressed = form.compressed;
         match self {
             PushEvent::Published {
                 seq,
@@ -405,6 +424,37 @@ struct FrameCache {
     encoded_once: std::sync::atomic::AtomicBool,
 }
 
+/// The form a receiving connection takes events in, from its Hello and negotiated
+/// version. The hub keeps one copy of each event and writes it per receiver, so a
+/// session resumed on a connection with other settings gets its replay in the form
+/// that connection takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventForm {
+    /// Payloads that came compressed stay compressed (the Hello asked for it, on
+    /// version 3 or later); otherwise receivers get them plain.
+    pub compressed: bool,
+    /// Senders name their cluster node (version 5 or later); otherwise it is left
+    /// out.
+    pub sender_node: bool,
+}
+
+impl EventForm {
+    /// Plain payloads, senders with their node: what [`Delivery::encode`] writes.
+    pub const PLAIN: EventForm = EventForm {
+        compressed: false,
+        sender_node: true,
+    };
+
+    /// The form of a connection that negotiated `version` and asked for compressed
+    /// payloads (`compression`) or not.
+    pub fn for_connection(version: u16, compression: bool) -> EventForm {
+        EventForm {
+            compressed: compression && version >= 3,
+            sender_node: version >= 5,
+        }
+    }
+}
+
 /// What every receiver of one fan-out (a publication, or the presence events of a
 /// membership change) shares, built once per operation.
 #[derive(Debug)]
@@ -416,12 +466,12 @@ pub(crate) struct SharedEvent {
     payload: Bytes,
     /// The compressed form the publisher sent, if it did.
     compressed: Option<CompressedPayload>,
-    /// The frame with the plain payload (every event has this form).
-    plain: FrameCache,
-    /// The frame with the compressed payload (used only when `compressed` is set):
-    /// a publication that came compressed is encoded at most once in each form,
-    /// however many receivers take either.
-    packed: FrameCache,
+    /// The frame in each form receivers take, indexed by [`SharedEvent::form_index`]:
+    /// plain or compressed payload (compressed only when `compressed` is set), and
+    /// the sender with or without its node (without only for a clustered sender and
+    /// receivers below version 5). Each form is encoded at most once, however many
+    /// receivers take it.
+    frames: [FrameCache; 4],
 }
 
 impl SharedEvent {
@@ -450,8 +500,7 @@ impl SharedEvent {
             targets,
             payload,
             compressed: None,
-            plain: FrameCache::default(),
-            packed: FrameCache::default(),
+            frames: Default::default(),
         }
     }
 
@@ -481,19 +530,17 @@ impl SharedEvent {
 
     /// Appends the frame of a receiver of every target, in the compressed form when
     /// the publication has one and the receiver accepts it.
-    fn encode_whole(&self, seq: u64, out: &mut bytes::BytesMut, accepts_compressed: bool) {
+    fn encode_whole(&self, seq: u64, out: &mut bytes::BytesMut, form: EventForm) {
         use std::sync::atomic::Ordering::Relaxed;
-        // One branch decides the form; the plain path stays what it was without
-        // compression.
-        let packed = accepts_compressed && self.compressed.is_some();
-        let cache = if packed { &self.packed } else { &self.plain };
+        let (packed, strip_node) = self.form_of(form);
+        let cache = &self.frames[usize::from(packed) | usize::from(strip_node) << 1];
         if cache.frame.get().is_none() && !cache.encoded_once.swap(true, Relaxed) {
-            self.encode_direct(seq, out, packed);
+            self.encode_direct(seq, out, packed, strip_node);
             return;
         }
         let frame = cache.frame.get_or_init(|| {
             let mut frame = bytes::BytesMut::new();
-            self.encode_direct(0, &mut frame, packed);
+            self.encode_direct(0, &mut frame, packed, strip_node);
             Vec::from(frame).into_boxed_slice()
         });
         let start = out.len();
@@ -501,23 +548,44 @@ impl SharedEvent {
         pushwire_protocol::patch_seq(&mut out[start..], seq);
     }
 
+    /// What `form` means for this event: (the compressed payload, the sender
+    /// without its node). One branch each; the plain path of a server that is not
+    /// clustered stays what it was.
+    fn form_of(&self, form: EventForm) -> (bool, bool) {
+        (
+            form.compressed && self.compressed.is_some(),
+            !form.sender_node && self.sender.node().is_some(),
+        )
+    }
+
     /// Encodes the frame of a receiver of every target; `packed`: with the
-    /// compressed payload (which the caller checked exists).
-    fn encode_direct(&self, seq: u64, out: &mut bytes::BytesMut, packed: bool) {
+    /// compressed payload (which the caller checked exists); `strip_node`: the
+    /// sender without its node.
+    fn encode_direct(&self, seq: u64, out: &mut bytes::BytesMut, packed: bool, strip_node: bool) {
+        let stripped;
+        let sender = if strip_node {
+            stripped = self.sender.without_node();
+            &stripped
+        } else {
+            &self.sender
+        };
         if self.kind == SharedKind::Published {
             let (compression, data) = payload_form(&self.payload, &self.compressed, packed);
             pushwire_protocol::encode_published_prefix(
                 out,
                 seq,
-                &self.sender,
+                sender,
                 &self.targets,
                 compression,
                 data.len(),
             );
             out.extend_from_slice(data);
         } else {
-            self.event(seq, EventGroups::whole(self.targets.clone()))
-                .encode(out);
+            let mut event = self.event(seq, EventGroups::whole(self.targets.clone()));
+            if let Some(s) = event.sender_mut() {
+                *s = sender.clone();
+            }
+            event.encode(out);
         }
     }
 }
@@ -611,17 +679,24 @@ impl StoredEvent {
         }
     }
 
-    /// Appends the encoded frame to `out`, in the form a receiver that accepts
-    /// compressed payloads, or not, gets.
-    pub(crate) fn encode(&self, out: &mut bytes::BytesMut, accepts_compressed: bool) {
+    /// Appends the encoded frame to `out`, in the receiver's `form`.
+    pub(crate) fn encode(&self, out: &mut bytes::BytesMut, form: EventForm) {
         match self {
             StoredEvent::Shared {
                 seq,
                 shared,
                 mask: Self::WHOLE,
-            } => shared.encode_whole(*seq, out, accepts_compressed),
-            StoredEvent::Shared { .. } => self.to_event().encode_for(out, accepts_compressed),
-            StoredEvent::Other(event) => event.encode_for(out, accepts_compressed),
+            } => shared.encode_whole(*seq, out, form),
+            StoredEvent::Shared { .. } => self.to_event().encode_for(out, form),
+            StoredEvent::Other(event) => event.encode_for(out, form),
+        }
+    }
+
+    /// Bytes the sender's node takes in the frame (0 without one).
+    fn sender_node_len(&self) -> usize {
+        match self {
+            StoredEvent::Shared { shared, .. } => shared.sender.node_len(),
+            StoredEvent::Other(event) => event.sender().map_or(0, Sender::node_len),
         }
     }
 
@@ -705,18 +780,19 @@ impl Delivery {
     /// a frame encoded once for the whole fan-out, with the receiver's sequence number
     /// patched in.
     pub fn encode(&self, out: &mut bytes::BytesMut) {
-        self.event.encode(out, false);
+        self.event.encode(out, EventForm::PLAIN);
     }
 
-    /// Like [`encode`](Self::encode), for a receiver that accepts compressed payloads
-    /// (`accepts_compressed`: its Hello asked for them, on protocol version 3) or not:
-    /// a publication or user message that came compressed goes to the first in the
-    /// sender's compressed form, untouched (encoded once for all such receivers).
-    /// The form is chosen here, per receiver, so a session resumed on a connection
-    /// with another setting gets its replay in the form it asked for.
+    /// Like [`encode`](Self::encode), in the receiver's `form`: a publication or
+    /// user message that came compressed goes to a receiver that accepts compressed
+    /// payloads (its Hello asked for them, on protocol version 3) in the sender's
+    /// compressed form, untouched (encoded once for all such receivers); a receiver
+    /// below version 5 gets the sender without its cluster node. The form is chosen
+    /// here, per receiver, so a session resumed on a connection with other settings
+    /// gets its replay in the form that connection takes.
     /// [`frame_len_for`](Self::frame_len_for) bytes.
-    pub fn encode_for(&self, out: &mut bytes::BytesMut, accepts_compressed: bool) {
-        self.event.encode(out, accepts_compressed);
+    pub fn encode_for(&self, out: &mut bytes::BytesMut, form: EventForm) {
+        self.event.encode(out, form);
     }
 
     /// Size of the encoded frame with the plain payload, header included.
@@ -725,12 +801,18 @@ impl Delivery {
     }
 
     /// Size of the frame [`encode_for`](Self::encode_for) writes.
-    pub fn frame_len_for(&self, accepts_compressed: bool) -> usize {
+    pub fn frame_len_for(&self, form: EventForm) -> usize {
+        let node = if form.sender_node {
+            0
+        } else {
+            self.event.sender_node_len()
+        };
+        let len = self.frame_len - node;
         match self.event.compressed() {
-            Some((compressed, plain_len)) if accepts_compressed => {
-                self.frame_len - plain_len + compressed.wire_len()
+            Some((compressed, plain_len)) if form.compressed => {
+                len - plain_len + compressed.wire_len()
             }
-            _ => self.frame_len,
+            _ => len,
         }
     }
 

@@ -69,7 +69,7 @@ use pushwire_protocol::{
 pub use cluster::JournalEntry;
 pub(crate) use connections::user_key as user_key_of;
 pub use connections::{ConnectionId, ConnectionInfo};
-pub use events::{Delivery, EventGroups, PushEvent};
+pub use events::{Delivery, EventForm, EventGroups, PushEvent};
 pub use hooks::{Actor, AllowAll, HookContext, Origin, PushHooks, Verdict};
 pub use outbound::{OutboundQueue, Queued, SlowConsumerPolicy};
 pub use session::{ResumeError, Resumed};
@@ -367,6 +367,8 @@ pub struct Hub<H = AllowAll> {
     expiries: std::collections::BTreeSet<(std::time::Instant, ConnectionId)>,
     /// What the other nodes of a cluster must hear; `None` when not clustered.
     journal: Option<Vec<JournalEntry>>,
+    /// This node's cluster id, named in its connections' senders (clustered only).
+    node: Option<Text>,
     /// Sessions per user (by [`user_key`]) on the other nodes of a cluster.
     remote_users: std::collections::BTreeMap<String, u32>,
     #[cfg(all(feature = "fault-injection", debug_assertions))]
@@ -392,6 +394,7 @@ impl<H: PushHooks> Hub<H> {
             tokens: Default::default(),
             expiries: Default::default(),
             journal: None,
+            node: None,
             remote_users: Default::default(),
             #[cfg(all(feature = "fault-injection", debug_assertions))]
             fault: fault::FaultState::default(),
@@ -427,7 +430,7 @@ impl<H: PushHooks> Hub<H> {
 
     /// A connection joins (after its Hello was accepted). It is in no group yet.
     pub fn connect(&mut self, info: ConnectionInfo) -> ConnectionId {
-        let (id, slot) = self.connections.insert(info);
+        let (id, slot) = self.connections.insert(info, self.node.clone());
         self.hooks.on_join(id, &self.connections.at(slot).info);
         self.journal(|| JournalEntry::Member(id));
         id

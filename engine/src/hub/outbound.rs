@@ -1,6 +1,7 @@
 //! A connection's queue of encoded push frames waiting to be written, with the
 //! slow-consumer policy that keeps it bounded whatever the client does.
 
+use super::EventForm;
 use bytes::BytesMut;
 use pushwire_protocol::{Gap, Message, MessageKind, PushRejected, RejectCode, Text};
 use std::collections::VecDeque;
@@ -82,9 +83,10 @@ pub struct OutboundQueue {
     dropped_total: u64,
     /// Gap notices the drops made (one per run of drops between two takes).
     gaps_total: u64,
-    /// The connection accepts compressed payloads: deliveries of payloads that came
-    /// compressed are queued in the sender's compressed form.
-    accepts_compressed: bool,
+    /// The form the connection takes events in: whether deliveries of payloads that
+    /// came compressed are queued in the sender's compressed form, whether senders
+    /// name their cluster node.
+    form: EventForm,
     /// Version 4: the largest frame size the client accepts; `None`: no limit of
     /// its own announced.
     max_frame: Option<usize>,
@@ -108,7 +110,7 @@ impl OutboundQueue {
             policy,
             dropped_total: 0,
             gaps_total: 0,
-            accepts_compressed: false,
+            form: EventForm::PLAIN,
             max_frame: None,
             replaced_total: 0,
         }
@@ -130,16 +132,18 @@ impl OutboundQueue {
         self.replaced_total
     }
 
-    /// Sets whether the connection accepts compressed payloads (its Hello asked for
-    /// them on protocol version 3; off until set): from then on, deliveries of
-    /// payloads that came compressed are queued compressed, as the sender sent them.
-    pub fn set_accepts_compressed(&mut self, accepts: bool) {
-        self.accepts_compressed = accepts;
+    /// Sets the form the connection takes events in, from its Hello and version
+    /// ([`EventForm::for_connection`]; [`EventForm::PLAIN`] until set): from then on,
+    /// deliveries of payloads that came compressed are queued compressed, as the
+    /// sender sent them, if the form says so, and senders keep their cluster node
+    /// only if it says so.
+    pub fn set_event_form(&mut self, form: EventForm) {
+        self.form = form;
     }
 
-    /// Whether deliveries of compressed payloads are queued compressed.
-    pub fn accepts_compressed(&self) -> bool {
-        self.accepts_compressed
+    /// The form deliveries are queued in.
+    pub fn event_form(&self) -> EventForm {
+        self.form
     }
 
     /// Bytes queued.
@@ -189,9 +193,9 @@ impl OutboundQueue {
     /// publication is a copy of its shared frame, no intermediate event), in the
     /// payload form the connection accepts.
     pub fn push_delivery(&mut self, delivery: &super::Delivery) -> Queued {
-        let compressed = self.accepts_compressed;
-        self.encode(delivery.seq(), delivery.frame_len(), |out| {
-            delivery.encode_for(out, compressed)
+        let form = self.form;
+        self.encode(delivery.seq(), delivery.frame_len_for(form), |out| {
+            delivery.encode_for(out, form)
         })
     }
 

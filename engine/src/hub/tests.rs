@@ -1516,8 +1516,12 @@ fn a_compressed_command_is_delivered_in_both_forms_from_one_publication() {
         for accepts in [false, true, true, false] {
             // Twice each: the second copy of a shared frame comes from its cache.
             let mut out = bytes::BytesMut::new();
-            delivery.encode_for(&mut out, accepts);
-            assert_eq!(out.len(), delivery.frame_len_for(accepts), "{delivery:?}");
+            let form = EventForm {
+                compressed: accepts,
+                ..EventForm::PLAIN
+            };
+            delivery.encode_for(&mut out, form);
+            assert_eq!(out.len(), delivery.frame_len_for(form), "{delivery:?}");
             let m = decode_one(&out);
             assert_eq!(m.is_compressed(), accepts);
             let (payload, compression) = match &m {
@@ -1599,4 +1603,101 @@ fn a_corrupt_compressed_command_is_an_error_without_effect() {
     ));
     assert!(drain(&mut hub).is_empty());
     assert_eq!(next_seq(&hub, b), seq, "no sequence number was taken");
+}
+
+/// Every kind of event a clustered hub's connection causes, as receivers of each
+/// version see it.
+fn message_sender(m: &Message) -> &Sender {
+    match m {
+        Message::Subscribed(e) => &e.sender,
+        Message::Unsubscribed(e) => &e.sender,
+        Message::Published(e) => &e.sender,
+        Message::UserMessage(e) => &e.sender,
+        other => panic!("no sender in {other:?}"),
+    }
+}
+
+#[test]
+fn a_clustered_hub_names_the_senders_node_only_to_version_5_receivers() {
+    let mut hub = hub();
+    hub.enable_journal(Text::from("node-7"));
+    let a = hub.connect(info("A", 1));
+    let b = hub.connect(info("B", 2));
+    hub.subscribe(b, &ids(&[1, 2])).unwrap();
+    // A joins 1 and 2 (presence to B), publishes to both (B gets the whole frame),
+    // to 1 and 3 (B gets a subset), and sends B a user message.
+    hub.subscribe(a, &ids(&[1, 2])).unwrap();
+    hub.publish(
+        Actor::Connection(a),
+        &ids(&[1, 2]),
+        Bytes::from_static(b"whole"),
+    )
+    .unwrap();
+    hub.subscribe(a, &ids(&[3])).unwrap();
+    hub.publish(
+        Actor::Connection(a),
+        &ids(&[1, 3]),
+        Bytes::from_static(b"part"),
+    )
+    .unwrap();
+    hub.send_user_message(Actor::Connection(a), "b", Bytes::from_static(b"hi"))
+        .unwrap();
+    hub.publish(Actor::Server, &ids(&[1]), Bytes::from_static(b"sys"))
+        .unwrap();
+    let mut kinds = std::collections::BTreeSet::new();
+    while let Some(delivery) = hub.poll_delivery() {
+        if delivery.connection() != b || delivery.seq().is_none() {
+            continue;
+        }
+        kinds.insert(format!("{:?}", delivery.kind()));
+        let server = delivery.event().sender() == Some(&Sender::Server);
+        for sender_node in [true, false, true, false] {
+            // Twice each: the second copy of a shared frame comes from its cache.
+            let form = EventForm {
+                compressed: false,
+                sender_node,
+            };
+            let mut out = bytes::BytesMut::new();
+            delivery.encode_for(&mut out, form);
+            assert_eq!(out.len(), delivery.frame_len_for(form), "{delivery:?}");
+            let m = decode_one(&out);
+            let expected = match (server, sender_node) {
+                (true, _) => None,
+                (false, true) => Some(Text::from("node-7")),
+                (false, false) => None,
+            };
+            assert_eq!(message_sender(&m).node(), expected.as_ref(), "{m:?}");
+            if !server {
+                // B's own Subscribed echo, or A's events.
+                let is_self = message_sender(&m).is_self();
+                let from = if is_self { b } else { a };
+                assert_eq!(
+                    message_sender(&m).without_node(),
+                    sender(&hub, from, is_self),
+                    "{m:?}"
+                );
+            }
+        }
+    }
+    let kinds: Vec<_> = kinds.into_iter().collect();
+    assert_eq!(kinds, ["Published", "Subscribed", "UserMessage"]);
+}
+
+#[test]
+fn a_hub_that_is_not_clustered_names_no_node() {
+    let mut hub = hub();
+    let a = hub.connect(info("A", 1));
+    let b = hub.connect(info("B", 2));
+    hub.subscribe(b, &ids(&[1])).unwrap();
+    hub.publish(Actor::Connection(a), &ids(&[1]), Bytes::from_static(b"x"))
+        .unwrap();
+    let delivery = hub.poll_delivery().expect("a publication to B");
+    assert_eq!(delivery.event().sender().and_then(Sender::node), None);
+    assert_eq!(
+        delivery.frame_len_for(EventForm::PLAIN),
+        delivery.frame_len_for(EventForm {
+            compressed: false,
+            sender_node: false
+        })
+    );
 }

@@ -53,8 +53,8 @@ use crate::cluster::{
     ReadPosition,
 };
 use crate::hub::{
-    Actor, ConnectionId, ConnectionInfo, Hub, HubConfig, HubError, PushHooks, PushOutcome,
-    Rejection, ResumeError, SlowConsumerPolicy,
+    Actor, ConnectionId, ConnectionInfo, EventForm, Hub, HubConfig, HubError, PushHooks,
+    PushOutcome, Rejection, ResumeError, SlowConsumerPolicy,
 };
 use crate::server::{AuthRequest, Grant, ServerConfig};
 use bytes::Bytes;
@@ -589,8 +589,8 @@ impl<H: PushHooks> Node<H> {
             None => None,
         };
         let mut hub = Hub::new(config.hub.clone(), hooks);
-        if cluster.is_some() {
-            hub.enable_journal();
+        if let Some(c) = &config.cluster {
+            hub.enable_journal(c.node.clone());
         }
         Ok(Self {
             cluster,
@@ -1165,12 +1165,15 @@ impl<H: PushHooks> Node<H> {
             replay_capacity: hub.replay_events.min(u32::MAX as usize) as u32,
         });
         conn.mark_idle();
-        // The payload form this connection's deliveries take (replays of a resumed
+        // The form this connection's deliveries take (replays of a resumed
         // session included): chosen as each frame is queued, from this Hello.
         conn.mailbox
             .lock()
             .queue_mut()
-            .set_accepts_compressed(request.options.compression && request.version >= 3);
+            .set_event_form(EventForm::for_connection(
+                request.version,
+                request.options.compression,
+            ));
         conn.mailbox
             .lock()
             .queue_mut()
@@ -1235,7 +1238,7 @@ impl<H: PushHooks> Node<H> {
             }
             if let Some((compressed, plain_len)) = delivery.compressed() {
                 if state.alert().is_none() {
-                    if state.queue().accepts_compressed() {
+                    if state.queue().event_form().compressed {
                         stats.deliveries_compressed += 1;
                     } else {
                         stats.deliveries_decompressed += 1;

@@ -2,7 +2,8 @@
 //! object per line (`--json`).
 //!
 //! JSON objects look like
-//! `{"event":"publish","seq":3,"sender":{"user_id":"alice","ip":"127.0.0.1","port":53211,"service_id":1,"self":false,"server":false},"groups":[1,3],"message":"hi"}`;
+//! `{"event":"publish","seq":3,"sender":{"user_id":"alice","ip":"127.0.0.1","port":53211,"service_id":1,"self":false,"server":false},"groups":[1,3],"message":"hi"}`
+//! (the sender gains `"node":"n2"` from a clustered server);
 //! `event` is one of `publish`, `user_message`, `subscribe`, `unsubscribe`, `gap`,
 //! `session_lost`, `rejected`, `delivered`, and fields that do not apply are left out.
 //! Messages are printed as UTF-8, invalid sequences replaced (lossy).
@@ -13,16 +14,21 @@ use serde::Serialize;
 use std::borrow::Cow;
 use std::net::SocketAddr;
 
-/// The sender as `alice@127.0.0.1:53211 (service 1)`, with `, self` on one's own
-/// events, or `the server`.
+/// The sender as `alice@127.0.0.1:53211 (service 1)`, with `, node n2` when a
+/// clustered server named the sender's node and `, self` on one's own events, or
+/// `the server`.
 pub fn describe_sender(sender: &Sender) -> String {
     match sender {
         Sender::Server => "the server".to_owned(),
         Sender::Peer(peer) => format!(
-            "{}@{} (service {}{})",
+            "{}@{} (service {}{}{})",
             peer.user_id,
             SocketAddr::new(peer.addr, peer.port),
             peer.service_id,
+            match &peer.node {
+                Some(node) => format!(", node {node}"),
+                None => String::new(),
+            },
             if peer.is_self { ", self" } else { "" }
         ),
     }
@@ -109,6 +115,9 @@ pub(crate) struct JsonSender {
     port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     service_id: Option<u32>,
+    /// The cluster node the sender is on, when the server named it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
     #[serde(rename = "self")]
     is_self: bool,
     server: bool,
@@ -122,6 +131,7 @@ impl From<&Sender> for JsonSender {
                 ip: None,
                 port: None,
                 service_id: None,
+                node: None,
                 is_self: false,
                 server: true,
             },
@@ -130,6 +140,7 @@ impl From<&Sender> for JsonSender {
                 ip: Some(peer.addr.to_string()),
                 port: Some(peer.port),
                 service_id: Some(peer.service_id),
+                node: peer.node.as_ref().map(|n| n.to_string()),
                 is_self: peer.is_self,
                 server: false,
             },
@@ -273,6 +284,7 @@ mod tests {
             port: 53211,
             service_id: 1,
             is_self,
+            node: None,
         })
     }
 

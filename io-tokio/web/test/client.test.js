@@ -39,7 +39,7 @@ async function ready(options = {}, welcomeFields = {}) {
   return s;
 }
 
-test("the Hello offers versions 1 to 3, echo, no compression; connect resolves on Welcome", async () => {
+test("the Hello offers versions 1 to 5, echo, no compression, its frame limit; connect resolves on Welcome", async () => {
   const s = setup({ serviceId: 7 });
   const opened = s.client.open();
   const socket = s.server.socket;
@@ -50,7 +50,8 @@ test("the Hello offers versions 1 to 3, echo, no compression; connect resolves o
   const hello = socket.frames[0];
   assert.equal(hello.type, "hello");
   assert.equal(hello.minVersion, 1);
-  assert.equal(hello.maxVersion, 3);
+  assert.equal(hello.maxVersion, 5);
+  assert.equal(hello.maxFrameSize, 1 << 20);
   assert.equal(hello.serviceId, 7);
   assert.deepEqual(hello.options, { echo: true, compression: false });
   assert.equal(hello.userId, "alice");
@@ -460,6 +461,27 @@ test("keepalive: Ping answered; Ping sent when idle; idle timeout closes and rec
   await s.clock.advance(2000);
   assert.deepEqual(s.socket.last, { type: "close", code: CloseCode.IdleTimeout, reason: "nothing received within the idle timeout" });
   assert.equal(s.client.state, "reconnecting");
+});
+
+test("version 4 keepalive: the page pings within a third of the server's idle timeout and waits three of its ping intervals", async () => {
+  // Its own interval (15 s by default) is longer than the server's idle timeout / 3.
+  const s = await ready({ keepalive: { idleTimeoutMs: 1000 } }, { version: 5, pingIntervalMs: 600, idleTimeoutMs: 900 });
+  await s.clock.advance(300);
+  assert.deepEqual(s.socket.last, { type: "ping", nonce: 1n });
+  s.socket.deliver({ type: "pong", nonce: 1n });
+  // Its own idle timeout (1 s) is shorter than three server ping intervals (1.8 s).
+  await s.clock.advance(1500);
+  assert.notEqual(s.socket.last.type, "close");
+  await s.clock.advance(300);
+  assert.deepEqual(s.socket.last, { type: "close", code: CloseCode.IdleTimeout, reason: "nothing received within the idle timeout" });
+});
+
+test("before version 4 the page keeps its own keepalive timing", async () => {
+  const s = await ready({ keepalive: { pingIntervalMs: 500, idleTimeoutMs: 1000 } }, { version: 3, pingIntervalMs: 600, idleTimeoutMs: 0 });
+  await s.clock.advance(500);
+  assert.deepEqual(s.socket.last, { type: "ping", nonce: 1n });
+  await s.clock.advance(500);
+  assert.deepEqual(s.socket.last, { type: "close", code: CloseCode.IdleTimeout, reason: "nothing received within the idle timeout" });
 });
 
 test("keepalive acknowledges the rest of the events on a quiet link", async () => {

@@ -204,13 +204,16 @@ const bytes = (rng) => rng.bytes(rng.below(40));
 function sender(rng) {
   if (rng.below(4) === 0) return { kind: "server" };
   const address = rng.bool() ? formatAddress(rng.bytes(4)) : formatAddress(rng.bytes(16));
-  return { kind: "peer", self: rng.bool(), userId: randomText(rng, 12), address, port: u16(rng), serviceId: u32(rng) };
+  const sender = { kind: "peer", self: rng.bool(), userId: randomText(rng, 12), address, port: u16(rng), serviceId: u32(rng) };
+  // Version 5: a clustered server names the sender's node.
+  if (rng.bool()) sender.node = randomText(rng, 16);
+  return sender;
 }
 const compression = (rng) => (rng.below(3) === 0 ? { algorithm: 1, originalLen: u32(rng) } : null);
 
 const GENERATORS = {
   hello: (r) => {
-    const maxVersion = r.below(3) + 2;
+    const maxVersion = r.below(4) + 2;
     return {
       minVersion: r.below(2) + 1,
       maxVersion,
@@ -224,7 +227,7 @@ const GENERATORS = {
     };
   },
   welcome: (r) => {
-    const version = r.below(4) + 1;
+    const version = r.below(5) + 1;
     return {
       version,
       sessionId: u64(r),
