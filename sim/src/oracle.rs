@@ -15,7 +15,7 @@
 //!   of its expected sequence (G5, G6);
 //! - every request ends exactly once, results in request order, with the right
 //!   result (G7); a request ends Cancelled only after a cancel that could end it so,
-//!   and each cancel's outcome agrees with how the request ended ([`check_requests`]
+//!   and each cancel's outcome agrees with how the request ended (`check_requests`
 //!   lists the rules); the harness's queue observations must show no breach (G8);
 //! - in a run with flow control, what the harness saw of congested receivers and
 //!   held publishers follows flow control's rules (G8: a receiver that falls behind

@@ -15,7 +15,7 @@
 //!   expiry. A multi-threaded driver keeps it behind one lock.
 //! - [`NodeConnection`] is the per-connection half, owned by that connection's
 //!   driver: TLS, framing, the Hello deadline, RPC ordering and keep-alive (its
-//!   [`ServerConnection`]), and a mailbox of push frames the node filled. Decrypting,
+//!   [`ServerConnection`](crate::server::ServerConnection)), and a mailbox of push frames the node filled. Decrypting,
 //!   decoding, answering requests, encrypting and writing all happen there, outside
 //!   any lock that all connections share, so a server uses every core it has. The
 //!   node's lock is held for hub work and for copying each delivery's frame (encoded

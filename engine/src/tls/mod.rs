@@ -1,6 +1,6 @@
 //! TLS through rustls' unbuffered API, behind the engine's own type.
 //!
-//! [`TlsLink`] owns the rustls connection (or nothing, in explicit plaintext mode), the
+//! `TlsLink` owns the rustls connection (or nothing, in explicit plaintext mode), the
 //! buffer of ciphertext received but not yet processed, and the logic that walks
 //! rustls' `ConnectionState` machine. The connection engines above it see plaintext
 //! in, plaintext out, and a few lifecycle facts (handshake done, peer closed, closed).
