@@ -8,13 +8,20 @@
 # clients that left for a while, and they would still receive the next run's
 # publications).
 #
+# Each row then runs NATS (nats-server, the `compare` driver: the same workload
+# driver, pacing and histogram) at the same rate and the same number of messages, on
+# a fresh nats-server, and prints its p99 and the ratio pushwire p99 / NATS p99 (under
+# 1: pushwire's tail is shorter). NATS runs plaintext in both rows of a workload; only
+# the rate differs.
+#
 #   bash benches/latency_at_half_peak.sh
 #   ROUNDS=5 SECONDS_AT_RATE=20 bash benches/latency_at_half_peak.sh
 #   WORKER_THREADS=1 bash benches/latency_at_half_peak.sh
 #
 # WORKER_THREADS sets tokio's worker threads (TOKIO_WORKER_THREADS) of both the server
-# and the load generator, peak and paced runs alike; by default each process has one
-# per core, so on a 2-core machine four busy threads share two cores.
+# and the load generator, peak and paced runs alike (and of `compare`; nats-server, a
+# Go program, keeps its own); by default each process has one per core, so on a
+# 2-core machine four busy threads share two cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,8 +34,13 @@ fi
 # "size subscribers" of each workload (1 publisher, one group).
 WORKLOADS=("16 1" "16 10")
 
+command -v nats-server >/dev/null || (apt-get update && apt-get install -y nats-server)
+
 cargo build --release --locked -p pushwire-tokio --bin pushwire
-PUSHWIRE=target/release/pushwire
+cargo build --release --locked -p pushwire-benches --bin compare
+TARGET=${CARGO_TARGET_DIR:-target}
+PUSHWIRE=$TARGET/release/pushwire
+COMPARE=$TARGET/release/compare
 mkdir -p "$LOG_DIR"
 PIDS=()
 cleanup() {
@@ -75,6 +87,36 @@ bench() {
   stop_server
 }
 
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits (at most 10 s) until something accepts connections on 127.0.0.1:$1.
+wait_for_port() {
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "nothing listens on 127.0.0.1:$1" >&2
+  return 1
+}
+
+# `compare` against a fresh nats-server: log file, workload flags…
+bench_nats() {
+  local log=$1 port pid
+  shift
+  port=$(free_port)
+  nats-server -a 127.0.0.1 -p "$port" >>"$LOG_DIR/nats-server.log" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  wait_for_port "$port"
+  timeout 600 "$COMPARE" --server "127.0.0.1:$port" "$@" --quiet >"$log"
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
 field() { # key, from the result line on stdin
   grep '^result ' | tr ' ' '\n' | sed -n "s/^$1=//p"
 }
@@ -86,10 +128,12 @@ median() {
 
 echo "tokio worker threads per process: ${WORKER_THREADS:-one per core (default)}"
 echo
-printf '| %-18s | %-9s | %14s | %12s | %9s | %9s | %9s | %9s |\n' \
-  "workload (1 pub)" transport "peak pub/s" "rate used" "p50 us" "p99 us" "p99.9 us" "max us"
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' "--------------------" "-----------" \
-  "---------------:" "-------------:" "----------:" "----------:" "----------:" "----------:"
+printf '| %-18s | %-9s | %14s | %12s | %9s | %9s | %9s | %9s | %12s | %10s |\n' \
+  "workload (1 pub)" transport "peak pub/s" "rate used" "p50 us" "p99 us" "p99.9 us" "max us" \
+  "NATS p99 us" "p99 / NATS"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' "--------------------" "-----------" \
+  "---------------:" "-------------:" "----------:" "----------:" "----------:" "----------:" \
+  "-------------:" "-----------:"
 for workload in "${WORKLOADS[@]}"; do
   read -r size subs <<<"$workload"
   for transport in plaintext tls; do
@@ -105,9 +149,14 @@ for workload in "${WORKLOADS[@]}"; do
     log="$LOG_DIR/half-$transport-${size}B-${subs}sub.txt"
     bench "$transport" "$log" --msgs "$msgs" --size "$size" --subs "$subs" --rate "$rate"
     result=$(grep '^result ' "$log")
-    printf '| %-18s | %-9s | %14s | %12s | %9s | %9s | %9s | %9s |\n' \
+    nats_log="$LOG_DIR/half-nats-at-$transport-rate-${size}B-${subs}sub.txt"
+    bench_nats "$nats_log" --msgs "$msgs" --size "$size" --subs "$subs" --rate "$rate"
+    nats_p99=$(grep '^result ' "$nats_log" | field p99_us)
+    p99=$(field p99_us <<<"$result")
+    printf '| %-18s | %-9s | %14s | %12s | %9s | %9s | %9s | %9s | %12s | %10s |\n' \
       "$size B to $subs sub" "$transport" "$peak" "$rate" \
-      "$(field p50_us <<<"$result")" "$(field p99_us <<<"$result")" \
-      "$(field p999_us <<<"$result")" "$(field max_us <<<"$result")"
+      "$(field p50_us <<<"$result")" "$p99" \
+      "$(field p999_us <<<"$result")" "$(field max_us <<<"$result")" \
+      "$nats_p99" "$(awk -v a="$p99" -v b="$nats_p99" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
   done
 done

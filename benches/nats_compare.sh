@@ -7,28 +7,51 @@
 # TLS, and the table shows the median delivered msg/s of each with the ratios to NATS.
 # Every run gets a fresh server process (a pushwire server keeps the sessions of
 # clients that left for its session timeout, and they would still receive the next
-# run's publications); the clients of a run (1 publisher, S subscribers) share one
+# run's publications); the clients of a run (publishers and subscribers) share one
 # process, as `nats bench` does.
 #
-#   bash benches/nats_compare.sh              # 3 rounds, 200,000 messages
-#   ROUNDS=5 MSGS=500000 bash benches/nats_compare.sh
+# The workloads (WORKLOADS, ";"-separated, each "SIZE SUBS [PUBS [GROUPS]]"; PUBS
+# "room" for a chat room):
 #
-# Full outputs go to $LOG_DIR (default target/nats_compare).
+#   16 1, 16 10, 16 100, 1024 10   1 publisher, S subscribers, one group (the first
+#                                  four rows, as before)
+#   16 1000 8 200                  "deployment": 8 publishers, 1,000 subscribers spread
+#                                  over 200 groups (5 each), 1,008 connections; message
+#                                  k goes from publisher k % 8 to group k % 200 + 1, so
+#                                  each publisher has 25 groups of its own
+#   16 100 room 1                  a chat room: 100 members in one group, each publishes
+#                                  and subscribes (echo off: 99 deliveries a message)
+#
+# Both drivers take the same flags for these: `--pubs P` (alias `--publishers`),
+# `--groups G` (subscriber i in group i % G + 1) and `--room` (every subscriber also
+# publishes to its group; NATS members connect with no_echo). See
+# `pushwire bench --help` and `compare --help`. Every row is measured the same way:
+# delivered msg/s = deliveries at all subscribers / (last delivery - first publish).
+# pushwire serve gets the groups (`--group`) when a row has more than its default 3,
+# and room for the connections (`--max-connections-per-address`, default 1,000).
+#
+#   bash benches/nats_compare.sh              # 3 rounds, 200,000 messages (~9 min here)
+#   ROUNDS=5 MSGS=500000 bash benches/nats_compare.sh
+#   WORKLOADS="16 1000 8 200;16 100 room 1" ROUNDS=1 bash benches/nats_compare.sh
+#
+# Full outputs go to $LOG_DIR (default target/nats_compare). The client process holds
+# one socket per connection: `ulimit -n` must exceed the largest row's connections.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
 MSGS=${MSGS:-200000}
 LOG_DIR=${LOG_DIR:-target/nats_compare}
-# "size subscribers" of each workload (1 publisher, one group).
-WORKLOADS=("16 1" "16 10" "16 100" "1024 10")
+# "SIZE SUBS [PUBS [GROUPS]]" of each workload; PUBS "room": a chat room.
+IFS=';' read -ra WORKLOADS <<<"${WORKLOADS:-16 1;16 10;16 100;1024 10;16 1000 8 200;16 100 room 1}"
 
 command -v nats-server >/dev/null || (apt-get update && apt-get install -y nats-server)
 
 cargo build --release --locked -p pushwire-benches --bin compare
 cargo build --release --locked -p pushwire-tokio --bin pushwire
-COMPARE=target/release/compare
-PUSHWIRE=target/release/pushwire
+TARGET=${CARGO_TARGET_DIR:-target}
+COMPARE=$TARGET/release/compare
+PUSHWIRE=$TARGET/release/pushwire
 
 mkdir -p "$LOG_DIR"
 PIDS=()
@@ -63,7 +86,7 @@ start_pushwire() {
   shift
   # Removed first: the redirection below happens in the background child, later.
   rm -f "$LOG_DIR/serve-$name.out"
-  RUST_LOG=warn "$PUSHWIRE" serve --listen 127.0.0.1:0 "$@" \
+  RUST_LOG=warn "$PUSHWIRE" serve --listen 127.0.0.1:0 --max-connections-per-address 100000 "$@" \
     >"$LOG_DIR/serve-$name.out" 2>"$LOG_DIR/serve-$name.err" &
   PIDS+=($!)
 }
@@ -81,9 +104,9 @@ address_of() {
   return 1
 }
 
-# Starts a fresh server for SYSTEM (nats, plain or tls) and sets SERVER_PID and
-# SERVER_ADDR.
-start_server() {
+# Starts a fresh server for SYSTEM (nats, plain or tls) with GROUPS groups and sets
+# SERVER_PID and SERVER_ADDR.
+start_server() { # system groups
   case $1 in
     nats)
       local port
@@ -96,6 +119,12 @@ start_server() {
     plain | tls)
       local flags=()
       [ "$1" = plain ] && flags=(--plaintext)
+      # More than the 3 default groups: register 1..=GROUPS.
+      if [ "$2" -gt 3 ]; then
+        for g in $(seq "$2"); do
+          flags+=(--group "$g=bench $g")
+        done
+      fi
       start_pushwire "$1" "${flags[@]}"
       SERVER_PID=${PIDS[-1]}
       SERVER_ADDR=$(address_of "$1")
@@ -118,11 +147,16 @@ median() {
   sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
 }
 
-run_one() { # system size subs round; sets RATE to the delivered rate, 0 if the run failed
-  local log="$LOG_DIR/$1-$2B-$3sub-round$4.txt"
-  local common=(--msgs "$MSGS" --size "$2" --subs "$3" --quiet)
+run_one() { # system size subs pubs groups round; sets RATE to the delivered rate, 0 if the run failed
+  local log="$LOG_DIR/$1-$2B-$3sub-$4pub-$5group-round$6.txt"
+  local common=(--msgs "$MSGS" --size "$2" --subs "$3" --groups "$5" --quiet)
+  if [ "$4" = room ]; then
+    common+=(--room)
+  else
+    common+=(--pubs "$4")
+  fi
   local status=0
-  start_server "$1"
+  start_server "$1" "$5"
   case $1 in
     nats) timeout 600 "$COMPARE" --server "$SERVER_ADDR" "${common[@]}" >"$log" || status=$? ;;
     plain) timeout 600 "$PUSHWIRE" bench --plaintext --server "$SERVER_ADDR" "${common[@]}" >"$log" || status=$? ;;
@@ -130,7 +164,7 @@ run_one() { # system size subs round; sets RATE to the delivered rate, 0 if the 
   esac
   stop_server
   if [ "$status" -ne 0 ]; then
-    echo "  FAILED ($status): $1 $2 B x $3 sub, round $4; see $log" >&2
+    echo "  FAILED ($status): $1 $2 B x $3 sub ($4 pub, $5 groups), round $6; see $log" >&2
     RATE=0
     return
   fi
@@ -142,33 +176,44 @@ echo "$ROUNDS rounds of $MSGS messages per workload; logs in $LOG_DIR"
 declare -A RESULT
 ROWS=()
 for workload in "${WORKLOADS[@]}"; do
-  read -r size subs <<<"$workload"
+  read -r size subs pubs groups <<<"$workload"
+  pubs=${pubs:-1}
+  groups=${groups:-1}
   for system in nats plain tls; do
     RESULT[$system]=""
   done
   for round in $(seq "$ROUNDS"); do
     for system in nats plain tls; do
-      run_one "$system" "$size" "$subs" "$round"
+      run_one "$system" "$size" "$subs" "$pubs" "$groups" "$round"
       rate=$RATE
-      echo "  $size B x $subs sub, round $round, $system: $rate msg/s" >&2
+      echo "  $size B x $subs sub ($pubs pub, $groups groups), round $round, $system: $rate msg/s" >&2
       RESULT[$system]+="$rate"$'\n'
     done
   done
   nats=$(printf '%s' "${RESULT[nats]}" | median)
   plain=$(printf '%s' "${RESULT[plain]}" | median)
   tls=$(printf '%s' "${RESULT[tls]}" | median)
-  ROWS+=("$size $subs $nats $plain $tls")
+  ROWS+=("$size $subs $pubs $groups $nats $plain $tls")
 done
 
 echo
-printf '| %-22s | %14s | %18s | %10s | %14s | %10s |\n' \
-  "workload (1 pub)" "NATS msg/s" "pushwire plain" "plain/NATS" "pushwire TLS" "TLS/NATS"
-printf '|%s|%s|%s|%s|%s|%s|\n' "------------------------" "----------------:" \
+printf '| %-40s | %14s | %18s | %10s | %14s | %10s |\n' \
+  "workload (1 pub unless said)" "NATS msg/s" "pushwire plain" "plain/NATS" "pushwire TLS" "TLS/NATS"
+printf '|%s|%s|%s|%s|%s|%s|\n' "------------------------------------------" "----------------:" \
   "--------------------:" "-----------:" "----------------:" "-----------:"
 for row in "${ROWS[@]}"; do
-  read -r size subs nats plain tls <<<"$row"
-  awk -v size="$size" -v subs="$subs" -v nats="$nats" -v plain="$plain" -v tls="$tls" 'BEGIN {
-    printf "| %-22s | %14d | %18d | %9.2fx | %14d | %9.2fx |\n",
-      size " B to " subs " sub" (subs == 1 ? "" : "s"), nats, plain, plain / nats, tls, tls / nats
+  read -r size subs pubs groups nats plain tls <<<"$row"
+  awk -v size="$size" -v subs="$subs" -v pubs="$pubs" -v groups="$groups" \
+    -v nats="$nats" -v plain="$plain" -v tls="$tls" 'BEGIN {
+    if (pubs == "room") {
+      name = size " B room of " subs ", all publish" (groups == 1 ? "" : " (" groups " rooms)")
+    } else {
+      name = size " B"
+      if (pubs != 1) name = name ", " pubs " pubs"
+      name = name " to " subs " sub" (subs == 1 ? "" : "s")
+      if (groups != 1) name = name " in " groups " groups"
+    }
+    printf "| %-40s | %14d | %18d | %9.2fx | %14d | %9.2fx |\n",
+      name, nats, plain, (nats > 0 ? plain / nats : 0), tls, (nats > 0 ? tls / nats : 0)
   }'
 done

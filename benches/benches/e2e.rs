@@ -27,6 +27,7 @@ fn workload(subs: usize, msgs: u64) -> Workload {
         pubs: 1,
         subs,
         groups: 1,
+        room: false,
         msgs,
         size: PAYLOAD,
         rate: None,

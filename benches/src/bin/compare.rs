@@ -5,8 +5,17 @@
 //! report format) against a nats-server with the async-nats client: each subscriber and
 //! publisher is its own connection, group G is the subject `bench.G`.
 //!
+//! The workload flags are `pushwire bench`'s (`--help` lists them): `--pubs P` (alias
+//! `--publishers`), `--groups G` (subscriber `i` on subject `bench.{i % G + 1}`,
+//! message `k` from publisher `k % P` to `bench.{k % G + 1}`), and `--room`, where
+//! each of the `--subs` connections subscribes to its subject and publishes to it,
+//! connected with `no_echo` so that, as with pushwire's echo off, it does not receive
+//! its own messages.
+//!
 //! ```sh
 //! compare --server 127.0.0.1:4222 --subs 10 --msgs 200000 --size 16
+//! compare --server 127.0.0.1:4222 --pubs 8 --subs 1000 --groups 200 --msgs 200000
+//! compare --server 127.0.0.1:4222 --room --subs 100 --msgs 200000
 //! ```
 
 use async_nats::{Client, Subject};
@@ -23,7 +32,12 @@ use tokio::task::JoinHandle;
 
 /// Benchmark a nats-server the way `pushwire bench` benchmarks pushwire.
 #[derive(Debug, Parser)]
-#[command(name = "compare")]
+#[command(
+    name = "compare",
+    after_help = "Group G is the subject bench.G. With --room, every member connects with \
+no_echo (as pushwire's echo off). Prints the same report and `result key=value …` line as \
+`pushwire bench`."
+)]
 struct Args {
     /// The nats-server.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:4222")]
@@ -43,9 +57,13 @@ impl NatsTarget {
         self.subjects[group as usize - 1].clone()
     }
 
-    async fn connect(&self, name: String) -> Result<Client, CliError> {
-        async_nats::ConnectOptions::new()
-            .name(name)
+    /// A connection; `no_echo`: the server does not send it its own messages.
+    async fn connect(&self, name: String, no_echo: bool) -> Result<Client, CliError> {
+        let mut options = async_nats::ConnectOptions::new().name(name);
+        if no_echo {
+            options = options.no_echo();
+        }
+        options
             .connect(&self.url)
             .await
             .map_err(|e| CliError::new(Exit::Connection, format!("NATS connect: {e}")))
@@ -92,17 +110,15 @@ impl BenchPublisher for NatsPublisher {
     }
 }
 
-impl BenchTarget for NatsTarget {
-    type Subscriber = NatsSubscriber;
-    type Publisher = NatsPublisher;
-
-    async fn subscriber(
+impl NatsTarget {
+    /// Subscribes `client` to `group`'s subject, and feeds its messages to `recorder`
+    /// once the server has the SUB.
+    async fn join(
         &self,
-        index: usize,
+        client: Client,
         group: u32,
         recorder: Recorder,
     ) -> Result<NatsSubscriber, CliError> {
-        let client = self.connect(format!("bench-sub-{index}")).await?;
         let mut subscription = client
             .subscribe(self.subject(group))
             .await
@@ -121,12 +137,41 @@ impl BenchTarget for NatsTarget {
             task,
         })
     }
+}
+
+impl BenchTarget for NatsTarget {
+    type Subscriber = NatsSubscriber;
+    type Publisher = NatsPublisher;
+
+    async fn subscriber(
+        &self,
+        index: usize,
+        group: u32,
+        recorder: Recorder,
+    ) -> Result<NatsSubscriber, CliError> {
+        let client = self.connect(format!("bench-sub-{index}"), false).await?;
+        self.join(client, group, recorder).await
+    }
 
     async fn publisher(&self, index: usize) -> Result<NatsPublisher, CliError> {
         Ok(NatsPublisher {
-            client: self.connect(format!("bench-pub-{index}")).await?,
+            client: self.connect(format!("bench-pub-{index}"), false).await?,
             subjects: self.subjects.clone(),
         })
+    }
+
+    async fn member(
+        &self,
+        index: usize,
+        group: u32,
+        recorder: Recorder,
+    ) -> Result<(NatsSubscriber, NatsPublisher), CliError> {
+        let client = self.connect(format!("bench-member-{index}"), true).await?;
+        let publisher = NatsPublisher {
+            client: client.clone(),
+            subjects: self.subjects.clone(),
+        };
+        Ok((self.join(client, group, recorder).await?, publisher))
     }
 }
 
@@ -148,9 +193,9 @@ fn main() -> ExitCode {
         }
     };
     println!(
-        "nats bench (async-nats): {} publishers, {} subscribers, {} groups, {} messages of {} B, \
-         nats-server {}",
-        workload.pubs, workload.subs, workload.groups, workload.msgs, workload.size, args.server
+        "nats bench (async-nats): {}, nats-server {}",
+        workload.describe(),
+        args.server
     );
     match runtime.block_on(run_workload(&target, &workload)) {
         Ok(report) => {

@@ -3,9 +3,21 @@
 //! S subscriber connections join G chat groups (subscriber `i` joins group `i % G + 1`),
 //! then P publisher connections publish N messages of B bytes between them,
 //! round-robin over the groups (message `k` goes to group `k % G + 1` and is sent by
-//! publisher `k % P`). Every payload starts with its send time (nanoseconds since the
-//! run's start, little-endian `u64`), so each delivery yields a publish-to-deliver
-//! latency; publishers and subscribers live in this process and share the clock.
+//! publisher `k % P`; when P divides G, publisher `p` thus publishes to the G / P
+//! groups `p + 1, p + 1 + P, …` and no other). Every payload starts with its send time
+//! (nanoseconds since the run's start, little-endian `u64`), so each delivery yields a
+//! publish-to-deliver latency; publishers and subscribers live in this process and
+//! share the clock.
+//!
+//! # A chat room (`--room`)
+//!
+//! With `--room` there are no separate publishers: each of the S connections is a
+//! member that subscribes to its group (member `i` to group `i % G + 1`, as above) and
+//! publishes to it, with echo off, so each of its messages reaches the other members
+//! of the group. The N messages are shared among the members (message `k` is sent by
+//! member `k % S` to that member's group), and a member's lag is counted against what
+//! the *other* members published to its group. With G = 1 this is one room of S
+//! members in which everyone talks.
 //!
 //! # What is measured
 //!
@@ -65,8 +77,14 @@ pub const MIN_PAYLOAD: usize = 8;
 /// The workload flags, shared by `pushwire bench` and the NATS comparison binary.
 #[derive(Debug, Clone, Args)]
 pub struct WorkloadArgs {
-    /// Publisher connections.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// Publisher connections (message `k` is sent by publisher `k % P` to group
+    /// `k % G + 1`: with P dividing G, each publisher has G / P groups of its own).
+    #[arg(
+        long,
+        visible_alias = "publishers",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=10_000)
+    )]
     pub pubs: u32,
     /// Subscriber connections.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -80,6 +98,11 @@ pub struct WorkloadArgs {
     /// Chat groups the subscribers are spread over (and the messages round-robin).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub groups: u32,
+    /// A chat room: each of the --subs connections is a member that subscribes to its
+    /// group and publishes to it (echo off: its messages reach the other members);
+    /// the messages are shared among the members. No separate publishers.
+    #[arg(long, conflicts_with = "pubs")]
+    pub room: bool,
     /// Publish at this many messages per second in all, instead of as fast as
     /// possible (paced in 1 ms steps).
     #[arg(long, value_name = "MSGS_PER_SEC", value_parser = parse_rate)]
@@ -120,6 +143,7 @@ impl WorkloadArgs {
             pubs: self.pubs as usize,
             subs: self.subs as usize,
             groups: self.groups,
+            room: self.room,
             msgs: self.msgs,
             size: self.size,
             rate: self.rate,
@@ -142,7 +166,8 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub workload: WorkloadArgs,
     /// Benchmark a running server instead of starting one in this process (its groups
-    /// 1..=G must exist; `pushwire serve` has 1 to 3).
+    /// 1..=G must exist: `pushwire serve` has 1 to 3, more with `--group ID=NAME`; for
+    /// more than 1,000 connections raise its `--max-connections-per-address`).
     #[arg(long, value_name = "HOST:PORT")]
     pub server: Option<ServerAddress>,
     /// TLS (the default).
@@ -175,12 +200,15 @@ pub struct BenchArgs {
 /// One benchmark run: who publishes what to whom.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Workload {
-    /// Publisher connections.
+    /// Publisher connections (not used in a room: see [`Workload::publishers`]).
     pub pubs: usize,
-    /// Subscriber connections.
+    /// Subscriber connections (a room's members).
     pub subs: usize,
     /// Chat groups 1..=groups.
     pub groups: u32,
+    /// A chat room: every subscriber also publishes to its own group (see the module
+    /// documentation), and there are no separate publishers.
+    pub room: bool,
     /// Messages in all.
     pub msgs: u64,
     /// Payload bytes (at least [`MIN_PAYLOAD`]).
@@ -201,22 +229,56 @@ impl Workload {
         (index as u64 % u64::from(self.groups)) as u32 + 1
     }
 
-    /// The group message `k` goes to.
+    /// Connections that publish: the publishers, or in a room every member.
+    pub fn publishers(&self) -> usize {
+        if self.room {
+            self.subs
+        } else {
+            self.pubs
+        }
+    }
+
+    /// The group message `k` goes to (in a room, the group of its sender).
     pub fn group_of_message(&self, k: u64) -> u32 {
-        (k % u64::from(self.groups)) as u32 + 1
+        if self.room {
+            self.group_of_subscriber((k % self.subs as u64) as usize)
+        } else {
+            (k % u64::from(self.groups)) as u32 + 1
+        }
+    }
+
+    /// Messages publisher (or room member) `index` sends: `index`, `index + P`, ….
+    pub fn messages_of(&self, index: usize) -> u64 {
+        let publishers = self.publishers() as u64;
+        self.msgs / publishers + u64::from((index as u64) < self.msgs % publishers)
     }
 
     /// Messages published to `group` in all.
     pub fn messages_to(&self, group: u32) -> u64 {
+        if self.room {
+            return (0..self.subs)
+                .filter(|&i| self.group_of_subscriber(i) == group)
+                .map(|i| self.messages_of(i))
+                .sum();
+        }
         let groups = u64::from(self.groups);
         let index = u64::from(group - 1);
         self.msgs / groups + u64::from(index < self.msgs % groups)
     }
 
-    /// Deliveries the run must count: each message once per member of its group.
+    /// Deliveries the run must count: each message once per member of its group (in
+    /// a room, once per member but its sender).
     pub fn expected_deliveries(&self) -> u64 {
+        let to_group: Vec<u64> = (1..=self.groups).map(|g| self.messages_to(g)).collect();
         (0..self.subs)
-            .map(|i| self.messages_to(self.group_of_subscriber(i)))
+            .map(|i| {
+                let all = to_group[self.group_of_subscriber(i) as usize - 1];
+                if self.room {
+                    all - self.messages_of(i)
+                } else {
+                    all
+                }
+            })
             .sum()
     }
 
@@ -225,12 +287,23 @@ impl Workload {
         (self.window_bytes / (self.size + 64)).clamp(256, 65_536) as u64
     }
 
-    fn describe(&self) -> String {
+    /// The workload in words, as the report's first line gives it.
+    pub fn describe(&self) -> String {
         let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+        let who = if self.room {
+            format!(
+                "a chat room of {} (each publishes and subscribes, echo off)",
+                plural(self.subs, "member")
+            )
+        } else {
+            format!(
+                "{}, {}",
+                plural(self.pubs, "publisher"),
+                plural(self.subs, "subscriber")
+            )
+        };
         let mut text = format!(
-            "{}, {}, {}, {} messages of {} B",
-            plural(self.pubs, "publisher"),
-            plural(self.subs, "subscriber"),
+            "{who}, {}, {} messages of {} B",
             plural(self.groups as usize, "group"),
             self.msgs,
             self.size
@@ -367,6 +440,9 @@ impl Clock {
 struct SubscriberStats {
     group: u32,
     received: AtomicU64,
+    /// In a room: messages this member published to its own group (it does not
+    /// receive them).
+    own: AtomicU64,
     /// Only this subscriber's connection task locks it (uncontended), and the driver
     /// at the end.
     record: Mutex<SubscriberRecord>,
@@ -403,7 +479,8 @@ impl RunState {
             .iter()
             .map(|s| {
                 let published = self.published[s.group as usize - 1].load(Ordering::Acquire);
-                published.saturating_sub(s.received.load(Ordering::Acquire))
+                let own = s.own.load(Ordering::Acquire);
+                published.saturating_sub(own + s.received.load(Ordering::Acquire))
             })
             .max()
             .unwrap_or(0)
@@ -488,6 +565,25 @@ pub trait BenchTarget: Sync {
         &self,
         index: usize,
     ) -> impl Future<Output = Result<Self::Publisher, CliError>> + Send;
+
+    /// Room mode: connects member `index` as one connection that both receives (as
+    /// [`subscriber`](Self::subscriber), with `recorder`, in force on return) and
+    /// publishes, with echo off (it must not receive its own messages). Targets
+    /// without it fail the run with a usage error.
+    fn member(
+        &self,
+        index: usize,
+        group: u32,
+        recorder: Recorder,
+    ) -> impl Future<Output = Result<(Self::Subscriber, Self::Publisher), CliError>> + Send {
+        let _ = (index, group, recorder);
+        async {
+            Err(CliError::new(
+                Exit::Usage,
+                "this target has no room mode (a connection that publishes and subscribes)",
+            ))
+        }
+    }
 
     /// Whether `subscriber` is still connected; a run fails as soon as one is not,
     /// since what it misses meanwhile may never be counted.
@@ -651,6 +747,7 @@ pub async fn run_workload<T: BenchTarget>(
         run.subscribers.push(SubscriberStats {
             group: workload.group_of_subscriber(i),
             received: AtomicU64::new(0),
+            own: AtomicU64::new(0),
             record: Mutex::new(SubscriberRecord::default()),
         });
     }
@@ -658,9 +755,15 @@ pub async fn run_workload<T: BenchTarget>(
     let progress = Progress::new(workload.progress);
 
     let mut subscribers = Vec::with_capacity(workload.subs);
+    let mut publishers = Vec::with_capacity(workload.publishers());
     for i in 0..workload.subs {
         progress.show(format_args!(
-            "connecting subscriber {}/{}",
+            "connecting {} {}/{}",
+            if workload.room {
+                "member"
+            } else {
+                "subscriber"
+            },
             i + 1,
             workload.subs
         ));
@@ -669,24 +772,35 @@ pub async fn run_workload<T: BenchTarget>(
             index: i,
         };
         let group = workload.group_of_subscriber(i);
-        subscribers.push(target.subscriber(i, group, recorder).await?);
+        if workload.room {
+            let (subscriber, publisher) = target.member(i, group, recorder).await?;
+            subscribers.push(subscriber);
+            publishers.push(publisher);
+        } else {
+            subscribers.push(target.subscriber(i, group, recorder).await?);
+        }
     }
-    let mut publishers = Vec::with_capacity(workload.pubs);
-    for p in 0..workload.pubs {
-        progress.show(format_args!(
-            "connecting publisher {}/{}",
-            p + 1,
-            workload.pubs
-        ));
-        publishers.push(target.publisher(p).await?);
+    if !workload.room {
+        for p in 0..workload.pubs {
+            progress.show(format_args!(
+                "connecting publisher {}/{}",
+                p + 1,
+                workload.pubs
+            ));
+            publishers.push(target.publisher(p).await?);
+        }
     }
-    debug!(subs = workload.subs, pubs = workload.pubs, "connected");
+    debug!(
+        subs = workload.subs,
+        publishers = publishers.len(),
+        "connected"
+    );
 
     // The run's clock starts now: timestamps, rates and the deadline count from here.
     let start = Instant::now();
     let deadline = start + workload.timeout;
     let start_ns = run.clock.now_ns();
-    let mut tasks = Vec::with_capacity(workload.pubs);
+    let mut tasks = Vec::with_capacity(publishers.len());
     for (p, publisher) in publishers.into_iter().enumerate() {
         let run = run.clone();
         let workload = workload.clone();
@@ -796,8 +910,8 @@ pub async fn run_workload<T: BenchTarget>(
     })
 }
 
-/// One publisher's share: messages `index`, `index + P`, …; returns how many it
-/// published and when it finished (ns on the run clock).
+/// One publisher's (or room member's) share: messages `index`, `index + P`, …;
+/// returns how many it published and when it finished (ns on the run clock).
 async fn publish_loop<P: BenchPublisher>(
     mut publisher: P,
     index: usize,
@@ -806,7 +920,7 @@ async fn publish_loop<P: BenchPublisher>(
     deadline: Instant,
 ) -> Result<(u64, u64), CliError> {
     let window = workload.window_messages();
-    let pubs = workload.pubs as u64;
+    let pubs = workload.publishers() as u64;
     // Pacing: message n of this publisher is due n / (rate / P) seconds after start.
     let interval = workload
         .rate
@@ -834,6 +948,10 @@ async fn publish_loop<P: BenchPublisher>(
         payload.resize(workload.size, b'x');
         publisher.publish(group, payload.freeze()).await?;
         run.published[group as usize - 1].fetch_add(1, Ordering::AcqRel);
+        if workload.room {
+            // After the group's count: a lag read in between errs on the high side.
+            run.subscribers[index].own.fetch_add(1, Ordering::AcqRel);
+        }
         sent += 1;
         k += pubs;
     }
@@ -943,8 +1061,10 @@ type Queued = Pin<Box<dyn Future<Output = Result<u64, PushError>> + Send>>;
 /// A pushwire publisher connection.
 pub struct PushwirePublisher {
     client: Client,
-    /// Why the connection dropped, once it has (set by a task watching its events).
-    dropped: Arc<Mutex<Option<String>>>,
+    /// Why the connection dropped, once it has (set by a task watching its events);
+    /// `None` for a room member, whose events go to its callbacks only: its
+    /// connection state is asked instead.
+    dropped: Option<Arc<Mutex<Option<String>>>>,
     queued: VecDeque<Queued>,
     batch: Option<u32>,
     /// Messages in the open batch.
@@ -956,7 +1076,11 @@ impl PushwirePublisher {
     /// publications meanwhile, but what was in flight may be gone, and the run would
     /// only time out waiting for it.
     fn check_connected(&self) -> Result<(), CliError> {
-        match lock(&self.dropped).as_ref() {
+        let reason = match &self.dropped {
+            Some(dropped) => lock(dropped).clone(),
+            None => (!self.client.is_connected()).then(|| "disconnected".to_owned()),
+        };
+        match reason {
             None => Ok(()),
             Some(reason) => Err(CliError::new(
                 Exit::Connection,
@@ -1016,16 +1140,10 @@ impl BenchPublisher for PushwirePublisher {
     }
 }
 
-impl BenchTarget for PushwireTarget {
-    type Subscriber = Client;
-    type Publisher = PushwirePublisher;
-
-    async fn subscriber(
-        &self,
-        index: usize,
-        group: u32,
-        recorder: Recorder,
-    ) -> Result<Client, CliError> {
+impl PushwireTarget {
+    /// Connects subscriber (or room member) `index` and joins `group`; resolves once
+    /// the server confirmed the subscription.
+    async fn join(&self, index: usize, group: u32, recorder: Recorder) -> Result<Client, CliError> {
         let (joined_tx, joined) = oneshot::channel();
         let mut joined_tx = Some(joined_tx);
         let (client, events) = ClientBuilder::new(self.subscriber_context(index))
@@ -1054,6 +1172,39 @@ impl BenchTarget for PushwireTarget {
                 format!("subscriber {index} was not confirmed in group {group} within 30 s"),
             )),
         }
+    }
+}
+
+impl BenchTarget for PushwireTarget {
+    type Subscriber = Client;
+    type Publisher = PushwirePublisher;
+
+    async fn subscriber(
+        &self,
+        index: usize,
+        group: u32,
+        recorder: Recorder,
+    ) -> Result<Client, CliError> {
+        self.join(index, group, recorder).await
+    }
+
+    async fn member(
+        &self,
+        index: usize,
+        group: u32,
+        recorder: Recorder,
+    ) -> Result<(Client, PushwirePublisher), CliError> {
+        // Echo is off in every benchmark connection's context: a member does not
+        // receive its own publications.
+        let client = self.join(index, group, recorder).await?;
+        let publisher = PushwirePublisher {
+            client: client.clone(),
+            dropped: None,
+            queued: VecDeque::new(),
+            batch: self.batch,
+            batched: 0,
+        };
+        Ok((client, publisher))
     }
 
     fn is_connected(&self, subscriber: &Client) -> bool {
@@ -1084,7 +1235,7 @@ impl BenchTarget for PushwireTarget {
         });
         Ok(PushwirePublisher {
             client,
-            dropped,
+            dropped: Some(dropped),
             queued: VecDeque::new(),
             batch: self.batch,
             batched: 0,
@@ -1237,6 +1388,7 @@ mod tests {
             pubs: 2,
             subs: 5,
             groups: 2,
+            room: false,
             msgs: 7,
             size: 16,
             rate: None,
@@ -1250,6 +1402,41 @@ mod tests {
         // Subscribers 0, 2, 4 are in group 1, 1 and 3 in group 2.
         assert_eq!(w.expected_deliveries(), 3 * 4 + 2 * 3);
         assert_eq!(w.window_messages(), 26_214);
+        assert_eq!(w.publishers(), 2);
+        assert_eq!(w.messages_of(0) + w.messages_of(1), 7);
+    }
+
+    #[test]
+    fn room_arithmetic() {
+        let w = Workload {
+            pubs: 1,
+            subs: 5,
+            groups: 2,
+            room: true,
+            msgs: 12,
+            size: 16,
+            rate: None,
+            window_bytes: 2 << 20,
+            timeout: Duration::from_secs(1),
+            progress: false,
+        };
+        // Members 0, 2, 4 in group 1, 1 and 3 in group 2; message k is sent by member
+        // k % 5: members 0 and 1 send 3 each, the others 2.
+        assert_eq!(w.publishers(), 5);
+        assert_eq!(
+            (0..5).map(|m| w.messages_of(m)).collect::<Vec<_>>(),
+            [3, 3, 2, 2, 2]
+        );
+        assert_eq!(w.group_of_message(0), 1);
+        assert_eq!(w.group_of_message(3), 2);
+        assert_eq!(w.group_of_message(7), 1); // member 2
+        assert_eq!(w.messages_to(1), 3 + 2 + 2);
+        assert_eq!(w.messages_to(2), 3 + 2);
+        // Each member gets its group's messages but its own.
+        assert_eq!(
+            w.expected_deliveries(),
+            (7 - 3) + (5 - 3) + (7 - 2) + (5 - 2) + (7 - 2)
+        );
     }
 
     #[test]
