@@ -75,6 +75,7 @@ fn pushwire_frame_sizes(size: usize) -> (usize, usize) {
             port: 40_000,
             service_id: HELLO_WORLD_SERVICE,
             is_self: false,
+            node: None,
         }),
         groups: vec![GroupId(1)],
         payload,
