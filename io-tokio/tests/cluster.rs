@@ -237,7 +237,7 @@ fn message_text(event: &Event) -> Option<String> {
 }
 
 /// Waits until `events` shows `who` joining `group`.
-async fn sees_join(events: &mut EventStream, who: &str) {
+async fn sees_join(events: &mut EventStream, who: &str, nodes: &[&Node]) {
     let seen = collect(events, Duration::from_secs(10), |e| {
         matches!(e, Event::Subscribed { sender, .. } if peer_name(sender).as_deref() == Some(who))
     })
@@ -246,7 +246,12 @@ async fn sees_join(events: &mut EventStream, who: &str) {
         seen.iter().any(
             |e| matches!(e, Event::Subscribed { sender, .. } if peer_name(sender).as_deref() == Some(who))
         ),
-        "{who} never joined: {seen:?}"
+        "{who} never joined: {seen:?}\nnode logs:\n{}",
+        nodes
+            .iter()
+            .map(|n| n.log.lock().unwrap().clone())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
     );
 }
 
@@ -292,9 +297,11 @@ async fn three_nodes_share_groups_presence_and_users_and_survive_redis_and_node_
     bob.subscribe(&[1]).await.unwrap();
     let (carol, mut carol_events) = connect(&n3, "carol").await;
     carol.subscribe(&[1, 2]).await.unwrap();
-    sees_join(&mut alice_events, "bob").await;
-    sees_join(&mut alice_events, "carol").await;
-    sees_join(&mut bob_events, "carol").await;
+    // On failure the nodes' logs say who found whom when.
+    let nodes = [&n1, &n2, &n3];
+    sees_join(&mut alice_events, "bob", &nodes).await;
+    sees_join(&mut alice_events, "carol", &nodes).await;
+    sees_join(&mut bob_events, "carol", &nodes).await;
 
     // One publication to two groups: one copy per receiver, with the groups it is in.
     alice.publish(&[1, 2], &b"to both"[..]).await.unwrap();
