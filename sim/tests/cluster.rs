@@ -432,8 +432,10 @@ fn senders_name_their_node_to_version_5_clients_and_not_to_older_ones() {
     let at_carol = named_nodes(&w.pushes(carol));
     assert!(!who(at_carol.clone(), "alice").is_empty());
     assert!(who(at_carol.clone(), "alice").iter().all(|x| *x == n("n1")));
+    assert!(!who(at_carol.clone(), "oscar").is_empty());
     assert!(who(at_carol, "oscar").iter().all(|x| *x == n("n2")));
     let at_alice = named_nodes(&w.pushes(alice));
+    assert!(!who(at_alice.clone(), "olga").is_empty());
     assert!(who(at_alice.clone(), "olga").iter().all(|x| *x == n("n1")));
     assert!(!who(at_alice.clone(), "carol").is_empty());
     assert!(who(at_alice, "carol").iter().all(|x| *x == n("n2")));
